@@ -1,0 +1,410 @@
+"""Job files become immutable `JobSpec` values with every default applied and every path resolved.
+
+`build_job` expects a document that already passed the schema and the semantic checks in
+`validate.py`; it only converts. `JobSpec.to_dict` / `job_from_dict` are the stored form (state),
+and `spec_hash` is the hash `plan` compares.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from agentjobs.durations import parse_duration
+
+CONFIG_FILE_NAME = "agentjobs.yaml"
+DEFAULT_TIMEOUT = 3600.0
+DEFAULT_AGENT_SILENCE = 900.0
+DEFAULT_KILL_GRACE = 10.0
+DEFAULT_MAX_CONCURRENT = 2
+PRIORITIES = ("high", "normal", "low")
+DEFAULT_NOTIFY_EVENTS = ("failed", "dead_lettered", "silence", "timeout")
+
+
+@dataclass(frozen=True, slots=True)
+class Schedule:
+    """When a job runs: exactly one of `cron`, `every` (seconds) or `at` (UTC ISO-8601)."""
+
+    cron: str | None = None
+    every: float | None = None
+    at: str | None = None
+    timezone: str = "UTC"
+    catchup: str = "once"
+    jitter: float = 0.0
+
+    def describe(self) -> str:
+        from agentjobs.durations import format_duration
+
+        if self.cron is not None:
+            return self.cron if self.timezone == "UTC" else f"{self.cron} ({self.timezone})"
+        if self.every is not None:
+            return f"every {format_duration(self.every)}"
+        return f"at {self.at}"
+
+
+@dataclass(frozen=True, slots=True)
+class OutcomeMatch:
+    """One `retry_on`/`never_on` entry: an outcome class, an exit code, or an output regex."""
+
+    outcome: str | None = None
+    exit_code: int | None = None
+    output: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Backoff:
+    initial: float = 60.0
+    max: float = 1800.0
+    multiplier: float = 2.0
+    jitter: float = 6.0
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    attempts: int = 1
+    backoff: Backoff = field(default_factory=Backoff)
+    retry_on: tuple[OutcomeMatch, ...] = ()
+    never_on: tuple[OutcomeMatch, ...] = ()
+    corrective: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class AgentSpec:
+    kind: str
+    prompt: str | None = None
+    prompt_file: str | None = None
+    model: str | None = None
+    max_turns: int | None = None
+    permission_mode: str | None = None
+    allowed_tools: tuple[str, ...] = ()
+    extra_args: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class VerifySpec:
+    argv: tuple[str, ...] = ()
+    shell: str | None = None
+    timeout: float = 600.0
+
+
+@dataclass(frozen=True, slots=True)
+class NotifySpec:
+    events: tuple[str, ...] = DEFAULT_NOTIFY_EVENTS
+    webhook: str | None = None
+    command: tuple[str, ...] = ()
+    ping_url: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class JobSpec:
+    """A job as it runs: defaults applied, paths absolute, durations in seconds."""
+
+    name: str
+    workdir: str
+    lock: str
+    command: tuple[str, ...] = ()
+    shell: str | None = None
+    agent: AgentSpec | None = None
+    description: str = ""
+    enabled: bool = True
+    labels: tuple[tuple[str, str], ...] = ()
+    priority: str = "normal"
+    schedule: Schedule | None = None
+    env: tuple[tuple[str, str], ...] = ()
+    env_file: str | None = None
+    secrets: tuple[str, ...] = ()
+    timeout: float = DEFAULT_TIMEOUT
+    silence_timeout: float | None = None
+    kill_grace: float = DEFAULT_KILL_GRACE
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    overlap: str = "skip"
+    needs: tuple[str, ...] = ()
+    verify: VerifySpec | None = None
+    notify: NotifySpec | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return _plain(self)  # type: ignore[no-any-return]
+
+    def spec_hash(self) -> str:
+        return content_hash(self.to_dict())
+
+    def schedule_hash(self) -> str:
+        """Changes exactly when the next-run computation must start over (not on prompt edits)."""
+        return content_hash(_plain(self.schedule))
+
+
+@dataclass(frozen=True, slots=True)
+class Retention:
+    records: float | None = None
+    logs: float | None = 30 * 86400.0
+
+
+@dataclass(frozen=True, slots=True)
+class GlobalConfig:
+    """`agentjobs.yaml`: installation settings plus defaults merged under every job."""
+
+    max_concurrent: int = DEFAULT_MAX_CONCURRENT
+    retention: Retention = field(default_factory=Retention)
+    defaults: tuple[tuple[str, Any], ...] = ()  # job-level keys, as written
+
+    def to_dict(self) -> dict[str, Any]:
+        return _plain(self)  # type: ignore[no-any-return]
+
+
+def content_hash(value: Any) -> str:
+    data = json.dumps(value, sort_keys=True, separators=(",", ":")).encode()
+    return hashlib.sha256(data).hexdigest()[:16]
+
+
+def _plain(value: Any) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, tuple | list):
+        return [_plain(v) for v in value]
+    return value
+
+
+# -- building from a validated document --------------------------------------------------------
+
+_JOB_DEFAULT_KEYS = (
+    "priority",
+    "timeout",
+    "silence_timeout",
+    "kill_grace",
+    "overlap",
+    "retry",
+    "notify",
+    "env",
+    "secrets",
+)
+
+
+def build_config(raw: dict[str, Any] | None) -> GlobalConfig:
+    raw = raw or {}
+    retention_raw = raw.get("retention", {})
+    retention = Retention(
+        records=_dur(retention_raw.get("records")),
+        logs=_dur(retention_raw.get("logs"), 30 * 86400.0),
+    )
+    defaults = {k: raw[k] for k in (*_JOB_DEFAULT_KEYS, "timezone", "catchup") if k in raw}
+    return GlobalConfig(
+        max_concurrent=int(raw.get("max_concurrent", DEFAULT_MAX_CONCURRENT)),
+        retention=retention,
+        defaults=tuple(sorted(defaults.items())),
+    )
+
+
+def merge_defaults(raw: dict[str, Any], config: GlobalConfig) -> dict[str, Any]:
+    """The job document with the global defaults underneath it (the job wins, key by key)."""
+    defaults = dict(config.defaults)
+    merged = dict(raw)
+    for key in _JOB_DEFAULT_KEYS:
+        if key not in defaults:
+            continue
+        if key not in merged:
+            merged[key] = defaults[key]
+        elif key in ("retry", "notify", "env") and isinstance(merged[key], dict):
+            base = dict(defaults[key])
+            if key == "retry" and "backoff" in base and "backoff" in merged[key]:
+                base["backoff"] = {**base["backoff"], **merged[key]["backoff"]}
+                merged[key] = {**base, **{k: v for k, v in merged[key].items() if k != "backoff"}}
+            else:
+                merged[key] = {**base, **merged[key]}
+        elif key == "secrets":
+            merged[key] = sorted(set(defaults[key]) | set(merged[key]))
+    if "schedule" in merged:
+        schedule = dict(merged["schedule"])
+        for key in ("timezone", "catchup"):
+            if key not in schedule and key in defaults:
+                schedule[key] = defaults[key]
+        merged["schedule"] = schedule
+    return merged
+
+
+def expand_path(text: str, base: Path) -> str:
+    """`~` and `$VARS` expanded; relative paths are taken from `base`; symlinks resolved."""
+    expanded = os.path.expanduser(os.path.expandvars(text))
+    return os.path.realpath(os.path.join(base, expanded))
+
+
+def default_workdir(source: Path) -> str:
+    """A job without `workdir` runs in the directory that holds the jobs directory (the repo)."""
+    return os.path.realpath(source.resolve().parent.parent)
+
+
+def parse_at(text: str, tz: str) -> datetime:
+    """A one-off time; naive times are read in `tz`. Raises ValueError."""
+    moment = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=ZoneInfo(tz))
+    return moment.astimezone(UTC)
+
+
+def _dur(value: str | None, default: float | None = None) -> float | None:
+    return default if value is None else parse_duration(value)
+
+
+def _matches(items: list[Any] | None) -> tuple[OutcomeMatch, ...]:
+    out = []
+    for item in items or []:
+        if isinstance(item, bool):
+            continue
+        if isinstance(item, int):
+            out.append(OutcomeMatch(exit_code=item))
+        elif isinstance(item, str):
+            out.append(OutcomeMatch(outcome=item))
+        else:
+            out.append(OutcomeMatch(output=item["output"]))
+    return tuple(out)
+
+
+def build_job(raw: dict[str, Any], source: Path, config: GlobalConfig) -> JobSpec:
+    """Convert one validated job document (global defaults merged in here)."""
+    doc = merge_defaults(raw, config)
+    base = source.resolve().parent
+    name = doc.get("name") or source.stem
+    workdir = expand_path(doc["workdir"], base) if "workdir" in doc else default_workdir(source)
+    lock = doc.get("lock") or workdir
+
+    schedule = None
+    if "schedule" in doc:
+        raw_schedule = doc["schedule"]
+        tz = raw_schedule.get("timezone", "UTC")
+        at = raw_schedule.get("at")
+        schedule = Schedule(
+            cron=raw_schedule.get("cron"),
+            every=_dur(raw_schedule.get("every")),
+            at=parse_at(at, tz).isoformat() if at else None,
+            timezone=tz,
+            catchup=raw_schedule.get("catchup", "once"),
+            jitter=_dur(raw_schedule.get("jitter"), 0.0) or 0.0,
+        )
+
+    agent = None
+    if "agent" in doc:
+        a = doc["agent"]
+        agent = AgentSpec(
+            kind=a["kind"],
+            prompt=a.get("prompt"),
+            prompt_file=expand_path(a["prompt_file"], base) if "prompt_file" in a else None,
+            model=a.get("model"),
+            max_turns=a.get("max_turns"),
+            permission_mode=a.get("permission_mode"),
+            allowed_tools=tuple(a.get("allowed_tools", ())),
+            extra_args=tuple(a.get("extra_args", ())),
+        )
+
+    command: tuple[str, ...] = ()
+    shell = None
+    if "command" in doc:
+        if isinstance(doc["command"], str):
+            shell = doc["command"]
+        else:
+            command = tuple(doc["command"])
+
+    retry_raw = doc.get("retry", {})
+    backoff_raw = retry_raw.get("backoff", {})
+    initial = _dur(backoff_raw.get("initial"), 60.0) or 0.0
+    retry = RetryPolicy(
+        attempts=retry_raw.get("attempts", 1),
+        backoff=Backoff(
+            initial=initial,
+            max=_dur(backoff_raw.get("max"), 1800.0) or 0.0,
+            multiplier=float(backoff_raw.get("multiplier", 2.0)),
+            jitter=_dur(backoff_raw.get("jitter"), initial / 10) or 0.0,
+        ),
+        retry_on=_matches(retry_raw.get("retry_on")),
+        never_on=_matches(retry_raw.get("never_on")),
+        corrective=retry_raw.get("corrective", agent is not None),
+    )
+
+    verify = None
+    if "verify" in doc:
+        v = doc["verify"]
+        if isinstance(v, list):
+            verify = VerifySpec(argv=tuple(v))
+        else:
+            cmd = v["command"]
+            as_shell = v.get("shell", False) or isinstance(cmd, str)
+            verify = VerifySpec(
+                argv=() if as_shell else tuple(cmd),
+                shell=(cmd if isinstance(cmd, str) else " ".join(cmd)) if as_shell else None,
+                timeout=_dur(v.get("timeout"), 600.0) or 600.0,
+            )
+
+    notify = None
+    if "notify" in doc:
+        n = doc["notify"]
+        notify = NotifySpec(
+            events=tuple(n.get("events", DEFAULT_NOTIFY_EVENTS)),
+            webhook=n.get("webhook"),
+            command=tuple(n.get("command", ())),
+            ping_url=n.get("ping_url"),
+        )
+
+    silence = _dur(doc.get("silence_timeout"), DEFAULT_AGENT_SILENCE if agent else None)
+    return JobSpec(
+        name=name,
+        description=doc.get("description", ""),
+        enabled=doc.get("enabled", True),
+        labels=tuple(sorted(doc.get("labels", {}).items())),
+        workdir=workdir,
+        lock=lock,
+        priority=doc.get("priority", "normal"),
+        schedule=schedule,
+        command=command,
+        shell=shell,
+        agent=agent,
+        env=tuple(sorted(doc.get("env", {}).items())),
+        env_file=expand_path(doc["env_file"], base) if "env_file" in doc else None,
+        secrets=tuple(sorted(doc.get("secrets", ()))),
+        timeout=_dur(doc.get("timeout"), DEFAULT_TIMEOUT) or DEFAULT_TIMEOUT,
+        silence_timeout=silence,
+        kill_grace=_dur(doc.get("kill_grace"), DEFAULT_KILL_GRACE) or 0.0,
+        retry=retry,
+        overlap=doc.get("overlap", "skip"),
+        needs=tuple(doc.get("needs", ())),
+        verify=verify,
+        notify=notify,
+    )
+
+
+# -- the stored form back into values ----------------------------------------------------------
+
+
+def job_from_dict(data: dict[str, Any]) -> JobSpec:
+    """Inverse of `JobSpec.to_dict` (state files hold that form)."""
+    d = dict(data)
+    if d.get("schedule") is not None:
+        d["schedule"] = Schedule(**d["schedule"])
+    if d.get("agent") is not None:
+        a = dict(d["agent"])
+        a["allowed_tools"] = tuple(a.get("allowed_tools", ()))
+        a["extra_args"] = tuple(a.get("extra_args", ()))
+        d["agent"] = AgentSpec(**a)
+    r = dict(d["retry"])
+    r["backoff"] = Backoff(**r["backoff"])
+    r["retry_on"] = tuple(OutcomeMatch(**m) for m in r.get("retry_on", ()))
+    r["never_on"] = tuple(OutcomeMatch(**m) for m in r.get("never_on", ()))
+    d["retry"] = RetryPolicy(**r)
+    if d.get("verify") is not None:
+        v = dict(d["verify"])
+        v["argv"] = tuple(v.get("argv", ()))
+        d["verify"] = VerifySpec(**v)
+    if d.get("notify") is not None:
+        n = dict(d["notify"])
+        n["events"] = tuple(n.get("events", ()))
+        n["command"] = tuple(n.get("command", ()))
+        d["notify"] = NotifySpec(**n)
+    for key in ("command", "secrets", "needs"):
+        d[key] = tuple(d.get(key, ()))
+    for key in ("labels", "env"):
+        d[key] = tuple(tuple(pair) for pair in d.get(key, ()))
+    return JobSpec(**d)

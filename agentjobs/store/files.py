@@ -1,0 +1,198 @@
+"""The default backend: a state directory on the local file system.
+
+Layout (format 1):
+    format.json      {"format": 1, "created_at": ...}; a newer format is refused
+    state.lock       flock target for read-modify-write of the files below
+    applied.json     {"format": 1, "jobs": {name: AppliedJob}}: one file, so apply is all-or-nothing
+    schedule.json    {"format": 1, "jobs": {name: ScheduleState}}
+
+Every write is temp file + fsync + os.replace + fsync of the directory (DESIGN.md invariant 4).
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import os
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from agentjobs.errors import UserError
+from agentjobs.store import STATE_FORMAT, AppliedChange, AppliedJob, ScheduleState
+
+# format N -> function turning a format-N state directory into format N+1 (none needed yet)
+MIGRATIONS: dict[int, Callable[[Path], None]] = {}
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Replace `path` with `data` so readers see the old or the new file, never a mix."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    try:
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def _dump(value: Any) -> bytes:
+    return (json.dumps(value, sort_keys=True, separators=(",", ":")) + "\n").encode()
+
+
+class FileStore:
+    """State in a directory (created mode 0700 on first write)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self._checked = False
+
+    def describe(self) -> str:
+        return str(self.root)
+
+    def exists(self) -> bool:
+        return (self.root / "format.json").is_file()
+
+    # -- format ----------------------------------------------------------------------------
+
+    def _check_format(self) -> None:
+        if self._checked:
+            return
+        try:
+            raw = (self.root / "format.json").read_bytes()
+        except FileNotFoundError:
+            self._checked = True
+            return
+        try:
+            version = int(json.loads(raw)["format"])
+        except (ValueError, KeyError, TypeError) as exc:
+            raise UserError(
+                f"{self.root}/format.json is damaged ({exc}); restore it from a backup"
+            ) from None
+        if version > STATE_FORMAT:
+            raise UserError(
+                f"state directory {self.root} has format {version}, newer than this agentjobs "
+                f"understands ({STATE_FORMAT}); upgrade agentjobs"
+            )
+        while version < STATE_FORMAT:
+            MIGRATIONS[version](self.root)
+            version += 1
+            atomic_write(self.root / "format.json", _dump({"format": version}))
+        self._checked = True
+
+    def _ensure(self) -> None:
+        if not self.root.exists():
+            try:
+                self.root.mkdir(mode=0o700, parents=True)
+            except FileExistsError:
+                pass
+            except OSError as exc:
+                raise UserError(
+                    f"cannot create state directory {self.root}: {exc.strerror}"
+                ) from None
+        elif not self.root.is_dir():
+            raise UserError(f"state directory {self.root} is not a directory")
+        self._check_format()
+        if not self.exists():
+            stamp = datetime.now(UTC).isoformat(timespec="seconds")
+            atomic_write(
+                self.root / "format.json", _dump({"format": STATE_FORMAT, "created_at": stamp})
+            )
+
+    # -- lock ------------------------------------------------------------------------------
+
+    @contextmanager
+    def lock(self, timeout: float) -> Iterator[None]:
+        self._ensure()
+        path = self.root / "state.lock"
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            deadline = time.monotonic() + timeout
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except OSError as exc:
+                    if exc.errno not in (errno.EAGAIN, errno.EACCES):
+                        raise
+                    if time.monotonic() >= deadline:
+                        holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
+                        raise UserError(
+                            f"state directory {self.root} is locked by another agentjobs process "
+                            f"(pid {holder}) for more than {timeout:g}s; try again when it is done"
+                        ) from None
+                    time.sleep(0.02)
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, str(os.getpid()).encode(), 0)
+            yield
+        finally:
+            os.close(fd)  # closing the descriptor releases the flock
+
+    # -- reads -----------------------------------------------------------------------------
+
+    def _read(self, name: str) -> dict[str, Any]:
+        self._check_format()
+        path = self.root / name
+        try:
+            raw = path.read_bytes()
+        except FileNotFoundError:
+            return {}
+        try:
+            data: dict[str, Any] = json.loads(raw)
+            data["jobs"].items()
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise UserError(f"{path} is damaged ({exc}); restore it from a backup") from None
+        return data
+
+    def _read_jobs(self, name: str) -> dict[str, Any]:
+        jobs: dict[str, Any] = self._read(name).get("jobs", {})
+        return jobs
+
+    def applied(self) -> dict[str, AppliedJob]:
+        return {n: AppliedJob.from_dict(n, d) for n, d in self._read_jobs("applied.json").items()}
+
+    def schedules(self) -> dict[str, ScheduleState]:
+        return {n: ScheduleState.from_dict(d) for n, d in self._read_jobs("schedule.json").items()}
+
+    def config(self) -> dict[str, Any]:
+        config: dict[str, Any] = self._read("applied.json").get("config", {})
+        return config
+
+    # -- writes ----------------------------------------------------------------------------
+
+    def write_applied(self, change: AppliedChange) -> None:
+        self._ensure()
+        schedules = self._read_jobs("schedule.json")
+        applied_file = self._read("applied.json")
+        applied = applied_file.get("jobs", {})
+        config = applied_file.get("config", {}) if change.config is None else dict(change.config)
+        for name in change.remove:
+            schedules.pop(name, None)
+            applied.pop(name, None)
+        for name, state in change.schedules.items():
+            schedules[name] = state.to_dict()
+        for name, job in change.put.items():
+            applied[name] = job.to_dict()
+        atomic_write(
+            self.root / "schedule.json", _dump({"format": STATE_FORMAT, "jobs": schedules})
+        )
+        atomic_write(
+            self.root / "applied.json",
+            _dump({"format": STATE_FORMAT, "config": config, "jobs": applied}),
+        )

@@ -1,0 +1,653 @@
+"""Job files in, `JobSpec`s or a full list of problems out.
+
+Every file and every job is checked and every problem is reported (STYLE.md rule 6): YAML syntax
+and safety (`yamlfile.py`), the JSON Schema in `schema/`, then semantic rules (cron, time zones,
+durations, regexes, referenced files, unique names, `needs` that exist and form no cycle). Each
+problem carries file, line, column and JSON path. Warnings never fail validation.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import os
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from functools import cache
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from agentjobs.errors import Problem
+from agentjobs.spec import CONFIG_FILE_NAME, GlobalConfig, JobSpec, build_config, build_job
+from agentjobs.yamlfile import Document, join_path, load_documents
+
+JOB_SUFFIXES = (".yaml", ".yml")
+NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
+
+# Names people bring from other tools (normalised: lowercase, no `_`/`-`) -> our key.
+_ALIASES = {
+    "retrypolicy": "retry",
+    "retries": "retry",
+    "maxretries": "retry",
+    "backofflimit": "retry",
+    "cwd": "workdir",
+    "dir": "workdir",
+    "workingdir": "workdir",
+    "workingdirectory": "workdir",
+    "cmd": "command",
+    "run": "command",
+    "script": "command",
+    "args": "command",
+    "exec": "command",
+    "tz": "timezone",
+    "timezone": "timezone",
+    "interval": "every",
+    "period": "every",
+    "dependson": "needs",
+    "depends": "needs",
+    "after": "needs",
+    "requires": "needs",
+    "environment": "env",
+    "envfile": "env_file",
+    "dotenv": "env_file",
+    "hangtimeout": "silence_timeout",
+    "idletimeout": "silence_timeout",
+    "silencetimeout": "silence_timeout",
+    "concurrencypolicy": "overlap",
+    "concurrency": "overlap",
+    "notifications": "notify",
+    "onfailure": "notify",
+    "alerts": "notify",
+    "suspend": "enabled",
+    "disabled": "enabled",
+    "activedeadlineseconds": "timeout",
+    "deadline": "timeout",
+    "killtimeout": "kill_grace",
+    "gracetime": "kill_grace",
+    "graceperiod": "kill_grace",
+    "schedules": "schedule",
+    "when": "schedule",
+    "crontab": "cron",
+    "prompts": "prompt",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class LoadedJob:
+    """A valid job and where it was written."""
+
+    spec: JobSpec
+    source: str
+    line: int
+
+
+@dataclass(frozen=True, slots=True)
+class LoadResult:
+    jobs: tuple[LoadedJob, ...]
+    config: GlobalConfig
+    problems: tuple[Problem, ...]
+    files: int
+    config_source: str | None = None
+
+    @property
+    def errors(self) -> list[Problem]:
+        return [p for p in self.problems if p.severity == "error"]
+
+    @property
+    def warnings(self) -> list[Problem]:
+        return [p for p in self.problems if p.severity == "warning"]
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+
+# -- schemas -------------------------------------------------------------------------------
+
+
+@cache
+def schema(name: str) -> dict[str, Any]:
+    text = resources.files("agentjobs").joinpath("schema", name).read_text(encoding="utf-8")
+    loaded: dict[str, Any] = json.loads(text)
+    return loaded
+
+
+@cache
+def _validator(name: str) -> Any:
+    from jsonschema import Draft202012Validator
+
+    return Draft202012Validator(schema(name))
+
+
+# -- turning jsonschema errors into messages people can act on -----------------------------
+
+
+def _kind(value: Any) -> str:
+    if value is None:
+        return "nothing (null)"
+    if isinstance(value, bool):
+        return f"the boolean {str(value).lower()}"
+    if isinstance(value, int | float):
+        return f"the number {value}"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, dict):
+        return "a mapping"
+    return type(value).__name__
+
+
+def suggest(word: str, choices: Iterable[str]) -> str | None:
+    """The key the user most likely meant by `word`, if any."""
+    options = list(choices)
+    norm = word.lower().replace("_", "").replace("-", "")
+    for option in options:
+        if option.replace("_", "") == norm:
+            return option
+    alias = _ALIASES.get(norm)
+    if alias in options:
+        return alias
+    close = difflib.get_close_matches(word, options, n=1, cutoff=0.6)
+    return close[0] if close else None
+
+
+def _type_message(error: Any, doc: Document, path: str) -> str:
+    value = error.instance
+    expected = error.validator_value
+    expected_list = expected if isinstance(expected, list) else [expected]
+    names = {
+        "string": "a string",
+        "array": "a list",
+        "object": "a mapping",
+        "integer": "an integer",
+        "number": "a number",
+        "boolean": "true or false",
+    }
+    want = " or ".join(names.get(str(t), str(t)) for t in expected_list)
+    raw = doc.plain.get(path)
+    key = path.rpartition(".")[2]
+    if value is None:
+        return f"is empty; give {want} or remove the key"
+    if "string" in expected_list and isinstance(value, bool):
+        return (
+            f"YAML 1.1 read `{raw}` as the boolean {str(value).lower()}; "
+            f'quote it if you meant the text: "{raw}"'
+        )
+    if "string" in expected_list and isinstance(value, int | float) and raw is not None:
+        if ":" in raw:
+            return f'YAML read `{raw}` as the number {value} (base-60 notation); quote it: "{raw}"'
+        if error.schema.get("title") in {"Duration"} or key in {
+            "timeout",
+            "silence_timeout",
+            "kill_grace",
+            "every",
+            "jitter",
+            "initial",
+            "max",
+        }:
+            return f"a duration needs a unit: write {raw}s or {raw}m (or ISO-8601 PT{raw}S)"
+        return f'YAML read `{raw}` as a number; quote it: "{raw}"'
+    if "boolean" in expected_list and isinstance(value, str):
+        return f"expected true or false, got `{value}`"
+    return f"expected {want}, got {_kind(value)}"
+
+
+def _key_choice_message(error: Any) -> str | None:
+    """For `oneOf: [{required: [a]}, {required: [b]}]`: 'exactly one of a, b'."""
+    branches = error.validator_value
+    if not all(set(b) == {"required"} and len(b["required"]) == 1 for b in branches):
+        return None
+    keys = [b["required"][0] for b in branches]
+    present = [k for k in keys if isinstance(error.instance, dict) and k in error.instance]
+    listed = ", ".join(keys[:-1]) + f" or {keys[-1]}"
+    if not present:
+        return f"needs exactly one of {listed}"
+    return f"has {' and '.join(present)}; keep exactly one of {listed}"
+
+
+def _pattern_message(error: Any) -> str:
+    title = error.schema.get("title", "")
+    value = error.instance
+    if (
+        title == "Duration"
+        or "Duration" in title
+        or error.schema.get("pattern", "").startswith("^((\\d")
+    ):
+        from agentjobs.durations import parse_duration
+
+        try:
+            parse_duration(value)
+        except ValueError as exc:
+            return str(exc)
+    if "Name" in title or title == "Job name":
+        return (
+            f"`{value}` is not a valid job name: use lowercase letters, digits, '.', '_' and '-', "
+            "starting with a letter or digit, at most 63 characters"
+        )
+    if "URL" in title:
+        return f"`{value}` is not an http:// or https:// URL"
+    if "Variable" in title:
+        return f"`{value}` is not an environment variable name (letters, digits, '_')"
+    return f"`{value}` does not match the expected form {error.validator_value}"
+
+
+def _messages(error: Any, doc: Document) -> list[tuple[str, str, bool]]:
+    """(json path, message, at_key) for one jsonschema error; `at_key` points at the key."""
+    path = ""
+    for part in error.absolute_path:
+        path = join_path(path, part)
+    v = error.validator
+    if v == "additionalProperties":
+        allowed = list(error.schema.get("properties", {}))
+        extra = [k for k in error.instance if k not in allowed]
+        out: list[tuple[str, str, bool]] = []
+        for key in extra:
+            hint = suggest(key, allowed)
+            if hint:
+                msg = f"unknown key `{key}`; did you mean `{hint}`?"
+            else:
+                msg = f"unknown key `{key}`; allowed here: {', '.join(allowed)}"
+            out.append((join_path(path, key), msg, True))
+        return out
+    if v == "required":
+        missing = [k for k in error.validator_value if k not in error.instance]
+        return [(path, f"missing required key `{k}`", False) for k in missing]
+    if v == "type":
+        return [(path, _type_message(error, doc, path), False)]
+    if v == "enum":
+        options = [str(o) for o in error.validator_value]
+        hint = suggest(str(error.instance), options) if isinstance(error.instance, str) else None
+        msg = f"`{error.instance}` is not one of {', '.join(options)}"
+        if isinstance(error.instance, bool):
+            msg = (
+                f"YAML 1.1 read `{doc.plain.get(path, error.instance)}` as a boolean; "
+                f"write one of {', '.join(options)}"
+            )
+        return [(path, msg + (f"; did you mean `{hint}`?" if hint else ""), False)]
+    if v == "pattern":
+        return [(path, _pattern_message(error), False)]
+    if v == "propertyNames":
+        key = error.instance
+        return [(join_path(path, str(key)), f"`{key}` is not allowed as a key here", True)]
+    if v in ("minItems", "minLength"):
+        return [(path, "must not be empty", False)]
+    if v == "minimum":
+        return [(path, f"must be at least {error.validator_value}, got {error.instance}", False)]
+    if v == "maximum":
+        return [(path, f"must be at most {error.validator_value}, got {error.instance}", False)]
+    if v == "uniqueItems":
+        return [(path, "lists the same entry twice; remove the duplicate", False)]
+    if v == "oneOf":
+        choice = _key_choice_message(error)
+        if choice:
+            where = path or "job"
+            return [(path, f"{where} {choice}" if path else f"a job {choice}", False)]
+        # Explain with the branch whose type fits the value, when there is one.
+        branches: dict[int, list[Any]] = {}
+        for sub in error.context:
+            branches.setdefault(sub.relative_schema_path[0], []).append(sub)
+        fitting = [
+            errs
+            for errs in branches.values()
+            if not any(e.validator == "type" and not e.relative_path for e in errs)
+        ]
+        if fitting:
+            out = []
+            for sub in min(fitting, key=len):
+                out.extend(_messages(sub, doc))
+            if out:
+                return out
+        titles = [b.get("title", "?").lower() for b in error.validator_value]
+        return [(path, f"expected {' or '.join(titles)}, got {_kind(error.instance)}", False)]
+    return [(path, error.message, False)]
+
+
+def schema_problems(doc: Document, file: str, schema_name: str) -> list[Problem]:
+    problems = []
+    seen: set[tuple[str, str]] = set()
+    for error in _validator(schema_name).iter_errors(doc.value):
+        for path, message, at_key in _messages(error, doc):
+            if (path, message) in seen:
+                continue
+            seen.add((path, message))
+            line, column = doc.where_key(path) if at_key else doc.where(path)
+            problems.append(Problem(file, line, column, path, message))
+    return problems
+
+
+# -- semantic checks ---------------------------------------------------------------------------
+
+
+class _Checker:
+    def __init__(self, file: str, doc: Document) -> None:
+        self.file = file
+        self.doc = doc
+        self.problems: list[Problem] = []
+
+    def error(self, path: str, message: str) -> None:
+        line, column = self.doc.where(path)
+        self.problems.append(Problem(self.file, line, column, path, message))
+
+    def warn(self, path: str, message: str) -> None:
+        line, column = self.doc.where(path)
+        self.problems.append(Problem(self.file, line, column, path, message, "warning"))
+
+
+def _check_job(raw: dict[str, Any], source: Path, check: _Checker, config: GlobalConfig) -> None:
+    from agentjobs.schedule import check_cron, check_timezone
+    from agentjobs.spec import parse_at
+
+    base = source.resolve().parent
+    schedule = raw.get("schedule")
+    if schedule is not None:
+        tz = schedule.get("timezone") or dict(config.defaults).get("timezone", "UTC")
+        if "timezone" in schedule and (msg := check_timezone(schedule["timezone"])):
+            check.error("schedule.timezone", msg)
+        if "cron" in schedule and (msg := check_cron(schedule["cron"])):
+            check.error("schedule.cron", msg)
+        if "at" in schedule:
+            try:
+                moment = parse_at(schedule["at"], tz if not check_timezone(tz) else "UTC")
+            except ValueError:
+                check.error(
+                    "schedule.at",
+                    f"`{schedule['at']}` is not an ISO-8601 time; write e.g. '2026-12-01T09:30' "
+                    "or '2026-12-01T09:30:00+01:00'",
+                )
+            else:
+                if moment < datetime.now(UTC):
+                    check.warn("schedule.at", f"{schedule['at']} is in the past")
+        if "timezone" in schedule and "every" in schedule:
+            check.warn("schedule.timezone", "timezone has no effect on `every` schedules")
+    command = raw.get("command")
+    if isinstance(command, str) and not raw.get("shell"):
+        check.error(
+            "command",
+            "command is a string; write it as a list ([make, test]) or set `shell: true`",
+        )
+    if isinstance(command, list) and raw.get("shell"):
+        check.error("shell", "`shell: true` takes a string command; write command as one string")
+    if raw.get("shell") and "agent" in raw:
+        check.error("shell", "`shell` applies to `command`, not to `agent`")
+    agent = raw.get("agent")
+    if agent and "prompt_file" in agent:
+        path = os.path.join(base, os.path.expanduser(agent["prompt_file"]))
+        if not os.path.isfile(path):
+            check.error(
+                "agent.prompt_file",
+                f"prompt file {agent['prompt_file']} not found (looked in {base})",
+            )
+    if "env_file" in raw:
+        path = os.path.join(base, os.path.expanduser(os.path.expandvars(raw["env_file"])))
+        if not os.path.isfile(path):
+            check.error("env_file", f"env file {raw['env_file']} not found (looked in {base})")
+    for name in raw.get("secrets", []):
+        if name in raw.get("env", {}):
+            check.error(
+                f"env.{name}",
+                f"`{name}` is a secret but has a value in the job file; move it to env_file or "
+                "the environment",
+            )
+    retry = raw.get("retry", {})
+    for key in ("retry_on", "never_on"):
+        for i, item in enumerate(retry.get(key, [])):
+            if isinstance(item, dict):
+                try:
+                    re.compile(item["output"])
+                except re.error as exc:
+                    check.error(f"retry.{key}[{i}].output", f"invalid regular expression: {exc}")
+    if "workdir" in raw:
+        expanded = os.path.expandvars(raw["workdir"])
+        if "$" in expanded:
+            check.warn("workdir", f"{raw['workdir']}: environment variable not set here")
+        elif not os.path.isdir(os.path.join(base, os.path.expanduser(expanded))):
+            check.warn("workdir", f"{raw['workdir']} does not exist on this machine")
+
+
+def _check_durations(raw: dict[str, Any], check: _Checker) -> None:
+    from agentjobs.durations import parse_duration
+
+    timeout = raw.get("timeout")
+    for key in ("timeout", "silence_timeout", "kill_grace"):
+        if key in raw and parse_duration(raw[key]) <= 0:
+            check.error(key, f"{key} must be longer than zero")
+    if (
+        timeout
+        and "silence_timeout" in raw
+        and (parse_duration(raw["silence_timeout"]) >= parse_duration(timeout))
+    ):
+        check.warn("silence_timeout", "silence_timeout is not shorter than timeout: it never fires")
+    backoff = raw.get("retry", {}).get("backoff", {})
+    if (
+        "initial" in backoff
+        and "max" in backoff
+        and (parse_duration(backoff["initial"]) > parse_duration(backoff["max"]))
+    ):
+        check.error("retry.backoff.max", "max is shorter than initial; raise max or lower initial")
+    every = raw.get("schedule", {}).get("every")
+    if every is not None and parse_duration(every) < 1:
+        check.error("schedule.every", "every must be at least 1s")
+
+
+# -- files -------------------------------------------------------------------------------------
+
+
+def job_files(directory: Path) -> list[Path]:
+    """The job files in a jobs directory (not recursive), in name order, without the config."""
+    if not directory.is_dir():
+        return []
+    return sorted(
+        p
+        for p in directory.iterdir()
+        if p.suffix in JOB_SUFFIXES
+        and p.is_file()
+        and p.name != CONFIG_FILE_NAME
+        and not p.name.startswith(".")
+    )
+
+
+def _read(path: Path) -> tuple[bytes | None, Problem | None]:
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read(2 * 1024 * 1024)
+    except OSError as exc:
+        return None, Problem(str(path), 1, 1, "", f"cannot read: {exc.strerror}")
+    return data, None
+
+
+def _load_config(path: Path | None) -> tuple[GlobalConfig, list[Problem]]:
+    if path is None or not path.is_file():
+        return build_config(None), []
+    data, problem = _read(path)
+    if data is None:
+        return build_config(None), [problem] if problem else []
+    docs, problems = load_documents(str(path), data)
+    if problems:
+        return build_config(None), problems
+    docs = [d for d in docs if d.value is not None]
+    if not docs:
+        return build_config(None), []
+    if len(docs) > 1:
+        return build_config(None), [
+            Problem(str(path), 1, 1, "", "the global config is one document")
+        ]
+    doc = docs[0]
+    if not isinstance(doc.value, dict):
+        return build_config(None), [
+            Problem(str(path), 1, 1, "", "the global config must be a mapping of settings")
+        ]
+    problems = schema_problems(doc, str(path), "config.schema.json")
+    check = _Checker(str(path), doc)
+    if not problems:
+        from agentjobs.schedule import check_timezone
+
+        if "timezone" in doc.value and (msg := check_timezone(doc.value["timezone"])):
+            check.error("timezone", msg)
+        _check_durations(doc.value, check)
+    problems.extend(check.problems)
+    if any(p.severity == "error" for p in problems):
+        return build_config(None), problems
+    return build_config(doc.value), problems
+
+
+def _load_file(path: Path, config: GlobalConfig) -> tuple[list[LoadedJob], list[Problem]]:
+    file = str(path)
+    data, problem = _read(path)
+    if data is None:
+        return [], [problem] if problem else []
+    docs, problems = load_documents(file, data)
+    docs = [d for d in docs if d.value is not None]
+    jobs: list[LoadedJob] = []
+    for doc in docs:
+        line = doc.where("")[0]
+        if not isinstance(doc.value, dict):
+            problems.append(
+                Problem(file, line, 1, "", f"a job is a mapping of keys, got {_kind(doc.value)}")
+            )
+            continue
+        found = schema_problems(doc, file, "job.schema.json")
+        check = _Checker(file, doc)
+        if "name" not in doc.value:
+            if len(docs) > 1:
+                check.error("", "this file holds several jobs: give each one a `name`")
+            elif not NAME_RE.match(path.stem):
+                check.error(
+                    "",
+                    f"the file name `{path.stem}` is not a valid job name; set `name:` or rename "
+                    "the file (lowercase letters, digits, '.', '_', '-')",
+                )
+        if not found:
+            _check_job(doc.value, path, check, config)
+            _check_durations(doc.value, check)
+        found.extend(check.problems)
+        problems.extend(found)
+        if not any(p.severity == "error" for p in found):
+            jobs.append(LoadedJob(build_job(doc.value, path, config), file, line))
+    return jobs, problems
+
+
+def _cross_checks(jobs: Sequence[LoadedJob], report: set[str]) -> list[Problem]:
+    problems: list[Problem] = []
+    by_name: dict[str, LoadedJob] = {}
+    for job in jobs:
+        first = by_name.get(job.spec.name)
+        if first is not None:
+            if job.source in report:
+                problems.append(
+                    Problem(
+                        job.source,
+                        job.line,
+                        1,
+                        "name",
+                        f"job name `{job.spec.name}` is already used at "
+                        f"{first.source}:{first.line}; "
+                        "names must be unique",
+                    )
+                )
+            continue
+        by_name[job.spec.name] = job
+    for job in by_name.values():
+        if job.source not in report:
+            continue
+        for i, need in enumerate(job.spec.needs):
+            if need == job.spec.name:
+                problems.append(
+                    Problem(job.source, job.line, 1, f"needs[{i}]", "a job cannot need itself")
+                )
+            elif need not in by_name:
+                hint = suggest(need, by_name)
+                problems.append(
+                    Problem(
+                        job.source,
+                        job.line,
+                        1,
+                        f"needs[{i}]",
+                        f"no job named `{need}`" + (f"; did you mean `{hint}`?" if hint else ""),
+                    )
+                )
+    # cycles, reported once each, at the job where the cycle is first entered
+    state: dict[str, int] = {}
+    reported: set[frozenset[str]] = set()
+
+    def visit(name: str, trail: list[str]) -> None:
+        state[name] = 1
+        trail.append(name)
+        for need in by_name[name].spec.needs:
+            if need not in by_name or need == name:
+                continue
+            if state.get(need) == 1:
+                cycle = [*trail[trail.index(need) :], need]
+                key = frozenset(cycle)
+                if key not in reported:
+                    reported.add(key)
+                    job = by_name[need]
+                    problems.append(
+                        Problem(
+                            job.source,
+                            job.line,
+                            1,
+                            "needs",
+                            f"`needs` forms a cycle: {' -> '.join(cycle)}; remove one link",
+                        )
+                    )
+            elif need not in state:
+                visit(need, trail)
+        trail.pop()
+        state[name] = 2
+
+    for name in sorted(by_name):
+        if name not in state:
+            visit(name, [])
+    return problems
+
+
+def load(paths: Sequence[Path], config_path: Path | None) -> LoadResult:
+    """Validate job files (and the global config) and build their specs.
+
+    `paths` are files or directories. Problems are reported for those; names and `needs` are
+    checked against every job file in the directories involved, so a pre-commit hook that passes
+    only the changed files still sees the whole set.
+    """
+    config, problems = _load_config(config_path)
+    report: list[Path] = []
+    context: set[Path] = set()
+    for path in paths:
+        if path.is_dir():
+            files = job_files(path)
+            report.extend(files)
+            context.update(files)
+        elif path.name == CONFIG_FILE_NAME:
+            if config_path is None or path.resolve() != config_path.resolve():
+                _, extra = _load_config(path)
+                problems.extend(extra)
+        elif path.exists():
+            report.append(path)
+            context.update(job_files(path.parent))
+        else:
+            problems.append(Problem(str(path), 1, 1, "", "no such file or directory"))
+    reported = {str(p) for p in report}
+    ordered = report + sorted(context - set(report))
+    jobs: list[LoadedJob] = []
+    for path in dict.fromkeys(ordered):
+        file_jobs, file_problems = _load_file(path, config)
+        jobs.extend(file_jobs)
+        if str(path) in reported:
+            problems.extend(file_problems)
+    problems.extend(_cross_checks(jobs, reported))
+    problems.sort(key=lambda p: (p.file, p.line, p.column, p.severity))
+    return LoadResult(
+        jobs=tuple(j for j in jobs if j.source in reported),
+        config=config,
+        problems=tuple(problems),
+        files=len(reported),
+        config_source=str(config_path) if config_path and config_path.is_file() else None,
+    )
+
+
+def load_jobs_dir(jobs_dir: Path) -> LoadResult:
+    """Everything in a jobs directory: the set `plan` and `apply` work on."""
+    return load([jobs_dir], jobs_dir / CONFIG_FILE_NAME)

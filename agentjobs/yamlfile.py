@@ -1,0 +1,219 @@
+"""Safe, bounded YAML reading that remembers where every value came from.
+
+PyYAML's safe loader still keeps the last of two duplicate keys silently, expands aliases without
+bound (the "billion laughs" file) and turns timestamps into `datetime` objects. We compose the node
+graph with PyYAML and build plain values ourselves, so we can refuse duplicates, count what aliases
+expand to, keep timestamps as strings (the schema decides what a time is), and record the line and
+column of each JSON path for error messages.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+from agentjobs.errors import Problem
+
+MAX_FILE_BYTES = 1024 * 1024
+MAX_NODES = 100_000  # values built from one file, aliases expanded
+MAX_DEPTH = 64
+
+
+_Base: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml when built
+
+
+class _Loader(_Base):  # type: ignore[valid-type,misc]
+    """SafeLoader minus the timestamp resolver: `at: 2026-12-01T10:00` stays a string."""
+
+
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:timestamp"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+
+
+@dataclass(slots=True)
+class Document:
+    """One YAML document: its value and the (line, column) of every JSON path in it (1-based)."""
+
+    value: Any
+    marks: dict[str, tuple[int, int]] = field(default_factory=dict)
+    key_marks: dict[str, tuple[int, int]] = field(default_factory=dict)
+    # The source text of plain scalars that YAML turned into numbers, booleans or null, so error
+    # messages can say "YAML read `12:30` as 750".
+    plain: dict[str, str] = field(default_factory=dict)
+
+    def where(self, path: str) -> tuple[int, int]:
+        """Line and column of `path`, or of its nearest ancestor that has one."""
+        probe = path
+        while True:
+            if probe in self.marks:
+                return self.marks[probe]
+            if not probe:
+                return (1, 1)
+            probe = parent_path(probe)
+
+    def where_key(self, path: str) -> tuple[int, int]:
+        """Line and column of the key that introduced `path` (for unknown-key errors)."""
+        return self.key_marks.get(path) or self.where(path)
+
+
+def join_path(parent: str, key: str | int) -> str:
+    if isinstance(key, int):
+        return f"{parent}[{key}]"
+    return f"{parent}.{key}" if parent else key
+
+
+def parent_path(path: str) -> str:
+    if path.endswith("]"):
+        return path[: path.rindex("[")]
+    return path.rpartition(".")[0]
+
+
+class _TooBig(Exception):
+    def __init__(self, message: str, node: yaml.Node) -> None:
+        super().__init__(message)
+        self.node = node
+
+
+class _Builder:
+    def __init__(self, loader: _Loader) -> None:
+        self.loader = loader
+        self.count = 0
+        self.marks: dict[str, tuple[int, int]] = {}
+        self.key_marks: dict[str, tuple[int, int]] = {}
+        self.plain: dict[str, str] = {}
+        self.problems: list[tuple[yaml.Node, str, str]] = []
+
+    @staticmethod
+    def _mark(node: yaml.Node) -> tuple[int, int]:
+        return (node.start_mark.line + 1, node.start_mark.column + 1)
+
+    def build(self, node: yaml.Node, path: str, depth: int) -> Any:
+        self.count += 1
+        if self.count > MAX_NODES:
+            raise _TooBig(
+                f"the file expands to more than {MAX_NODES} values (aliases expanding without "
+                "bound?); write the values out or use fewer aliases",
+                node,
+            )
+        if depth > MAX_DEPTH:
+            raise _TooBig(f"nesting deeper than {MAX_DEPTH} levels; flatten the file", node)
+        self.marks.setdefault(path, self._mark(node))
+        if isinstance(node, yaml.MappingNode):
+            return self._mapping(node, path, depth)
+        if isinstance(node, yaml.SequenceNode):
+            return [
+                self.build(item, join_path(path, i), depth + 1) for i, item in enumerate(node.value)
+            ]
+        if node.tag.startswith("tag:yaml.org,2002:"):
+            value = self.loader.construct_object(node, deep=True)
+            if not isinstance(value, str) and isinstance(node.value, str):
+                self.plain[path] = node.value
+            return value
+        raise yaml.constructor.ConstructorError(
+            None, None, f"tag {node.tag!r} is not allowed; remove it", node.start_mark
+        )
+
+    def _mapping(self, node: yaml.MappingNode, path: str, depth: int) -> dict[str, Any]:
+        self.loader.flatten_mapping(node)  # applies `<<` merge keys
+        out: dict[str, Any] = {}
+        for key_node, value_node in node.value:
+            if not isinstance(key_node, yaml.ScalarNode):
+                raise yaml.constructor.ConstructorError(
+                    None, None, "a key must be a plain string", key_node.start_mark
+                )
+            key = self.loader.construct_object(key_node)
+            if not isinstance(key, str):
+                # `on: x` and `yes: x` read as booleans in YAML 1.1; `1: x` as a number.
+                key = str(key_node.value)
+            child = join_path(path, key)
+            if key in out:
+                first = self.key_marks.get(child, (0, 0))
+                self.problems.append(
+                    (key_node, path, f"duplicate key `{key}` (first at line {first[0]}); keep one")
+                )
+                continue
+            self.key_marks[child] = self._mark(key_node)
+            out[key] = self.build(value_node, child, depth + 1)
+        return out
+
+
+_ALIAS_PROBLEM = re.compile(r"alias|anchor", re.IGNORECASE)
+
+
+def _yaml_error(file: str, exc: yaml.YAMLError, text: str) -> Problem:
+    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+    line = mark.line + 1 if mark else 1
+    column = mark.column + 1 if mark else 1
+    problem = getattr(exc, "problem", None) or str(exc)
+    context = getattr(exc, "context", None)
+    lines = text.splitlines()
+    source = lines[line - 1] if 0 < line <= len(lines) else ""
+    message = f"invalid YAML: {problem}" + (f" ({context})" if context else "")
+    if _ALIAS_PROBLEM.search(f"{problem} {context}") and "*" in source:
+        message = (
+            "a value starting with `*` reads as a YAML alias; quote the cron expression, "
+            'e.g. cron: "*/5 * * * *"'
+        )
+    elif "\t" in source[: column + 1] and "tab" in str(problem):
+        message = "tabs are not allowed for indentation in YAML; indent with spaces"
+    return Problem(file, line, column, "", message)
+
+
+def read_text(file: str, data: bytes) -> tuple[str | None, Problem | None]:
+    """Decode a file's bytes as UTF-8 within the size limit, or say why not."""
+    if len(data) > MAX_FILE_BYTES:
+        return None, Problem(
+            file, 1, 1, "", f"file is {len(data)} bytes, over the 1 MiB limit; split it up"
+        )
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        column = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
+        return None, Problem(file, line, column, "", "file is not valid UTF-8; save it as UTF-8")
+    if "\x00" in text:
+        line = text[: text.index("\x00")].count("\n") + 1
+        return None, Problem(file, line, 1, "", "file contains a NUL byte; is it a text file?")
+    return text.removeprefix("\ufeff"), None
+
+
+def load_documents(file: str, data: bytes) -> tuple[list[Document], list[Problem]]:
+    """Parse every YAML document in `data`. Returns the documents and the problems found.
+
+    A problem in the YAML syntax stops the file (nothing after it can be trusted); duplicate keys
+    are reported and the rest of the file is still read.
+    """
+    text, problem = read_text(file, data)
+    if problem is not None or text is None:
+        return [], [problem] if problem else []
+    loader = _Loader(text)
+    documents: list[Document] = []
+    problems: list[Problem] = []
+    try:
+        while loader.check_node():
+            node = loader.get_node()
+            if node is None:
+                continue
+            builder = _Builder(loader)
+            try:
+                value = builder.build(node, "", 0)
+            except _TooBig as exc:
+                mark = exc.node.start_mark
+                problems.append(Problem(file, mark.line + 1, mark.column + 1, "", str(exc)))
+                return documents, problems
+            for bad_node, path, message in builder.problems:
+                mark = bad_node.start_mark
+                problems.append(Problem(file, mark.line + 1, mark.column + 1, path, message))
+            documents.append(Document(value, builder.marks, builder.key_marks, builder.plain))
+    except yaml.YAMLError as exc:
+        problems.append(_yaml_error(file, exc, text))
+    except RecursionError:
+        problems.append(Problem(file, 1, 1, "", f"nesting deeper than {MAX_DEPTH} levels"))
+    finally:
+        loader.dispose()
+    return documents, problems
