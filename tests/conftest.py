@@ -1,0 +1,82 @@
+"""Shared fixtures: every test gets its own working directory and state directory.
+
+The default state directory (`./.agentjobs`) is made unusable for every test (an autouse fixture
+points AGENTJOBS_STATE_DIR at a regular file), so a test that forgets `--state-dir` fails loudly
+instead of writing into the checkout.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from agentjobs.cli import main
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(autouse=True)
+def _isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    blocker = tmp_path / "default-state-dir-is-not-for-tests"
+    blocker.write_text("tests must pass --state-dir\n")
+    monkeypatch.setenv("AGENTJOBS_STATE_DIR", str(blocker))
+    monkeypatch.delenv("AGENTJOBS_JOBS_DIR", raising=False)
+    monkeypatch.chdir(tmp_path)
+    yield
+
+
+@dataclass
+class Result:
+    code: int
+    out: str
+    err: str
+
+
+@pytest.fixture
+def cli(capsys: pytest.CaptureFixture[str]):  # type: ignore[no-untyped-def]
+    """Run `agentjobs ARGS...` in-process; returns exit code, stdout and stderr."""
+
+    def run(*args: str) -> Result:
+        capsys.readouterr()
+        code = main(list(args))
+        captured = capsys.readouterr()
+        return Result(code, captured.out, captured.err)
+
+    return run
+
+
+def run_agentjobs(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None,
+                  timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """Run the real `agentjobs` in a subprocess (python -m agentjobs)."""
+    full_env = dict(os.environ)
+    full_env.update(env or {})
+    return subprocess.run(
+        [sys.executable, "-m", "agentjobs", *args],
+        cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout, check=False,
+    )
+
+
+def write(path: Path, text: str) -> Path:
+    """Write dedented `text` to `path`, creating parent directories."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(textwrap.dedent(text).lstrip("\n"))
+    return path
+
+
+@pytest.fixture
+def jobs_dir(tmp_path: Path) -> Path:
+    folder = tmp_path / "repo" / "jobs.d"
+    folder.mkdir(parents=True)
+    return folder
+
+
+@pytest.fixture
+def state_dir(tmp_path: Path) -> Path:
+    return tmp_path / "state"
