@@ -82,6 +82,10 @@ class LoadedJob:
     spec: JobSpec
     source: str
     line: int
+    doc: Document | None = None  # where each value was written, for cross-file messages
+
+    def where(self, path: str) -> tuple[int, int]:
+        return self.doc.where(path) if self.doc else (self.line, 1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,6 +176,9 @@ def _type_message(error: Any, doc: Document, path: str) -> str:
     key = path.rpartition(".")[2]
     if value is None:
         return f"is empty; give {want} or remove the key"
+    if "string" in expected_list and isinstance(value, bool) and "enum" in error.schema:
+        options = ", ".join(str(o) for o in error.schema["enum"])
+        return f"YAML 1.1 read `{raw}` as a boolean; write one of {options}"
     if "string" in expected_list and isinstance(value, bool):
         return (
             f"YAML 1.1 read `{raw}` as the boolean {str(value).lower()}; "
@@ -308,12 +315,12 @@ def _messages(error: Any, doc: Document) -> list[tuple[str, str, bool]]:
 
 def schema_problems(doc: Document, file: str, schema_name: str) -> list[Problem]:
     problems = []
-    seen: set[tuple[str, str]] = set()
+    seen: set[str] = set()
     for error in _validator(schema_name).iter_errors(doc.value):
         for path, message, at_key in _messages(error, doc):
-            if (path, message) in seen:
+            if path in seen:  # one message per place: the first is the most specific
                 continue
-            seen.add((path, message))
+            seen.add(path)
             line, column = doc.where_key(path) if at_key else doc.where(path)
             problems.append(Problem(file, line, column, path, message))
     return problems
@@ -526,7 +533,7 @@ def _load_file(path: Path, config: GlobalConfig) -> tuple[list[LoadedJob], list[
         found.extend(check.problems)
         problems.extend(found)
         if not any(p.severity == "error" for p in found):
-            jobs.append(LoadedJob(build_job(doc.value, path, config), file, line))
+            jobs.append(LoadedJob(build_job(doc.value, path, config), file, line, doc))
     return jobs, problems
 
 
@@ -540,8 +547,7 @@ def _cross_checks(jobs: Sequence[LoadedJob], report: set[str]) -> list[Problem]:
                 problems.append(
                     Problem(
                         job.source,
-                        job.line,
-                        1,
+                        *job.where("name"),
                         "name",
                         f"job name `{job.spec.name}` is already used at "
                         f"{first.source}:{first.line}; "
@@ -556,15 +562,15 @@ def _cross_checks(jobs: Sequence[LoadedJob], report: set[str]) -> list[Problem]:
         for i, need in enumerate(job.spec.needs):
             if need == job.spec.name:
                 problems.append(
-                    Problem(job.source, job.line, 1, f"needs[{i}]", "a job cannot need itself")
+                    Problem(job.source, *job.where(f"needs[{i}]"), f"needs[{i}]",
+                            "a job cannot need itself")
                 )
             elif need not in by_name:
                 hint = suggest(need, by_name)
                 problems.append(
                     Problem(
                         job.source,
-                        job.line,
-                        1,
+                        *job.where(f"needs[{i}]"),
                         f"needs[{i}]",
                         f"no job named `{need}`" + (f"; did you mean `{hint}`?" if hint else ""),
                     )
@@ -588,8 +594,7 @@ def _cross_checks(jobs: Sequence[LoadedJob], report: set[str]) -> list[Problem]:
                     problems.append(
                         Problem(
                             job.source,
-                            job.line,
-                            1,
+                            *job.where("needs"),
                             "needs",
                             f"`needs` forms a cycle: {' -> '.join(cycle)}; remove one link",
                         )

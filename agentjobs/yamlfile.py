@@ -20,6 +20,9 @@ from agentjobs.errors import Problem
 MAX_FILE_BYTES = 1024 * 1024
 MAX_NODES = 100_000  # values built from one file, aliases expanded
 MAX_DEPTH = 64
+_ALLOWED_TAGS = frozenset(
+    f"tag:yaml.org,2002:{name}" for name in ("map", "seq", "str", "int", "float", "bool", "null")
+)
 
 
 _Base: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml when built
@@ -103,20 +106,22 @@ class _Builder:
         if depth > MAX_DEPTH:
             raise _TooBig(f"nesting deeper than {MAX_DEPTH} levels; flatten the file", node)
         self.marks.setdefault(path, self._mark(node))
+        if node.tag not in _ALLOWED_TAGS:
+            # Object tags (`!!python/object/apply:...`) and custom tags are refused, on
+            # mappings and sequences as much as on scalars.
+            raise yaml.constructor.ConstructorError(
+                None, None, f"tag {node.tag!r} is not allowed; remove it", node.start_mark
+            )
         if isinstance(node, yaml.MappingNode):
             return self._mapping(node, path, depth)
         if isinstance(node, yaml.SequenceNode):
             return [
                 self.build(item, join_path(path, i), depth + 1) for i, item in enumerate(node.value)
             ]
-        if node.tag.startswith("tag:yaml.org,2002:"):
-            value = self.loader.construct_object(node, deep=True)
-            if not isinstance(value, str) and isinstance(node.value, str):
-                self.plain[path] = node.value
-            return value
-        raise yaml.constructor.ConstructorError(
-            None, None, f"tag {node.tag!r} is not allowed; remove it", node.start_mark
-        )
+        value = self.loader.construct_object(node, deep=True)
+        if not isinstance(value, str) and isinstance(node.value, str):
+            self.plain[path] = node.value
+        return value
 
     def _mapping(self, node: yaml.MappingNode, path: str, depth: int) -> dict[str, Any]:
         self.loader.flatten_mapping(node)  # applies `<<` merge keys
@@ -159,7 +164,7 @@ def _yaml_error(file: str, exc: yaml.YAMLError, text: str) -> Problem:
             "a value starting with `*` reads as a YAML alias; quote the cron expression, "
             'e.g. cron: "*/5 * * * *"'
         )
-    elif "\t" in source[: column + 1] and "tab" in str(problem):
+    elif "\t" in source[:column]:
         message = "tabs are not allowed for indentation in YAML; indent with spaces"
     return Problem(file, line, column, "", message)
 
