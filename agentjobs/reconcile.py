@@ -58,7 +58,7 @@ class Plan:
 
 
 def _flatten(value: Any, prefix: str, out: dict[str, Any]) -> dict[str, Any]:
-    if isinstance(value, Mapping) and value:
+    if isinstance(value, Mapping):  # an empty mapping adds no path: {} and "absent" look alike
         for key in value:
             _flatten(value[key], f"{prefix}.{key}" if prefix else str(key), out)
     else:
@@ -87,13 +87,9 @@ def compute_plan(
     changes: list[Change] = []
     if config is not None:
         new_config = config.to_dict()
-        old_config = dict(applied_config or {})
-        if not old_config:
-            old_config = GlobalConfig().to_dict() if applied else {}
+        old_config = dict(applied_config or {}) or GlobalConfig().to_dict()
         if new_config != old_config:
-            fields = diff(old_config, new_config) if old_config else ()
-            action = Action.UPDATE if old_config else Action.CREATE
-            changes.append(Change(action, CONFIG_ROW, "", fields))
+            changes.append(Change(Action.UPDATE, CONFIG_ROW, "", diff(old_config, new_config)))
     wanted = {job.spec.name: job for job in desired}
     for name in sorted(wanted):
         job = wanted[name]

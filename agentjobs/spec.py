@@ -155,7 +155,11 @@ class GlobalConfig:
     defaults: tuple[tuple[str, Any], ...] = ()  # job-level keys, as written
 
     def to_dict(self) -> dict[str, Any]:
-        return _plain(self)  # type: ignore[no-any-return]
+        return {
+            "max_concurrent": self.max_concurrent,
+            "retention": _plain(self.retention),
+            "defaults": dict(self.defaults),
+        }
 
 
 def content_hash(value: Any) -> str:

@@ -1,0 +1,108 @@
+"""Schedule math, including the DST policy documented in agentjobs/schedule.py."""
+
+from __future__ import annotations
+
+import itertools
+from datetime import datetime, timedelta, timezone
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from agentjobs.schedule import check_cron, cron_fires, fire_time, jitter_offset, next_slot
+from agentjobs.spec import Schedule
+
+UTC = timezone.utc
+
+
+def _local(expr: str, tz: str, start: datetime, n: int) -> list[str]:
+    zone = ZoneInfo(tz)
+    return [
+        d.astimezone(zone).strftime("%m-%d %H:%M %Z")
+        for d in itertools.islice(cron_fires(expr, tz, start), n)
+    ]
+
+
+def test_spring_forward_fires_once_at_the_end_of_the_gap() -> None:
+    assert _local("30 2 * * *", "Europe/Berlin", datetime(2026, 3, 28, 12, tzinfo=UTC), 3) == [
+        "03-29 03:00 CEST", "03-30 02:30 CEST", "03-31 02:30 CEST",
+    ]
+    assert _local("30 2 * * *", "America/New_York", datetime(2026, 3, 7, 12, tzinfo=UTC), 2) == [
+        "03-08 03:00 EDT", "03-09 02:30 EDT",
+    ]
+
+
+def test_fall_back_fires_a_fixed_time_once_not_twice() -> None:
+    assert _local("30 2 * * *", "Europe/Berlin", datetime(2026, 10, 24, 12, tzinfo=UTC), 3) == [
+        "10-25 02:30 CEST", "10-26 02:30 CET", "10-27 02:30 CET",
+    ]
+    assert _local("30 1 * * *", "America/New_York", datetime(2026, 10, 31, 12, tzinfo=UTC), 2) == [
+        "11-01 01:30 EDT", "11-02 01:30 EST",
+    ]
+
+
+def test_hourly_expressions_fire_in_both_occurrences_of_the_repeated_hour() -> None:
+    assert _local("0 * * * *", "Europe/Berlin", datetime(2026, 10, 24, 23, tzinfo=UTC), 3) == [
+        "10-25 02:00 CEST", "10-25 02:00 CET", "10-25 03:00 CET",
+    ]
+
+
+def test_times_that_map_to_one_instant_fire_once() -> None:
+    assert _local("*/30 * * * *", "Europe/Berlin", datetime(2026, 3, 29, 0, tzinfo=UTC), 3) == [
+        "03-29 01:30 CET", "03-29 03:00 CEST", "03-29 03:30 CEST",
+    ]
+
+
+def test_quarter_hourly_is_every_15_real_minutes_across_both_transitions() -> None:
+    start = datetime(2026, 1, 1, tzinfo=UTC)
+    fires = list(itertools.islice(cron_fires("*/15 * * * *", "Europe/Berlin", start), 35039))
+    assert {b - a for a, b in itertools.pairwise(fires)} == {timedelta(minutes=15)}
+    assert fires[-1] == datetime(2026, 12, 31, 23, 45, tzinfo=UTC)
+
+
+def test_macros_and_validation() -> None:
+    start = datetime(2026, 11, 23, 12, tzinfo=UTC)
+    assert next(cron_fires("@daily", "UTC", start)) == datetime(2026, 11, 24, tzinfo=UTC)
+    assert next(cron_fires("@hourly", "UTC", start)) == datetime(2026, 11, 23, 13, tzinfo=UTC)
+    assert check_cron("@weekly") is None
+    assert check_cron("0 2 * * MON-FRI") is None
+    assert check_cron("0 0 29 2 *") is None
+
+
+@pytest.mark.parametrize(("expr", "after", "expected"), [
+    # pinned croniter 7.0.0: steps starting past the range's end fire only at their start
+    ("59/15 * * * *", datetime(2026, 1, 1, 0, 0), datetime(2026, 1, 1, 0, 59)),
+    ("*/15 * * * *", datetime(2026, 1, 1, 0, 0), datetime(2026, 1, 1, 0, 15)),
+    ("0 2 * * 0", datetime(2026, 11, 23), datetime(2026, 11, 29, 2, 0)),
+    ("30 2 * * *", datetime(2026, 11, 23), datetime(2026, 11, 23, 2, 30)),
+    ("0 6 * * 0", datetime(2026, 11, 23), datetime(2026, 11, 29, 6, 0)),
+])
+def test_expressions_used_in_examples_and_docs(expr: str, after: datetime,
+                                               expected: datetime) -> None:
+    got = next(cron_fires(expr, "UTC", after.replace(tzinfo=UTC)))
+    assert got == expected.replace(tzinfo=UTC)
+
+
+def test_every_counts_from_the_end_of_the_previous_run() -> None:
+    schedule = Schedule(every=8 * 3600)
+    now = datetime(2026, 11, 23, 12, tzinfo=UTC)
+    assert next_slot(schedule, now) == now
+    finished = datetime(2026, 11, 23, 11, 30, tzinfo=UTC)  # a 3-hour run that ended at 11:30
+    assert next_slot(schedule, now, finished) == finished + timedelta(hours=8)
+
+
+def test_at_has_exactly_one_slot() -> None:
+    schedule = Schedule(at="2026-12-01T09:30:00+00:00")
+    before = datetime(2026, 11, 23, tzinfo=UTC)
+    assert next_slot(schedule, before) == datetime(2026, 12, 1, 9, 30, tzinfo=UTC)
+    assert next_slot(schedule, datetime(2026, 12, 1, 9, 30, tzinfo=UTC)) is None
+
+
+def test_jitter_is_deterministic_bounded_and_spreads_jobs() -> None:
+    offsets = [jitter_offset(f"job-{i}", 300) for i in range(200)]
+    assert offsets == [jitter_offset(f"job-{i}", 300) for i in range(200)]
+    assert all(0 <= o <= 300 for o in offsets)
+    assert len(set(offsets)) > 100
+    assert jitter_offset("x", 0) == 0
+    slot = datetime(2026, 11, 24, 2, tzinfo=UTC)
+    schedule = Schedule(cron="0 2 * * *", jitter=300)
+    assert fire_time("job-1", schedule, slot) == slot + timedelta(seconds=offsets[1])
