@@ -562,8 +562,12 @@ def _cross_checks(jobs: Sequence[LoadedJob], report: set[str]) -> list[Problem]:
         for i, need in enumerate(job.spec.needs):
             if need == job.spec.name:
                 problems.append(
-                    Problem(job.source, *job.where(f"needs[{i}]"), f"needs[{i}]",
-                            "a job cannot need itself")
+                    Problem(
+                        job.source,
+                        *job.where(f"needs[{i}]"),
+                        f"needs[{i}]",
+                        "a job cannot need itself",
+                    )
                 )
             elif need not in by_name:
                 hint = suggest(need, by_name)

@@ -12,6 +12,7 @@ import os
 import platform
 import pstats
 import random
+import re
 import shutil
 import statistics
 import subprocess
@@ -140,13 +141,18 @@ def profile(argv_after_module: Sequence[str], *, top: int = 15) -> dict[str, Any
     def interesting(row: dict[str, Any]) -> bool:
         # drop the wrappers every call goes through (the module runner, click's dispatch)
         name = row["function"]
-        return not any(
-            skip in name for skip in ("<frozen runpy>", "{built-in method builtins.exec}")
-        )
+        return not _WRAPPERS.match(name)
 
     by_cum = sorted(filter(interesting, rows), key=lambda r: r["cumtime_s"], reverse=True)
     by_tot = sorted(rows, key=lambda r: r["tottime_s"], reverse=True)
     return {"total_s": round(total, 4), "by_cumulative": by_cum[:top], "by_self": by_tot[:top]}
+
+
+# The call chain every command goes through: the module runner, `main`, click's dispatch.
+_WRAPPERS = re.compile(
+    r"^(~:0\(<built-in method builtins\.exec>\)|<string>:1\(<module>\)|<frozen runpy>"
+    r"|agentjobs/__main__\.py|agentjobs/cli\.py:\d+\(main\)|click/)"
+)
 
 
 def _short_path(file: str) -> str:

@@ -21,7 +21,8 @@ def _state(state_dir: Path, name: str) -> dict:  # type: ignore[type-arg]
 def _snapshot(folder: Path) -> dict[str, str]:
     return {
         str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(folder.rglob("*")) if p.is_file()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
     }
 
 
@@ -39,10 +40,18 @@ def test_plan_apply_plan_round_trip(cli, jobs_dir: Path, state_dir: Path) -> Non
     assert not state_dir.exists(), "plan must not write anything"
     applied = cli(*base, "apply", "--now", NOW)
     assert applied.code == 0
-    assert applied.out.splitlines()[-1] == "Applied: 2 to create, 0 to update, 0 to delete, 0 unchanged."
+    assert (
+        applied.out.splitlines()[-1]
+        == "Applied: 2 to create, 0 to update, 0 to delete, 0 unchanged."
+    )
     again = cli(*base, "plan")
-    assert (again.code, again.out) == (0, "Plan: 0 to create, 0 to update, 0 to delete, 2 unchanged.\n")
-    assert cli(*base, "apply").out == "Applied: 0 to create, 0 to update, 0 to delete, 2 unchanged.\n"
+    assert (again.code, again.out) == (
+        0,
+        "Plan: 0 to create, 0 to update, 0 to delete, 2 unchanged.\n",
+    )
+    assert (
+        cli(*base, "apply").out == "Applied: 0 to create, 0 to update, 0 to delete, 2 unchanged.\n"
+    )
 
 
 def test_update_shows_a_field_level_diff(cli, jobs_dir: Path, state_dir: Path) -> None:
@@ -59,13 +68,17 @@ def test_update_shows_a_field_level_diff(cli, jobs_dir: Path, state_dir: Path) -
         "Plan: 0 to create, 1 to update, 0 to delete, 0 unchanged.",
     ]
     as_json = json.loads(cli(*base, "--output", "json", "plan").out)
-    assert as_json == [{
-        "action": "update", "name": "a", "source": "repo/jobs.d/a.yaml",
-        "changes": [
-            {"path": "command", "old": ["echo", "a"], "new": ["echo", "b"]},
-            {"path": "timeout", "old": 3600.0, "new": 7200.0},
-        ],
-    }]
+    assert as_json == [
+        {
+            "action": "update",
+            "name": "a",
+            "source": "repo/jobs.d/a.yaml",
+            "changes": [
+                {"path": "command", "old": ["echo", "a"], "new": ["echo", "b"]},
+                {"path": "timeout", "old": 3600.0, "new": 7200.0},
+            ],
+        }
+    ]
 
 
 def test_deleted_files_are_removed_only_with_prune_and_history_is_kept(
@@ -100,14 +113,20 @@ def test_prompt_change_keeps_schedule_state_schedule_change_recomputes(
     cli, jobs_dir: Path, state_dir: Path
 ) -> None:
     base = ("--jobs-dir", J, "--state-dir", str(state_dir))
-    write(jobs_dir / "a.yaml", "agent: {kind: claude, prompt: one}\nschedule: {cron: '0 2 * * *'}\n")
+    write(
+        jobs_dir / "a.yaml", "agent: {kind: claude, prompt: one}\nschedule: {cron: '0 2 * * *'}\n"
+    )
     assert cli(*base, "apply", "--now", NOW).code == 0
     before = _state(state_dir, "schedule.json")["jobs"]["a"]
     assert before["next_due"] == "2026-11-24T02:00:00+00:00"
-    write(jobs_dir / "a.yaml", "agent: {kind: claude, prompt: two}\nschedule: {cron: '0 2 * * *'}\n")
+    write(
+        jobs_dir / "a.yaml", "agent: {kind: claude, prompt: two}\nschedule: {cron: '0 2 * * *'}\n"
+    )
     assert cli(*base, "apply", "--now", "2026-11-23T20:00:00Z").code == 0
     assert _state(state_dir, "schedule.json")["jobs"]["a"] == before
-    write(jobs_dir / "a.yaml", "agent: {kind: claude, prompt: two}\nschedule: {cron: '0 3 * * *'}\n")
+    write(
+        jobs_dir / "a.yaml", "agent: {kind: claude, prompt: two}\nschedule: {cron: '0 3 * * *'}\n"
+    )
     assert cli(*base, "apply", "--now", "2026-11-23T20:00:00Z").code == 0
     after = _state(state_dir, "schedule.json")["jobs"]["a"]
     assert after["next_due"] == "2026-11-24T03:00:00+00:00"
@@ -126,8 +145,9 @@ def test_every_job_keeps_counting_from_its_last_run_when_the_interval_changes(
     store = FileStore(state_dir)
     state = store.schedules()["a"]
     assert state.next_due == "2026-11-23T12:00:00+00:00"  # never ran: due now
-    finished = ScheduleState(state.schedule_hash, state.next_due, state.last_slot,
-                             "2026-11-23T13:00:00+00:00")
+    finished = ScheduleState(
+        state.schedule_hash, state.next_due, state.last_slot, "2026-11-23T13:00:00+00:00"
+    )
     with store.lock(5):
         store.write_applied(AppliedChange(put={}, schedules={"a": finished}))
     write(jobs_dir / "a.yaml", "command: [a]\nschedule: {every: 2h}\n")
@@ -166,8 +186,9 @@ def test_applied_state_records_source_hash_time_and_git_commit(
     subprocess.run([*git, "init", "-q", "-b", "main"], check=True)
     subprocess.run([*git, "add", "."], check=True)
     subprocess.run([*git, "commit", "-q", "-m", "jobs"], check=True)
-    sha = subprocess.run([*git, "rev-parse", "HEAD"], check=True, capture_output=True,
-                         text=True).stdout.strip()
+    sha = subprocess.run(
+        [*git, "rev-parse", "HEAD"], check=True, capture_output=True, text=True
+    ).stdout.strip()
     assert cli("--jobs-dir", J, "--state-dir", str(state_dir), "apply", "--now", NOW).code == 0
     job = _state(state_dir, "applied.json")["jobs"]["a"]
     assert job["git_commit"] == sha
@@ -184,7 +205,10 @@ def test_dry_run_changes_nothing(cli, jobs_dir: Path, state_dir: Path) -> None:
     write(jobs_dir / "a.yaml", "command: [a]\n")
     result = cli("--jobs-dir", J, "--state-dir", str(state_dir), "apply", "--dry-run")
     assert result.code == 0
-    assert result.out.splitlines()[-1] == "Dry run: 1 to create, 0 to update, 0 to delete, 0 unchanged."
+    assert (
+        result.out.splitlines()[-1]
+        == "Dry run: 1 to create, 0 to update, 0 to delete, 0 unchanged."
+    )
     assert not (state_dir / "applied.json").exists()
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import itertools
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -11,7 +11,7 @@ import pytest
 from agentjobs.schedule import check_cron, cron_fires, fire_time, jitter_offset, next_slot
 from agentjobs.spec import Schedule
 
-UTC = timezone.utc
+UTC = UTC
 
 
 def _local(expr: str, tz: str, start: datetime, n: int) -> list[str]:
@@ -24,31 +24,41 @@ def _local(expr: str, tz: str, start: datetime, n: int) -> list[str]:
 
 def test_spring_forward_fires_once_at_the_end_of_the_gap() -> None:
     assert _local("30 2 * * *", "Europe/Berlin", datetime(2026, 3, 28, 12, tzinfo=UTC), 3) == [
-        "03-29 03:00 CEST", "03-30 02:30 CEST", "03-31 02:30 CEST",
+        "03-29 03:00 CEST",
+        "03-30 02:30 CEST",
+        "03-31 02:30 CEST",
     ]
     assert _local("30 2 * * *", "America/New_York", datetime(2026, 3, 7, 12, tzinfo=UTC), 2) == [
-        "03-08 03:00 EDT", "03-09 02:30 EDT",
+        "03-08 03:00 EDT",
+        "03-09 02:30 EDT",
     ]
 
 
 def test_fall_back_fires_a_fixed_time_once_not_twice() -> None:
     assert _local("30 2 * * *", "Europe/Berlin", datetime(2026, 10, 24, 12, tzinfo=UTC), 3) == [
-        "10-25 02:30 CEST", "10-26 02:30 CET", "10-27 02:30 CET",
+        "10-25 02:30 CEST",
+        "10-26 02:30 CET",
+        "10-27 02:30 CET",
     ]
     assert _local("30 1 * * *", "America/New_York", datetime(2026, 10, 31, 12, tzinfo=UTC), 2) == [
-        "11-01 01:30 EDT", "11-02 01:30 EST",
+        "11-01 01:30 EDT",
+        "11-02 01:30 EST",
     ]
 
 
 def test_hourly_expressions_fire_in_both_occurrences_of_the_repeated_hour() -> None:
     assert _local("0 * * * *", "Europe/Berlin", datetime(2026, 10, 24, 23, tzinfo=UTC), 3) == [
-        "10-25 02:00 CEST", "10-25 02:00 CET", "10-25 03:00 CET",
+        "10-25 02:00 CEST",
+        "10-25 02:00 CET",
+        "10-25 03:00 CET",
     ]
 
 
 def test_times_that_map_to_one_instant_fire_once() -> None:
     assert _local("*/30 * * * *", "Europe/Berlin", datetime(2026, 3, 29, 0, tzinfo=UTC), 3) == [
-        "03-29 01:30 CET", "03-29 03:00 CEST", "03-29 03:30 CEST",
+        "03-29 01:30 CET",
+        "03-29 03:00 CEST",
+        "03-29 03:30 CEST",
     ]
 
 
@@ -68,16 +78,20 @@ def test_macros_and_validation() -> None:
     assert check_cron("0 0 29 2 *") is None
 
 
-@pytest.mark.parametrize(("expr", "after", "expected"), [
-    # pinned croniter 7.0.0: steps starting past the range's end fire only at their start
-    ("59/15 * * * *", datetime(2026, 1, 1, 0, 0), datetime(2026, 1, 1, 0, 59)),
-    ("*/15 * * * *", datetime(2026, 1, 1, 0, 0), datetime(2026, 1, 1, 0, 15)),
-    ("0 2 * * 0", datetime(2026, 11, 23), datetime(2026, 11, 29, 2, 0)),
-    ("30 2 * * *", datetime(2026, 11, 23), datetime(2026, 11, 23, 2, 30)),
-    ("0 6 * * 0", datetime(2026, 11, 23), datetime(2026, 11, 29, 6, 0)),
-])
-def test_expressions_used_in_examples_and_docs(expr: str, after: datetime,
-                                               expected: datetime) -> None:
+@pytest.mark.parametrize(
+    ("expr", "after", "expected"),
+    [
+        # pinned croniter 7.0.0: steps starting past the range's end fire only at their start
+        ("59/15 * * * *", datetime(2026, 1, 1, 0, 0), datetime(2026, 1, 1, 0, 59)),
+        ("*/15 * * * *", datetime(2026, 1, 1, 0, 0), datetime(2026, 1, 1, 0, 15)),
+        ("0 2 * * 0", datetime(2026, 11, 23), datetime(2026, 11, 29, 2, 0)),
+        ("30 2 * * *", datetime(2026, 11, 23), datetime(2026, 11, 23, 2, 30)),
+        ("0 6 * * 0", datetime(2026, 11, 23), datetime(2026, 11, 29, 6, 0)),
+    ],
+)
+def test_expressions_used_in_examples_and_docs(
+    expr: str, after: datetime, expected: datetime
+) -> None:
     got = next(cron_fires(expr, "UTC", after.replace(tzinfo=UTC)))
     assert got == expected.replace(tzinfo=UTC)
 

@@ -13,122 +13,251 @@ J = "repo/jobs.d"
 
 CASES = [
     # (file name, content, the exact line printed)
-    ("typo.yaml", "command: [a]\nsilence_timout: 5m\n",
-     "typo.yaml:2:1: silence_timout: unknown key `silence_timout`; did you mean `silence_timeout`?"),
-    ("camel.yaml", "command: [a]\nretryPolicy: {attempts: 3}\n",
-     "camel.yaml:2:1: retryPolicy: unknown key `retryPolicy`; did you mean `retry`?"),
-    ("nested.yaml", "command: [a]\nretry: {atempts: 3}\n",
-     "nested.yaml:2:9: retry.atempts: unknown key `atempts`; did you mean `attempts`?"),
-    ("enum.yaml", "command: [a]\npriority: hihg\n",
-     "enum.yaml:2:11: priority: `hihg` is not one of high, normal, low; did you mean `high`?"),
-    ("unit.yaml", "command: [a]\ntimeout: 90\n",
-     "unit.yaml:2:10: timeout: a duration needs a unit: write 90s or 90m (or ISO-8601 PT90S)"),
-    ("dur.yaml", "command: [a]\ntimeout: 10 minutes\n",
-     "dur.yaml:2:10: timeout: `10 minutes` is not a duration; write e.g. 90s, 10m, 2h, 1d, 1h30m "
-     "or ISO-8601 PT2H"),
-    ("sexagesimal.yaml", "command: [a]\nschedule: {at: 12:30}\n",
-     'sexagesimal.yaml:2:16: schedule.at: YAML read `12:30` as the number 750 (base-60 notation); '
-     'quote it: "12:30"'),
-    ("yes.yaml", "command: [a]\nenv: {DEBUG: yes}\n",
-     'yes.yaml:2:14: env.DEBUG: YAML 1.1 read `yes` as the boolean true; quote it if you meant '
-     'the text: "yes"'),
-    ("number.yaml", "command: [a]\nenv: {PORT: 8080}\n",
-     'number.yaml:2:13: env.PORT: YAML read `8080` as a number; quote it: "8080"'),
-    ("on.yaml", "command: [a]\noverlap: on\n",
-     "on.yaml:2:10: overlap: YAML 1.1 read `on` as a boolean; write one of skip, queue"),
-    ("alias.yaml", "command: [a]\nschedule:\n  cron: */5 * * * *\n",
-     'alias.yaml:3:10: a value starting with `*` reads as a YAML alias; quote the cron '
-     'expression, e.g. cron: "*/5 * * * *"'),
-    ("twosched.yaml", "command: [a]\nschedule:\n  every: 1h\n  cron: '@daily'\n",
-     "twosched.yaml:3:3: schedule: schedule has cron and every; keep exactly one of cron, every "
-     "or at"),
-    ("nosched.yaml", "command: [a]\nschedule: {catchup: all}\n",
-     "nosched.yaml:2:11: schedule: schedule needs exactly one of cron, every or at"),
-    ("nothing.yaml", "description: x\n",
-     "nothing.yaml:1:1: a job needs exactly one of command or agent"),
-    ("both.yaml", "command: [a]\nagent: {kind: claude, prompt: hi}\n",
-     "both.yaml:1:1: a job has command and agent; keep exactly one of command or agent"),
-    ("noprompt.yaml", "agent: {kind: claude}\n",
-     "noprompt.yaml:1:8: agent: agent needs exactly one of prompt or prompt_file"),
-    ("kind.yaml", "agent: {kind: claud, prompt: hi}\n",
-     "kind.yaml:1:15: agent.kind: `claud` is not one of claude, codex, gemini, aider; "
-     "did you mean `claude`?"),
-    ("badcron.yaml", "command: [a]\nschedule: {cron: '61 * * * *'}\n",
-     "badcron.yaml:2:18: schedule.cron: cron expression `61 * * * *` is invalid: "
-     "[61 * * * *] is not acceptable, out of range"),
-    ("fields.yaml", "command: [a]\nschedule: {cron: '* * *'}\n",
-     "fields.yaml:2:18: schedule.cron: cron expression `* * *` has 3 fields; write 5: minute "
-     "hour day-of-month month day-of-week"),
-    ("macro.yaml", "command: [a]\nschedule: {cron: '@daly'}\n",
-     "macro.yaml:2:18: schedule.cron: unknown cron macro `@daly`; use one of @annually, @daily, "
-     "@hourly, @midnight, @monthly, @weekly, @yearly"),
-    ("tz.yaml", "command: [a]\nschedule: {cron: '0 2 * * *', timezone: Europe/Berln}\n",
-     "tz.yaml:2:41: schedule.timezone: unknown time zone `Europe/Berln`; use an IANA name such "
-     "as UTC or Europe/Berlin"),
-    ("at.yaml", "command: [a]\nschedule: {at: tomorrow}\n",
-     "at.yaml:2:16: schedule.at: `tomorrow` is not an ISO-8601 time; write e.g. "
-     "'2026-12-01T09:30' or '2026-12-01T09:30:00+01:00'"),
-    ("str.yaml", "command: make test\n",
-     "str.yaml:1:10: command: command is a string; write it as a list ([make, test]) or set "
-     "`shell: true`"),
-    ("shelllist.yaml", "command: [make, test]\nshell: true\n",
-     "shelllist.yaml:2:8: shell: `shell: true` takes a string command; write command as one "
-     "string"),
-    ("secret.yaml", "command: [a]\nsecrets: [TOKEN]\nenv: {TOKEN: abc}\n",
-     "secret.yaml:3:14: env.TOKEN: `TOKEN` is a secret but has a value in the job file; move it "
-     "to env_file or the environment"),
-    ("regex.yaml", "command: [a]\nretry: {never_on: [{output: 'x('}]}\n",
-     "regex.yaml:2:29: retry.never_on[0].output: invalid regular expression: missing ), "
-     "unterminated subpattern at position 1"),
-    ("backoff.yaml", "command: [a]\nretry: {backoff: {initial: 1h, max: 1m}}\n",
-     "backoff.yaml:2:37: retry.backoff.max: max is shorter than initial; raise max or lower "
-     "initial"),
-    ("zero.yaml", "command: [a]\ntimeout: 0s\n",
-     "zero.yaml:2:10: timeout: timeout must be longer than zero"),
-    ("outcome.yaml", "command: [a]\nretry: {never_on: [bogus]}\n",
-     "outcome.yaml:2:20: retry.never_on[0]: `bogus` is not one of failed, timeout, silence, "
-     "lost, rate_limited, verify_failed"),
-    ("exitcode.yaml", "command: [a]\nretry: {never_on: [300]}\n",
-     "exitcode.yaml:2:20: retry.never_on[0]: must be at most 255, got 300"),
-    ("empty.yaml", "command: []\n",
-     "empty.yaml:1:10: command: must not be empty"),
-    ("null.yaml", "command: [a]\ntimeout:\n",
-     "null.yaml:2:9: timeout: is empty; give a string or remove the key"),
-    ("attempts.yaml", "command: [a]\nretry: {attempts: 0}\n",
-     "attempts.yaml:2:19: retry.attempts: must be at least 1, got 0"),
-    ("name.yaml", "name: Nightly Tests\ncommand: [a]\n",
-     "name.yaml:1:7: name: `Nightly Tests` is not a valid job name: use lowercase letters, "
-     "digits, '.', '_' and '-', starting with a letter or digit, at most 63 characters"),
-    ("Bad Stem.yaml", "command: [a]\n",
-     "Bad Stem.yaml:1:1: the file name `Bad Stem` is not a valid job name; set `name:` or rename "
-     "the file (lowercase letters, digits, '.', '_', '-')"),
-    ("multi.yaml", "command: [a]\n---\nname: two\ncommand: [b]\n",
-     "multi.yaml:1:1: this file holds several jobs: give each one a `name`"),
+    (
+        "typo.yaml",
+        "command: [a]\nsilence_timout: 5m\n",
+        "typo.yaml:2:1: silence_timout: unknown key `silence_timout`; did you mean `silence_timeout`?",
+    ),
+    (
+        "camel.yaml",
+        "command: [a]\nretryPolicy: {attempts: 3}\n",
+        "camel.yaml:2:1: retryPolicy: unknown key `retryPolicy`; did you mean `retry`?",
+    ),
+    (
+        "nested.yaml",
+        "command: [a]\nretry: {atempts: 3}\n",
+        "nested.yaml:2:9: retry.atempts: unknown key `atempts`; did you mean `attempts`?",
+    ),
+    (
+        "enum.yaml",
+        "command: [a]\npriority: hihg\n",
+        "enum.yaml:2:11: priority: `hihg` is not one of high, normal, low; did you mean `high`?",
+    ),
+    (
+        "unit.yaml",
+        "command: [a]\ntimeout: 90\n",
+        "unit.yaml:2:10: timeout: a duration needs a unit: write 90s or 90m (or ISO-8601 PT90S)",
+    ),
+    (
+        "dur.yaml",
+        "command: [a]\ntimeout: 10 minutes\n",
+        "dur.yaml:2:10: timeout: `10 minutes` is not a duration; write e.g. 90s, 10m, 2h, 1d, 1h30m "
+        "or ISO-8601 PT2H",
+    ),
+    (
+        "sexagesimal.yaml",
+        "command: [a]\nschedule: {at: 12:30}\n",
+        "sexagesimal.yaml:2:16: schedule.at: YAML read `12:30` as the number 750 (base-60 notation); "
+        'quote it: "12:30"',
+    ),
+    (
+        "yes.yaml",
+        "command: [a]\nenv: {DEBUG: yes}\n",
+        "yes.yaml:2:14: env.DEBUG: YAML 1.1 read `yes` as the boolean true; quote it if you meant "
+        'the text: "yes"',
+    ),
+    (
+        "number.yaml",
+        "command: [a]\nenv: {PORT: 8080}\n",
+        'number.yaml:2:13: env.PORT: YAML read `8080` as a number; quote it: "8080"',
+    ),
+    (
+        "on.yaml",
+        "command: [a]\noverlap: on\n",
+        "on.yaml:2:10: overlap: YAML 1.1 read `on` as a boolean; write one of skip, queue",
+    ),
+    (
+        "alias.yaml",
+        "command: [a]\nschedule:\n  cron: */5 * * * *\n",
+        "alias.yaml:3:10: a value starting with `*` reads as a YAML alias; quote the cron "
+        'expression, e.g. cron: "*/5 * * * *"',
+    ),
+    (
+        "twosched.yaml",
+        "command: [a]\nschedule:\n  every: 1h\n  cron: '@daily'\n",
+        "twosched.yaml:3:3: schedule: schedule has cron and every; keep exactly one of cron, every "
+        "or at",
+    ),
+    (
+        "nosched.yaml",
+        "command: [a]\nschedule: {catchup: all}\n",
+        "nosched.yaml:2:11: schedule: schedule needs exactly one of cron, every or at",
+    ),
+    (
+        "nothing.yaml",
+        "description: x\n",
+        "nothing.yaml:1:1: a job needs exactly one of command or agent",
+    ),
+    (
+        "both.yaml",
+        "command: [a]\nagent: {kind: claude, prompt: hi}\n",
+        "both.yaml:1:1: a job has command and agent; keep exactly one of command or agent",
+    ),
+    (
+        "noprompt.yaml",
+        "agent: {kind: claude}\n",
+        "noprompt.yaml:1:8: agent: agent needs exactly one of prompt or prompt_file",
+    ),
+    (
+        "kind.yaml",
+        "agent: {kind: claud, prompt: hi}\n",
+        "kind.yaml:1:15: agent.kind: `claud` is not one of claude, codex, gemini, aider; "
+        "did you mean `claude`?",
+    ),
+    (
+        "badcron.yaml",
+        "command: [a]\nschedule: {cron: '61 * * * *'}\n",
+        "badcron.yaml:2:18: schedule.cron: cron expression `61 * * * *` is invalid: "
+        "[61 * * * *] is not acceptable, out of range",
+    ),
+    (
+        "fields.yaml",
+        "command: [a]\nschedule: {cron: '* * *'}\n",
+        "fields.yaml:2:18: schedule.cron: cron expression `* * *` has 3 fields; write 5: minute "
+        "hour day-of-month month day-of-week",
+    ),
+    (
+        "macro.yaml",
+        "command: [a]\nschedule: {cron: '@daly'}\n",
+        "macro.yaml:2:18: schedule.cron: unknown cron macro `@daly`; use one of @annually, @daily, "
+        "@hourly, @midnight, @monthly, @weekly, @yearly",
+    ),
+    (
+        "tz.yaml",
+        "command: [a]\nschedule: {cron: '0 2 * * *', timezone: Europe/Berln}\n",
+        "tz.yaml:2:41: schedule.timezone: unknown time zone `Europe/Berln`; use an IANA name such "
+        "as UTC or Europe/Berlin",
+    ),
+    (
+        "at.yaml",
+        "command: [a]\nschedule: {at: tomorrow}\n",
+        "at.yaml:2:16: schedule.at: `tomorrow` is not an ISO-8601 time; write e.g. "
+        "'2026-12-01T09:30' or '2026-12-01T09:30:00+01:00'",
+    ),
+    (
+        "str.yaml",
+        "command: make test\n",
+        "str.yaml:1:10: command: command is a string; write it as a list ([make, test]) or set "
+        "`shell: true`",
+    ),
+    (
+        "shelllist.yaml",
+        "command: [make, test]\nshell: true\n",
+        "shelllist.yaml:2:8: shell: `shell: true` takes a string command; write command as one "
+        "string",
+    ),
+    (
+        "secret.yaml",
+        "command: [a]\nsecrets: [TOKEN]\nenv: {TOKEN: abc}\n",
+        "secret.yaml:3:14: env.TOKEN: `TOKEN` is a secret but has a value in the job file; move it "
+        "to env_file or the environment",
+    ),
+    (
+        "regex.yaml",
+        "command: [a]\nretry: {never_on: [{output: 'x('}]}\n",
+        "regex.yaml:2:29: retry.never_on[0].output: invalid regular expression: missing ), "
+        "unterminated subpattern at position 1",
+    ),
+    (
+        "backoff.yaml",
+        "command: [a]\nretry: {backoff: {initial: 1h, max: 1m}}\n",
+        "backoff.yaml:2:37: retry.backoff.max: max is shorter than initial; raise max or lower "
+        "initial",
+    ),
+    (
+        "zero.yaml",
+        "command: [a]\ntimeout: 0s\n",
+        "zero.yaml:2:10: timeout: timeout must be longer than zero",
+    ),
+    (
+        "outcome.yaml",
+        "command: [a]\nretry: {never_on: [bogus]}\n",
+        "outcome.yaml:2:20: retry.never_on[0]: `bogus` is not one of failed, timeout, silence, "
+        "lost, rate_limited, verify_failed",
+    ),
+    (
+        "exitcode.yaml",
+        "command: [a]\nretry: {never_on: [300]}\n",
+        "exitcode.yaml:2:20: retry.never_on[0]: must be at most 255, got 300",
+    ),
+    ("empty.yaml", "command: []\n", "empty.yaml:1:10: command: must not be empty"),
+    (
+        "null.yaml",
+        "command: [a]\ntimeout:\n",
+        "null.yaml:2:9: timeout: is empty; give a string or remove the key",
+    ),
+    (
+        "attempts.yaml",
+        "command: [a]\nretry: {attempts: 0}\n",
+        "attempts.yaml:2:19: retry.attempts: must be at least 1, got 0",
+    ),
+    (
+        "name.yaml",
+        "name: Nightly Tests\ncommand: [a]\n",
+        "name.yaml:1:7: name: `Nightly Tests` is not a valid job name: use lowercase letters, "
+        "digits, '.', '_' and '-', starting with a letter or digit, at most 63 characters",
+    ),
+    (
+        "Bad Stem.yaml",
+        "command: [a]\n",
+        "Bad Stem.yaml:1:1: the file name `Bad Stem` is not a valid job name; set `name:` or rename "
+        "the file (lowercase letters, digits, '.', '_', '-')",
+    ),
+    (
+        "multi.yaml",
+        "command: [a]\n---\nname: two\ncommand: [b]\n",
+        "multi.yaml:1:1: this file holds several jobs: give each one a `name`",
+    ),
     ("list.yaml", "- a\n- b\n", "list.yaml:1:1: a job is a mapping of keys, got a list"),
-    ("dup.yaml", "command: [a]\ncommand: [b]\n",
-     "dup.yaml:2:1: duplicate key `command` (first at line 1); keep one"),
-    ("tag.yaml", "command: !!python/object/apply:os.system ['echo pwned']\n",
-     "tag.yaml:1:10: invalid YAML: tag 'tag:yaml.org,2002:python/object/apply:os.system' is "
-     "not allowed; remove it"),
-    ("custom.yaml", "command: !shell [a]\n",
-     "custom.yaml:1:10: invalid YAML: tag '!shell' is not allowed; remove it"),
-    ("tab.yaml", "command: [a]\nschedule:\n\tevery: 1h\n",
-     "tab.yaml:3:1: tabs are not allowed for indentation in YAML; indent with spaces"),
-    ("url.yaml", "command: [a]\nnotify: {webhook: 'ftp://x'}\n",
-     "url.yaml:2:19: notify.webhook: `ftp://x` is not an http:// or https:// URL"),
-    ("envname.yaml", "command: [a]\nsecrets: [1BAD]\n",
-     "envname.yaml:2:11: secrets[0]: `1BAD` is not an environment variable name (letters, "
-     "digits, '_')"),
-    ("verify.yaml", "command: [a]\nverify: {comand: [make]}\n",
-     "verify.yaml:2:10: verify.comand: unknown key `comand`; did you mean `command`?"),
-    ("every.yaml", "command: [a]\nschedule: {every: 500ms}\n",
-     "every.yaml:2:19: schedule.every: every must be at least 1s"),
+    (
+        "dup.yaml",
+        "command: [a]\ncommand: [b]\n",
+        "dup.yaml:2:1: duplicate key `command` (first at line 1); keep one",
+    ),
+    (
+        "tag.yaml",
+        "command: !!python/object/apply:os.system ['echo pwned']\n",
+        "tag.yaml:1:10: invalid YAML: tag 'tag:yaml.org,2002:python/object/apply:os.system' is "
+        "not allowed; remove it",
+    ),
+    (
+        "custom.yaml",
+        "command: !shell [a]\n",
+        "custom.yaml:1:10: invalid YAML: tag '!shell' is not allowed; remove it",
+    ),
+    (
+        "tab.yaml",
+        "command: [a]\nschedule:\n\tevery: 1h\n",
+        "tab.yaml:3:1: tabs are not allowed for indentation in YAML; indent with spaces",
+    ),
+    (
+        "url.yaml",
+        "command: [a]\nnotify: {webhook: 'ftp://x'}\n",
+        "url.yaml:2:19: notify.webhook: `ftp://x` is not an http:// or https:// URL",
+    ),
+    (
+        "envname.yaml",
+        "command: [a]\nsecrets: [1BAD]\n",
+        "envname.yaml:2:11: secrets[0]: `1BAD` is not an environment variable name (letters, "
+        "digits, '_')",
+    ),
+    (
+        "verify.yaml",
+        "command: [a]\nverify: {comand: [make]}\n",
+        "verify.yaml:2:10: verify.comand: unknown key `comand`; did you mean `command`?",
+    ),
+    (
+        "every.yaml",
+        "command: [a]\nschedule: {every: 500ms}\n",
+        "every.yaml:2:19: schedule.every: every must be at least 1s",
+    ),
 ]
 
 
 @pytest.mark.parametrize(("name", "content", "expected"), CASES, ids=[c[0] for c in CASES])
-def test_each_rule_prints_its_exact_message(cli, jobs_dir: Path, name: str, content: str,
-                                            expected: str) -> None:
+def test_each_rule_prints_its_exact_message(
+    cli, jobs_dir: Path, name: str, content: str, expected: str
+) -> None:
     write(jobs_dir / name, content)
     result = cli("--jobs-dir", J, "validate")
     assert result.code == 2
@@ -155,8 +284,9 @@ def test_cross_file_rules_unique_names_needs_and_cycles(cli, jobs_dir: Path) -> 
     assert result.code == 2
     lines = result.out.splitlines()
     assert f"{J}/a.yaml:2:8: needs: `needs` forms a cycle: a -> b -> a; remove one link" in lines
-    assert (f"{J}/c.yaml:1:7: name: job name `a` is already used at {J}/a.yaml:1; names must be "
-            "unique") in lines
+    assert (
+        f"{J}/c.yaml:1:7: name: job name `a` is already used at {J}/a.yaml:1; names must be unique"
+    ) in lines
     assert f"{J}/d.yaml:2:9: needs[0]: no job named `aa`; did you mean `a`?" in lines
     assert f"{J}/d.yaml:2:13: needs[1]: no job named `zzz`" in lines
     assert f"{J}/d.yaml:2:18: needs[2]: a job cannot need itself" in lines
@@ -177,15 +307,20 @@ def test_referenced_files_must_exist_relative_to_the_job_file(cli, jobs_dir: Pat
 
 
 def test_warnings_never_fail_validation(cli, jobs_dir: Path) -> None:
-    write(jobs_dir / "a.yaml", """
+    write(
+        jobs_dir / "a.yaml",
+        """
         command: [a]
         workdir: /nonexistent/place
         schedule: {at: '2001-01-01T00:00'}
-        """)
+        """,
+    )
     result = cli("--jobs-dir", J, "validate")
     assert result.code == 0
-    assert f"{J}/a.yaml:2:10: workdir: warning: /nonexistent/place does not exist on this " \
-           "machine" in result.err
+    assert (
+        f"{J}/a.yaml:2:10: workdir: warning: /nonexistent/place does not exist on this "
+        "machine" in result.err
+    )
     assert f"{J}/a.yaml:3:16: schedule.at: warning: 2001-01-01T00:00 is in the past" in result.err
     assert result.err.strip().endswith("ok: 1 jobs in 1 files")
 
@@ -194,11 +329,16 @@ def test_json_output_lists_every_problem_as_an_object(cli, jobs_dir: Path) -> No
     write(jobs_dir / "a.yaml", "command: [a]\nsilence_timout: 5m\n")
     result = cli("--jobs-dir", J, "--output", "json", "validate")
     assert result.code == 2
-    assert json.loads(result.out) == [{
-        "file": f"{J}/a.yaml", "line": 2, "column": 1, "path": "silence_timout",
-        "message": "unknown key `silence_timout`; did you mean `silence_timeout`?",
-        "severity": "error",
-    }]
+    assert json.loads(result.out) == [
+        {
+            "file": f"{J}/a.yaml",
+            "line": 2,
+            "column": 1,
+            "path": "silence_timout",
+            "message": "unknown key `silence_timout`; did you mean `silence_timeout`?",
+            "severity": "error",
+        }
+    ]
 
 
 def test_global_config_is_checked_too(cli, jobs_dir: Path) -> None:
@@ -249,26 +389,36 @@ def test_the_bundled_examples_are_valid(cli) -> None:
 def test_global_defaults_are_merged_under_each_job(jobs_dir: Path) -> None:
     from agentjobs.validate import load_jobs_dir
 
-    write(jobs_dir / "agentjobs.yaml", """
+    write(
+        jobs_dir / "agentjobs.yaml",
+        """
         timezone: Europe/Berlin
         timeout: 2h
         retry: {attempts: 3, backoff: {initial: 2m, max: 1h}}
         env: {A: "1", B: "2"}
         secrets: [TOKEN]
-        """)
-    write(jobs_dir / "a.yaml", """
+        """,
+    )
+    write(
+        jobs_dir / "a.yaml",
+        """
         command: [a]
         schedule: {cron: '0 2 * * *'}
         retry: {backoff: {max: 10m}}
         env: {B: "3"}
         secrets: [OTHER]
-        """)
+        """,
+    )
     result = load_jobs_dir(jobs_dir)
     assert result.ok, result.problems
     spec = result.jobs[0].spec
     assert spec.schedule is not None and spec.schedule.timezone == "Europe/Berlin"
     assert spec.timeout == 7200
-    assert (spec.retry.attempts, spec.retry.backoff.initial, spec.retry.backoff.max) == (3, 120, 600)
+    assert (spec.retry.attempts, spec.retry.backoff.initial, spec.retry.backoff.max) == (
+        3,
+        120,
+        600,
+    )
     assert spec.env == (("A", "1"), ("B", "3"))
     assert spec.secrets == ("OTHER", "TOKEN")
     assert result.config.max_concurrent == 2
