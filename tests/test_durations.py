@@ -33,7 +33,7 @@ def test_accepted_forms(text: str, seconds: float) -> None:
 
 @pytest.mark.parametrize("text", ["", "90", "10 minutes", "P", "PT", "1y", "h", "-5s", "P1H"])
 def test_refused_forms_say_what_is_accepted(text: str) -> None:
-    with pytest.raises(ValueError, match="write e.g. 90s, 10m, 2h, 1d, 1h30m or ISO-8601 PT2H"):
+    with pytest.raises(ValueError, match=r"write e\.g\. 90s, 10m, 2h, 1d, 1h30m or ISO-8601 PT2H"):
         parse_duration(text)
     assert not re.match(PATTERN, text)
 

@@ -177,6 +177,9 @@ def test_concurrent_applies_from_many_processes_end_consistent(tmp_path: Path) -
 
 def test_lock_helper_raises_user_error(tmp_path: Path) -> None:
     store = FileStore(tmp_path / "s")
-    with store.lock(1), pytest.raises(UserError, match="locked by another agentjobs process"):
-        with FileStore(tmp_path / "s").lock(0.1):
-            pass
+    with (
+        store.lock(1),
+        pytest.raises(UserError, match="locked by another agentjobs process"),
+        FileStore(tmp_path / "s").lock(0.1),
+    ):
+        pass
