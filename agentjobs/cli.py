@@ -303,11 +303,11 @@ def status(ctx: Context, now_text: str | None) -> None:
     store = ctx.store()
     now = _now(now_text)
     applied = store.applied()
-    schedules = store.schedules()
+    states = store.runtime().jobs
     rows = []
     for name in sorted(applied):
         job = applied[name]
-        state = schedules.get(name)
+        state = states.get(name)
         stale = state is None or state.schedule_hash != job.schedule_hash
         next_due = None if stale or state is None else state.next_due
         enabled = job.spec.get("enabled", True)

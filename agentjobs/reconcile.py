@@ -8,6 +8,7 @@ with `prune`; their history and dead letters are kept either way.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -15,7 +16,7 @@ from enum import StrEnum
 from typing import Any
 
 from agentjobs.spec import GlobalConfig, JobSpec
-from agentjobs.store import AppliedChange, AppliedJob, ScheduleState, Store
+from agentjobs.store import AppliedChange, AppliedJob, JobState, Store
 from agentjobs.validate import LoadedJob
 
 CONFIG_ROW = "(global config)"
@@ -128,6 +129,24 @@ def _iso(moment: datetime | None) -> str | None:
     return None if moment is None else moment.isoformat(timespec="seconds")
 
 
+def fresh_state(spec: JobSpec, now: datetime, previous: JobState | None) -> JobState:
+    """The state of a new or re-scheduled job: its next run computed from `now`.
+
+    The run summary is kept; `every` still counts from the previous run's end; slots up to
+    `now` are not "missed" (catch-up starts from here).
+    """
+    last_finished = previous.last_finished if previous else None
+    finished = datetime.fromisoformat(last_finished) if last_finished else None
+    due = initial_due(spec, now, finished)
+    base = previous or JobState(schedule_hash="")
+    return dataclasses.replace(
+        base,
+        schedule_hash=spec.schedule_hash(),
+        next_due=_iso(due),
+        last_slot=_iso(now) if due else None,
+    )
+
+
 def apply_plan(
     store: Store,
     desired: Sequence[LoadedJob],
@@ -140,45 +159,36 @@ def apply_plan(
     git_commit: str | None,
 ) -> Plan:
     """Plan under the state lock and, unless `dry_run`, write it. Returns the plan applied."""
-    with store.lock(lock_timeout):
+    if dry_run:
+        return compute_plan(desired, store.applied(), prune, config, store.config())
+    with store.transaction(lock_timeout) as runtime:
         applied = store.applied()
         plan = compute_plan(desired, applied, prune, config, store.config())
-        if dry_run or not plan.pending:
+        if not plan.pending:
             return plan
-        schedules = store.schedules()
         by_name = {job.spec.name: job for job in desired}
         put: dict[str, AppliedJob] = {}
-        new_schedules: dict[str, ScheduleState] = {}
         stamp = _iso(now) or ""
         for change in plan.changes:
             if change.action not in (Action.CREATE, Action.UPDATE) or change.name == CONFIG_ROW:
                 continue
-            job = by_name[change.name]
-            schedule_hash = job.spec.schedule_hash()
+            spec = by_name[change.name].spec
             put[change.name] = AppliedJob(
                 name=change.name,
-                spec=job.spec.to_dict(),
-                spec_hash=job.spec.spec_hash(),
-                schedule_hash=schedule_hash,
-                source=job.source,
+                spec=spec.to_dict(),
+                spec_hash=spec.spec_hash(),
+                schedule_hash=spec.schedule_hash(),
+                source=by_name[change.name].source,
                 applied_at=stamp,
                 git_commit=git_commit,
             )
-            state = schedules.get(change.name)
-            if state is None or state.schedule_hash != schedule_hash:
-                # A new or re-scheduled job starts over; `every` still counts from the last run.
-                last_finished = state.last_finished if state else None
-                finished = datetime.fromisoformat(last_finished) if last_finished else None
-                due = initial_due(job.spec, now, finished)
-                new_schedules[change.name] = ScheduleState(
-                    schedule_hash=schedule_hash,
-                    next_due=_iso(due),
-                    # slots up to now are not "missed": catch-up starts from the apply
-                    last_slot=stamp if due else None,
-                    last_finished=last_finished,
-                )
+            state = runtime.jobs.get(change.name)
+            if state is None or state.schedule_hash != spec.schedule_hash():
+                runtime.jobs[change.name] = fresh_state(spec, now, state)
         remove = tuple(c.name for c in plan.changes if c.action == Action.DELETE)
-        store.write_applied(
-            AppliedChange(put=put, schedules=new_schedules, remove=remove, config=config.to_dict())
-        )
+        for name in remove:
+            # History and dead letters stay. Waiting runs stay in the queue until the next tick
+            # records them as skipped (reason `deleted`), so every slot keeps a terminal state.
+            runtime.jobs.pop(name, None)
+        store.write_applied(AppliedChange(put=put, remove=remove, config=config.to_dict()))
         return plan

@@ -117,18 +117,18 @@ def test_prompt_change_keeps_schedule_state_schedule_change_recomputes(
         jobs_dir / "a.yaml", "agent: {kind: claude, prompt: one}\nschedule: {cron: '0 2 * * *'}\n"
     )
     assert cli(*base, "apply", "--now", NOW).code == 0
-    before = _state(state_dir, "schedule.json")["jobs"]["a"]
+    before = _state(state_dir, "runtime.json")["jobs"]["a"]
     assert before["next_due"] == "2026-11-24T02:00:00+00:00"
     write(
         jobs_dir / "a.yaml", "agent: {kind: claude, prompt: two}\nschedule: {cron: '0 2 * * *'}\n"
     )
     assert cli(*base, "apply", "--now", "2026-11-23T20:00:00Z").code == 0
-    assert _state(state_dir, "schedule.json")["jobs"]["a"] == before
+    assert _state(state_dir, "runtime.json")["jobs"]["a"] == before
     write(
         jobs_dir / "a.yaml", "agent: {kind: claude, prompt: two}\nschedule: {cron: '0 3 * * *'}\n"
     )
     assert cli(*base, "apply", "--now", "2026-11-23T20:00:00Z").code == 0
-    after = _state(state_dir, "schedule.json")["jobs"]["a"]
+    after = _state(state_dir, "runtime.json")["jobs"]["a"]
     assert after["next_due"] == "2026-11-24T03:00:00+00:00"
     assert after["schedule_hash"] != before["schedule_hash"]
 
@@ -136,23 +136,21 @@ def test_prompt_change_keeps_schedule_state_schedule_change_recomputes(
 def test_every_job_keeps_counting_from_its_last_run_when_the_interval_changes(
     cli, jobs_dir: Path, state_dir: Path
 ) -> None:
-    from agentjobs.store import AppliedChange, ScheduleState
+    import dataclasses
+
     from agentjobs.store.files import FileStore
 
     base = ("--jobs-dir", J, "--state-dir", str(state_dir))
     write(jobs_dir / "a.yaml", "command: [a]\nschedule: {every: 8h}\n")
     assert cli(*base, "apply", "--now", NOW).code == 0
     store = FileStore(state_dir)
-    state = store.schedules()["a"]
+    state = store.runtime().jobs["a"]
     assert state.next_due == "2026-11-23T12:00:00+00:00"  # never ran: due now
-    finished = ScheduleState(
-        state.schedule_hash, state.next_due, state.last_slot, "2026-11-23T13:00:00+00:00"
-    )
-    with store.lock(5):
-        store.write_applied(AppliedChange(put={}, schedules={"a": finished}))
+    with store.transaction(5) as runtime:
+        runtime.jobs["a"] = dataclasses.replace(state, last_finished="2026-11-23T13:00:00+00:00")
     write(jobs_dir / "a.yaml", "command: [a]\nschedule: {every: 2h}\n")
     assert cli(*base, "apply", "--now", "2026-11-23T14:00:00Z").code == 0
-    assert store.schedules()["a"].next_due == "2026-11-23T15:00:00+00:00"
+    assert store.runtime().jobs["a"].next_due == "2026-11-23T15:00:00+00:00"
 
 
 def test_invalid_files_apply_nothing_and_leave_state_byte_for_byte(

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from agentjobs.errors import UserError
-from agentjobs.store import AppliedChange, AppliedJob, ScheduleState
+from agentjobs.store import AppliedChange, AppliedJob, JobState, QueueItem
 from agentjobs.store.files import FileStore, atomic_write
 from tests.conftest import run_agentjobs, write
 
@@ -25,25 +25,46 @@ def _job(name: str) -> AppliedJob:
 def test_write_and_read_back(tmp_path: Path) -> None:
     store = FileStore(tmp_path / "s")
     assert not store.exists()
-    assert store.applied() == {} and store.schedules() == {} and store.config() == {}
-    with store.lock(1):
+    assert store.applied() == {} and store.config() == {}
+    assert store.runtime().jobs == {} and store.runtime().queue == {}
+    item = QueueItem(
+        id="a@2026-11-24T02:00:00+00:00",
+        run_id="R1",
+        job="a",
+        trigger="schedule",
+        priority="normal",
+        lock_key="k",
+        queued_at="2026-11-24T02:00:00+00:00",
+        not_before="2026-11-24T02:00:00+00:00",
+    )
+    with store.transaction(1) as runtime:
+        runtime.jobs["a"] = JobState("sa", "2026-11-24T02:00:00+00:00")
+        runtime.queue[item.id] = item
         store.write_applied(
-            AppliedChange(
-                put={"a": _job("a"), "b": _job("b")},
-                schedules={"a": ScheduleState("sa", "2026-11-24T02:00:00+00:00")},
-                config={"max_concurrent": 3},
-            )
+            AppliedChange(put={"a": _job("a"), "b": _job("b")}, config={"max_concurrent": 3})
         )
     assert store.exists()
     assert store.applied() == {"a": _job("a"), "b": _job("b")}
-    assert store.schedules()["a"].next_due == "2026-11-24T02:00:00+00:00"
+    assert store.runtime().jobs["a"].next_due == "2026-11-24T02:00:00+00:00"
+    assert store.runtime().queue == {item.id: item}
     assert store.config() == {"max_concurrent": 3}
-    with store.lock(1):
-        store.write_applied(AppliedChange(put={}, schedules={}, remove=("b",)))
+    with store.transaction(1):
+        store.write_applied(AppliedChange(put={}, remove=("b",)))
     assert set(store.applied()) == {"a"}
     assert store.config() == {"max_concurrent": 3}
     leftovers = [p.name for p in (tmp_path / "s").iterdir() if p.name.endswith(".tmp")]
     assert leftovers == []
+
+
+def test_a_transaction_that_raises_writes_nothing(tmp_path: Path) -> None:
+    store = FileStore(tmp_path / "s")
+    with store.transaction(1) as runtime:
+        runtime.jobs["a"] = JobState("sa")
+    before = (tmp_path / "s" / "runtime.json").read_bytes()
+    with pytest.raises(RuntimeError), store.transaction(1) as runtime:
+        runtime.jobs["b"] = JobState("sb")
+        raise RuntimeError("crash mid-transaction")
+    assert (tmp_path / "s" / "runtime.json").read_bytes() == before
 
 
 def test_atomic_write_replaces_whole_files(tmp_path: Path) -> None:
@@ -163,13 +184,13 @@ def test_concurrent_applies_from_many_processes_end_consistent(tmp_path: Path) -
     results = [(p.returncode, err) for p in procs for _, err in [p.communicate(timeout=60)]]
     assert all(code == 0 for code, _ in results), results
     applied = json.loads((state / "applied.json").read_text())["jobs"]
-    schedules = json.loads((state / "schedule.json").read_text())["jobs"]
+    states = json.loads((state / "runtime.json").read_text())["jobs"]
     winners = {name.split("-")[1] for name in applied if name != "common"}
     assert len(winners) == 1, f"state mixes the sets of several applies: {sorted(applied)}"
     winner = winners.pop()
     assert set(applied) == {"common", *(f"job-{winner}-{j}" for j in range(5))}
     assert applied["common"]["spec"]["command"] == ["echo", winner]
-    assert set(schedules) <= set(applied)
+    assert set(states) <= set(applied)
     # and the state agrees with that set of files: nothing left to do
     check = run_agentjobs("--jobs-dir", str(dirs[int(winner)]), "--state-dir", str(state), "plan")
     assert check.returncode == 0, check.stdout

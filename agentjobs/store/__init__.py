@@ -6,13 +6,16 @@ same contract, checked by one test suite run against each (tests/test_store_cont
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import dataclasses
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
 
 STATE_FORMAT = 1
+PRIORITY_RANK = {"high": 0, "normal": 1, "low": 2}
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,43 +54,114 @@ class AppliedJob:
 
 
 @dataclass(frozen=True, slots=True)
-class ScheduleState:
-    """Where a job's schedule stands. Times are UTC ISO-8601 strings.
+class JobState:
+    """Where a job stands between runs. Times are UTC ISO-8601 strings.
 
     `next_due` is precomputed (at apply and after each run) so a tick with nothing due compares
     timestamps and imports no schedule machinery (STYLE.md rule 14). `schedule_hash` says which
-    schedule it was computed for; a mismatch means "recompute".
+    schedule it was computed for; a mismatch means "recompute". `last_slot` is the catch-up
+    marker: slots up to it have been enqueued or recorded as skipped, never again. The `last_*`
+    fields are the summary `status` shows, so its cost does not grow with history.
     """
 
     schedule_hash: str
     next_due: str | None = None
     last_slot: str | None = None
     last_finished: str | None = None
+    last_started: str | None = None
+    last_run_id: str | None = None
+    last_outcome: str | None = None
+    last_success: str | None = None
+    paused: bool = False
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "schedule_hash": self.schedule_hash,
-            "next_due": self.next_due,
-            "last_slot": self.last_slot,
-            "last_finished": self.last_finished,
-        }
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> ScheduleState:
-        return cls(
-            schedule_hash=data["schedule_hash"],
-            next_due=data.get("next_due"),
-            last_slot=data.get("last_slot"),
-            last_finished=data.get("last_finished"),
-        )
+    def from_dict(cls, data: Mapping[str, Any]) -> JobState:
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptSummary:
+    """One finished attempt, as kept on a queued item and in a dead letter."""
+
+    attempt: int
+    outcome: str
+    started_at: str
+    finished_at: str
+    exit_code: int | None = None
+    signal: str | None = None
+    error: str | None = None
+    log_path: str | None = None
+    output_tail: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+
+@dataclass(frozen=True, slots=True)
+class QueueItem:
+    """A run waiting for, or holding, its lock key.
+
+    `id` is deterministic for scheduled slots (`job@slot`), so racing ticks enqueue a slot at most
+    once. `attempt` is the number the next (or running) attempt has; `failures` counts the failed
+    attempts that used up one of the policy's `attempts`.
+    """
+
+    id: str
+    run_id: str
+    job: str
+    trigger: str
+    priority: str
+    lock_key: str
+    queued_at: str
+    not_before: str
+    slot: str | None = None
+    attempt: int = 1
+    failures: int = 0
+    corrective: bool = False
+    replay_of: str | None = None
+    history: tuple[AttemptSummary, ...] = ()
+    state: str = "queued"  # queued | running
+    started_at: str | None = None
+    host: str | None = None
+    pid: int | None = None  # the tick process that runs it
+    child_pid: int | None = None
+
+    @property
+    def order(self) -> tuple[int, str, str]:
+        return (PRIORITY_RANK.get(self.priority, 1), self.queued_at, self.id)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        data["history"] = [h.to_dict() for h in self.history]
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> QueueItem:
+        values = dict(data)
+        values["history"] = tuple(AttemptSummary(**h) for h in values.get("history", ()))
+        return cls(**values)
+
+
+@dataclass(slots=True)
+class Runtime:
+    """The mutable working copy of job states and the queue inside a transaction."""
+
+    jobs: dict[str, JobState] = field(default_factory=dict)
+    queue: dict[str, QueueItem] = field(default_factory=dict)
+
+    def items_of(self, job: str) -> list[QueueItem]:
+        return [item for item in self.queue.values() if item.job == job]
 
 
 @dataclass(frozen=True, slots=True)
 class AppliedChange:
-    """What one `apply` writes: jobs to put (with their schedule state) and names to remove."""
+    """What one `apply` writes: jobs to put and names to remove."""
 
     put: Mapping[str, AppliedJob]
-    schedules: Mapping[str, ScheduleState]
     remove: tuple[str, ...] = ()
     config: Mapping[str, Any] | None = None  # GlobalConfig.to_dict(); None leaves it as it is
 
@@ -96,16 +170,26 @@ class Store(Protocol):
     """A state backend.
 
     - `exists()`: whether any state has been written (read-only commands treat "no" as empty).
-    - `lock(timeout)`: exclusive state lock for a read-modify-write; raises `UserError` naming
-      the holder when it cannot be had within `timeout` seconds.
-    - `applied()`, `schedules()`: the current applied jobs and schedule states, by job name.
-    - `config()`: the applied global config (`GlobalConfig.to_dict()`), `{}` before any apply.
-    - `write_applied(change)`: write a change all-or-nothing; call while holding `lock()`.
-      Schedule states are written first; a reader that sees a new spec whose `schedule_hash`
-      differs from its schedule state recomputes the schedule, so a crash between the two
-      writes is harmless.
+    - `lock(timeout)`: the exclusive state lock; raises `UserError` naming the holder when it
+      cannot be had within `timeout` seconds.
+    - `applied()`, `config()`: the applied jobs by name; the applied global config
+      (`GlobalConfig.to_dict()`, `{}` before any apply).
+    - `runtime()`: a snapshot of job states and the queue (no lock; never torn).
+    - `transaction(timeout)`: lock, read the runtime, yield it for changes, write it back
+      atomically if it changed. Enqueueing a slot and advancing its job's marker in one
+      transaction is what makes slots fire exactly once.
+    - `write_applied(change)`: write an apply's change all-or-nothing; call it inside a
+      `transaction` (whose job states are written when it ends). Should a crash fall between
+      the two writes, the engine sees a spec whose `schedule_hash` differs from its job state
+      and recomputes the state, as apply would have.
+    - `append_records(records, moment)` / `records(since)`: the JSONL run records.
+    - `put_dead_letter(entry)` / `dead_letters()` / `dead_letter(id)`: the dead-letter queue;
+      entries are never deleted by agentjobs.
+    - `log_path(run_id, attempt)`, `locks_dir`: where attempt logs and lock files live.
     - `describe()`: where the state lives, for messages.
     """
+
+    locks_dir: Path
 
     def exists(self) -> bool: ...
 
@@ -113,11 +197,25 @@ class Store(Protocol):
 
     def applied(self) -> dict[str, AppliedJob]: ...
 
-    def schedules(self) -> dict[str, ScheduleState]: ...
-
     def config(self) -> dict[str, Any]: ...
 
+    def runtime(self) -> Runtime: ...
+
+    def transaction(self, timeout: float) -> AbstractContextManager[Runtime]: ...
+
     def write_applied(self, change: AppliedChange) -> None: ...
+
+    def append_records(self, records: Iterable[Mapping[str, Any]], moment: datetime) -> None: ...
+
+    def records(self, since: datetime | None = None) -> Iterator[dict[str, Any]]: ...
+
+    def put_dead_letter(self, entry: Mapping[str, Any]) -> None: ...
+
+    def dead_letters(self) -> list[dict[str, Any]]: ...
+
+    def dead_letter(self, entry_id: str) -> dict[str, Any] | None: ...
+
+    def log_path(self, run_id: str, attempt: int) -> Path: ...
 
     def describe(self) -> str: ...
 

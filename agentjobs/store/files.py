@@ -2,9 +2,15 @@
 
 Layout (format 1):
     format.json      {"format": 1, "created_at": ...}; a newer format is refused
-    state.lock       flock target for read-modify-write of the files below
-    applied.json     {"format": 1, "jobs": {name: AppliedJob}}: one file, so apply is all-or-nothing
-    schedule.json    {"format": 1, "jobs": {name: ScheduleState}}
+    state.lock       flock target for read-modify-write of the two files below
+    applied.json     {"format": 1, "config": {...}, "jobs": {name: AppliedJob}}: one file, so an
+                     apply is all-or-nothing
+    runtime.json     {"format": 1, "jobs": {name: JobState}, "queue": {id: QueueItem}}: one file,
+                     so enqueueing a slot and advancing its job's marker are one write
+    records/         YYYY-MM-DD.jsonl run records (records.py)
+    logs/            RUN_ID.ATTEMPT.log, one per attempt
+    dlq/             ID.json, one per dead letter; never deleted by agentjobs
+    locks/           lock-key and concurrency-slot lock files (locks.py)
 
 Every write is temp file + fsync + os.replace + fsync of the directory (DESIGN.md invariant 4).
 """
@@ -16,14 +22,15 @@ import fcntl
 import json
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from agentjobs import records as records_mod
 from agentjobs.errors import UserError
-from agentjobs.store import STATE_FORMAT, AppliedChange, AppliedJob, ScheduleState
+from agentjobs.store import STATE_FORMAT, AppliedChange, AppliedJob, JobState, QueueItem, Runtime
 
 # format N -> function turning a format-N state directory into format N+1 (none needed yet)
 MIGRATIONS: dict[int, Callable[[Path], None]] = {}
@@ -61,6 +68,7 @@ class FileStore:
 
     def __init__(self, root: Path) -> None:
         self.root = root
+        self.locks_dir = root / "locks"
         self._checked = False
 
     def describe(self) -> str:
@@ -167,32 +175,89 @@ class FileStore:
     def applied(self) -> dict[str, AppliedJob]:
         return {n: AppliedJob.from_dict(n, d) for n, d in self._read_jobs("applied.json").items()}
 
-    def schedules(self) -> dict[str, ScheduleState]:
-        return {n: ScheduleState.from_dict(d) for n, d in self._read_jobs("schedule.json").items()}
-
     def config(self) -> dict[str, Any]:
         config: dict[str, Any] = self._read("applied.json").get("config", {})
         return config
 
+    def runtime(self) -> Runtime:
+        data = self._read("runtime.json")
+        return Runtime(
+            jobs={n: JobState.from_dict(d) for n, d in data.get("jobs", {}).items()},
+            queue={i: QueueItem.from_dict(d) for i, d in data.get("queue", {}).items()},
+        )
+
     # -- writes ----------------------------------------------------------------------------
+
+    @staticmethod
+    def _runtime_bytes(runtime: Runtime) -> bytes:
+        return _dump(
+            {
+                "format": STATE_FORMAT,
+                "jobs": {n: s.to_dict() for n, s in runtime.jobs.items()},
+                "queue": {i: q.to_dict() for i, q in runtime.queue.items()},
+            }
+        )
+
+    @contextmanager
+    def transaction(self, timeout: float) -> Iterator[Runtime]:
+        with self.lock(timeout):
+            runtime = self.runtime()
+            before = self._runtime_bytes(runtime)
+            yield runtime
+            after = self._runtime_bytes(runtime)
+            if after != before:
+                atomic_write(self.root / "runtime.json", after)
 
     def write_applied(self, change: AppliedChange) -> None:
         self._ensure()
-        schedules = self._read_jobs("schedule.json")
         applied_file = self._read("applied.json")
         applied = applied_file.get("jobs", {})
         config = applied_file.get("config", {}) if change.config is None else dict(change.config)
         for name in change.remove:
-            schedules.pop(name, None)
             applied.pop(name, None)
-        for name, state in change.schedules.items():
-            schedules[name] = state.to_dict()
         for name, job in change.put.items():
             applied[name] = job.to_dict()
-        atomic_write(
-            self.root / "schedule.json", _dump({"format": STATE_FORMAT, "jobs": schedules})
-        )
         atomic_write(
             self.root / "applied.json",
             _dump({"format": STATE_FORMAT, "config": config, "jobs": applied}),
         )
+
+    # -- records, logs, dead letters -------------------------------------------------------
+
+    def append_records(self, records: Iterable[Mapping[str, Any]], moment: datetime) -> None:
+        records_mod.append(self.root / "records", records, moment)
+
+    def records(self, since: datetime | None = None) -> Iterator[dict[str, Any]]:
+        return records_mod.read_all(self.root / "records", since)
+
+    def log_path(self, run_id: str, attempt: int) -> Path:
+        return records_mod.log_path(self.root / "logs", run_id, attempt)
+
+    def put_dead_letter(self, entry: Mapping[str, Any]) -> None:
+        folder = self.root / "dlq"
+        folder.mkdir(mode=0o700, exist_ok=True)
+        atomic_write(folder / f"{entry['id']}.json", _dump(dict(entry)))
+
+    def dead_letters(self) -> list[dict[str, Any]]:
+        folder = self.root / "dlq"
+        if not folder.is_dir():
+            return []
+        out = []
+        for path in sorted(folder.glob("*.json")):
+            try:
+                out.append(json.loads(path.read_bytes()))
+            except ValueError:
+                raise UserError(f"{path} is damaged; restore it from a backup") from None
+        return out
+
+    def dead_letter(self, entry_id: str) -> dict[str, Any] | None:
+        if not entry_id or "/" in entry_id or entry_id.startswith("."):
+            return None
+        path = self.root / "dlq" / f"{entry_id}.json"
+        try:
+            loaded: dict[str, Any] = json.loads(path.read_bytes())
+        except FileNotFoundError:
+            return None
+        except ValueError:
+            raise UserError(f"{path} is damaged; restore it from a backup") from None
+        return loaded

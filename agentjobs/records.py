@@ -1,0 +1,106 @@
+"""JSONL run records: append-only, one file per UTC day, made to be committed or shipped.
+
+Each record is one JSON object on one line, appended with a single `write()` on an `O_APPEND`
+descriptor and fsynced (DESIGN.md invariant 4): concurrent writers never interleave inside a line,
+and a crash leaves at most a torn last line, which readers skip with a warning. The fields are
+documented in `schema/run-record.schema.json`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import sys
+import time
+from collections.abc import Iterable, Iterator, Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+_CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+EVENTS = (
+    "attempt_started",
+    "attempt_finished",
+    "slot_skipped",
+    "dead_lettered",
+    "replayed",
+    "resolved",
+)
+
+
+def new_ulid(now: float | None = None) -> str:
+    """A ULID: 48 bits of milliseconds then 80 random bits, Crockford base32 (sorts by time)."""
+    millis = int((time.time() if now is None else now) * 1000)
+    value = (millis << 80) | secrets.randbits(80)
+    chars = []
+    for _ in range(26):
+        chars.append(_CROCKFORD[value & 31])
+        value >>= 5
+    return "".join(reversed(chars))
+
+
+def day_file(records_dir: Path, moment: datetime) -> Path:
+    return records_dir / f"{moment.astimezone(UTC):%Y-%m-%d}.jsonl"
+
+
+def encode(record: Mapping[str, Any]) -> bytes:
+    line = json.dumps(record, separators=(",", ":"), sort_keys=False, ensure_ascii=False)
+    return (line + "\n").encode()
+
+
+def append(records_dir: Path, records: Iterable[Mapping[str, Any]], moment: datetime) -> None:
+    """Append whole lines to the day's file in one write, then fsync."""
+    data = b"".join(encode(r) for r in records)
+    if not data:
+        return
+    records_dir.mkdir(parents=True, exist_ok=True)
+    path = day_file(records_dir, moment)
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        written = os.write(fd, data)
+        if written != len(data):  # a short write on a regular file means the disk is full
+            raise OSError(f"short write to {path}: {written} of {len(data)} bytes")
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def read_file(path: Path, warn: bool = True) -> Iterator[dict[str, Any]]:
+    """Records in one file, oldest first; a torn or damaged line is skipped with a warning."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return
+    for number, line in enumerate(data.split(b"\n"), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError:
+            if warn:
+                print(
+                    f"agentjobs: warning: {path}:{number}: skipped a damaged record line",
+                    file=sys.stderr,
+                )
+            continue
+        if isinstance(record, dict):
+            yield record
+
+
+def day_files(records_dir: Path) -> list[Path]:
+    if not records_dir.is_dir():
+        return []
+    return sorted(p for p in records_dir.iterdir() if p.suffix == ".jsonl")
+
+
+def read_all(records_dir: Path, since: datetime | None = None) -> Iterator[dict[str, Any]]:
+    """Every record, oldest first (files whose day ends before `since` are not opened)."""
+    floor = f"{since.astimezone(UTC):%Y-%m-%d}" if since else ""
+    for path in day_files(records_dir):
+        if path.stem >= floor:
+            yield from read_file(path)
+
+
+def log_path(logs_dir: Path, run_id: str, attempt: int) -> Path:
+    return logs_dir / f"{run_id}.{attempt}.log"

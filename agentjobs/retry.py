@@ -1,0 +1,109 @@
+"""The retry policy: classify an attempt's outcome and say what happens next.
+
+Pure functions of the outcome and `now`. Delays are tenacity's exponential wait plus random
+jitter, capped at the policy's `max`; the next attempt time is persisted by the engine, so a
+30-minute backoff survives restarts (the retry runs on a later tick).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from enum import StrEnum
+
+from agentjobs.spec import OutcomeMatch, RetryPolicy
+
+
+class Outcome(StrEnum):
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    TIMEOUT = "timeout"
+    SILENCE = "silence"
+    VERIFY_FAILED = "verify_failed"
+    LOST = "lost"
+    INTERRUPTED = "interrupted"
+    SKIPPED = "skipped"
+    RATE_LIMITED = "rate_limited"
+
+
+class Next(StrEnum):
+    DONE = "done"  # succeeded: nothing more
+    RETRY = "retry"  # another attempt at `at`
+    DEAD_LETTER = "dead_letter"  # exhausted or permanent
+
+
+# Outcomes that are not the job's fault: retried without using up an attempt.
+NOT_COUNTED = frozenset({Outcome.INTERRUPTED, Outcome.RATE_LIMITED})
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    next: Next
+    at: datetime | None = None  # when the next attempt may start
+    counts: bool = True  # whether the finished attempt used up one of `attempts`
+    reason: str = ""
+
+
+def matches(match: OutcomeMatch, outcome: Outcome, exit_code: int | None, output: str) -> bool:
+    if match.outcome is not None:
+        return match.outcome == outcome.value
+    if match.exit_code is not None:
+        return exit_code == match.exit_code and outcome == Outcome.FAILED
+    if match.output is not None:
+        return re.search(match.output, output, re.MULTILINE) is not None
+    return False
+
+
+def delay(policy: RetryPolicy, failures: int) -> float:
+    """Seconds to wait after the `failures`-th counted failure (1-based)."""
+    from tenacity import RetryCallState, wait_exponential, wait_random
+
+    backoff = policy.backoff
+    wait = wait_exponential(
+        multiplier=backoff.initial, exp_base=backoff.multiplier, max=backoff.max
+    )
+    if backoff.jitter > 0:
+        wait = wait + wait_random(0, backoff.jitter)  # type: ignore[assignment]
+    state = RetryCallState(None, None, (), {})  # type: ignore[arg-type]
+    state.attempt_number = failures
+    return float(min(wait(state), backoff.max))
+
+
+def decide(
+    policy: RetryPolicy,
+    outcome: Outcome,
+    *,
+    exit_code: int | None,
+    output: str,
+    attempts_used: int,
+    now: datetime,
+) -> Decision:
+    """What follows an attempt. `attempts_used` counts this attempt if it counts."""
+    if outcome == Outcome.SUCCEEDED:
+        return Decision(Next.DONE, reason="succeeded")
+    if outcome in NOT_COUNTED:
+        return Decision(Next.RETRY, now, counts=False, reason=f"{outcome.value}: not counted")
+    for match in policy.never_on:
+        if matches(match, outcome, exit_code, output):
+            return Decision(Next.DEAD_LETTER, reason=f"permanent failure ({_describe(match)})")
+    if policy.retry_on and not any(matches(m, outcome, exit_code, output) for m in policy.retry_on):
+        return Decision(Next.DEAD_LETTER, reason=f"{outcome.value} is not in retry_on")
+    if attempts_used >= policy.attempts:
+        return Decision(
+            Next.DEAD_LETTER, reason=f"{attempts_used} of {policy.attempts} attempts used"
+        )
+    wait = delay(policy, attempts_used)
+    return Decision(
+        Next.RETRY,
+        now + timedelta(seconds=wait),
+        reason=f"attempt {attempts_used} of {policy.attempts} failed",
+    )
+
+
+def _describe(match: OutcomeMatch) -> str:
+    if match.outcome is not None:
+        return f"never_on {match.outcome}"
+    if match.exit_code is not None:
+        return f"never_on exit code {match.exit_code}"
+    return f"never_on output /{match.output}/"

@@ -1,0 +1,265 @@
+"""One attempt: the single place agentjobs starts processes (STYLE.md rule 7).
+
+The child runs in its own session (so its process group is ours to kill), with stdin from
+/dev/null (an agent waiting for input must not hang on a terminal), stdout and stderr merged into
+one pipe that we copy, redacted, into the run's log file as it arrives. A watchdog ends the attempt
+on silence (no output byte for `silence_timeout`) or on the overall `timeout`: SIGTERM to the whole
+group, `kill_grace`, then SIGKILL. When the main process exits, whatever it left behind in its group
+is stopped the same way (systemd's KillMode=control-group), so a grandchild that keeps the pipe
+open or ignores SIGTERM never keeps an attempt alive.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+
+OUTPUT_TAIL_BYTES = 4096
+_READ = 65536
+_DRAIN_AFTER_EXIT = 0.5  # seconds to keep reading after the main process exits
+
+
+class Ending(StrEnum):
+    """How the process ended, before any judgement of success."""
+
+    EXITED = "exited"
+    TIMEOUT = "timeout"
+    SILENCE = "silence"
+    INTERRUPTED = "interrupted"
+    NOT_STARTED = "not_started"
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessResult:
+    ending: Ending
+    exit_code: int | None  # None when killed by a signal or never started
+    signal: str | None  # e.g. "SIGKILL" when a signal ended it
+    duration_s: float
+    output_tail: str  # last 4 KiB of output, redacted
+    error: str | None = None  # why it could not start, or what the watchdog did
+
+
+class Redactor:
+    """Replaces secret values with *** in text; safe across chunk boundaries (line-buffered)."""
+
+    def __init__(self, secrets: Sequence[str]) -> None:
+        self.secrets = sorted({s for s in secrets if s}, key=len, reverse=True)
+        self._pending = b""
+
+    def text(self, value: str) -> str:
+        for secret in self.secrets:
+            value = value.replace(secret, "***")
+        return value
+
+    def feed(self, chunk: bytes) -> bytes:
+        """Redacted bytes that are safe to write now (whole lines; the rest waits)."""
+        if not self.secrets:
+            return chunk
+        data = self._pending + chunk
+        cut = data.rfind(b"\n") + 1
+        if cut == 0 and len(data) < 65536:
+            self._pending = data
+            return b""
+        if cut == 0:
+            cut = len(data)
+        self._pending = data[cut:]
+        return self._bytes(data[:cut])
+
+    def flush(self) -> bytes:
+        data, self._pending = self._pending, b""
+        return self._bytes(data)
+
+    def _bytes(self, data: bytes) -> bytes:
+        for secret in self.secrets:
+            data = data.replace(secret.encode(), b"***")
+        return data
+
+
+def kill_group(pgid: int, grace: float, main: subprocess.Popen[bytes] | None = None) -> str | None:
+    """SIGTERM the group, wait up to `grace` for it to empty, then SIGKILL. Returns the last
+    signal sent, or None when the group was already gone."""
+    try:
+        os.killpg(pgid, signal.SIGTERM)
+    except ProcessLookupError:
+        return None
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline:
+        if main is not None:
+            main.poll()  # reap the main process so it does not linger as a zombie
+        if not _group_alive(pgid):
+            return "SIGTERM"
+        time.sleep(0.02)
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except ProcessLookupError:
+        return "SIGTERM"
+    return "SIGKILL"
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # Zombies still count for killpg; look for a live member.
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as handle:
+                fields = handle.read().rsplit(b")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] != b"Z":
+            return True
+    return False
+
+
+def describe_signal(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
+
+
+def run_process(
+    argv: Sequence[str],
+    *,
+    cwd: str,
+    env: Mapping[str, str],
+    log_path: Path,
+    timeout: float,
+    silence_timeout: float | None,
+    kill_grace: float,
+    secrets: Sequence[str] = (),
+    pass_fds: Sequence[int] = (),
+    stop: threading.Event | None = None,
+    on_output: Callable[[bytes], None] | None = None,
+    on_start: Callable[[int], None] | None = None,
+) -> ProcessResult:
+    """Run `argv` to completion under the watchdog; output goes to `log_path` (appended).
+
+    `pass_fds` are inherited by the child (the lock descriptors: a lock stays held while any
+    process of the attempt lives, even if this process is killed). `stop` ends the attempt as
+    INTERRUPTED (graceful shutdown). `on_start(pid)` is called once the child runs.
+    """
+    redactor = Redactor(secrets)
+    started = time.monotonic()
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "ab", buffering=0) as log:
+        try:
+            proc = subprocess.Popen(
+                list(argv),
+                cwd=cwd,
+                env=dict(env),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                pass_fds=tuple(pass_fds),
+                close_fds=True,
+            )
+        except OSError as exc:
+            message = f"cannot start {argv[0]!r}: {exc.strerror or exc}"
+            log.write(redactor.text(message + "\n").encode())
+            return ProcessResult(
+                Ending.NOT_STARTED, None, None, 0.0, redactor.text(message), redactor.text(message)
+            )
+        if on_start is not None:
+            on_start(proc.pid)
+        pgid = proc.pid
+        assert proc.stdout is not None
+        fd = proc.stdout.fileno()
+        tail = bytearray()
+        last_output = time.monotonic()
+        ending = Ending.EXITED
+        note = None
+        sent: str | None = None
+        exited_at: float | None = None
+
+        def keep(data: bytes) -> None:
+            nonlocal tail
+            if not data:
+                return
+            log.write(data)
+            if on_output is not None:
+                on_output(data)
+            tail += data
+            if len(tail) > OUTPUT_TAIL_BYTES * 2:
+                del tail[: len(tail) - OUTPUT_TAIL_BYTES]
+
+        pipe_open = True
+        while True:
+            now = time.monotonic()
+            if exited_at is None and proc.poll() is not None:
+                exited_at = now
+            if exited_at is not None and (not pipe_open or now - exited_at >= _DRAIN_AFTER_EXIT):
+                break
+            waits = [0.1]
+            if exited_at is None:
+                waits.append(max(0.0, started + timeout - now))
+                if silence_timeout is not None:
+                    waits.append(max(0.0, last_output + silence_timeout - now))
+            if pipe_open:
+                ready, _, _ = select.select([fd], [], [], min(waits))
+            else:
+                time.sleep(min(waits))
+                ready = []
+            if ready:
+                chunk = os.read(fd, _READ)
+                if chunk:
+                    last_output = time.monotonic()
+                    keep(redactor.feed(chunk))
+                else:  # EOF: every writer closed the pipe
+                    pipe_open = False
+                continue
+            if exited_at is not None:
+                continue
+            now = time.monotonic()
+            if stop is not None and stop.is_set():
+                ending, note = Ending.INTERRUPTED, "stopped by shutdown"
+            elif now - started >= timeout:
+                ending, note = Ending.TIMEOUT, f"timed out after {timeout:g}s"
+            elif silence_timeout is not None and now - last_output >= silence_timeout:
+                ending, note = Ending.SILENCE, f"no output for {silence_timeout:g}s"
+            else:
+                continue
+            sent = kill_group(pgid, kill_grace, proc)
+            break
+        proc.wait()
+        # Whatever the main process left in its group is stopped (no orphans), then the pipe
+        # is drained of what is already in it without waiting for escaped writers.
+        if _group_alive(pgid):
+            kill_group(pgid, kill_grace)
+        while pipe_open and select.select([fd], [], [], 0)[0]:
+            chunk = os.read(fd, _READ)
+            if not chunk:
+                break
+            keep(redactor.feed(chunk))
+        keep(redactor.flush())
+        proc.stdout.close()
+        if note:
+            keep(f"\n[agentjobs] {note}; sent {sent or 'nothing'} to the process group\n".encode())
+    code = proc.returncode
+    exit_code = code if code >= 0 else None
+    sig = describe_signal(-code) if code < 0 else None
+    if ending != Ending.EXITED and sent:
+        sig = sent
+    return ProcessResult(
+        ending=ending,
+        exit_code=exit_code,
+        signal=sig,
+        duration_s=round(time.monotonic() - started, 3),
+        output_tail=bytes(tail[-OUTPUT_TAIL_BYTES:]).decode("utf-8", errors="replace"),
+        error=note,
+    )
