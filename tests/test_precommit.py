@@ -216,3 +216,25 @@ def test_hook_is_skipped_when_no_job_files_exist(
     output = done.stdout + done.stderr
     assert done.returncode == 0, output
     assert _status_line(output) == "Skipped", output
+
+
+def test_hook_fails_when_the_bad_file_is_one_of_many(
+    tmp_path: Path, pre_commit_home: Path, hook_repo: tuple[Path, str]
+) -> None:
+    # pre-commit splits long file lists into batches run in parallel (>= 4 files each); a bad
+    # file in any batch must still fail the hook.
+    files = {
+        f"jobs.d/job-{i:02d}.yaml": GOOD_JOB.replace("hello", f"job-{i:02d}") for i in range(11)
+    }
+    files["jobs.d/bad.yaml"] = BAD_JOB
+    repo = _user_repo(tmp_path, hook_repo, files)
+
+    done = _pre_commit_run(repo, pre_commit_home)
+
+    output = done.stdout + done.stderr
+    assert done.returncode != 0, output
+    assert _status_line(output) == "Failed", output
+    assert (
+        "jobs.d/bad.yaml:4:1: silence_timout: unknown key `silence_timout`; "
+        "did you mean `silence_timeout`?"
+    ) in output.splitlines(), output
