@@ -23,6 +23,7 @@ from agentjobs import __version__
 from agentjobs.errors import InvalidJobError, Problem, UserError
 
 if TYPE_CHECKING:
+    from agentjobs.engine import AttemptResult, Engine
     from agentjobs.reconcile import Plan
     from agentjobs.store import Store
     from agentjobs.validate import LoadResult
@@ -303,22 +304,31 @@ def status(ctx: Context, now_text: str | None) -> None:
     store = ctx.store()
     now = _now(now_text)
     applied = store.applied()
-    states = store.runtime().jobs
+    runtime = store.runtime()
     rows = []
     for name in sorted(applied):
         job = applied[name]
-        state = states.get(name)
-        stale = state is None or state.schedule_hash != job.schedule_hash
-        next_due = None if stale or state is None else state.next_due
+        state = runtime.jobs.get(name)
+        fresh = state is not None and state.schedule_hash == job.schedule_hash
         enabled = job.spec.get("enabled", True)
+        paused = bool(state and state.paused)
+        waiting = [i for i in runtime.queue.values() if i.job == name]
+        running = any(i.state == "running" for i in waiting)
+        # NEXT: the scheduled slot, or sooner a queued run (a retry's backoff, a manual run)
+        times = [i.not_before for i in waiting if i.state == "queued"]
+        if fresh and state is not None and state.next_due and enabled and not paused:
+            times.append(state.next_due)
         rows.append(
             {
                 "job": name,
                 "schedule": _describe_schedule(job.spec.get("schedule")),
                 "enabled": enabled,
-                "next": next_due if enabled else None,
-                "last": None,
-                "result": None,
+                "paused": paused,
+                "running": running,
+                "queued": sum(1 for i in waiting if i.state == "queued"),
+                "next": min(times) if times else None,
+                "last": state.last_started if state else None,
+                "result": state.last_outcome if state else None,
                 "lock": job.spec.get("lock"),
             }
         )
@@ -328,19 +338,371 @@ def status(ctx: Context, now_text: str | None) -> None:
     if not rows:
         click.echo(f"no jobs applied in {store.describe()}; run `agentjobs apply`")
         return
+    table = []
+    for r in rows:
+        flags = [f for f, on in (("disabled", not r["enabled"]), ("paused", r["paused"])) if on]
+        result = "running" if r["running"] else (r["result"] or "-")
+        table.append(
+            [
+                r["job"],
+                r["schedule"] + "".join(f" ({f})" for f in flags),
+                _when(r["next"]),
+                _left(r["next"], now),
+                _when(r["last"]),
+                result,
+                str(r["lock"]),
+            ]
+        )
+    click.echo(_table(["JOB", "SCHEDULE", "NEXT", "LEFT", "LAST", "RESULT", "LOCK"], table))
+
+
+# -- the engine ------------------------------------------------------------------------------
+
+
+def _engine(
+    ctx: Context,
+    now_text: str | None = None,
+    max_concurrent: int | None = None,
+    stream: bool = False,
+) -> Engine:
+    from agentjobs.clock import Clock
+    from agentjobs.engine import Engine
+
+    def say(line: str) -> None:
+        click.echo(f"agentjobs: {line}", err=True)
+
+    def show(data: bytes) -> None:
+        sys.stdout.buffer.write(data)
+        sys.stdout.buffer.flush()
+
+    return Engine(
+        ctx.store(),
+        clock=Clock(_now(now_text) if now_text else None),
+        lock_timeout=float(os.environ.get("AGENTJOBS_LOCK_TIMEOUT", "30")),
+        max_concurrent=max_concurrent,
+        say=say,
+        on_output=show if stream else None,
+    )
+
+
+class _Shutdown:
+    """SIGTERM/SIGINT set the engine's stop event: no new claims, running groups are stopped
+    (TERM, grace, KILL) and recorded `interrupted`; the exit code is 143 or 130."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.signal: int | None = None
+
+    def __enter__(self) -> _Shutdown:
+        import signal
+
+        def handler(number: int, _frame: object) -> None:
+            self.signal = number
+            self.engine.stop.set()
+
+        self._old = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        import signal
+
+        for number, old in self._old.items():
+            signal.signal(number, old)
+
+    @property
+    def code(self) -> int | None:
+        import signal
+
+        if self.signal is None:
+            return None
+        return 130 if self.signal == signal.SIGINT else 143
+
+
+def _attempt_json(result: AttemptResult) -> dict[str, Any]:
+    import dataclasses
+
+    return dataclasses.asdict(result)
+
+
+@cli.command()
+@click.option("--now", "now_text", default=None, help="Evaluate schedules at this ISO time.")
+@click.option(
+    "--max-concurrent",
+    type=click.IntRange(1, 1000),
+    default=None,
+    help="Override the global config's max_concurrent.",
+)
+@pass_ctx
+def tick(ctx: Context, now_text: str | None, max_concurrent: int | None) -> None:
+    """One scheduling pass: recover, enqueue what is due, run what is free, exit."""
+    engine = _engine(ctx, now_text, max_concurrent)
+    with _Shutdown(engine) as shutdown:
+        result = engine.tick()
+    if ctx.json:
+        _emit_json(
+            {
+                "attempts": [_attempt_json(a) for a in result.attempts],
+                "enqueued": result.enqueued,
+                "skipped": result.skipped,
+                "recovered": result.recovered,
+                "messages": list(result.messages),
+            }
+        )
+    else:
+        for attempt in result.attempts:
+            detail = f" ({attempt.error})" if attempt.error else ""
+            click.echo(
+                f"{attempt.job}: attempt {attempt.attempt} {attempt.outcome}{detail} "
+                f"in {attempt.duration_s:.1f}s [run {attempt.run_id}]"
+            )
+    if shutdown.code is not None:
+        raise Exit(shutdown.code)
+    if not result.ok:
+        raise Exit(EXIT_FAILED)
+
+
+@cli.command()
+@click.argument("job")
+@click.option("--wait", is_flag=True, help="Wait for the lock key instead of leaving it queued.")
+@pass_ctx
+def run(ctx: Context, job: str, wait: bool) -> None:
+    """Run JOB now, in the foreground, streaming its output."""
+    engine = _engine(ctx, stream=not ctx.json)
+    with _Shutdown(engine) as shutdown:
+        item, outcome = engine.run_now(job, wait=wait)
+    if isinstance(outcome, str):
+        message = f"{job}: not started: {outcome}; run {item.run_id} stays queued for a later tick"
+        if ctx.json:
+            _emit_json({"run_id": item.run_id, "started": False, "reason": outcome})
+        else:
+            click.echo(f"agentjobs: {message}", err=True)
+        return
+    if ctx.json:
+        _emit_json(_attempt_json(outcome))
+    else:
+        tail = f" ({outcome.error})" if outcome.error else ""
+        click.echo(
+            f"agentjobs: {job}: {outcome.outcome}{tail} in {outcome.duration_s:.1f}s "
+            f"[run {outcome.run_id}, log {outcome.log_path}]",
+            err=True,
+        )
+        if outcome.next == "retry":
+            click.echo(
+                f"agentjobs: {job}: next attempt at {outcome.next_at}; a later tick runs it",
+                err=True,
+            )
+        elif outcome.next == "dead_letter":
+            click.echo(
+                f"agentjobs: {job}: dead-lettered; see `agentjobs dlq show {outcome.dlq_id}`",
+                err=True,
+            )
+    if shutdown.code is not None:
+        raise Exit(shutdown.code)
+    if not outcome.ok:
+        raise Exit(EXIT_FAILED)
+
+
+@cli.command()
+@click.argument("job")
+@pass_ctx
+def pause(ctx: Context, job: str) -> None:
+    """Stop scheduling JOB (no new slots) without editing its file."""
+    _engine(ctx).set_paused(job, True)
+    click.echo(f"{job}: paused")
+
+
+@cli.command()
+@click.argument("job")
+@pass_ctx
+def resume(ctx: Context, job: str) -> None:
+    """Schedule JOB again, from now (the paused time is not caught up)."""
+    _engine(ctx).set_paused(job, False)
+    click.echo(f"{job}: resumed")
+
+
+@cli.command()
+@click.argument("job", required=False)
+@click.option("--since", default=None, help="ISO time or a duration ago (e.g. 24h).")
+@click.option("--outcome", default=None, help="Only attempts with this outcome.")
+@click.option("--limit", type=int, default=50, show_default=True)
+@pass_ctx
+def history(
+    ctx: Context, job: str | None, since: str | None, outcome: str | None, limit: int
+) -> None:
+    """Finished attempts and skipped slots, newest last."""
+    since_at = _since(since)
+    rows = (
+        [
+            r
+            for r in ctx.store().records(since_at)
+            if r.get("event") in ("attempt_finished", "slot_skipped")
+            and (job is None or r.get("job") == job)
+            and (outcome is None or r.get("outcome") == outcome)
+            and (since_at is None or r.get("time", "") >= (since_at.isoformat()))
+        ][-limit:]
+        if limit > 0
+        else []
+    )
+    if ctx.json:
+        _emit_json(rows)
+        return
     table = [
         [
-            r["job"],
-            r["schedule"] + ("" if r["enabled"] else " (disabled)"),
-            _when(r["next"]),
-            _left(r["next"], now),
-            _when(r["last"]),
-            r["result"] or "-",
-            str(r["lock"]),
+            r.get("time", ""),
+            r.get("job", ""),
+            r.get("run_id", ""),
+            str(r.get("attempt", "")),
+            r.get("trigger", ""),
+            r.get("outcome", ""),
+            f"{r['duration_s']:.1f}s" if r.get("duration_s") is not None else "-",
+            r.get("error") or r.get("reason") or "",
         ]
         for r in rows
     ]
-    click.echo(_table(["JOB", "SCHEDULE", "NEXT", "LEFT", "LAST", "RESULT", "LOCK"], table))
+    click.echo(
+        _table(["TIME", "JOB", "RUN", "ATTEMPT", "TRIGGER", "OUTCOME", "DURATION", "DETAIL"], table)
+    )
+
+
+def _since(text: str | None) -> datetime | None:
+    from datetime import timedelta
+
+    from agentjobs.durations import parse_duration
+
+    if text is None:
+        return None
+    try:
+        return datetime.now(UTC) - timedelta(seconds=parse_duration(text))
+    except ValueError:
+        return _now(text)
+
+
+@cli.command()
+@click.argument("run_id")
+@click.option("--attempt", type=int, default=None, help="Only this attempt.")
+@click.option("--follow", "-f", is_flag=True, help="Keep printing while the run runs.")
+@pass_ctx
+def logs(ctx: Context, run_id: str, attempt: int | None, follow: bool) -> None:
+    """Print the output of RUN_ID's attempts."""
+    import time
+
+    store = ctx.store()
+    if not all(c.isalnum() for c in run_id):
+        raise UserError(f"{run_id!r} is not a run id; see `agentjobs history`")
+    numbers = [attempt] if attempt else list(range(1, 101))
+    paths = [store.log_path(run_id, n) for n in numbers]
+    existing = [p for p in paths if p.exists()]
+    if not existing and not follow:
+        raise UserError(f"no logs for run {run_id}; see `agentjobs history`")
+    for path in existing[:-1] if follow else existing:
+        if len(existing) > 1:
+            click.echo(f"==> {path.name} <==")
+        click.echo(path.read_text(errors="replace"), nl=False)
+    if not follow:
+        return
+    path = existing[-1] if existing else paths[0]
+    offset = 0
+    while True:
+        if path.exists():
+            with open(path, "rb") as handle:
+                handle.seek(offset)
+                data = handle.read()
+            offset += len(data)
+            sys.stdout.buffer.write(data)
+            sys.stdout.buffer.flush()
+        running = any(
+            i.run_id == run_id and i.state == "running" for i in store.runtime().queue.values()
+        )
+        if not running and path.exists():
+            return
+        time.sleep(0.2)
+
+
+@cli.group()
+def dlq() -> None:
+    """The dead-letter queue: runs that failed for good, kept until a human acts."""
+
+
+@dlq.command("list")
+@click.option("--all", "show_all", is_flag=True, help="Include resolved entries.")
+@pass_ctx
+def dlq_list(ctx: Context, show_all: bool) -> None:
+    """Open dead letters (with --all, every one)."""
+    entries = [e for e in ctx.store().dead_letters() if show_all or e["status"] != "resolved"]
+    if ctx.json:
+        _emit_json(entries)
+        return
+    if not entries:
+        click.echo("no dead letters")
+        return
+    table = [
+        [
+            e["id"],
+            e["job"],
+            e["status"],
+            e["created_at"],
+            str(len(e["attempts"])),
+            e["attempts"][-1]["outcome"] if e["attempts"] else "-",
+            e["reason"],
+        ]
+        for e in entries
+    ]
+    click.echo(_table(["ID", "JOB", "STATUS", "CREATED", "ATTEMPTS", "LAST", "REASON"], table))
+
+
+@dlq.command("show")
+@click.argument("entry_id")
+@pass_ctx
+def dlq_show(ctx: Context, entry_id: str) -> None:
+    """Everything about one dead letter: the spec as it was and every attempt."""
+    entry = ctx.store().dead_letter(entry_id)
+    if entry is None:
+        raise UserError(f"no dead letter {entry_id!r}; see `agentjobs dlq list`")
+    if ctx.json:
+        _emit_json(entry)
+        return
+    click.echo(
+        f"dead letter {entry['id']}: job {entry['job']}, {entry['status']}, "
+        f"created {entry['created_at']}"
+    )
+    click.echo(f"reason: {entry['reason']}")
+    if entry.get("note"):
+        click.echo(f"note: {entry['note']}")
+    for replay in entry.get("replays", []):
+        click.echo(f"replayed as run {replay['run_id']} at {replay['at']}")
+    for a in entry["attempts"]:
+        click.echo(
+            f"- attempt {a['attempt']}: {a['outcome']} "
+            f"{a.get('error') or ''} ({a['started_at']} .. {a['finished_at']}) "
+            f"log {a.get('log_path')}"
+        )
+        if a.get("output_tail"):
+            for line in a["output_tail"].rstrip().splitlines()[-10:]:
+                click.echo(f"    | {line}")
+
+
+@dlq.command("replay")
+@click.argument("entry_id")
+@pass_ctx
+def dlq_replay(ctx: Context, entry_id: str) -> None:
+    """Enqueue a fresh run of the dead letter's job (new attempts), linked to it."""
+    item = _engine(ctx).replay(entry_id)
+    if ctx.json:
+        _emit_json({"run_id": item.run_id, "dlq_id": entry_id})
+    else:
+        click.echo(
+            f"replaying {entry_id} as run {item.run_id} (job {item.job}); the next tick runs it"
+        )
+
+
+@dlq.command("resolve")
+@click.argument("entry_id")
+@click.option("--note", required=True, help="What was done about it.")
+@pass_ctx
+def dlq_resolve(ctx: Context, entry_id: str, note: str) -> None:
+    """Mark a dead letter as handled (it is kept, never deleted)."""
+    _engine(ctx).resolve(entry_id, note)
+    click.echo(f"resolved {entry_id}")
 
 
 # -- entry point -----------------------------------------------------------------------------

@@ -15,6 +15,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
+from agentjobs.clock import iso
 from agentjobs.spec import GlobalConfig, JobSpec
 from agentjobs.store import AppliedChange, AppliedJob, JobState, Store
 from agentjobs.validate import LoadedJob
@@ -116,17 +117,13 @@ def initial_due(spec: JobSpec, now: datetime, last_finished: datetime | None) ->
     from agentjobs.spec import parse_at
 
     schedule = spec.schedule
-    if schedule is None:
+    if schedule is None or not spec.enabled:
         return None
     if schedule.at is not None:
         slot: datetime | None = parse_at(schedule.at, "UTC")
     else:
         slot = next_slot(schedule, now, last_finished)
     return None if slot is None else fire_time(spec.name, schedule, slot)
-
-
-def _iso(moment: datetime | None) -> str | None:
-    return None if moment is None else moment.isoformat(timespec="seconds")
 
 
 def fresh_state(spec: JobSpec, now: datetime, previous: JobState | None) -> JobState:
@@ -142,8 +139,9 @@ def fresh_state(spec: JobSpec, now: datetime, previous: JobState | None) -> JobS
     return dataclasses.replace(
         base,
         schedule_hash=spec.schedule_hash(),
-        next_due=_iso(due),
-        last_slot=_iso(now) if due else None,
+        next_due=iso(due),
+        last_slot=iso(now) if due else None,
+        needs=spec.needs,
     )
 
 
@@ -168,7 +166,7 @@ def apply_plan(
             return plan
         by_name = {job.spec.name: job for job in desired}
         put: dict[str, AppliedJob] = {}
-        stamp = _iso(now) or ""
+        stamp = iso(now) or ""
         for change in plan.changes:
             if change.action not in (Action.CREATE, Action.UPDATE) or change.name == CONFIG_ROW:
                 continue
@@ -185,10 +183,13 @@ def apply_plan(
             state = runtime.jobs.get(change.name)
             if state is None or state.schedule_hash != spec.schedule_hash():
                 runtime.jobs[change.name] = fresh_state(spec, now, state)
+            else:
+                runtime.jobs[change.name] = dataclasses.replace(state, needs=spec.needs)
         remove = tuple(c.name for c in plan.changes if c.action == Action.DELETE)
         for name in remove:
             # History and dead letters stay. Waiting runs stay in the queue until the next tick
             # records them as skipped (reason `deleted`), so every slot keeps a terminal state.
             runtime.jobs.pop(name, None)
         store.write_applied(AppliedChange(put=put, remove=remove, config=config.to_dict()))
+        runtime.applied_version = store.applied_version()
         return plan

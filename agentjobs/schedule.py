@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import cache
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -151,3 +152,89 @@ def next_slot(
 def fire_time(job: str, schedule: Schedule, slot: datetime) -> datetime:
     """When a slot actually starts: the slot plus the job's deterministic jitter."""
     return slot + timedelta(seconds=jitter_offset(job, schedule.jitter))
+
+
+# -- which slots are due at a tick, under the catch-up policy -----------------------------------
+
+CATCHUP_GRACE = 300.0  # a slot started within 5 minutes of its time is on time, not "missed"
+CATCHUP_CAP = 100  # catchup: all runs at most this many missed slots
+_ENUMERATION_LIMIT = 200_000
+
+
+@dataclass(frozen=True, slots=True)
+class SlotPlan:
+    """What a tick does with a job's slots: enqueue some, record some as skipped."""
+
+    run: tuple[tuple[datetime, str], ...] = ()  # (slot, trigger: schedule | catchup)
+    skip: tuple[tuple[datetime, str], ...] = ()  # (slot, reason: missed | coalesced | catchup_cap)
+    last_slot: datetime | None = None  # the marker once these are enqueued or recorded
+    next_due: datetime | None = None  # fire time of the next slot; None: none, or after a run
+    warning: str | None = None
+
+
+def _late(job: str, schedule: Schedule, slot: datetime, now: datetime) -> bool:
+    return (now - fire_time(job, schedule, slot)).total_seconds() > CATCHUP_GRACE
+
+
+def _apply_catchup(
+    job: str, schedule: Schedule, slots: list[datetime], now: datetime
+) -> tuple[list[tuple[datetime, str]], list[tuple[datetime, str]], str | None]:
+    late = [s for s in slots if _late(job, schedule, s, now)]
+    on_time = [(s, "schedule") for s in slots if not _late(job, schedule, s, now)]
+    if not late:
+        return on_time, [], None
+    if schedule.catchup == "skip":
+        return on_time, [(s, "missed") for s in late], None
+    if schedule.catchup == "once":
+        if on_time:  # the newest slot runs on time; the missed ones are covered by it
+            return on_time, [(s, "coalesced") for s in late], None
+        return [(late[-1], "catchup")], [(s, "coalesced") for s in late[:-1]], None
+    kept = late[-CATCHUP_CAP:]
+    dropped = late[:-CATCHUP_CAP]
+    warning = None
+    if dropped:
+        warning = (
+            f"{len(late)} missed slots; catchup: all runs the newest {CATCHUP_CAP} and skips "
+            f"{len(dropped)} (reason catchup_cap)"
+        )
+    return [(s, "catchup") for s in kept] + on_time, [(s, "catchup_cap") for s in dropped], warning
+
+
+def plan_slots(
+    job: str,
+    schedule: Schedule,
+    *,
+    last_slot: datetime | None,
+    next_due: datetime | None,
+    now: datetime,
+) -> SlotPlan:
+    """The slots of `job` due at `now` after the marker `last_slot`. Pure."""
+    if schedule.cron is not None:
+        after = last_slot or now
+        slots: list[datetime] = []
+        upcoming = None
+        for slot in cron_fires(schedule.cron, schedule.timezone, after):
+            if fire_time(job, schedule, slot) > now or len(slots) >= _ENUMERATION_LIMIT:
+                upcoming = slot
+                break
+            slots.append(slot)
+        if not slots:
+            due = fire_time(job, schedule, upcoming) if upcoming else None
+            return SlotPlan(last_slot=last_slot, next_due=due)
+        run, skip, warning = _apply_catchup(job, schedule, slots, now)
+        due = fire_time(job, schedule, upcoming) if upcoming else None
+        return SlotPlan(tuple(run), tuple(skip), slots[-1], due, warning)
+    if schedule.every is not None:
+        if next_due is None or next_due > now:
+            return SlotPlan(last_slot=last_slot, next_due=next_due)
+        slot = next_due - timedelta(seconds=jitter_offset(job, schedule.jitter))
+        return SlotPlan(run=((slot, "schedule"),), last_slot=slot, next_due=None)
+    if schedule.at is not None:
+        slot = parse_at(schedule.at, "UTC")
+        if last_slot is not None and slot <= last_slot:
+            return SlotPlan(last_slot=last_slot, next_due=None)
+        if fire_time(job, schedule, slot) > now:
+            return SlotPlan(last_slot=last_slot, next_due=fire_time(job, schedule, slot))
+        run, skip, warning = _apply_catchup(job, schedule, [slot], now)
+        return SlotPlan(tuple(run), tuple(skip), slot, None, warning)
+    return SlotPlan(last_slot=last_slot)

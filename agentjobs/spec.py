@@ -136,8 +136,9 @@ class JobSpec:
         return content_hash(self.to_dict())
 
     def schedule_hash(self) -> str:
-        """Changes exactly when the next-run computation must start over (not on prompt edits)."""
-        return content_hash(_plain(self.schedule))
+        """Changes exactly when the next-run computation must start over (not on prompt edits):
+        the schedule, or `enabled` (a re-enabled job starts from now, not from when it paused)."""
+        return content_hash({"schedule": _plain(self.schedule), "enabled": self.enabled})
 
 
 @dataclass(frozen=True, slots=True)

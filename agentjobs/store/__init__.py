@@ -73,14 +73,19 @@ class JobState:
     last_outcome: str | None = None
     last_success: str | None = None
     paused: bool = False
+    needs: tuple[str, ...] = ()  # copied from the spec so a tick can check triggers cheaply
 
     def to_dict(self) -> dict[str, Any]:
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        data["needs"] = list(self.needs)
+        return data
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> JobState:
         names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in names})
+        values = {k: v for k, v in data.items() if k in names}
+        values["needs"] = tuple(values.get("needs", ()))
+        return cls(**values)
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,6 +157,8 @@ class Runtime:
 
     jobs: dict[str, JobState] = field(default_factory=dict)
     queue: dict[str, QueueItem] = field(default_factory=dict)
+    # `Store.applied_version()` when these job states were last reconciled with the specs
+    applied_version: str = ""
 
     def items_of(self, job: str) -> list[QueueItem]:
         return [item for item in self.queue.values() if item.job == job]
@@ -174,6 +181,7 @@ class Store(Protocol):
       cannot be had within `timeout` seconds.
     - `applied()`, `config()`: the applied jobs by name; the applied global config
       (`GlobalConfig.to_dict()`, `{}` before any apply).
+    - `applied_version()`: an opaque value that changes whenever the applied jobs change.
     - `runtime()`: a snapshot of job states and the queue (no lock; never torn).
     - `transaction(timeout)`: lock, read the runtime, yield it for changes, write it back
       atomically if it changed. Enqueueing a slot and advancing its job's marker in one
@@ -198,6 +206,8 @@ class Store(Protocol):
     def applied(self) -> dict[str, AppliedJob]: ...
 
     def config(self) -> dict[str, Any]: ...
+
+    def applied_version(self) -> str: ...
 
     def runtime(self) -> Runtime: ...
 

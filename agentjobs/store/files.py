@@ -179,11 +179,19 @@ class FileStore:
         config: dict[str, Any] = self._read("applied.json").get("config", {})
         return config
 
+    def applied_version(self) -> str:
+        try:
+            st = (self.root / "applied.json").stat()
+        except FileNotFoundError:
+            return ""
+        return f"{st.st_ino}-{st.st_mtime_ns}-{st.st_size}"
+
     def runtime(self) -> Runtime:
         data = self._read("runtime.json")
         return Runtime(
             jobs={n: JobState.from_dict(d) for n, d in data.get("jobs", {}).items()},
             queue={i: QueueItem.from_dict(d) for i, d in data.get("queue", {}).items()},
+            applied_version=data.get("applied_version", ""),
         )
 
     # -- writes ----------------------------------------------------------------------------

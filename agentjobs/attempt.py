@@ -1,0 +1,154 @@
+"""One attempt of a job: build its command and environment, run it, verify it, judge it."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from agentjobs.errors import UserError
+from agentjobs.runner import Ending, Redactor, run_process
+from agentjobs.spec import JobSpec, job_from_dict
+from agentjobs.store import AppliedJob, QueueItem
+
+MATCH_BYTES = 65536  # how much of the log `never_on`/`retry_on` output patterns search
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptOutcome:
+    outcome: str  # retry.Outcome value
+    exit_code: int | None
+    signal: str | None
+    error: str | None
+    output_tail: str
+    duration_s: float
+    output_for_match: str
+
+
+def command_for(spec: JobSpec, attempt: int) -> list[str]:
+    if spec.agent is not None:
+        from agentjobs.agents import build_argv, prompt_text
+
+        return build_argv(spec.agent, prompt_text(spec.agent))
+    if spec.shell is not None:
+        return ["/bin/sh", "-c", spec.shell]
+    return list(spec.command)
+
+
+def _tail_of(path: Path, size: int) -> str:
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(0, 2)
+            end = handle.tell()
+            handle.seek(max(0, end - size))
+            return handle.read().decode("utf-8", errors="replace")
+    except OSError:
+        return ""
+
+
+def run_attempt(
+    applied: AppliedJob,
+    item: QueueItem,
+    *,
+    log_path: Path,
+    stop: threading.Event,
+    on_start: Callable[[int], None] | None = None,
+    on_output: Callable[[bytes], None] | None = None,
+    slot_env: Mapping[str, str] | None = None,
+    pass_fds: Sequence[int] = (),
+) -> AttemptOutcome:
+    from agentjobs.environment import build_env, secret_values
+
+    spec = job_from_dict(dict(applied.spec))
+    extra = {
+        "AGENTJOBS_JOB": spec.name,
+        "AGENTJOBS_RUN_ID": item.run_id,
+        "AGENTJOBS_ATTEMPT": str(item.attempt),
+        "AGENTJOBS_TRIGGER": item.trigger,
+        **(slot_env or {}),
+    }
+    try:
+        env = build_env(dict(spec.env), spec.env_file, extra)
+        argv = command_for(spec, item.attempt)
+    except UserError as exc:
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        log_path.write_text(f"[agentjobs] {exc}\n")
+        return AttemptOutcome("failed", None, None, str(exc), str(exc), 0.0, str(exc))
+    secrets = secret_values(env, spec.secrets)
+    result = run_process(
+        argv,
+        cwd=spec.workdir,
+        env=env,
+        log_path=log_path,
+        timeout=spec.timeout,
+        silence_timeout=spec.silence_timeout,
+        kill_grace=spec.kill_grace,
+        secrets=secrets,
+        pass_fds=pass_fds,
+        stop=stop,
+        on_output=on_output,
+        on_start=on_start,
+    )
+    outcome = {
+        Ending.TIMEOUT: "timeout",
+        Ending.SILENCE: "silence",
+        Ending.INTERRUPTED: "interrupted",
+        Ending.NOT_STARTED: "failed",
+    }.get(result.ending)
+    error = result.error
+    duration = result.duration_s
+    tail = result.output_tail
+    if outcome is None:
+        if result.exit_code == 0:
+            outcome = "succeeded"
+        else:
+            outcome = "failed"
+            error = (
+                f"exit code {result.exit_code}"
+                if result.exit_code is not None
+                else f"killed by {result.signal}"
+            )
+    if outcome == "succeeded" and spec.verify is not None:
+        with open(log_path, "ab") as log:
+            log.write(b"\n[agentjobs] verify\n")
+        verify_argv = (
+            ["/bin/sh", "-c", spec.verify.shell]
+            if spec.verify.shell is not None
+            else list(spec.verify.argv)
+        )
+        check = run_process(
+            verify_argv,
+            cwd=spec.workdir,
+            env=env,
+            log_path=log_path,
+            timeout=spec.verify.timeout,
+            silence_timeout=None,
+            kill_grace=spec.kill_grace,
+            secrets=secrets,
+            pass_fds=pass_fds,
+            stop=stop,
+            on_output=on_output,
+        )
+        duration += check.duration_s
+        tail = _tail_of(log_path, 4096)
+        if check.ending == Ending.INTERRUPTED:
+            outcome, error = "interrupted", check.error
+        elif check.ending != Ending.EXITED or check.exit_code != 0:
+            outcome = "verify_failed"
+            how = check.error or (
+                f"exit code {check.exit_code}"
+                if check.exit_code is not None
+                else f"killed by {check.signal}"
+            )
+            error = f"verify {' '.join(verify_argv)} failed ({how}): {check.output_tail[-500:]}"
+    redactor = Redactor(secrets)
+    return AttemptOutcome(
+        outcome=outcome,
+        exit_code=result.exit_code,
+        signal=result.signal,
+        error=redactor.text(error) if error else None,
+        output_tail=tail,
+        duration_s=round(duration, 3),
+        output_for_match=_tail_of(log_path, MATCH_BYTES),
+    )

@@ -1,0 +1,843 @@
+"""One tick: recover orphans, enqueue due slots, claim by priority under locks, run, record.
+
+State changes happen in short store transactions (the state lock is never held while a job runs);
+lock keys and concurrency slots are `flock`s held for the length of an attempt and inherited by
+its processes (locks.py). The order inside each transaction is: append the run records, then let
+the transaction write the runtime, so a crash can duplicate a record but never lose one, and a
+slot's enqueue and its job's marker advance are one atomic write (exactly-once firing).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from agentjobs import locks
+from agentjobs.clock import Clock, iso, parse
+from agentjobs.errors import UserError
+from agentjobs.records import new_ulid
+from agentjobs.store import AppliedJob, AttemptSummary, JobState, QueueItem, Runtime, Store
+
+DEFAULT_LOCK_TIMEOUT = 30.0
+ORPHAN_REASON = "the runner stopped before the attempt finished (killed or machine restarted)"
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptResult:
+    job: str
+    run_id: str
+    attempt: int
+    trigger: str
+    outcome: str
+    exit_code: int | None
+    signal: str | None
+    error: str | None
+    duration_s: float
+    next: str  # done | retry | dead_letter
+    next_at: str | None
+    log_path: str
+    dlq_id: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.outcome == "succeeded"
+
+
+@dataclass(frozen=True, slots=True)
+class TickResult:
+    attempts: tuple[AttemptResult, ...] = ()
+    enqueued: int = 0
+    skipped: int = 0
+    recovered: int = 0
+    interrupted: bool = False
+    messages: tuple[str, ...] = ()
+
+    @property
+    def ok(self) -> bool:
+        return all(a.ok for a in self.attempts)
+
+
+@dataclass(slots=True)
+class _Claim:
+    item: QueueItem
+    applied: AppliedJob
+    key: locks.HeldLock
+    slot: locks.HeldLock
+
+
+@dataclass
+class Engine:
+    """The scheduler for one state store. `tick()` is one pass; `run_now()` is `agentjobs run`."""
+
+    store: Store
+    clock: Clock = field(default_factory=Clock)
+    host: str = field(default_factory=socket.gethostname)
+    lock_timeout: float = DEFAULT_LOCK_TIMEOUT
+    max_concurrent: int | None = None  # None: the applied global config's (default 2)
+    stop: threading.Event = field(default_factory=threading.Event)
+    on_output: Callable[[bytes], None] | None = None  # live output (run in the foreground)
+    say: Callable[[str], None] = lambda _line: None  # progress and retry log lines
+    _messages: list[str] = field(default_factory=list)
+    _guard: threading.Lock = field(default_factory=threading.Lock)
+
+    # -- small helpers -------------------------------------------------------------------------
+
+    def _now(self) -> str:
+        return iso(self.clock.now()) or ""
+
+    def _tell(self, line: str) -> None:
+        with self._guard:
+            self._messages.append(line)
+        self.say(line)
+
+    def _slots(self) -> int:
+        if self.max_concurrent is not None:
+            return self.max_concurrent
+        return int(self.store.config().get("max_concurrent", 2))
+
+    def _record(
+        self, event: str, item: QueueItem, applied: AppliedJob | None, **fields: Any
+    ) -> dict[str, Any]:
+        spec = applied.spec if applied else {}
+        record: dict[str, Any] = {
+            "event": event,
+            "time": self._now(),
+            "run_id": item.run_id,
+            "job": item.job,
+            "attempt": item.attempt,
+            "trigger": item.trigger,
+            "slot": item.slot,
+            "queued_at": item.queued_at,
+            "lock_key": item.lock_key,
+            "priority": item.priority,
+            "host": self.host,
+            "pid": os.getpid(),
+            "spec_hash": applied.spec_hash if applied else None,
+            "git_commit": applied.git_commit if applied else None,
+            "corrective": item.corrective,
+        }
+        if item.replay_of:
+            record["replay_of"] = item.replay_of
+        if spec.get("secrets"):
+            record["secrets_redacted"] = True
+        record.update(fields)
+        return record
+
+    # -- the hot path --------------------------------------------------------------------------
+
+    def _has_work(self, runtime: Runtime, now: str) -> bool:
+        """Whether a tick must do anything at all: compares stored strings only."""
+        if runtime.applied_version != self.store.applied_version():
+            return True
+        if runtime.queue:
+            return True
+        for name, state in runtime.jobs.items():
+            if state.paused:
+                continue
+            if state.next_due is not None and state.next_due <= now:
+                return True
+            if state.needs and _needs_met(runtime, name, state):
+                return True
+        return False
+
+    # -- one tick ------------------------------------------------------------------------------
+
+    def tick(self) -> TickResult:
+        runtime = self.store.runtime()
+        if not self._has_work(runtime, self._now()):
+            return TickResult()
+        recovered, enqueued, skipped = self._prepare()
+        attempts = self._run_queue()
+        return TickResult(
+            attempts=tuple(attempts),
+            enqueued=enqueued,
+            skipped=skipped,
+            recovered=recovered,
+            interrupted=self.stop.is_set(),
+            messages=tuple(self._messages),
+        )
+
+    def _prepare(self) -> tuple[int, int, int]:
+        """Recover orphans, reconcile states with specs, enqueue what is due (one transaction)."""
+        with self.store.transaction(self.lock_timeout) as runtime:
+            applied = self.store.applied()
+            now = self.clock.now()
+            records: list[dict[str, Any]] = []
+            if runtime.applied_version != self.store.applied_version():
+                self._reconcile_states(runtime, applied, now)
+            recovered = self._recover_orphans(runtime, applied, now, records)
+            self._drop_deleted(runtime, applied, records)
+            enqueued, skipped = self._enqueue_due(runtime, applied, now, records)
+            enqueued += self._enqueue_needs(runtime, applied, now)
+            self.store.append_records(records, now)
+        return recovered, enqueued, skipped
+
+    def _reconcile_states(
+        self, runtime: Runtime, applied: Mapping[str, AppliedJob], now: datetime
+    ) -> None:
+        """After an apply that crashed between its two writes: states follow the specs."""
+        from agentjobs.reconcile import fresh_state
+        from agentjobs.spec import job_from_dict
+
+        for name, job in applied.items():
+            state = runtime.jobs.get(name)
+            if state is None or state.schedule_hash != job.schedule_hash:
+                runtime.jobs[name] = fresh_state(job_from_dict(dict(job.spec)), now, state)
+        for name in list(runtime.jobs):
+            if name not in applied:
+                del runtime.jobs[name]
+        runtime.applied_version = self.store.applied_version()
+
+    def _recover_orphans(
+        self,
+        runtime: Runtime,
+        applied: Mapping[str, AppliedJob],
+        now: datetime,
+        records: list[dict[str, Any]],
+    ) -> int:
+        count = 0
+        for item in list(runtime.queue.values()):
+            if item.state != "running":
+                continue
+            if not locks.is_free(locks.key_file(self.store.locks_dir, item.lock_key)):
+                continue  # its tick, or a process it started, still holds the key
+            if item.host not in (None, self.host):
+                continue  # another host's attempt (shared state is the PostgreSQL backend's)
+            if item.pid is not None and item.pid != os.getpid() and _alive(item.pid):
+                continue  # the tick process lives: it is between claim and lock (never for long)
+            count += 1
+            self._tell(
+                f"{item.job}: run {item.run_id} attempt {item.attempt} was lost: {ORPHAN_REASON}"
+            )
+            self._finish(
+                runtime,
+                item,
+                applied.get(item.job),
+                now,
+                records,
+                outcome="lost",
+                exit_code=None,
+                signal=None,
+                error=ORPHAN_REASON,
+                output="",
+                started_at=item.started_at or iso(now) or "",
+                duration_s=None,
+                log_path=str(self.store.log_path(item.run_id, item.attempt)),
+            )
+        return count
+
+    def _drop_deleted(
+        self, runtime: Runtime, applied: Mapping[str, AppliedJob], records: list[dict[str, Any]]
+    ) -> None:
+        for item in list(runtime.queue.values()):
+            if item.job not in applied and item.state == "queued":
+                records.append(
+                    self._record("slot_skipped", item, None, reason="deleted", outcome="skipped")
+                )
+                del runtime.queue[item.id]
+
+    def _enqueue_due(
+        self,
+        runtime: Runtime,
+        applied: Mapping[str, AppliedJob],
+        now: datetime,
+        records: list[dict[str, Any]],
+    ) -> tuple[int, int]:
+        from agentjobs.schedule import plan_slots
+        from agentjobs.spec import Schedule
+
+        stamp = iso(now) or ""
+        enqueued = skipped = 0
+        for name, state in sorted(runtime.jobs.items()):
+            job = applied.get(name)
+            if job is None or state.paused or state.next_due is None or state.next_due > stamp:
+                continue
+            raw = job.spec.get("schedule")
+            if not raw or not job.spec.get("enabled", True):
+                runtime.jobs[name] = dataclasses.replace(state, next_due=None)
+                continue
+            schedule = Schedule(**raw)
+            plan = plan_slots(
+                name,
+                schedule,
+                last_slot=parse(state.last_slot) if state.last_slot else None,
+                next_due=parse(state.next_due),
+                now=now,
+            )
+            if plan.warning:
+                self._tell(f"{name}: {plan.warning}")
+            for slot, reason in plan.skip:
+                records.append(self._skip_record(name, job, slot, reason, now))
+                skipped += 1
+            for slot, trigger in plan.run:
+                outcome = self._enqueue_slot(runtime, job, slot, trigger, now)
+                if outcome is None:
+                    enqueued += 1
+                else:
+                    records.append(self._skip_record(name, job, slot, outcome, now))
+                    skipped += 1
+            next_due = plan.next_due
+            if (
+                schedule.every is not None
+                and plan.run
+                and name not in {i.job for i in runtime.queue.values()}
+            ):
+                # the `every` slot was skipped: count the interval from now
+                next_due = now + timedelta(seconds=schedule.every)
+            runtime.jobs[name] = dataclasses.replace(
+                runtime.jobs[name], last_slot=iso(plan.last_slot), next_due=iso(next_due)
+            )
+        return enqueued, skipped
+
+    def _skip_record(
+        self, name: str, job: AppliedJob, slot: datetime, reason: str, now: datetime
+    ) -> dict[str, Any]:
+        stub = QueueItem(
+            id=f"{name}@{iso(slot)}",
+            run_id=new_ulid(),
+            job=name,
+            trigger="schedule",
+            priority=job.spec.get("priority", "normal"),
+            lock_key=job.spec["lock"],
+            queued_at=iso(now) or "",
+            not_before=iso(now) or "",
+            slot=iso(slot),
+            attempt=0,
+        )
+        return self._record("slot_skipped", stub, job, reason=reason, outcome="skipped")
+
+    def _enqueue_slot(
+        self, runtime: Runtime, job: AppliedJob, slot: datetime, trigger: str, now: datetime
+    ) -> str | None:
+        """Enqueue one slot; returns None, or the reason it is skipped (overlap, needs)."""
+        name = job.name
+        item_id = f"{name}@{iso(slot)}"
+        if item_id in runtime.queue:
+            return None  # already enqueued by a racing tick (idempotent)
+        in_flight = runtime.items_of(name)
+        if in_flight:
+            if job.spec.get("overlap", "skip") == "skip":
+                return "overlap"
+            if any(i.state == "queued" for i in in_flight):
+                return "overlap"  # queue: at most one pending slot
+        state = runtime.jobs[name]
+        if state.needs and not _needs_met(runtime, name, state):
+            return "needs"
+        stamp = iso(now) or ""
+        runtime.queue[item_id] = QueueItem(
+            id=item_id,
+            run_id=new_ulid(),
+            job=name,
+            trigger=trigger,
+            priority=job.spec.get("priority", "normal"),
+            lock_key=job.spec["lock"],
+            queued_at=stamp,
+            not_before=stamp,
+            slot=iso(slot),
+        )
+        return None
+
+    def _enqueue_needs(
+        self, runtime: Runtime, applied: Mapping[str, AppliedJob], now: datetime
+    ) -> int:
+        """Jobs with `needs` and no schedule run after every needed job succeeded anew."""
+        count = 0
+        stamp = iso(now) or ""
+        for name, state in sorted(runtime.jobs.items()):
+            job = applied.get(name)
+            if (
+                job is None
+                or not state.needs
+                or state.paused
+                or job.spec.get("schedule")
+                or not job.spec.get("enabled", True)
+                or not _needs_met(runtime, name, state)
+                or runtime.items_of(name)
+            ):
+                continue
+            newest = max(runtime.jobs[n].last_success or "" for n in state.needs)
+            item_id = f"{name}@needs-{newest}"
+            runtime.queue[item_id] = QueueItem(
+                id=item_id,
+                run_id=new_ulid(),
+                job=name,
+                trigger="needs",
+                priority=job.spec.get("priority", "normal"),
+                lock_key=job.spec["lock"],
+                queued_at=stamp,
+                not_before=stamp,
+            )
+            count += 1
+        return count
+
+    # -- claiming and running ------------------------------------------------------------------
+
+    def _claim(self, only: str | None = None) -> _Claim | str | None:
+        """Take the best runnable item: its lock key and a concurrency slot, marked running.
+
+        Returns the claim, None when nothing can run now, or (with `only`) a message saying
+        what holds that item back.
+        """
+        with self.store.transaction(self.lock_timeout) as runtime:
+            applied = self.store.applied()
+            now = self._now()
+            busy = {i.lock_key for i in runtime.queue.values() if i.state == "running"}
+            if only is not None:
+                item = runtime.queue.get(only)
+                if item is None or item.state != "queued":
+                    return None
+                candidates = [item]
+            else:
+                candidates = sorted(
+                    (
+                        i
+                        for i in runtime.queue.values()
+                        if i.state == "queued"
+                        and i.not_before <= now
+                        and i.job in applied
+                        and not runtime.jobs.get(i.job, JobState("")).paused
+                        and applied[i.job].spec.get("enabled", True)
+                    ),
+                    key=lambda i: i.order,
+                )
+            slot = None
+            for item in candidates:
+                if item.lock_key in busy and only is None:
+                    continue
+                if slot is None:
+                    slot = locks.try_slot(self.store.locks_dir, self._slots())
+                    if slot is None:
+                        return None if only is None else "every concurrency slot is in use"
+                key = locks.try_key(self.store.locks_dir, item.lock_key)
+                if key is None:
+                    busy.add(item.lock_key)
+                    if only is not None:
+                        slot.release()
+                        return self._holder_message(item.lock_key, runtime)
+                    continue
+                key.note(
+                    f"run {item.run_id} (job {item.job}, attempt {item.attempt}, "
+                    f"pid {os.getpid()}, host {self.host})"
+                )
+                running = dataclasses.replace(
+                    item, state="running", started_at=now, host=self.host, pid=os.getpid()
+                )
+                runtime.queue[item.id] = running
+                state = runtime.jobs.get(item.job)
+                if state is not None:
+                    runtime.jobs[item.job] = dataclasses.replace(
+                        state, last_started=now, last_run_id=item.run_id
+                    )
+                return _Claim(running, applied[item.job], key, slot)
+            if slot is not None:
+                slot.release()
+            return None
+
+    def _holder_message(self, key: str, runtime: Runtime) -> str:
+        holder = locks.holder(locks.key_file(self.store.locks_dir, key))
+        running = [i for i in runtime.queue.values() if i.state == "running" and i.lock_key == key]
+        if running:
+            item = running[0]
+            return (
+                f"lock key {key} is held by run {item.run_id} (job {item.job}, attempt "
+                f"{item.attempt}, started {item.started_at})"
+            )
+        return f"lock key {key} is held by {holder or 'another process'}"
+
+    def _execute(self, claim: _Claim) -> AttemptResult:
+        from agentjobs.attempt import run_attempt
+
+        item = claim.item
+        log_path = self.store.log_path(item.run_id, item.attempt)
+        started_at = self._now()
+
+        def started(pid: int) -> None:
+            self.store.append_records(
+                [
+                    self._record(
+                        "attempt_started",
+                        item,
+                        claim.applied,
+                        started_at=started_at,
+                        child_pid=pid,
+                        log_path=str(log_path),
+                    )
+                ],
+                self.clock.now(),
+            )
+
+        try:
+            outcome = run_attempt(
+                claim.applied,
+                item,
+                log_path=log_path,
+                stop=self.stop,
+                on_start=started,
+                on_output=self.on_output,
+                slot_env={"AGENTJOBS_SLOT": item.slot or ""},
+                pass_fds=(claim.key.fd, claim.slot.fd),
+            )
+        finally:
+            # The attempt's processes are gone (the runner kills the whole group), so the
+            # locks can go; the kernel would drop them with this process anyway.
+            claim.key.release()
+            claim.slot.release()
+        with self.store.transaction(self.lock_timeout) as runtime:
+            now = self.clock.now()
+            records: list[dict[str, Any]] = []
+            current = runtime.queue.get(item.id, item)
+            result = self._finish(
+                runtime,
+                current,
+                claim.applied,
+                now,
+                records,
+                outcome=outcome.outcome,
+                exit_code=outcome.exit_code,
+                signal=outcome.signal,
+                error=outcome.error,
+                output=outcome.output_tail,
+                started_at=started_at,
+                duration_s=outcome.duration_s,
+                log_path=str(log_path),
+                output_for_match=outcome.output_for_match,
+            )
+            self._enqueue_needs(runtime, self.store.applied(), now)
+            self.store.append_records(records, now)
+        return result
+
+    def _finish(
+        self,
+        runtime: Runtime,
+        item: QueueItem,
+        applied: AppliedJob | None,
+        now: datetime,
+        records: list[dict[str, Any]],
+        *,
+        outcome: str,
+        exit_code: int | None,
+        signal: str | None,
+        error: str | None,
+        output: str,
+        started_at: str,
+        duration_s: float | None,
+        log_path: str,
+        output_for_match: str | None = None,
+    ) -> AttemptResult:
+        """Record a finished attempt and apply the retry policy (inside a transaction)."""
+        from agentjobs.retry import Next, Outcome, decide
+        from agentjobs.spec import RetryPolicy, job_from_dict
+
+        stamp = iso(now) or ""
+        policy = job_from_dict(dict(applied.spec)).retry if applied else RetryPolicy()
+        counts_as = Outcome(outcome)
+        failures = item.failures + (
+            0 if counts_as in (Outcome.INTERRUPTED, Outcome.RATE_LIMITED, Outcome.SUCCEEDED) else 1
+        )
+        decision = decide(
+            policy,
+            counts_as,
+            exit_code=exit_code,
+            output=output_for_match if output_for_match is not None else output,
+            attempts_used=failures,
+            now=now,
+        )
+        if applied is None and decision.next == Next.RETRY:
+            decision = dataclasses.replace(
+                decision, next=Next.DEAD_LETTER, reason="the job was deleted"
+            )
+        if duration_s is None:
+            duration_s = max(0.0, (now - parse(started_at)).total_seconds())
+        summary = AttemptSummary(
+            attempt=item.attempt,
+            outcome=outcome,
+            started_at=started_at,
+            finished_at=stamp,
+            exit_code=exit_code,
+            signal=signal,
+            error=error,
+            log_path=log_path,
+            output_tail=output[-1024:],
+        )
+        next_at = iso(decision.at) if decision.at else None
+        records.append(
+            self._record(
+                "attempt_finished",
+                item,
+                applied,
+                started_at=started_at,
+                finished_at=stamp,
+                duration_s=round(duration_s, 3),
+                outcome=outcome,
+                exit_code=exit_code,
+                signal=signal,
+                error=error,
+                output_tail=output,
+                log_path=log_path,
+                next=decision.next.value,
+                next_attempt_at=next_at,
+                reason=decision.reason,
+            )
+        )
+        dlq_id = None
+        if decision.next == Next.RETRY:
+            corrective = bool(applied and applied.spec.get("retry", {}).get("corrective"))
+            runtime.queue[item.id] = dataclasses.replace(
+                item,
+                state="queued",
+                attempt=item.attempt + 1,
+                failures=failures,
+                not_before=next_at or stamp,
+                trigger="retry",
+                corrective=corrective,
+                history=(*item.history, summary),
+                started_at=None,
+                pid=None,
+                host=None,
+            )
+            self._tell(
+                f"{item.job}: run {item.run_id} attempt {item.attempt} {outcome}"
+                f"{f' ({error})' if error else ''}; next attempt at {next_at} "
+                f"({decision.reason})"
+            )
+        else:
+            runtime.queue.pop(item.id, None)
+            if decision.next == Next.DEAD_LETTER:
+                dlq_id = item.run_id
+                entry = {
+                    "id": dlq_id,
+                    "job": item.job,
+                    "run_id": item.run_id,
+                    "slot": item.slot,
+                    "trigger": item.trigger,
+                    "created_at": stamp,
+                    "reason": decision.reason,
+                    "status": "open",
+                    "spec": dict(applied.spec) if applied else None,
+                    "spec_hash": applied.spec_hash if applied else None,
+                    "attempts": [h.to_dict() for h in (*item.history, summary)],
+                    "replays": [],
+                    "note": None,
+                    "replay_of": item.replay_of,
+                }
+                self.store.put_dead_letter(entry)
+                records.append(
+                    self._record(
+                        "dead_lettered",
+                        item,
+                        applied,
+                        dlq_id=dlq_id,
+                        reason=decision.reason,
+                        outcome=outcome,
+                    )
+                )
+                self._tell(
+                    f"{item.job}: run {item.run_id} dead-lettered after attempt "
+                    f"{item.attempt} ({decision.reason}); see `agentjobs dlq show "
+                    f"{dlq_id}`"
+                )
+        state = runtime.jobs.get(item.job)
+        if state is not None:
+            state = dataclasses.replace(
+                state, last_outcome=outcome, last_finished=stamp, last_run_id=item.run_id
+            )
+            if outcome == "succeeded":
+                state = dataclasses.replace(state, last_success=stamp)
+            if decision.next != Next.RETRY and applied is not None:
+                state = self._after_run(state, applied, now)
+            runtime.jobs[item.job] = state
+        return AttemptResult(
+            job=item.job,
+            run_id=item.run_id,
+            attempt=item.attempt,
+            trigger=item.trigger,
+            outcome=outcome,
+            exit_code=exit_code,
+            signal=signal,
+            error=error,
+            duration_s=round(duration_s, 3),
+            next=decision.next.value,
+            next_at=next_at,
+            log_path=log_path,
+            dlq_id=dlq_id,
+        )
+
+    @staticmethod
+    def _after_run(state: JobState, applied: AppliedJob, now: datetime) -> JobState:
+        """`every` counts from the end of the run (systemd OnUnitInactiveSec)."""
+        from agentjobs.schedule import fire_time
+        from agentjobs.spec import Schedule
+
+        raw = applied.spec.get("schedule")
+        if not raw or raw.get("every") is None or not applied.spec.get("enabled", True):
+            return state
+        schedule = Schedule(**raw)
+        due = fire_time(applied.name, schedule, now + timedelta(seconds=schedule.every or 0))
+        return dataclasses.replace(state, next_due=iso(due))
+
+    def _worker(self, results: list[AttemptResult]) -> None:
+        while not self.stop.is_set():
+            claim = self._claim()
+            if not isinstance(claim, _Claim):
+                return
+            result = self._execute(claim)
+            with self._guard:
+                results.append(result)
+
+    def _run_queue(self) -> list[AttemptResult]:
+        results: list[AttemptResult] = []
+        workers = [
+            threading.Thread(target=self._worker, args=(results,), daemon=True)
+            for _ in range(max(1, self._slots()))
+        ]
+        for worker in workers:
+            worker.start()
+            time.sleep(0.005)  # let the first worker claim before the next one looks
+        for worker in workers:
+            while worker.is_alive():
+                worker.join(0.1)  # short joins keep the main thread free for signals
+        return results
+
+    # -- agentjobs run JOB ---------------------------------------------------------------------
+
+    def enqueue_manual(
+        self, job: str, trigger: str = "manual", replay_of: str | None = None
+    ) -> QueueItem:
+        with self.store.transaction(self.lock_timeout) as runtime:
+            applied = self.store.applied()
+            if job not in applied:
+                known = ", ".join(sorted(applied)) or "none applied"
+                raise UserError(
+                    f"no applied job named {job!r} (jobs: {known}); run `agentjobs apply` first"
+                )
+            spec = applied[job].spec
+            run_id = new_ulid()
+            stamp = self._now()
+            item = QueueItem(
+                id=f"{job}@{trigger}-{run_id}",
+                run_id=run_id,
+                job=job,
+                trigger=trigger,
+                priority=spec.get("priority", "normal"),
+                lock_key=spec["lock"],
+                queued_at=stamp,
+                not_before=stamp,
+                replay_of=replay_of,
+            )
+            runtime.queue[item.id] = item
+        return item
+
+    def run_now(
+        self, job: str, wait: bool = False, poll: float = 0.25
+    ) -> tuple[QueueItem, AttemptResult | str]:
+        """Enqueue a manual run and run it in the foreground; or say what holds it back."""
+        item = self.enqueue_manual(job)
+        while True:
+            claim = self._claim(only=item.id)
+            if isinstance(claim, _Claim):
+                return item, self._execute(claim)
+            if claim is None:
+                return item, "the run was taken by another tick"
+            if not wait or self.stop.is_set():
+                return item, claim
+            time.sleep(poll)
+
+    # -- pause / resume, dead letters ----------------------------------------------------------
+
+    def set_paused(self, job: str, paused: bool) -> None:
+        from agentjobs.reconcile import fresh_state
+        from agentjobs.spec import job_from_dict
+
+        with self.store.transaction(self.lock_timeout) as runtime:
+            applied = self.store.applied()
+            if job not in applied or job not in runtime.jobs:
+                raise UserError(f"no applied job named {job!r}")
+            state = runtime.jobs[job]
+            if paused:
+                runtime.jobs[job] = dataclasses.replace(state, paused=True)
+            elif state.paused:
+                # Resume from now: the paused period is not "missed".
+                fresh = fresh_state(job_from_dict(dict(applied[job].spec)), self.clock.now(), state)
+                runtime.jobs[job] = dataclasses.replace(fresh, paused=False)
+
+    def replay(self, entry_id: str) -> QueueItem:
+        entry = self._dead_letter(entry_id)
+        if entry["status"] == "resolved":
+            raise UserError(f"dead letter {entry_id} is resolved; nothing to replay")
+        item = self.enqueue_manual(entry["job"], trigger="replay", replay_of=entry_id)
+        entry["replays"] = [*entry.get("replays", []), {"run_id": item.run_id, "at": self._now()}]
+        entry["status"] = "replayed"
+        self.store.put_dead_letter(entry)
+        self.store.append_records(
+            [self._record("replayed", item, self.store.applied().get(item.job), dlq_id=entry_id)],
+            self.clock.now(),
+        )
+        return item
+
+    def resolve(self, entry_id: str, note: str) -> dict[str, Any]:
+        entry = self._dead_letter(entry_id)
+        entry["status"] = "resolved"
+        entry["note"] = note
+        entry["resolved_at"] = self._now()
+        self.store.put_dead_letter(entry)
+        stub = QueueItem(
+            id=entry_id,
+            run_id=entry["run_id"],
+            job=entry["job"],
+            trigger=entry.get("trigger", "schedule"),
+            priority="normal",
+            lock_key="",
+            queued_at="",
+            not_before="",
+            slot=entry.get("slot"),
+            attempt=len(entry.get("attempts", [])),
+        )
+        self.store.append_records(
+            [self._record("resolved", stub, None, dlq_id=entry_id, note=note)], self.clock.now()
+        )
+        return entry
+
+    def _dead_letter(self, entry_id: str) -> dict[str, Any]:
+        entry = self.store.dead_letter(entry_id)
+        if entry is None:
+            raise UserError(f"no dead letter {entry_id!r}; see `agentjobs dlq list`")
+        return entry
+
+
+def _needs_met(runtime: Runtime, name: str, state: JobState) -> bool:
+    """Every needed job's latest run succeeded after this job's last run started."""
+    for need in state.needs:
+        other = runtime.jobs.get(need)
+        if other is None or other.last_success is None:
+            return False
+        if other.last_outcome != "succeeded":
+            return False
+        if state.last_started is not None and other.last_success <= state.last_started:
+            return False
+    return True
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            return handle.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except OSError:
+        return False
+
+
+def summarize(results: Iterable[AttemptResult]) -> str:
+    parts = [f"{r.job}: {r.outcome}" for r in results]
+    return ", ".join(parts)
