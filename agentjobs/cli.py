@@ -146,19 +146,12 @@ pass_ctx = click.make_pass_decorator(Context)
 @pass_ctx
 def validate(ctx: Context, paths: tuple[Path, ...]) -> None:
     """Check job files (default: the jobs directory) and report every problem."""
-    from agentjobs.spec import CONFIG_FILE_NAME
     from agentjobs.validate import load
 
     targets = list(paths) or [ctx.jobs_dir]
     if not paths and not ctx.jobs_dir.is_dir():
         raise UserError(f"jobs directory {ctx.jobs_dir} not found; pass files or --jobs-dir")
-    config = ctx.jobs_dir / CONFIG_FILE_NAME if not paths else None
-    if paths:
-        # the config that applies to a file is the one beside it
-        beside = {p.parent / CONFIG_FILE_NAME for p in paths if not p.is_dir()}
-        beside |= {p / CONFIG_FILE_NAME for p in paths if p.is_dir()}
-        config = next((c for c in sorted(beside) if c.is_file()), None)
-    result = load(targets, config)
+    result = load(targets)
     if ctx.json:
         _emit_json([p.as_dict() for p in result.problems])
     else:

@@ -614,32 +614,16 @@ def _cross_checks(jobs: Sequence[LoadedJob], report: set[str]) -> list[Problem]:
     return problems
 
 
-def load(paths: Sequence[Path], config_path: Path | None) -> LoadResult:
-    """Validate job files (and the global config) and build their specs.
-
-    `paths` are files or directories. Problems are reported for those; names and `needs` are
-    checked against every job file in the directories involved, so a pre-commit hook that passes
-    only the changed files still sees the whole set.
-    """
+def _load_directory(
+    folder: Path, report: list[Path]
+) -> tuple[GlobalConfig, list[LoadedJob], list[Problem], str | None]:
+    """One jobs directory: its own `agentjobs.yaml`, its files; problems for `report` only."""
+    config_path = folder / CONFIG_FILE_NAME
     config, problems = _load_config(config_path)
-    report: list[Path] = []
-    context: set[Path] = set()
-    for path in paths:
-        if path.is_dir():
-            files = job_files(path)
-            report.extend(files)
-            context.update(files)
-        elif path.name == CONFIG_FILE_NAME:
-            if config_path is None or path.resolve() != config_path.resolve():
-                _, extra = _load_config(path)
-                problems.extend(extra)
-        elif path.exists():
-            report.append(path)
-            context.update(job_files(path.parent))
-        else:
-            problems.append(Problem(str(path), 1, 1, "", "no such file or directory"))
     reported = {str(p) for p in report}
-    ordered = report + sorted(context - set(report))
+    context = job_files(folder)
+    known = {p.resolve() for p in report}
+    ordered = report + [p for p in context if p.resolve() not in known]
     jobs: list[LoadedJob] = []
     for path in dict.fromkeys(ordered):
         file_jobs, file_problems = _load_file(path, config)
@@ -647,16 +631,52 @@ def load(paths: Sequence[Path], config_path: Path | None) -> LoadResult:
         if str(path) in reported:
             problems.extend(file_problems)
     problems.extend(_cross_checks(jobs, reported))
+    source = str(config_path) if config_path.is_file() else None
+    return config, [j for j in jobs if j.source in reported], problems, source
+
+
+def load(paths: Sequence[Path]) -> LoadResult:
+    """Validate job files and build their specs.
+
+    `paths` are files or directories. Each directory involved is read with its own global config
+    (`agentjobs.yaml` beside the files) and problems are reported for the paths given; names and
+    `needs` are checked against every job file in the same directory, so a pre-commit hook that
+    passes only the changed files still sees the whole set. Naming a config file checks it and
+    every job in its directory (the defaults it sets apply to all of them).
+    """
+    problems: list[Problem] = []
+    by_folder: dict[Path, list[Path]] = {}
+    for path in paths:
+        if path.is_dir():
+            by_folder.setdefault(path, []).extend(job_files(path))
+        elif path.name == CONFIG_FILE_NAME:
+            by_folder.setdefault(path.parent, []).extend(job_files(path.parent))
+        elif path.exists():
+            by_folder.setdefault(path.parent, []).append(path)
+        else:
+            problems.append(Problem(str(path), 1, 1, "", "no such file or directory"))
+    jobs: list[LoadedJob] = []
+    config = build_config(None)
+    config_source = None
+    files = 0
+    for index, (folder, report) in enumerate(by_folder.items()):
+        report = list(dict.fromkeys(report))
+        folder_config, folder_jobs, folder_problems, source = _load_directory(folder, report)
+        if index == 0:
+            config, config_source = folder_config, source
+        jobs.extend(folder_jobs)
+        problems.extend(folder_problems)
+        files += len(report)
     problems.sort(key=lambda p: (p.file, p.line, p.column, p.severity))
     return LoadResult(
-        jobs=tuple(j for j in jobs if j.source in reported),
+        jobs=tuple(jobs),
         config=config,
         problems=tuple(problems),
-        files=len(reported),
-        config_source=str(config_path) if config_path and config_path.is_file() else None,
+        files=files,
+        config_source=config_source,
     )
 
 
 def load_jobs_dir(jobs_dir: Path) -> LoadResult:
     """Everything in a jobs directory: the set `plan` and `apply` work on."""
-    return load([jobs_dir], jobs_dir / CONFIG_FILE_NAME)
+    return load([jobs_dir])

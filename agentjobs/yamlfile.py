@@ -32,10 +32,37 @@ class _Loader(_Base):  # type: ignore[valid-type,misc]
     """SafeLoader minus the timestamp resolver: `at: 2026-12-01T10:00` stays a string."""
 
 
-_Loader.yaml_implicit_resolvers = {
+class _PyLoader(yaml.SafeLoader):
+    """The pure-Python parser, for files nested deeper than libyaml's C stack is safe with: its
+    recursion ends in a RecursionError we report, where libyaml's would crash the process."""
+
+
+_RESOLVERS = {
     first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:timestamp"]
     for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
 }
+_Loader.yaml_implicit_resolvers = _RESOLVERS
+_PyLoader.yaml_implicit_resolvers = _RESOLVERS
+
+
+def _shallow(text: str) -> bool:
+    """A quick over-estimate of nesting: flow brackets outside quotes, and indentation."""
+    depth = deepest = 0
+    quote = ""
+    for char in text:
+        if quote:
+            if char == quote or char == "\n":
+                quote = ""
+        elif char in "'\"":
+            quote = char
+        elif char in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif char in "]}":
+            depth = max(0, depth - 1)
+    if deepest > MAX_DEPTH:
+        return False
+    return all(len(line) - len(line.lstrip(" -")) <= 4 * MAX_DEPTH for line in text.splitlines())
 
 
 @dataclass(slots=True)
@@ -83,7 +110,7 @@ class _TooBig(Exception):
 
 
 class _Builder:
-    def __init__(self, loader: _Loader) -> None:
+    def __init__(self, loader: yaml.SafeLoader) -> None:
         self.loader = loader
         self.count = 0
         self.marks: dict[str, tuple[int, int]] = {}
@@ -173,7 +200,7 @@ def read_text(file: str, data: bytes) -> tuple[str | None, Problem | None]:
     """Decode a file's bytes as UTF-8 within the size limit, or say why not."""
     if len(data) > MAX_FILE_BYTES:
         return None, Problem(
-            file, 1, 1, "", f"file is {len(data)} bytes, over the 1 MiB limit; split it up"
+            file, 1, 1, "", "file is larger than the 1 MiB limit; split it up"
         )
     try:
         text = data.decode("utf-8")
@@ -196,7 +223,7 @@ def load_documents(file: str, data: bytes) -> tuple[list[Document], list[Problem
     text, problem = read_text(file, data)
     if problem is not None or text is None:
         return [], [problem] if problem else []
-    loader = _Loader(text)
+    loader = _Loader(text) if _shallow(text) else _PyLoader(text)
     documents: list[Document] = []
     problems: list[Problem] = []
     try:

@@ -422,3 +422,29 @@ def test_global_defaults_are_merged_under_each_job(jobs_dir: Path) -> None:
     assert spec.env == (("A", "1"), ("B", "3"))
     assert spec.secrets == ("OTHER", "TOKEN")
     assert result.config.max_concurrent == 2
+
+
+def test_naming_the_config_file_checks_every_job_it_applies_to(cli, jobs_dir: Path) -> None:
+    write(jobs_dir / "agentjobs.yaml", "timeout: 2h\n")
+    write(jobs_dir / "a.yaml", "command: [a]\nsilence_timeout: 3h\n")
+    result = cli("validate", f"{J}/agentjobs.yaml")
+    assert result.code == 0
+    assert "silence_timeout is not shorter than timeout: it never fires" in result.err
+    assert "ok: 1 jobs in 1 files" in result.err
+
+
+def test_each_directory_is_read_with_its_own_config(cli, tmp_path: Path) -> None:
+    write(tmp_path / "one/jobs.d/agentjobs.yaml", "retry: {attempts: 0}\n")
+    write(tmp_path / "one/jobs.d/a.yaml", "command: [a]\n")
+    write(tmp_path / "two/jobs.d/a.yaml", "command: [a]\n")
+    result = cli("validate", "two/jobs.d/a.yaml", "one/jobs.d/a.yaml")
+    assert result.code == 2
+    assert result.out.splitlines() == [
+        "one/jobs.d/agentjobs.yaml:1:19: retry.attempts: must be at least 1, got 0",
+    ]
+
+
+def test_deep_nesting_is_refused_without_crashing_the_parser(cli, jobs_dir: Path) -> None:
+    (jobs_dir / "deep.yaml").write_text("a: " + "[" * 50_000 + "]" * 50_000 + "\n")
+    result = cli("--jobs-dir", J, "validate")
+    assert result.out.splitlines() == [f"{J}/deep.yaml:1:1: nesting deeper than 64 levels"]

@@ -65,7 +65,7 @@ def test_object_tags_are_refused_everywhere() -> None:
 def test_size_encoding_and_nul_limits() -> None:
     _, problems = _one(b"a: " + b"x" * MAX_FILE_BYTES)
     assert problems == [
-        f"f.yaml:1:1: file is {MAX_FILE_BYTES + 3} bytes, over the 1 MiB limit; split it up"
+        "f.yaml:1:1: file is larger than the 1 MiB limit; split it up"
     ]
     _, problems = _one(b"a: 1\nb: \xff\xfe\n")
     assert problems == ["f.yaml:2:4: file is not valid UTF-8; save it as UTF-8"]
