@@ -415,10 +415,11 @@ def _check_job(raw: dict[str, Any], source: Path, check: _Checker, config: Globa
             check.warn("workdir", f"{raw['workdir']} does not exist on this machine")
 
 
-def _check_durations(raw: dict[str, Any], check: _Checker) -> None:
+def _check_durations(raw: dict[str, Any], check: _Checker,
+                     config: GlobalConfig | None = None) -> None:
     from agentjobs.durations import parse_duration
 
-    timeout = raw.get("timeout")
+    timeout = raw.get("timeout") or (dict(config.defaults).get("timeout") if config else None)
     for key in ("timeout", "silence_timeout", "kill_grace"):
         if key in raw and parse_duration(raw[key]) <= 0:
             check.error(key, f"{key} must be longer than zero")
@@ -529,7 +530,7 @@ def _load_file(path: Path, config: GlobalConfig) -> tuple[list[LoadedJob], list[
                 )
         if not found:
             _check_job(doc.value, path, check, config)
-            _check_durations(doc.value, check)
+            _check_durations(doc.value, check, config)
         found.extend(check.problems)
         problems.extend(found)
         if not any(p.severity == "error" for p in found):
