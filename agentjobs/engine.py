@@ -276,8 +276,11 @@ class Engine:
             for slot, reason in plan.skip:
                 records.append(self._skip_record(name, job, slot, reason, now))
                 skipped += 1
+            # Overlap is judged against runs in flight before this tick: the slots of one
+            # catch-up batch (catchup: all) all queue up.
+            before = {i.id for i in runtime.items_of(name)}
             for slot, trigger in plan.run:
-                outcome = self._enqueue_slot(runtime, job, slot, trigger, now)
+                outcome = self._enqueue_slot(runtime, job, slot, trigger, now, before)
                 if outcome is None:
                     enqueued += 1
                 else:
@@ -314,14 +317,20 @@ class Engine:
         return self._record("slot_skipped", stub, job, reason=reason, outcome="skipped")
 
     def _enqueue_slot(
-        self, runtime: Runtime, job: AppliedJob, slot: datetime, trigger: str, now: datetime
+        self,
+        runtime: Runtime,
+        job: AppliedJob,
+        slot: datetime,
+        trigger: str,
+        now: datetime,
+        before: set[str],
     ) -> str | None:
         """Enqueue one slot; returns None, or the reason it is skipped (overlap, needs)."""
         name = job.name
         item_id = f"{name}@{iso(slot)}"
         if item_id in runtime.queue:
             return None  # already enqueued by a racing tick (idempotent)
-        in_flight = runtime.items_of(name)
+        in_flight = [i for i in runtime.items_of(name) if i.id in before]
         if in_flight:
             if job.spec.get("overlap", "skip") == "skip":
                 return "overlap"

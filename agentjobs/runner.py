@@ -101,6 +101,11 @@ def kill_group(pgid: int, grace: float, main: subprocess.Popen[bytes] | None = N
         os.killpg(pgid, signal.SIGKILL)
     except ProcessLookupError:
         return "SIGTERM"
+    deadline = time.monotonic() + 2.0  # SIGKILL cannot be ignored; wait until it has landed
+    while time.monotonic() < deadline and _group_alive(pgid):
+        if main is not None:
+            main.poll()
+        time.sleep(0.01)
     return "SIGKILL"
 
 

@@ -415,8 +415,9 @@ def _check_job(raw: dict[str, Any], source: Path, check: _Checker, config: Globa
             check.warn("workdir", f"{raw['workdir']} does not exist on this machine")
 
 
-def _check_durations(raw: dict[str, Any], check: _Checker,
-                     config: GlobalConfig | None = None) -> None:
+def _check_durations(
+    raw: dict[str, Any], check: _Checker, config: GlobalConfig | None = None
+) -> None:
     from agentjobs.durations import parse_duration
 
     timeout = raw.get("timeout") or (dict(config.defaults).get("timeout") if config else None)

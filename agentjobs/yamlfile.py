@@ -199,9 +199,7 @@ def _yaml_error(file: str, exc: yaml.YAMLError, text: str) -> Problem:
 def read_text(file: str, data: bytes) -> tuple[str | None, Problem | None]:
     """Decode a file's bytes as UTF-8 within the size limit, or say why not."""
     if len(data) > MAX_FILE_BYTES:
-        return None, Problem(
-            file, 1, 1, "", "file is larger than the 1 MiB limit; split it up"
-        )
+        return None, Problem(file, 1, 1, "", "file is larger than the 1 MiB limit; split it up")
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:

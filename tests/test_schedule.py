@@ -120,3 +120,33 @@ def test_jitter_is_deterministic_bounded_and_spreads_jobs() -> None:
     slot = datetime(2026, 11, 24, 2, tzinfo=UTC)
     schedule = Schedule(cron="0 2 * * *", jitter=300)
     assert fire_time("job-1", schedule, slot) == slot + timedelta(seconds=offsets[1])
+
+
+def test_catchup_all_is_capped_at_100_with_a_warning() -> None:
+    from agentjobs.schedule import CATCHUP_CAP, plan_slots
+
+    schedule = Schedule(cron="* * * * *", catchup="all")
+    start = datetime(2026, 11, 16, tzinfo=UTC)
+    plan = plan_slots("j", schedule, last_slot=start, next_due=None, now=start + timedelta(days=7))
+    # the newest 100 missed ones, plus the 6 within the 5-minute grace (on time, not missed)
+    assert len(plan.run) == CATCHUP_CAP + 6
+    assert len(plan.skip) == 7 * 1440 - 6 - CATCHUP_CAP
+    assert {reason for _, reason in plan.skip} == {"catchup_cap"}
+    assert plan.warning is not None and "catchup: all runs the newest 100" in plan.warning
+    assert plan.last_slot == start + timedelta(days=7)
+
+
+def test_plan_slots_is_a_pure_function_of_now() -> None:
+    from agentjobs.schedule import plan_slots
+
+    schedule = Schedule(cron="0 2 * * *", jitter=600)
+    last = datetime(2026, 11, 23, 3, tzinfo=UTC)
+    early = plan_slots(
+        "j", schedule, last_slot=last, next_due=None, now=datetime(2026, 11, 24, 2, 0, tzinfo=UTC)
+    )
+    assert early.run == () and early.next_due == fire_time(
+        "j", schedule, datetime(2026, 11, 24, 2, tzinfo=UTC)
+    )
+    due = plan_slots("j", schedule, last_slot=last, next_due=None, now=early.next_due)
+    assert due.run == ((datetime(2026, 11, 24, 2, tzinfo=UTC), "schedule"),)
+    assert due == plan_slots("j", schedule, last_slot=last, next_due=None, now=early.next_due)
