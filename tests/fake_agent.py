@@ -49,7 +49,10 @@ def main(args: list[str]) -> int:
             i += 2
         elif action == "fail-until":
             wanted, path = int(args[i + 1]), args[i + 2]
-            count = int(open(path).read() or 0) + 1 if os.path.exists(path) else 1
+            count = 1
+            if os.path.exists(path):
+                with open(path) as handle:
+                    count = int(handle.read() or 0) + 1
             with open(path, "w") as handle:
                 handle.write(str(count))
             if count < wanted:

@@ -491,7 +491,7 @@ def test_sigterm_records_interrupted_and_the_run_resumes_next_tick(
     _wait_for(lambda: counter.exists())
     started = time.monotonic()
     tick.send_signal(signal.SIGTERM)
-    out, err = tick.communicate(timeout=20)
+    _, err = tick.communicate(timeout=20)
     assert tick.returncode == 143, err
     assert time.monotonic() - started < 15  # TERM to the group, grace, done
     finished = records(state_dir, "attempt_finished")
