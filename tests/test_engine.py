@@ -564,3 +564,61 @@ def test_kill_9_of_a_tick_is_recovered_as_lost_and_retried(
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # nothing stays held
         finally:
             os.close(fd)
+
+
+def test_run_now_exit_codes_and_the_retry_message(aj, jobs_dir: Path, state_dir: Path) -> None:
+    write(jobs_dir / "ok.yaml", job("print", "fine"))
+    write(
+        jobs_dir / "bad.yaml",
+        job(
+            "print",
+            "broken",
+            "exit",
+            "4",
+            retry={"attempts": 2, "backoff": {"initial": "5m", "jitter": "0s"}},
+        ),
+    )
+    assert aj("apply").code == 0
+    ok = aj("run", "ok")
+    assert ok.code == 0
+    assert ok.out == "fine\n"
+    bad = aj("run", "bad")
+    assert bad.code == 1
+    assert "bad: failed (exit code 4) in " in bad.err
+    assert "bad: next attempt at " in bad.err and "; a later tick runs it" in bad.err
+    assert [r["trigger"] for r in records(state_dir, "attempt_finished")] == ["manual", "manual"]
+    missing = aj("run", "nope")
+    assert missing.code == 2
+    assert missing.err == (
+        "agentjobs: error: no applied job named 'nope' (jobs: bad, ok); run "
+        "`agentjobs apply` first\n"
+    )
+
+
+def test_history_filters_and_logs(aj, jobs_dir: Path, state_dir: Path) -> None:
+    write(jobs_dir / "a.yaml", job("print", "from a"))
+    write(jobs_dir / "b.yaml", job("print", "from b", "exit", "1"))
+    assert aj("apply").code == 0
+    assert aj("run", "a").code == 0
+    assert aj("run", "b").code == 1
+    rows = json.loads(aj("-o", "json", "history", "b").out)
+    assert [(r["job"], r["outcome"]) for r in rows] == [("b", "failed")]
+    failed = json.loads(aj("-o", "json", "history", "--outcome", "succeeded").out)
+    assert [r["job"] for r in failed] == ["a"]
+    assert json.loads(aj("-o", "json", "history", "--limit", "1").out)[0]["job"] == "b"
+    assert json.loads(aj("-o", "json", "history", "--since", "1h").out) != []
+    table = aj("history").out.splitlines()
+    assert table[0].split() == [
+        "TIME",
+        "JOB",
+        "RUN",
+        "ATTEMPT",
+        "TRIGGER",
+        "OUTCOME",
+        "DURATION",
+        "DETAIL",
+    ]
+    run_id = rows[0]["run_id"]
+    assert aj("logs", run_id).out == "from b\n"
+    assert aj("logs", run_id, "--follow").out == "from b\n"  # not running: prints and ends
+    assert aj("logs", "01ZZZZZZZZZZZZZZZZZZZZZZZZ").code == 2
