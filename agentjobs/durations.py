@@ -19,15 +19,22 @@ PATTERN = (
 )
 
 
+MAX_SECONDS = 10 * 365 * 86400.0  # nothing agentjobs times is longer than ten years
+
+
 def parse_duration(text: str) -> float:
     """Seconds in `text`; raises ValueError with a message that shows the accepted forms."""
     value = text.strip()
+    seconds = None
     if _SHORT_WHOLE.match(value):
-        return sum(float(n) * _UNITS[unit] for n, unit in _SHORT.findall(value))
-    iso = _ISO.match(value)
-    if iso:
+        seconds = sum(float(n) * _UNITS[unit] for n, unit in _SHORT.findall(value))
+    elif iso := _ISO.match(value):
         parts = {k: float(v) for k, v in iso.groupdict().items() if v}
-        return sum(parts.get(k, 0.0) * _UNITS[k] for k in ("w", "d", "h", "m", "s"))
+        seconds = sum(parts.get(k, 0.0) * _UNITS[k] for k in ("w", "d", "h", "m", "s"))
+    if seconds is not None:
+        if not seconds <= MAX_SECONDS:  # also catches inf and nan
+            raise ValueError(f"`{text}` is longer than the 10-year limit on durations")
+        return seconds
     raise ValueError(
         f"`{text}` is not a duration; write e.g. 90s, 10m, 2h, 1d, 1h30m or ISO-8601 PT2H"
     )

@@ -57,9 +57,13 @@ def check_cron(expr: str) -> str | None:
             "minute hour day-of-month month day-of-week"
         )
     try:
-        croniter(text, datetime(2026, 1, 1))
+        it = croniter(text, datetime(2026, 1, 1))
     except Exception as exc:  # croniter raises several unrelated types for bad expressions
         return f"cron expression `{text}` is invalid: {exc}"
+    try:
+        it.get_next(datetime)
+    except Exception:  # CroniterBadDateError: no date in the next years matches
+        return f"cron expression `{text}` never fires (no such date); check day and month"
     return None
 
 

@@ -330,9 +330,10 @@ def schema_problems(doc: Document, file: str, schema_name: str) -> list[Problem]
 
 
 class _Checker:
-    def __init__(self, file: str, doc: Document) -> None:
+    def __init__(self, file: str, doc: Document, schema_name: str = "job.schema.json") -> None:
         self.file = file
         self.doc = doc
+        self.schema_name = schema_name
         self.problems: list[Problem] = []
 
     def error(self, path: str, message: str) -> None:
@@ -359,6 +360,8 @@ def _check_job(raw: dict[str, Any], source: Path, check: _Checker, config: Globa
         if "at" in schedule:
             try:
                 moment = parse_at(schedule["at"], tz if not check_timezone(tz) else "UTC")
+            except OverflowError:
+                check.error("schedule.at", f"`{schedule['at']}` is out of range in {tz}")
             except ValueError:
                 check.error(
                     "schedule.at",
@@ -407,7 +410,7 @@ def _check_job(raw: dict[str, Any], source: Path, check: _Checker, config: Globa
                     re.compile(item["output"])
                 except re.error as exc:
                     check.error(f"retry.{key}[{i}].output", f"invalid regular expression: {exc}")
-    if "workdir" in raw:
+    if "workdir" in raw and "\x00" not in raw["workdir"]:
         expanded = os.path.expandvars(raw["workdir"])
         if "$" in expanded:
             check.warn("workdir", f"{raw['workdir']}: environment variable not set here")
@@ -415,11 +418,46 @@ def _check_job(raw: dict[str, Any], source: Path, check: _Checker, config: Globa
             check.warn("workdir", f"{raw['workdir']} does not exist on this machine")
 
 
+def _walk(value: Any, node: dict[str, Any], path: str, check: _Checker) -> None:
+    """Checks the schema cannot express, on every value: durations parse within limits,
+    strings hold no NUL character, numbers are finite."""
+    import math
+
+    from agentjobs.durations import PATTERN, parse_duration
+
+    if isinstance(value, str):
+        if "\x00" in value:
+            check.error(path, "contains a NUL character; remove it")
+        elif node.get("pattern") == PATTERN:
+            try:
+                parse_duration(value)
+            except ValueError as exc:
+                check.error(path, str(exc))
+    elif isinstance(value, float) and not math.isfinite(value):
+        check.error(path, f"{value} is not a finite number")
+    elif isinstance(value, dict):
+        props = node.get("properties", {})
+        extra = node.get("additionalProperties")
+        for key, item in value.items():
+            if "\x00" in key:
+                check.error(join_path(path, key), "contains a NUL character; remove it")
+            sub = props.get(key, extra if isinstance(extra, dict) else {})
+            _walk(item, sub, join_path(path, key), check)
+    elif isinstance(value, list):
+        items = node.get("items", {})
+        for index, item in enumerate(value):
+            _walk(item, items if isinstance(items, dict) else {}, join_path(path, index), check)
+
+
 def _check_durations(
     raw: dict[str, Any], check: _Checker, config: GlobalConfig | None = None
 ) -> None:
     from agentjobs.durations import parse_duration
 
+    before = len(check.problems)
+    _walk(raw, schema(check.schema_name), "", check)
+    if len(check.problems) > before:
+        return  # the comparisons below need durations that parse
     timeout = raw.get("timeout") or (dict(config.defaults).get("timeout") if config else None)
     for key in ("timeout", "silence_timeout", "kill_grace"):
         if key in raw and parse_duration(raw[key]) <= 0:
@@ -490,7 +528,7 @@ def _load_config(path: Path | None) -> tuple[GlobalConfig, list[Problem]]:
             Problem(str(path), 1, 1, "", "the global config must be a mapping of settings")
         ]
     problems = schema_problems(doc, str(path), "config.schema.json")
-    check = _Checker(str(path), doc)
+    check = _Checker(str(path), doc, "config.schema.json")
     if not problems:
         from agentjobs.schedule import check_timezone
 

@@ -20,6 +20,7 @@ from agentjobs.errors import Problem
 MAX_FILE_BYTES = 1024 * 1024
 MAX_NODES = 100_000  # values built from one file, aliases expanded
 MAX_DEPTH = 64
+MAX_EXPANDED_BYTES = 4 * 1024 * 1024  # scalar text once aliases are expanded
 _ALLOWED_TAGS = frozenset(
     f"tag:yaml.org,2002:{name}" for name in ("map", "seq", "str", "int", "float", "bool", "null")
 )
@@ -113,6 +114,7 @@ class _Builder:
     def __init__(self, loader: yaml.SafeLoader) -> None:
         self.loader = loader
         self.count = 0
+        self.text_bytes = 0
         self.marks: dict[str, tuple[int, int]] = {}
         self.key_marks: dict[str, tuple[int, int]] = {}
         self.plain: dict[str, str] = {}
@@ -123,13 +125,15 @@ class _Builder:
         return (node.start_mark.line + 1, node.start_mark.column + 1)
 
     def build(self, node: yaml.Node, path: str, depth: int) -> Any:
-        self.count += 1
-        if self.count > MAX_NODES:
-            raise _TooBig(
-                f"the file expands to more than {MAX_NODES} values (aliases expanding without "
-                "bound?); write the values out or use fewer aliases",
-                node,
-            )
+        self._count(node)
+        if isinstance(node, yaml.ScalarNode):
+            self.text_bytes += len(node.value)
+            if self.text_bytes > MAX_EXPANDED_BYTES:
+                raise _TooBig(
+                    "the file expands to more than 4 MiB of text (aliases repeating long "
+                    "values?); write the values out or use fewer aliases",
+                    node,
+                )
         if depth > MAX_DEPTH:
             raise _TooBig(f"nesting deeper than {MAX_DEPTH} levels; flatten the file", node)
         self.marks.setdefault(path, self._mark(node))
@@ -150,18 +154,54 @@ class _Builder:
             self.plain[path] = node.value
         return value
 
-    def _mapping(self, node: yaml.MappingNode, path: str, depth: int) -> dict[str, Any]:
-        self.loader.flatten_mapping(node)  # applies `<<` merge keys
-        out: dict[str, Any] = {}
-        for key_node, value_node in node.value:
-            if not isinstance(key_node, yaml.ScalarNode):
+    def _key(self, key_node: yaml.Node) -> str:
+        if not isinstance(key_node, yaml.ScalarNode) or key_node.tag not in _ALLOWED_TAGS:
+            raise yaml.constructor.ConstructorError(
+                None, None, "a key must be a plain string", key_node.start_mark
+            )
+        key = self.loader.construct_object(key_node)
+        # `on: x` and `yes: x` read as booleans in YAML 1.1, `1: x` as a number: keep the text.
+        return key if isinstance(key, str) else str(key_node.value)
+
+    def _merged(self, value: yaml.Node, depth: int) -> list[tuple[yaml.Node, yaml.Node]]:
+        """The (key, value) pairs a `<<` merge brings, in precedence order, each one counted
+        against the value limit (a chain of merges must not expand without bound)."""
+        if depth > MAX_DEPTH:
+            raise _TooBig(f"nesting deeper than {MAX_DEPTH} levels; flatten the file", value)
+        sources = value.value if isinstance(value, yaml.SequenceNode) else [value]
+        pairs: list[tuple[yaml.Node, yaml.Node]] = []
+        for source in sources:
+            if not isinstance(source, yaml.MappingNode):
                 raise yaml.constructor.ConstructorError(
-                    None, None, "a key must be a plain string", key_node.start_mark
+                    None, None, "`<<` merges mappings only", source.start_mark
                 )
-            key = self.loader.construct_object(key_node)
-            if not isinstance(key, str):
-                # `on: x` and `yes: x` read as booleans in YAML 1.1; `1: x` as a number.
-                key = str(key_node.value)
+            nested: list[tuple[yaml.Node, yaml.Node]] = []
+            for key_node, value_node in source.value:
+                self._count(key_node)
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    nested.extend(self._merged(value_node, depth + 1))
+                else:
+                    pairs.append((key_node, value_node))
+            pairs.extend(nested)  # a source's own keys win over what it merges in
+        return pairs
+
+    def _count(self, node: yaml.Node) -> None:
+        self.count += 1
+        if self.count > MAX_NODES:
+            raise _TooBig(
+                f"the file expands to more than {MAX_NODES} values (aliases expanding without "
+                "bound?); write the values out or use fewer aliases",
+                node,
+            )
+
+    def _mapping(self, node: yaml.MappingNode, path: str, depth: int) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        merged: list[tuple[yaml.Node, yaml.Node]] = []
+        for key_node, value_node in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                merged.extend(self._merged(value_node, depth + 1))
+                continue
+            key = self._key(key_node)
             child = join_path(path, key)
             if key in out:
                 first = self.key_marks.get(child, (0, 0))
@@ -169,6 +209,15 @@ class _Builder:
                     (key_node, path, f"duplicate key `{key}` (first at line {first[0]}); keep one")
                 )
                 continue
+            self.key_marks[child] = self._mark(key_node)
+            out[key] = self.build(value_node, child, depth + 1)
+        # Merged keys fill in what the mapping does not say itself; among several merged
+        # mappings the earlier one wins (YAML merge-key semantics).
+        for key_node, value_node in merged:
+            key = self._key(key_node)
+            if key in out:
+                continue
+            child = join_path(path, key)
             self.key_marks[child] = self._mark(key_node)
             out[key] = self.build(value_node, child, depth + 1)
         return out

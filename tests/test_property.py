@@ -120,10 +120,21 @@ def generation_schema() -> dict[str, Any]:
     return schema
 
 
+def _without_nul(value: Any) -> Any:
+    """No string may hold a NUL character (a semantic rule: paths and argv cannot)."""
+    if isinstance(value, str):
+        return value.replace("\x00", "")
+    if isinstance(value, list):
+        return [_without_nul(v) for v in value]
+    if isinstance(value, dict):
+        return {_without_nul(k): _without_nul(v) for k, v in value.items()}
+    return value
+
+
 def satisfy_cross_field_rules(job: dict[str, Any]) -> dict[str, Any]:
     """What the schema cannot say: `shell` pairs with a string command and never with an agent;
-    a name listed in `secrets` has no value in `env`."""
-    job = dict(job)
+    a name listed in `secrets` has no value in `env`; no string holds a NUL character."""
+    job = dict(_without_nul(job))
     if "agent" in job:
         job.pop("shell", None)
     elif isinstance(job.get("command"), str):

@@ -64,9 +64,7 @@ def test_object_tags_are_refused_everywhere() -> None:
 
 def test_size_encoding_and_nul_limits() -> None:
     _, problems = _one(b"a: " + b"x" * MAX_FILE_BYTES)
-    assert problems == [
-        "f.yaml:1:1: file is larger than the 1 MiB limit; split it up"
-    ]
+    assert problems == ["f.yaml:1:1: file is larger than the 1 MiB limit; split it up"]
     _, problems = _one(b"a: 1\nb: \xff\xfe\n")
     assert problems == ["f.yaml:2:4: file is not valid UTF-8; save it as UTF-8"]
     _, problems = _one(b"a: 1\n\x00\n")
@@ -89,3 +87,22 @@ def test_merge_keys_still_work() -> None:
 def test_boolean_keys_keep_their_text() -> None:
     value, _ = _one("on: 1\n")
     assert value == {"on": 1}
+
+
+def test_merge_keys_follow_yaml_precedence_and_are_bounded() -> None:
+    value, problems = _one("base: &b {x: 1, y: 1}\nlabels: {<<: *b, y: 2}\n")
+    assert problems == []
+    assert value == {"base": {"x": 1, "y": 1}, "labels": {"x": 1, "y": 2}}
+    lines = ["m0: &m0 {a: 1}"]
+    for i in range(1, 20):
+        lines.append(f"m{i}: &m{i} {{<<: [*m{i - 1}, *m{i - 1}], k{i}: 1}}")
+    started = time.process_time()
+    _, problems = _one("\n".join(lines) + "\n")
+    assert time.process_time() - started < 2.0
+    assert len(problems) == 1 and "expands to more than 100000 values" in problems[0]
+
+
+def test_a_long_string_repeated_by_aliases_is_bounded() -> None:
+    text = "s: &s " + "x" * 200_000 + "\nlist: [" + ", ".join(["*s"] * 1000) + "]\n"
+    _, problems = _one(text)
+    assert len(problems) == 1 and "expands to more than 4 MiB of text" in problems[0]
