@@ -247,6 +247,31 @@ CASES = [
         "verify.yaml:2:10: verify.comand: unknown key `comand`; did you mean `command`?",
     ),
     (
+        "never.yaml",
+        "command: [a]\nschedule: {cron: '0 0 31 2 *'}\n",
+        "never.yaml:2:18: schedule.cron: cron expression `0 0 31 2 *` never fires (no such date); check day and month",
+    ),
+    (
+        "range.yaml",
+        "command: [a]\nschedule: {at: '9999-12-31T23:59', timezone: Etc/GMT+12}\n",
+        "range.yaml:2:16: schedule.at: `9999-12-31T23:59` is out of range in Etc/GMT+12",
+    ),
+    (
+        "nul.yaml",
+        'command: [a]\nworkdir: "a\\0b"\n',
+        "nul.yaml:2:10: workdir: contains a NUL character; remove it",
+    ),
+    (
+        "long.yaml",
+        "command: [a]\nschedule: {every: 1h, jitter: 99999999w}\n",
+        "long.yaml:2:31: schedule.jitter: `99999999w` is longer than the 10-year limit on durations",
+    ),
+    (
+        "nan.yaml",
+        "command: [a]\nretry: {backoff: {multiplier: .nan}}\n",
+        "nan.yaml:2:31: retry.backoff.multiplier: nan is not a finite number",
+    ),
+    (
         "every.yaml",
         "command: [a]\nschedule: {every: 500ms}\n",
         "every.yaml:2:19: schedule.every: every must be at least 1s",
