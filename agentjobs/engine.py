@@ -14,7 +14,7 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -834,19 +834,6 @@ def _needs_met(runtime: Runtime, name: str, state: JobState) -> bool:
 
 
 def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as handle:
-            return handle.read().rsplit(b")", 1)[1].split()[0] != b"Z"
-    except OSError:
-        return False
+    from agentjobs.runner import process_alive  # not on the no-op path
 
-
-def summarize(results: Iterable[AttemptResult]) -> str:
-    parts = [f"{r.job}: {r.outcome}" for r in results]
-    return ", ".join(parts)
+    return process_alive(pid)

@@ -130,6 +130,27 @@ def _group_alive(pgid: int) -> bool:
     return False
 
 
+def _proc_state(pid: int) -> bytes | None:
+    """The state letter from /proc/PID/stat (b"Z" for a zombie), None when there is no such
+    process."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            return handle.read().rsplit(b")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return None
+
+
+def process_alive(pid: int) -> bool:
+    """Whether `pid` is a live (not zombie) process."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return _proc_state(pid) not in (None, b"Z")
+
+
 def describe_signal(number: int) -> str:
     try:
         return signal.Signals(number).name
