@@ -7,6 +7,7 @@ temporary directory that is removed afterwards, and writes its figures to
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import platform
@@ -19,7 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -50,21 +51,43 @@ def console_script() -> str:
     return found
 
 
-def clean_env(**extra: str) -> dict[str, str]:
-    """The environment for a subprocess: no AGENTJOBS_* settings leaking in from the caller."""
+# Users run agentjobs with its bytecode compiled (pip compiles on install; otherwise the first run
+# writes __pycache__). An environment with PYTHONDONTWRITEBYTECODE=1 and an editable install would
+# recompile every agentjobs module on every run and charge that to start-up. So subprocesses keep
+# their bytecode in a private cache, removed at exit; nothing is written into the source tree.
+_PYCACHE = tempfile.mkdtemp(prefix="agentjobs-bench-pycache-")
+atexit.register(shutil.rmtree, _PYCACHE, True)
+BYTECODE_NOTE = (
+    "subprocesses run with PYTHONPYCACHEPREFIX set to a private temporary directory and "
+    "PYTHONDONTWRITEBYTECODE unset, so every module is compiled once (in warm-up runs) and "
+    "then loaded from bytecode, as after a normal install"
+)
+
+
+def clean_env(*, bytecode_cache: bool = True) -> dict[str, str]:
+    """The environment for a subprocess: no AGENTJOBS_* settings leaking in from the caller,
+    and (unless asked otherwise) a bytecode cache."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("AGENTJOBS_")}
-    env.update(extra)
+    if bytecode_cache:
+        env.pop("PYTHONDONTWRITEBYTECODE", None)
+        env["PYTHONPYCACHEPREFIX"] = _PYCACHE
+    else:
+        env["PYTHONDONTWRITEBYTECODE"] = "1"
+        env.pop("PYTHONPYCACHEPREFIX", None)
     return env
 
 
 def run(
-    argv: Sequence[str], *, expect: int | Sequence[int] = 0, cwd: Path | None = None
+    argv: Sequence[str],
+    *,
+    expect: int | Sequence[int] = 0,
+    cwd: Path | None = None,
+    bytecode_cache: bool = True,
 ) -> subprocess.CompletedProcess[str]:
     """Run once and check the exit code; on a surprise, show what the command printed."""
     expected = (expect,) if isinstance(expect, int) else tuple(expect)
-    done = subprocess.run(
-        list(argv), capture_output=True, text=True, env=clean_env(), cwd=cwd, check=False
-    )
+    env = clean_env(bytecode_cache=bytecode_cache)
+    done = subprocess.run(list(argv), capture_output=True, text=True, env=env, cwd=cwd, check=False)
     if done.returncode not in expected:
         tail = "\n".join((done.stdout + done.stderr).splitlines()[-30:])
         raise SystemExit(
@@ -77,11 +100,15 @@ def run(
 
 
 def time_once(
-    argv: Sequence[str], *, expect: int | Sequence[int] = 0, cwd: Path | None = None
+    argv: Sequence[str],
+    *,
+    expect: int | Sequence[int] = 0,
+    cwd: Path | None = None,
+    bytecode_cache: bool = True,
 ) -> float:
     """Wall-clock seconds of one subprocess run, from spawn to exit (output captured)."""
     start = time.perf_counter()
-    run(argv, expect=expect, cwd=cwd)
+    run(argv, expect=expect, cwd=cwd, bytecode_cache=bytecode_cache)
     return time.perf_counter() - start
 
 
@@ -105,26 +132,46 @@ def compare(
     warmup: int = 1,
     expect: int | Sequence[int] = 0,
     cwd: Path | None = None,
+    uncached: Collection[str] = (),
 ) -> dict[str, dict[str, Any]]:
     """Time several commands, interleaved (A B C A B C ...) so drift on the machine hits all alike.
 
-    `warmup` untimed rounds first fill the OS page cache and the `__pycache__` directories.
+    `warmup` untimed rounds first fill the OS page cache and the bytecode cache; the commands
+    named in `uncached` run without a bytecode cache (every module compiled on every run).
     """
     for _ in range(warmup):
-        for argv in commands.values():
-            run(argv, expect=expect, cwd=cwd)
+        for name, argv in commands.items():
+            run(argv, expect=expect, cwd=cwd, bytecode_cache=name not in uncached)
     samples: dict[str, list[float]] = {name: [] for name in commands}
     for _ in range(repeats):
         for name, argv in commands.items():
-            samples[name].append(time_once(argv, expect=expect, cwd=cwd))
+            cached = name not in uncached
+            samples[name].append(time_once(argv, expect=expect, cwd=cwd, bytecode_cache=cached))
     return {name: summarize(values) for name, values in samples.items()}
 
 
-def profile(argv_after_module: Sequence[str], *, top: int = 15) -> dict[str, Any]:
-    """Run `python -m cProfile -m agentjobs ARGS` once; the top functions by cumulative time."""
+# `python -m cProfile` swallows the exit code (it catches SystemExit), so profile `main` ourselves:
+# imports included, and a failing command still fails the benchmark.
+_PROFILED_MAIN = (
+    "import cProfile, sys\n"
+    "profiler = cProfile.Profile()\n"
+    "profiler.enable()\n"
+    "from agentjobs.cli import main\n"
+    "code = main(sys.argv[2:])\n"
+    "profiler.disable()\n"
+    "profiler.dump_stats(sys.argv[1])\n"
+    "sys.exit(code)\n"
+)
+
+
+def profile(args: Sequence[str], *, top: int = 25) -> dict[str, Any]:
+    """Run `agentjobs ARGS` once under cProfile; the top functions by cumulative and self time.
+
+    cProfile slows pure-Python code down 2-4x; read the figures as shares, not as wall time.
+    """
     with tempfile.TemporaryDirectory(prefix="agentjobs-prof-") as tmp:
         out = Path(tmp) / "run.prof"
-        run([PYTHON, "-m", "cProfile", "-o", str(out), "-m", "agentjobs", *argv_after_module])
+        run([PYTHON, "-c", _PROFILED_MAIN, str(out), *args])
         stats = pstats.Stats(str(out))
     rows = []
     for (file, line, func), (_cc, calls, tottime, cumtime, _callers) in stats.stats.items():  # type: ignore[attr-defined]
@@ -149,10 +196,7 @@ def profile(argv_after_module: Sequence[str], *, top: int = 15) -> dict[str, Any
 
 
 # The call chain every command goes through: the module runner, `main`, click's dispatch.
-_WRAPPERS = re.compile(
-    r"^(~:0\(<built-in method builtins\.exec>\)|<string>:1\(<module>\)|<frozen runpy>"
-    r"|agentjobs/__main__\.py|agentjobs/cli\.py:\d+\(main\)|click/)"
-)
+_WRAPPERS = re.compile(r"^(agentjobs/cli\.py:\d+\(main\)|click/)")
 
 
 def _short_path(file: str) -> str:
@@ -203,7 +247,10 @@ def job_document(i: int, rng: random.Random, workdirs: Sequence[str]) -> dict[st
     if rng.random() < 0.5:
         job["priority"] = rng.choice(["high", "normal", "low"])
     if rng.random() < 0.2:
-        job["labels"] = {"team": rng.choice(["web", "infra", "data"]), "tier": str(rng.randint(1, 3))}
+        job["labels"] = {
+            "team": rng.choice(["web", "infra", "data"]),
+            "tier": str(rng.randint(1, 3)),
+        }
     job["workdir"] = rng.choice(workdirs)
     if rng.random() < 0.1:
         job["lock"] = f"shared-{rng.randint(0, 9)}"
@@ -310,7 +357,11 @@ def workspace(prefix: str) -> Iterator[Path]:
 # -- results -----------------------------------------------------------------------------------
 
 
+_LOAD_AT_START = os.getloadavg() if hasattr(os, "getloadavg") else (0.0, 0.0, 0.0)
+
+
 def machine_facts() -> dict[str, Any]:
+    """Where and on what the figures were measured; load averages say how busy the machine was."""
     import agentjobs
 
     try:
@@ -325,25 +376,25 @@ def machine_facts() -> dict[str, Any]:
         "timestamp": datetime.now(UTC).isoformat(timespec="seconds"),
         "nproc": usable,
         "cpu_count": os.cpu_count(),
-        "loadavg_1_5_15": [round(x, 2) for x in load],
+        "loadavg_1_5_15_at_start": [round(x, 2) for x in _LOAD_AT_START],
+        "loadavg_1_5_15_at_end": [round(x, 2) for x in load],
         "python": platform.python_version(),
         "python_implementation": platform.python_implementation(),
         "python_executable": PYTHON,
         "platform": platform.platform(),
         "machine": platform.machine(),
         "agentjobs_version": agentjobs.__version__,
-        "agentjobs_commit": _repo_commit(),
+        "agentjobs_commit": _git("rev-parse", "HEAD") or None,
+        # the benchmarks measure the working tree: say whether it differs from that commit
+        "agentjobs_tree_modified": bool(_git("status", "--porcelain", "--", "agentjobs")),
     }
 
 
-def _repo_commit() -> str | None:
+def _git(*args: str) -> str:
     done = subprocess.run(
-        ["git", "-C", str(REPO_ROOT), "rev-parse", "HEAD"],
-        capture_output=True,
-        text=True,
-        check=False,
+        ["git", "-C", str(REPO_ROOT), *args], capture_output=True, text=True, check=False
     )
-    return done.stdout.strip() or None
+    return done.stdout.strip()
 
 
 def write_results(name: str, results: Mapping[str, Any]) -> Path:
@@ -361,3 +412,251 @@ def ms(seconds: float) -> str:
 
 def verdict(met: bool) -> str:
     return "MET" if met else "MISSED"
+
+
+# -- `python -X importtime` --------------------------------------------------------------------
+
+
+def parse_importtime(stderr: str) -> list[dict[str, Any]]:
+    """`-X importtime` lines (`import time: SELF | CUMULATIVE | <indent>NAME`), in output order.
+
+    Depth comes from the indent (two spaces per level); a module's children come before it.
+    """
+    rows = []
+    for line in stderr.splitlines():
+        if not line.startswith("import time:") or "imported package" in line:
+            continue
+        self_us, cumulative_us, name = line.removeprefix("import time:").split("|", 2)
+        stripped = name.lstrip(" ")
+        rows.append(
+            {
+                "module": stripped.strip(),
+                "depth": (len(name) - len(stripped) - 1) // 2,
+                "self_us": int(self_us),
+                "cumulative_us": int(cumulative_us),
+            }
+        )
+    return rows
+
+
+def import_chain(rows: Sequence[Mapping[str, Any]], index: int) -> list[str]:
+    """Who imported `rows[index]`: its parents outwards (a parent is the next row, later in the
+    output, with a smaller depth), e.g. ['yaml', 'agentjobs.yamlfile', 'agentjobs.validate']."""
+    chain = [rows[index]["module"]]
+    depth = rows[index]["depth"]
+    for row in rows[index + 1 :]:
+        if row["depth"] < depth:
+            chain.append(row["module"])
+            depth = row["depth"]
+            if depth == 0:
+                break
+    return chain
+
+
+def importtime_report(
+    argv: Sequence[str],
+    *,
+    runs: int,
+    forbidden: Sequence[str],
+    cwd: Path | None = None,
+    over_us: int = 5000,
+) -> dict[str, Any]:
+    """Run `argv` (which must include `-X importtime`) `runs` times: each module's median self and
+    cumulative microseconds, the modules over `over_us` cumulative, and which of `forbidden`
+    (top-level package names) were imported, each with the chain of modules that imported it."""
+    per_run = [parse_importtime(run(argv, cwd=cwd).stderr) for _ in range(runs)]
+    order = per_run[0]  # the import order is the same every run
+    by_module: dict[str, list[Mapping[str, Any]]] = {}
+    for rows in per_run:
+        for row in rows:
+            by_module.setdefault(row["module"], []).append(row)
+    modules = [
+        {
+            "module": row["module"],
+            "depth": row["depth"],
+            "self_us": statistics.median(r["self_us"] for r in by_module[row["module"]]),
+            "cumulative_us": statistics.median(
+                r["cumulative_us"] for r in by_module[row["module"]]
+            ),
+        }
+        for row in order
+    ]
+
+    def banned(name: str) -> bool:
+        return any(name == f or name.startswith(f + ".") for f in forbidden)
+
+    chains = {}
+    for i, row in enumerate(order):
+        top = row["module"].split(".", 1)[0]
+        if banned(row["module"]) and top not in chains:
+            # the outermost module of that package, then whoever imported it
+            chain = import_chain(order, i)
+            while len(chain) > 1 and banned(chain[1]):
+                chain.pop(0)
+            chains[top] = chain
+    return {
+        "command": " ".join(a if a != PYTHON else "python" for a in argv),
+        "runs": runs,
+        "modules_imported": len(order),
+        "total_self_us": sum(m["self_us"] for m in modules),
+        f"over_{over_us // 1000}ms_cumulative": [
+            m for m in modules if m["cumulative_us"] > over_us
+        ],
+        "forbidden_checked": list(forbidden),
+        "forbidden_imported": sorted(chains),
+        "forbidden_imported_via": chains,
+        "agentjobs_modules": [m["module"] for m in order if m["module"].startswith("agentjobs")],
+    }
+
+
+def print_importtime(report: Mapping[str, Any], over_us: int = 5000) -> None:
+    print(
+        f"  -X importtime (median of {report['runs']}): {report['modules_imported']} modules, "
+        f"{report['total_self_us'] / 1000:.1f} ms in module bodies; over {over_us // 1000} ms "
+        "cumulative:"
+    )
+    for m in report[f"over_{over_us // 1000}ms_cumulative"]:
+        indent = "  " * m["depth"]
+        print(
+            f"    {m['cumulative_us'] / 1000:7.1f} ms cum {m['self_us'] / 1000:6.1f} ms self  "
+            f"{indent}{m['module']}"
+        )
+    print(f"  agentjobs modules imported: {', '.join(report['agentjobs_modules'])}")
+    if report["forbidden_imported"]:
+        print("  FORBIDDEN modules imported:")
+        for top, chain in report["forbidden_imported_via"].items():
+            print(f"    {top}: imported by {' <- '.join(chain[1:]) or '(top level)'}")
+    else:
+        print(f"  none of {', '.join(report['forbidden_checked'])} imported: OK")
+
+
+# -- state directories -------------------------------------------------------------------------
+
+
+def write_job_docs(jobs_dir: Path, docs: Sequence[Mapping[str, Any]]) -> list[Path]:
+    """One YAML file per job document (`NAME.yaml`), for jobs shaped by the benchmark itself."""
+    jobs_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for doc in docs:
+        path = jobs_dir / f"{doc['name']}.yaml"
+        body = yaml.safe_dump(dict(doc), sort_keys=False, default_flow_style=None, width=100)
+        path.write_text(body)
+        paths.append(path)
+    return paths
+
+
+def apply_jobs(jobs_dir: Path, state: Path, *, now: str | None = None) -> str:
+    """`agentjobs apply` (as if at `now`, an ISO time, when given); returns its summary line."""
+    extra = ["--now", now] if now else []
+    done = run(
+        [*AGENTJOBS_MODULE, "--jobs-dir", str(jobs_dir), "--state-dir", str(state), "apply", *extra]
+    )
+    return done.stdout.strip().splitlines()[-1]
+
+
+def snapshot(folder: Path) -> dict[str, tuple[int, int]]:
+    """Every file under `folder` with its (size, mtime_ns): compare two to see what changed."""
+    out = {}
+    for path in sorted(folder.rglob("*")):
+        if path.is_file():
+            st = path.stat()
+            out[str(path.relative_to(folder))] = (st.st_size, st.st_mtime_ns)
+    return out
+
+
+def changed_files(before: Mapping[str, Any], after: Mapping[str, Any]) -> list[str]:
+    return sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
+
+
+def read_records(state: Path) -> list[dict[str, Any]]:
+    """Every run record under `<state>/records/` (the JSONL day files records.py writes)."""
+    out = []
+    for path in sorted((state / "records").glob("*.jsonl")):
+        for line in path.read_bytes().splitlines():
+            if line.strip():
+                out.append(json.loads(line))
+    return out
+
+
+# -- profiling an in-process tick ----------------------------------------------------------------
+
+
+def stats_rows(
+    stats: pstats.Stats, *, top: int = 15, skip: re.Pattern[str] | None = None
+) -> dict[str, Any]:
+    """The top functions of a pstats.Stats by cumulative and by self time."""
+    rows = []
+    for (file, line, func), (_cc, calls, tottime, cumtime, _callers) in stats.stats.items():  # type: ignore[attr-defined]
+        rows.append(
+            {
+                "function": f"{_short_path(file)}:{line}({func})",
+                "calls": calls,
+                "tottime_s": round(tottime, 4),
+                "cumtime_s": round(cumtime, 4),
+            }
+        )
+    kept = [r for r in rows if not (skip and skip.search(r["function"]))]
+    by_cum = sorted(kept, key=lambda r: r["cumtime_s"], reverse=True)
+    by_tot = sorted(kept, key=lambda r: r["tottime_s"], reverse=True)
+    return {"by_cumulative": by_cum[:top], "by_self": by_tot[:top]}
+
+
+# Waiting, not working: the main thread joining its workers, workers' threading plumbing.
+_THREAD_WAITS = re.compile(
+    r"\(<method 'acquire' of '_thread\.lock' objects>\)|threading\.py:\d+\((join|_wait_for_tstate_lock|wait|_bootstrap|_bootstrap_inner|run)\)|engine\.py:\d+\((tick|_run_queue)\)"
+)
+
+
+def profile_engine_tick(
+    state: Path, *, max_concurrent: int | None = None, top: int = 20
+) -> dict[str, Any]:
+    """One `Engine(FileStore(state)).tick()` in this process under cProfile, worker threads
+    included (each worker profiles itself; the stats are merged).
+
+    cProfile slows pure-Python code 2-4x; read the figures as shares, not as wall time. In the
+    merged stats the workers' times add up (two workers: up to twice the wall time).
+    """
+    import cProfile
+
+    from agentjobs.engine import Engine
+    from agentjobs.store.files import FileStore
+
+    worker_profiles: list[cProfile.Profile] = []
+
+    class ProfiledEngine(Engine):
+        def _worker(self, results: list[Any]) -> None:
+            prof = cProfile.Profile()
+            prof.enable()
+            try:
+                super()._worker(results)
+            finally:
+                prof.disable()
+                worker_profiles.append(prof)
+
+    engine = ProfiledEngine(FileStore(state), max_concurrent=max_concurrent)
+    main_thread = cProfile.Profile()
+    start = time.perf_counter()
+    main_thread.enable()
+    result = engine.tick()
+    main_thread.disable()
+    wall = time.perf_counter() - start
+    stats = pstats.Stats(main_thread)
+    for prof in worker_profiles:
+        stats.add(prof)
+    return {
+        "wall_s_under_profiler": round(wall, 3),
+        "attempts": len(result.attempts),
+        "workers_profiled": len(worker_profiles),
+        "note": "cProfile, main thread and worker threads merged; thread waits (join, lock "
+        "acquire) left out of the lists",
+        **stats_rows(stats, top=top, skip=_THREAD_WAITS),
+    }
+
+
+def print_profile(where: Mapping[str, Any], rows: int = 15) -> None:
+    print("    by cumulative time:")
+    for row in where["by_cumulative"][:rows]:
+        print(f"      {row['cumtime_s']:8.3f} s  {row['calls']:>8} calls  {row['function']}")
+    print("    by self time:")
+    for row in where["by_self"][:rows]:
+        print(f"      {row['tottime_s']:8.3f} s  {row['calls']:>8} calls  {row['function']}")

@@ -18,6 +18,7 @@ import sys
 
 from _common import (
     AGENTJOBS_MODULE,
+    BYTECODE_NOTE,
     JOB_SCHEMA,
     compare,
     ms,
@@ -65,9 +66,7 @@ def main() -> int:
     met = ratio <= TARGET_RATIO
     print(f"{args.files} job files, median of {args.repeats} runs each (after 1 warm-up)")
     for name, t in timings.items():
-        print(
-            f"  {name:20} {ms(t['median_s']):>10}  (min {ms(t['min_s'])}, max {ms(t['max_s'])})"
-        )
+        print(f"  {name:20} {ms(t['median_s']):>10}  (min {ms(t['min_s'])}, max {ms(t['max_s'])})")
     print(f"  ratio agentjobs/check-jsonschema: {ratio:.2f}x (target <= {TARGET_RATIO}x)")
     print(f"  per file: agentjobs {ms(a / args.files)}, check-jsonschema {ms(b / args.files)}")
     print(f"  target {verdict(met)}")
@@ -79,6 +78,7 @@ def main() -> int:
         NAME,
         {
             "files": args.files,
+            "bytecode": BYTECODE_NOTE,
             "commands": {
                 "agentjobs validate": "python -m agentjobs --jobs-dir DIR validate",
                 "check-jsonschema": "check-jsonschema --schemafile schema/job.schema.json FILES",
