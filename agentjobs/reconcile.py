@@ -98,8 +98,8 @@ def compute_plan(
         current = applied.get(name)
         if current is None:
             changes.append(Change(Action.CREATE, name, job.source))
-        elif current.spec_hash != job.spec.spec_hash() or current.source != job.source:
-            fields = diff(current.spec, job.spec.to_dict())
+        elif current.spec_hash != job.spec_hash or current.source != job.source:
+            fields = diff(current.spec, job.data)
             if current.source != job.source:
                 fields = (*fields, FieldChange("(source)", current.source, job.source))
             changes.append(Change(Action.UPDATE, name, job.source, fields))
@@ -170,21 +170,21 @@ def apply_plan(
         for change in plan.changes:
             if change.action not in (Action.CREATE, Action.UPDATE) or change.name == CONFIG_ROW:
                 continue
-            spec = by_name[change.name].spec
+            loaded = by_name[change.name]
             put[change.name] = AppliedJob(
                 name=change.name,
-                spec=spec.to_dict(),
-                spec_hash=spec.spec_hash(),
-                schedule_hash=spec.schedule_hash(),
-                source=by_name[change.name].source,
+                spec=loaded.data,
+                spec_hash=loaded.spec_hash,
+                schedule_hash=loaded.schedule_hash,
+                source=loaded.source,
                 applied_at=stamp,
                 git_commit=git_commit,
             )
             state = runtime.jobs.get(change.name)
-            if state is None or state.schedule_hash != spec.schedule_hash():
-                runtime.jobs[change.name] = fresh_state(spec, now, state)
+            if state is None or state.schedule_hash != loaded.schedule_hash:
+                runtime.jobs[change.name] = fresh_state(loaded.spec, now, state)
             else:
-                runtime.jobs[change.name] = dataclasses.replace(state, needs=spec.needs)
+                runtime.jobs[change.name] = dataclasses.replace(state, needs=loaded.spec.needs)
         remove = tuple(c.name for c in plan.changes if c.action == Action.DELETE)
         for name in remove:
             # History and dead letters stay. Waiting runs stay in the queue until the next tick

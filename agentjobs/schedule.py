@@ -18,7 +18,7 @@ import hashlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from functools import cache
+from functools import cache, lru_cache
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from agentjobs.spec import Schedule, parse_at
@@ -40,6 +40,7 @@ def expand_macro(expr: str) -> str:
     return _MACROS.get(expr.strip().lower(), expr.strip())
 
 
+@cache
 def check_cron(expr: str) -> str | None:
     """None when `expr` is a valid 5-field expression or macro, else a message saying why."""
     from croniter import croniter
@@ -125,6 +126,12 @@ def cron_fires(expr: str, tz_name: str, after: datetime) -> Iterator[datetime]:
                 yield moment
 
 
+@lru_cache(maxsize=1024)
+def _next_cron(expr: str, tz: str, after: datetime) -> datetime:
+    """The first fire after `after` (cached: an apply asks it of many jobs for one `now`)."""
+    return next(cron_fires(expr, tz, after))
+
+
 def jitter_offset(job: str, jitter: float) -> float:
     """A per-job delay in [0, jitter], the same on every tick and every machine."""
     if jitter <= 0:
@@ -142,7 +149,7 @@ def next_slot(
     `at` has one slot; once `after` is past it there is none.
     """
     if schedule.cron is not None:
-        return next(cron_fires(schedule.cron, schedule.timezone, after))
+        return _next_cron(schedule.cron, schedule.timezone, after)
     if schedule.every is not None:
         if last_finished is None:
             return after

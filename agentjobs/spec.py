@@ -13,6 +13,7 @@ import json
 import os
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -233,15 +234,27 @@ def merge_defaults(raw: dict[str, Any], config: GlobalConfig) -> dict[str, Any]:
     return merged
 
 
+@lru_cache(maxsize=4096)
 def expand_path(text: str, base: Path) -> str:
-    """`~` and `$VARS` expanded; relative paths are taken from `base`; symlinks resolved."""
+    """`~` and `$VARS` expanded; relative paths are taken from `base`; symlinks resolved.
+    (Cached: thousands of jobs name the same few directories.)"""
     expanded = os.path.expanduser(os.path.expandvars(text))
     return os.path.realpath(os.path.join(base, expanded))
 
 
+def source_dir(folder: Path) -> Path:
+    """The resolved directory of a job file, computed once per directory."""
+    return _realpath_dir(os.path.abspath(folder))  # the cache key must not depend on the cwd
+
+
+@lru_cache(maxsize=256)
+def _realpath_dir(folder: str) -> Path:
+    return Path(os.path.realpath(folder))
+
+
 def default_workdir(source: Path) -> str:
     """A job without `workdir` runs in the directory that holds the jobs directory (the repo)."""
-    return os.path.realpath(source.resolve().parent.parent)
+    return str(source_dir(source.parent).parent)
 
 
 def parse_at(text: str, tz: str) -> datetime:
@@ -273,7 +286,7 @@ def _matches(items: list[Any] | None) -> tuple[OutcomeMatch, ...]:
 def build_job(raw: dict[str, Any], source: Path, config: GlobalConfig) -> JobSpec:
     """Convert one validated job document (global defaults merged in here)."""
     doc = merge_defaults(raw, config)
-    base = source.resolve().parent
+    base = source_dir(source.parent)
     name = doc.get("name") or source.stem
     workdir = expand_path(doc["workdir"], base) if "workdir" in doc else default_workdir(source)
     lock = doc.get("lock") or workdir

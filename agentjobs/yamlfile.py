@@ -46,24 +46,23 @@ _Loader.yaml_implicit_resolvers = _RESOLVERS
 _PyLoader.yaml_implicit_resolvers = _RESOLVERS
 
 
+_DEEP_INDENT = re.compile(rf"^[ -]{{{4 * MAX_DEPTH + 1},}}", re.MULTILINE)
+
+
 def _shallow(text: str) -> bool:
-    """A quick over-estimate of nesting: flow brackets outside quotes, and indentation."""
-    depth = deepest = 0
-    quote = ""
-    for char in text:
-        if quote:
-            if char == quote or char == "\n":
-                quote = ""
-        elif char in "'\"":
-            quote = char
-        elif char in "[{":
-            depth += 1
-            deepest = max(deepest, depth)
-        elif char in "]}":
-            depth = max(0, depth - 1)
-    if deepest > MAX_DEPTH:
-        return False
-    return all(len(line) - len(line.lstrip(" -")) <= 4 * MAX_DEPTH for line in text.splitlines())
+    """Whether libyaml's recursive C parser is safe on `text`: no deep flow nesting (counted
+    without regard to quotes, so an over-estimate) and no deep indentation."""
+    if text.count("[") + text.count("{") > MAX_DEPTH:
+        depth = deepest = 0
+        for char in text:
+            if char in "[{":
+                depth += 1
+                deepest = max(deepest, depth)
+            elif char in "]}":
+                depth = max(0, depth - 1)
+        if deepest > MAX_DEPTH:
+            return False
+    return _DEEP_INDENT.search(text) is None
 
 
 @dataclass(slots=True)
