@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import math
 import os
 import re
 from collections.abc import Iterable, Sequence
@@ -20,6 +21,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from agentjobs.durations import PATTERN as DURATION_PATTERN
+from agentjobs.durations import parse_duration
 from agentjobs.errors import Problem
 from agentjobs.spec import (
     CONFIG_FILE_NAME,
@@ -27,7 +30,6 @@ from agentjobs.spec import (
     JobSpec,
     build_config,
     build_job,
-    content_hash,
     source_dir,
 )
 from agentjobs.yamlfile import Document, join_path, load_documents
@@ -90,7 +92,9 @@ class LoadedJob:
     spec: JobSpec
     source: str
     line: int
-    doc: Document | None = None  # where each value was written, for cross-file messages
+    # where `name` and `needs` were written, for the cross-file messages (not the whole
+    # Document: keeping every file's node graph alive makes loading 10,000 files crawl)
+    positions: dict[str, tuple[int, int]] = field(default_factory=dict)
     data: dict[str, Any] = field(default_factory=dict)  # spec.to_dict(), computed once
     spec_hash: str = ""
     schedule_hash: str = ""
@@ -98,10 +102,14 @@ class LoadedJob:
     @classmethod
     def of(cls, spec: JobSpec, source: str, line: int, doc: Document | None = None) -> LoadedJob:
         data = spec.to_dict()
-        return cls(spec, source, line, doc, data, content_hash(data), spec.schedule_hash())
+        positions = {}
+        if doc is not None:
+            paths = ["name", "needs", *(f"needs[{i}]" for i in range(len(spec.needs)))]
+            positions = {path: doc.where(path) for path in paths}
+        return cls(spec, source, line, positions, data, spec.spec_hash(), spec.schedule_hash())
 
     def where(self, path: str) -> tuple[int, int]:
-        return self.doc.where(path) if self.doc else (self.line, 1)
+        return self.positions.get(path, (self.line, 1))
 
 
 @dataclass(frozen=True, slots=True)
@@ -452,35 +460,40 @@ def _check_job(raw: dict[str, Any], source: Path, check: _Checker, config: Globa
             check.warn("workdir", f"{raw['workdir']} does not exist on this machine")
 
 
-def _walk(value: Any, node: dict[str, Any], path: str, check: _Checker) -> None:
+def _walk(value: Any, node: dict[str, Any], parts: tuple[str | int, ...], check: _Checker) -> None:
     """Checks the schema cannot express, on every value: durations parse within limits,
-    strings hold no NUL character, numbers are finite."""
-    import math
-
-    from agentjobs.durations import PATTERN, parse_duration
-
+    strings hold no NUL character, numbers are finite. (The path is joined only for an error:
+    this runs over every value of every file.)"""
     if isinstance(value, str):
         if "\x00" in value:
-            check.error(path, "contains a NUL character; remove it")
-        elif node.get("pattern") == PATTERN:
+            check.error(_joined(parts), "contains a NUL character; remove it")
+        elif node.get("pattern") == DURATION_PATTERN:
             try:
                 parse_duration(value)
             except ValueError as exc:
-                check.error(path, str(exc))
-    elif isinstance(value, float) and not math.isfinite(value):
-        check.error(path, f"{value} is not a finite number")
+                check.error(_joined(parts), str(exc))
     elif isinstance(value, dict):
         props = node.get("properties", {})
         extra = node.get("additionalProperties")
+        default = extra if isinstance(extra, dict) else {}
         for key, item in value.items():
             if "\x00" in key:
-                check.error(join_path(path, key), "contains a NUL character; remove it")
-            sub = props.get(key, extra if isinstance(extra, dict) else {})
-            _walk(item, sub, join_path(path, key), check)
+                check.error(_joined((*parts, key)), "contains a NUL character; remove it")
+            _walk(item, props.get(key, default), (*parts, key), check)
     elif isinstance(value, list):
-        items = node.get("items", {})
+        items = node.get("items")
+        sub = items if isinstance(items, dict) else {}
         for index, item in enumerate(value):
-            _walk(item, items if isinstance(items, dict) else {}, join_path(path, index), check)
+            _walk(item, sub, (*parts, index), check)
+    elif isinstance(value, float) and not math.isfinite(value):
+        check.error(_joined(parts), f"{value} is not a finite number")
+
+
+def _joined(parts: tuple[str | int, ...]) -> str:
+    path = ""
+    for part in parts:
+        path = join_path(path, part)
+    return path
 
 
 def _check_durations(
@@ -489,7 +502,7 @@ def _check_durations(
     from agentjobs.durations import parse_duration
 
     before = len(check.problems)
-    _walk(raw, schema(check.schema_name), "", check)
+    _walk(raw, schema(check.schema_name), (), check)
     if len(check.problems) > before:
         return  # the comparisons below need durations that parse
     timeout = raw.get("timeout") or (dict(config.defaults).get("timeout") if config else None)
@@ -521,14 +534,15 @@ def job_files(directory: Path) -> list[Path]:
     """The job files in a jobs directory (not recursive), in name order, without the config."""
     if not directory.is_dir():
         return []
-    return sorted(
-        p
-        for p in directory.iterdir()
-        if p.suffix in JOB_SUFFIXES
-        and p.is_file()
-        and p.name != CONFIG_FILE_NAME
-        and not p.name.startswith(".")
+    names = sorted(
+        entry.name
+        for entry in os.scandir(directory)
+        if entry.name.endswith(JOB_SUFFIXES)
+        and entry.name != CONFIG_FILE_NAME
+        and not entry.name.startswith(".")
+        and entry.is_file()
     )
+    return [directory / name for name in names]
 
 
 def _read(path: Path) -> tuple[bytes | None, Problem | None]:
@@ -696,8 +710,8 @@ def _load_directory(
     config, problems = _load_config(config_path)
     reported = {str(p) for p in report}
     context = job_files(folder)
-    known = {p.resolve() for p in report}
-    ordered = report + [p for p in context if p.resolve() not in known]
+    known = {os.path.abspath(p) for p in report}
+    ordered = report + [p for p in context if os.path.abspath(p) not in known]
     jobs: list[LoadedJob] = []
     for path in dict.fromkeys(ordered):
         file_jobs, file_problems = _load_file(path, config)
@@ -754,3 +768,25 @@ def load(paths: Sequence[Path]) -> LoadResult:
 def load_jobs_dir(jobs_dir: Path) -> LoadResult:
     """Everything in a jobs directory: the set `plan` and `apply` work on."""
     return load([jobs_dir])
+
+
+def _without_gc(function: Any) -> Any:
+    """Loading allocates many small objects and frees none: the cyclic collector would scan the
+    growing heap again and again (quadratic in the number of files) and find nothing."""
+    import functools
+    import gc
+
+    @functools.wraps(function)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        enabled = gc.isenabled()
+        gc.disable()
+        try:
+            return function(*args, **kwargs)
+        finally:
+            if enabled:
+                gc.enable()
+
+    return wrapper
+
+
+load = _without_gc(load)

@@ -21,6 +21,7 @@ MAX_FILE_BYTES = 1024 * 1024
 MAX_NODES = 100_000  # values built from one file, aliases expanded
 MAX_DEPTH = 64
 MAX_EXPANDED_BYTES = 4 * 1024 * 1024  # scalar text once aliases are expanded
+_STR = "tag:yaml.org,2002:str"
 _ALLOWED_TAGS = frozenset(
     f"tag:yaml.org,2002:{name}" for name in ("map", "seq", "str", "int", "float", "bool", "null")
 )
@@ -31,6 +32,22 @@ _Base: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # 
 
 class _Loader(_Base):  # type: ignore[valid-type,misc]
     """SafeLoader minus the timestamp resolver: `at: 2026-12-01T10:00` stays a string."""
+
+    def resolve(self, kind: Any, value: Any, implicit: Any) -> Any:
+        # libyaml asks Python to resolve every plain scalar; job files repeat the same few
+        # values ("high", "1h", "claude"), so remember the answers.
+        if kind is yaml.ScalarNode and implicit[0]:
+            tag = _RESOLVED.get(value)
+            if tag is None:
+                tag = super().resolve(kind, value, implicit)
+                if len(_RESOLVED) > 50_000:
+                    _RESOLVED.clear()
+                _RESOLVED[value] = tag
+            return tag
+        return super().resolve(kind, value, implicit)
+
+
+_RESOLVED: dict[str, str] = {}
 
 
 class _PyLoader(yaml.SafeLoader):
@@ -70,8 +87,9 @@ class Document:
     """One YAML document: its value and the (line, column) of every JSON path in it (1-based)."""
 
     value: Any
-    marks: dict[str, tuple[int, int]] = field(default_factory=dict)
-    key_marks: dict[str, tuple[int, int]] = field(default_factory=dict)
+    # the YAML node each path came from; its mark is turned into (line, column) when asked
+    marks: dict[str, yaml.Node] = field(default_factory=dict)
+    key_marks: dict[str, yaml.Node] = field(default_factory=dict)
     # The source text of plain scalars that YAML turned into numbers, booleans or null, so error
     # messages can say "YAML read `12:30` as 750".
     plain: dict[str, str] = field(default_factory=dict)
@@ -81,14 +99,19 @@ class Document:
         probe = path
         while True:
             if probe in self.marks:
-                return self.marks[probe]
+                return _position(self.marks[probe])
             if not probe:
                 return (1, 1)
             probe = parent_path(probe)
 
     def where_key(self, path: str) -> tuple[int, int]:
         """Line and column of the key that introduced `path` (for unknown-key errors)."""
-        return self.key_marks.get(path) or self.where(path)
+        node = self.key_marks.get(path)
+        return _position(node) if node is not None else self.where(path)
+
+
+def _position(node: yaml.Node) -> tuple[int, int]:
+    return (node.start_mark.line + 1, node.start_mark.column + 1)
 
 
 def join_path(parent: str, key: str | int) -> str:
@@ -114,14 +137,10 @@ class _Builder:
         self.loader = loader
         self.count = 0
         self.text_bytes = 0
-        self.marks: dict[str, tuple[int, int]] = {}
-        self.key_marks: dict[str, tuple[int, int]] = {}
+        self.marks: dict[str, yaml.Node] = {}
+        self.key_marks: dict[str, yaml.Node] = {}
         self.plain: dict[str, str] = {}
         self.problems: list[tuple[yaml.Node, str, str]] = []
-
-    @staticmethod
-    def _mark(node: yaml.Node) -> tuple[int, int]:
-        return (node.start_mark.line + 1, node.start_mark.column + 1)
 
     def build(self, node: yaml.Node, path: str, depth: int) -> Any:
         self._count(node)
@@ -135,7 +154,7 @@ class _Builder:
                 )
         if depth > MAX_DEPTH:
             raise _TooBig(f"nesting deeper than {MAX_DEPTH} levels; flatten the file", node)
-        self.marks.setdefault(path, self._mark(node))
+        self.marks.setdefault(path, node)
         if node.tag not in _ALLOWED_TAGS:
             # Object tags (`!!python/object/apply:...`) and custom tags are refused, on
             # mappings and sequences as much as on scalars.
@@ -148,7 +167,9 @@ class _Builder:
             return [
                 self.build(item, join_path(path, i), depth + 1) for i, item in enumerate(node.value)
             ]
-        value = self.loader.construct_object(node, deep=True)
+        if node.tag == _STR:
+            return node.value  # the common case, without PyYAML's bookkeeping
+        value = self.loader.yaml_constructors[node.tag](self.loader, node)
         if not isinstance(value, str) and isinstance(node.value, str):
             self.plain[path] = node.value
         return value
@@ -158,6 +179,8 @@ class _Builder:
             raise yaml.constructor.ConstructorError(
                 None, None, "a key must be a plain string", key_node.start_mark
             )
+        if key_node.tag == _STR:
+            return str(key_node.value)
         key = self.loader.construct_object(key_node)
         # `on: x` and `yes: x` read as booleans in YAML 1.1, `1: x` as a number: keep the text.
         return key if isinstance(key, str) else str(key_node.value)
@@ -203,12 +226,12 @@ class _Builder:
             key = self._key(key_node)
             child = join_path(path, key)
             if key in out:
-                first = self.key_marks.get(child, (0, 0))
+                first = _position(self.key_marks[child])[0] if child in self.key_marks else 0
                 self.problems.append(
-                    (key_node, path, f"duplicate key `{key}` (first at line {first[0]}); keep one")
+                    (key_node, path, f"duplicate key `{key}` (first at line {first}); keep one")
                 )
                 continue
-            self.key_marks[child] = self._mark(key_node)
+            self.key_marks[child] = key_node
             out[key] = self.build(value_node, child, depth + 1)
         # Merged keys fill in what the mapping does not say itself; among several merged
         # mappings the earlier one wins (YAML merge-key semantics).
@@ -217,7 +240,7 @@ class _Builder:
             if key in out:
                 continue
             child = join_path(path, key)
-            self.key_marks[child] = self._mark(key_node)
+            self.key_marks[child] = key_node
             out[key] = self.build(value_node, child, depth + 1)
         return out
 

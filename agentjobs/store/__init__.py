@@ -76,7 +76,7 @@ class JobState:
     needs: tuple[str, ...] = ()  # copied from the spec so a tick can check triggers cheaply
 
     def to_dict(self) -> dict[str, Any]:
-        data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        data = {name: getattr(self, name) for name in _JOB_STATE_FIELDS}
         data["needs"] = list(self.needs)
         return data
 
@@ -86,6 +86,9 @@ class JobState:
         values = {k: v for k, v in data.items() if k in names}
         values["needs"] = tuple(values.get("needs", ()))
         return cls(**values)
+
+
+_JOB_STATE_FIELDS = tuple(f.name for f in dataclasses.fields(JobState))
 
 
 @dataclass(frozen=True, slots=True)
