@@ -9,11 +9,13 @@ problem carries file, line, column and JSON path. Warnings never fail validation
 from __future__ import annotations
 
 import difflib
+import gc
 import json
 import math
 import os
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import cache
@@ -723,6 +725,19 @@ def _load_directory(
     return config, [j for j in jobs if j.source in reported], problems, source
 
 
+@contextmanager
+def _collector_paused() -> Iterator[None]:
+    """Loading allocates many small objects and frees none: the cyclic collector would scan the
+    growing heap again and again (quadratic in the number of files) and find nothing."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
 def load(paths: Sequence[Path]) -> LoadResult:
     """Validate job files and build their specs.
 
@@ -732,6 +747,11 @@ def load(paths: Sequence[Path]) -> LoadResult:
     passes only the changed files still sees the whole set. Naming a config file checks it and
     every job in its directory (the defaults it sets apply to all of them).
     """
+    with _collector_paused():
+        return _load(paths)
+
+
+def _load(paths: Sequence[Path]) -> LoadResult:
     problems: list[Problem] = []
     by_folder: dict[Path, list[Path]] = {}
     for path in paths:
@@ -768,25 +788,3 @@ def load(paths: Sequence[Path]) -> LoadResult:
 def load_jobs_dir(jobs_dir: Path) -> LoadResult:
     """Everything in a jobs directory: the set `plan` and `apply` work on."""
     return load([jobs_dir])
-
-
-def _without_gc(function: Any) -> Any:
-    """Loading allocates many small objects and frees none: the cyclic collector would scan the
-    growing heap again and again (quadratic in the number of files) and find nothing."""
-    import functools
-    import gc
-
-    @functools.wraps(function)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        enabled = gc.isenabled()
-        gc.disable()
-        try:
-            return function(*args, **kwargs)
-        finally:
-            if enabled:
-                gc.enable()
-
-    return wrapper
-
-
-load = _without_gc(load)
