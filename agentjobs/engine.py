@@ -98,9 +98,9 @@ class Engine:
         self.say(line)
 
     def _slots(self) -> int:
-        if self.max_concurrent is not None:
-            return self.max_concurrent
-        return int(self.store.config().get("max_concurrent", 2))
+        if self.max_concurrent is None:  # decided once per engine: the config is read once
+            self.max_concurrent = int(self.store.config().get("max_concurrent", 2))
+        return self.max_concurrent
 
     def _record(
         self, event: str, item: QueueItem, applied: AppliedJob | None, **fields: Any
@@ -395,59 +395,64 @@ class Engine:
         what holds that item back.
         """
         with self.store.transaction(self.lock_timeout) as runtime:
-            applied = self.store.applied()
-            now = self._now()
-            busy = {i.lock_key for i in runtime.queue.values() if i.state == "running"}
-            if only is not None:
-                item = runtime.queue.get(only)
-                if item is None or item.state != "queued":
-                    return None
-                candidates = [item]
-            else:
-                candidates = sorted(
-                    (
-                        i
-                        for i in runtime.queue.values()
-                        if i.state == "queued"
-                        and i.not_before <= now
-                        and i.job in applied
-                        and not runtime.jobs.get(i.job, JobState("")).paused
-                        and applied[i.job].spec.get("enabled", True)
-                    ),
-                    key=lambda i: i.order,
-                )
-            slot = None
-            for item in candidates:
-                if item.lock_key in busy and only is None:
-                    continue
+            return self._claim_in(runtime, self.store.applied(), only)
+
+    def _claim_in(
+        self, runtime: Runtime, applied: Mapping[str, AppliedJob], only: str | None = None
+    ) -> _Claim | str | None:
+        """`_claim` inside a transaction that is already open."""
+        now = self._now()
+        busy = {i.lock_key for i in runtime.queue.values() if i.state == "running"}
+        if only is not None:
+            item = runtime.queue.get(only)
+            if item is None or item.state != "queued":
+                return None
+            candidates = [item]
+        else:
+            candidates = sorted(
+                (
+                    i
+                    for i in runtime.queue.values()
+                    if i.state == "queued"
+                    and i.not_before <= now
+                    and i.job in applied
+                    and not runtime.jobs.get(i.job, JobState("")).paused
+                    and applied[i.job].spec.get("enabled", True)
+                ),
+                key=lambda i: i.order,
+            )
+        slot = None
+        for item in candidates:
+            if item.lock_key in busy and only is None:
+                continue
+            if slot is None:
+                slot = locks.try_slot(self.store.locks_dir, self._slots())
                 if slot is None:
-                    slot = locks.try_slot(self.store.locks_dir, self._slots())
-                    if slot is None:
-                        return None if only is None else "every concurrency slot is in use"
-                key = locks.try_key(self.store.locks_dir, item.lock_key)
-                if key is None:
-                    busy.add(item.lock_key)
-                    if only is not None:
-                        slot.release()
-                        return self._holder_message(item.lock_key, runtime)
-                    continue
-                key.note(
-                    f"run {item.run_id} (job {item.job}, attempt {item.attempt}, "
-                    f"pid {os.getpid()}, host {self.host})"
+                    return None if only is None else "every concurrency slot is in use"
+            key = locks.try_key(self.store.locks_dir, item.lock_key)
+            if key is None:
+                busy.add(item.lock_key)
+                if only is not None:
+                    slot.release()
+                    return self._holder_message(item.lock_key, runtime)
+                continue
+            key.note(
+                f"run {item.run_id} (job {item.job}, attempt {item.attempt}, "
+                f"pid {os.getpid()}, host {self.host})"
+            )
+            running = dataclasses.replace(
+                item, state="running", started_at=now, host=self.host, pid=os.getpid()
+            )
+            runtime.queue[item.id] = running
+            state = runtime.jobs.get(item.job)
+            if state is not None:
+                runtime.jobs[item.job] = dataclasses.replace(
+                    state, last_started=now, last_run_id=item.run_id
                 )
-                running = dataclasses.replace(
-                    item, state="running", started_at=now, host=self.host, pid=os.getpid()
-                )
-                runtime.queue[item.id] = running
-                state = runtime.jobs.get(item.job)
-                if state is not None:
-                    runtime.jobs[item.job] = dataclasses.replace(
-                        state, last_started=now, last_run_id=item.run_id
-                    )
-                return _Claim(running, applied[item.job], key, slot)
-            if slot is not None:
-                slot.release()
-            return None
+            return _Claim(running, applied[item.job], key, slot)
+        if slot is not None:
+            slot.release()
+        return None
 
     def _holder_message(self, key: str, runtime: Runtime) -> str:
         holder = locks.holder(locks.key_file(self.store.locks_dir, key))
@@ -460,7 +465,11 @@ class Engine:
             )
         return f"lock key {key} is held by {holder or 'another process'}"
 
-    def _execute(self, claim: _Claim) -> AttemptResult:
+    def _execute(
+        self, claim: _Claim, claim_next: bool = False
+    ) -> tuple[AttemptResult, _Claim | None]:
+        """Run a claimed attempt and record it; with `claim_next`, claim the next runnable item
+        in the same transaction (one state write per attempt instead of two)."""
         from agentjobs.attempt import run_attempt
 
         item = claim.item
@@ -518,9 +527,14 @@ class Engine:
                 log_path=str(log_path),
                 output_for_match=outcome.output_for_match,
             )
-            self._enqueue_needs(runtime, self.store.applied(), now)
+            applied = self.store.applied()
+            self._enqueue_needs(runtime, applied, now)
             self.store.append_records(records, now)
-        return result
+            following = None
+            if claim_next and not self.stop.is_set():
+                candidate = self._claim_in(runtime, applied)
+                following = candidate if isinstance(candidate, _Claim) else None
+        return result, following
 
     def _finish(
         self,
@@ -692,11 +706,11 @@ class Engine:
         return dataclasses.replace(state, next_due=iso(due))
 
     def _worker(self, results: list[AttemptResult]) -> None:
-        while not self.stop.is_set():
-            claim = self._claim()
-            if not isinstance(claim, _Claim):
-                return
-            result = self._execute(claim)
+        if self.stop.is_set():
+            return
+        claim = self._claim()
+        while isinstance(claim, _Claim):
+            result, claim = self._execute(claim, claim_next=True)
             with self._guard:
                 results.append(result)
 
@@ -751,7 +765,7 @@ class Engine:
         while True:
             claim = self._claim(only=item.id)
             if isinstance(claim, _Claim):
-                return item, self._execute(claim)
+                return item, self._execute(claim)[0]
             if claim is None:
                 return item, "the run was taken by another tick"
             if not wait or self.stop.is_set():

@@ -13,12 +13,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agentjobs.clock import iso
 from agentjobs.spec import GlobalConfig, JobSpec
 from agentjobs.store import AppliedChange, AppliedJob, JobState, Store
-from agentjobs.validate import LoadedJob
+
+if TYPE_CHECKING:  # validate pulls in yaml; the engine imports this module on its hot path
+    from agentjobs.validate import LoadedJob
 
 CONFIG_ROW = "(global config)"
 

@@ -143,7 +143,7 @@ class QueueItem:
         return (PRIORITY_RANK.get(self.priority, 1), self.queued_at, self.id)
 
     def to_dict(self) -> dict[str, Any]:
-        data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        data = {name: getattr(self, name) for name in _QUEUE_ITEM_FIELDS}
         data["history"] = [h.to_dict() for h in self.history]
         return data
 
@@ -152,6 +152,9 @@ class QueueItem:
         values = dict(data)
         values["history"] = tuple(AttemptSummary(**h) for h in values.get("history", ()))
         return cls(**values)
+
+
+_QUEUE_ITEM_FIELDS = tuple(f.name for f in dataclasses.fields(QueueItem))
 
 
 @dataclass(slots=True)

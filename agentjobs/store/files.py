@@ -21,6 +21,7 @@ import errno
 import fcntl
 import json
 import os
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
@@ -70,6 +71,16 @@ class FileStore:
         self.root = root
         self.locks_dir = root / "locks"
         self._checked = False
+        # Threads of one process queue on this mutex instead of polling the flock.
+        self._mutex = threading.Lock()
+        # The files as this process last read or wrote them, with their (inode, mtime, size):
+        # a transaction re-reads a file only when another process replaced it.
+        self._runtime_cache: tuple[tuple[int, int, int], Runtime] | None = None
+        self._applied_cache: tuple[tuple[int, int, int], dict[str, Any]] | None = None
+        self._applied_jobs: tuple[dict[str, Any], dict[str, AppliedJob]] | None = None
+        # JSON text of unchanged job states and queue items, reused when writing (by identity:
+        # the values are frozen dataclasses)
+        self._json: dict[int, tuple[object, str]] = {}
 
     def describe(self) -> str:
         return str(self.root)
@@ -132,6 +143,7 @@ class FileStore:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
         try:
             deadline = time.monotonic() + timeout
+            delay = 0.0005
             while True:
                 try:
                     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -145,7 +157,8 @@ class FileStore:
                             f"state directory {self.root} is locked by another agentjobs process "
                             f"(pid {holder}) for more than {timeout:g}s; try again when it is done"
                         ) from None
-                    time.sleep(0.02)
+                    time.sleep(delay)
+                    delay = min(delay * 2, 0.02)
             os.ftruncate(fd, 0)
             os.pwrite(fd, str(os.getpid()).encode(), 0)
             yield
@@ -172,49 +185,95 @@ class FileStore:
         jobs: dict[str, Any] = self._read(name).get("jobs", {})
         return jobs
 
+    @staticmethod
+    def _signature(path: Path) -> tuple[int, int, int] | None:
+        try:
+            st = path.stat()
+        except FileNotFoundError:
+            return None
+        return (st.st_ino, st.st_mtime_ns, st.st_size)
+
+    def _applied_file(self) -> dict[str, Any]:
+        path = self.root / "applied.json"
+        signature = self._signature(path)
+        cached = self._applied_cache
+        if signature is not None and cached is not None and cached[0] == signature:
+            return cached[1]
+        data = self._read("applied.json")
+        if signature is not None:
+            self._applied_cache = (signature, data)
+        return data
+
     def applied(self) -> dict[str, AppliedJob]:
-        return {n: AppliedJob.from_dict(n, d) for n, d in self._read_jobs("applied.json").items()}
+        data = self._applied_file()
+        cached = self._applied_jobs
+        if cached is None or cached[0] is not data:
+            jobs = {n: AppliedJob.from_dict(n, d) for n, d in data.get("jobs", {}).items()}
+            cached = self._applied_jobs = (data, jobs)
+        return dict(cached[1])
 
     def config(self) -> dict[str, Any]:
-        config: dict[str, Any] = self._read("applied.json").get("config", {})
+        config: dict[str, Any] = self._applied_file().get("config", {})
         return config
 
     def applied_version(self) -> str:
-        try:
-            st = (self.root / "applied.json").stat()
-        except FileNotFoundError:
-            return ""
-        return f"{st.st_ino}-{st.st_mtime_ns}-{st.st_size}"
+        signature = self._signature(self.root / "applied.json")
+        return "" if signature is None else "-".join(map(str, signature))
 
     def runtime(self) -> Runtime:
-        data = self._read("runtime.json")
-        return Runtime(
-            jobs={n: JobState.from_dict(d) for n, d in data.get("jobs", {}).items()},
-            queue={i: QueueItem.from_dict(d) for i, d in data.get("queue", {}).items()},
-            applied_version=data.get("applied_version", ""),
-        )
+        path = self.root / "runtime.json"
+        signature = self._signature(path)
+        cached = self._runtime_cache
+        if signature is not None and cached is not None and cached[0] == signature:
+            current = cached[1]
+        else:
+            data = self._read("runtime.json")
+            current = Runtime(
+                jobs={n: JobState.from_dict(d) for n, d in data.get("jobs", {}).items()},
+                queue={i: QueueItem.from_dict(d) for i, d in data.get("queue", {}).items()},
+                applied_version=data.get("applied_version", ""),
+            )
+            if signature is not None:
+                self._runtime_cache = (signature, current)
+        # a copy: callers change theirs; the cached one stays as it is on disk
+        return Runtime(dict(current.jobs), dict(current.queue), current.applied_version)
 
     # -- writes ----------------------------------------------------------------------------
 
-    @staticmethod
-    def _runtime_bytes(runtime: Runtime) -> bytes:
-        return _dump(
-            {
-                "format": STATE_FORMAT,
-                "jobs": {n: s.to_dict() for n, s in runtime.jobs.items()},
-                "queue": {i: q.to_dict() for i, q in runtime.queue.items()},
-            }
+    def _entry(self, value: JobState | QueueItem, fresh: dict[int, tuple[object, str]]) -> str:
+        hit = self._json.get(id(value))
+        text = hit[1] if hit is not None and hit[0] is value else None
+        if text is None:
+            text = json.dumps(value.to_dict(), separators=(",", ":"))
+        fresh[id(value)] = (value, text)
+        return text
+
+    def _runtime_bytes(self, runtime: Runtime) -> bytes:
+        fresh: dict[int, tuple[object, str]] = {}
+        jobs = ",".join(f"{json.dumps(n)}:{self._entry(v, fresh)}" for n, v in runtime.jobs.items())
+        queue = ",".join(
+            f"{json.dumps(i)}:{self._entry(v, fresh)}" for i, v in runtime.queue.items()
         )
+        self._json = fresh
+        return (
+            f'{{"format":{STATE_FORMAT},"applied_version":{json.dumps(runtime.applied_version)},'
+            f'"jobs":{{{jobs}}},"queue":{{{queue}}}}}\n'
+        ).encode()
 
     @contextmanager
     def transaction(self, timeout: float) -> Iterator[Runtime]:
-        with self.lock(timeout):
+        with self._mutex, self.lock(timeout):
             runtime = self.runtime()
-            before = self._runtime_bytes(runtime)
+            before = (dict(runtime.jobs), dict(runtime.queue), runtime.applied_version)
             yield runtime
-            after = self._runtime_bytes(runtime)
-            if after != before:
-                atomic_write(self.root / "runtime.json", after)
+            after = (runtime.jobs, runtime.queue, runtime.applied_version)
+            if after != before:  # frozen values: unchanged ones compare by identity first
+                path = self.root / "runtime.json"
+                atomic_write(path, self._runtime_bytes(runtime))
+                signature = self._signature(path)
+                if signature is not None:
+                    kept = Runtime(dict(runtime.jobs), dict(runtime.queue), runtime.applied_version)
+                    self._runtime_cache = (signature, kept)
 
     def write_applied(self, change: AppliedChange) -> None:
         self._ensure()
