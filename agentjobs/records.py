@@ -61,7 +61,7 @@ def append(records_dir: Path, records: Iterable[Mapping[str, Any]], moment: date
         written = os.write(fd, data)
         if written != len(data):  # a short write on a regular file means the disk is full
             raise OSError(f"short write to {path}: {written} of {len(data)} bytes")
-        os.fsync(fd)
+        os.fdatasync(fd)  # data and file size (metadata such as mtime may lag: harmless)
     finally:
         os.close(fd)
 

@@ -76,7 +76,9 @@ class JobState:
     needs: tuple[str, ...] = ()  # copied from the spec so a tick can check triggers cheaply
 
     def to_dict(self) -> dict[str, Any]:
-        data = {name: getattr(self, name) for name in _JOB_STATE_FIELDS}
+        data = {
+            name: value for name in _JOB_STATE_FIELDS if (value := getattr(self, name)) is not None
+        }
         data["needs"] = list(self.needs)
         return data
 
@@ -143,7 +145,10 @@ class QueueItem:
         return (PRIORITY_RANK.get(self.priority, 1), self.queued_at, self.id)
 
     def to_dict(self) -> dict[str, Any]:
-        data = {name: getattr(self, name) for name in _QUEUE_ITEM_FIELDS}
+        # None fields are left out (from_dict restores them): a smaller runtime.json to fsync
+        data = {
+            name: value for name in _QUEUE_ITEM_FIELDS if (value := getattr(self, name)) is not None
+        }
         data["history"] = [h.to_dict() for h in self.history]
         return data
 

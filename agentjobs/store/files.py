@@ -45,7 +45,8 @@ def atomic_write(path: Path, data: bytes) -> None:
         view = memoryview(data)
         while view:
             view = view[os.write(fd, view) :]
-        os.fsync(fd)
+        os.fdatasync(fd)  # the data and its size; the rename below is made durable by the
+        # directory fsync
     finally:
         os.close(fd)
     try:
@@ -159,8 +160,7 @@ class FileStore:
                         ) from None
                     time.sleep(delay)
                     delay = min(delay * 2, 0.02)
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, str(os.getpid()).encode(), 0)
+            os.pwrite(fd, f"{os.getpid():>12}\n".encode(), 0)  # fixed width: no truncate
             yield
         finally:
             os.close(fd)  # closing the descriptor releases the flock
