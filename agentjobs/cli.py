@@ -523,19 +523,22 @@ def history(
     ctx: Context, job: str | None, since: str | None, outcome: str | None, limit: int
 ) -> None:
     """Finished attempts and skipped slots, newest last."""
+    from agentjobs.clock import iso
+
     since_at = _since(since)
-    rows = (
-        [
-            r
-            for r in ctx.store().records(since_at)
-            if r.get("event") in ("attempt_finished", "slot_skipped")
-            and (job is None or r.get("job") == job)
-            and (outcome is None or r.get("outcome") == outcome)
-            and (since_at is None or r.get("time", "") >= (since_at.isoformat()))
-        ][-limit:]
-        if limit > 0
-        else []
-    )
+    floor = iso(since_at) or ""
+    rows: list[dict[str, Any]] = []
+    for record in ctx.store().records(since_at, newest_first=True):
+        if len(rows) >= limit:
+            break
+        if (
+            record.get("event") in ("attempt_finished", "slot_skipped")
+            and (job is None or record.get("job") == job)
+            and (outcome is None or record.get("outcome") == outcome)
+            and record.get("time", "") >= floor
+        ):
+            rows.append(record)
+    rows.reverse()
     if ctx.json:
         _emit_json(rows)
         return

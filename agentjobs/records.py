@@ -94,12 +94,19 @@ def day_files(records_dir: Path) -> list[Path]:
     return sorted(p for p in records_dir.iterdir() if p.suffix == ".jsonl")
 
 
-def read_all(records_dir: Path, since: datetime | None = None) -> Iterator[dict[str, Any]]:
-    """Every record, oldest first (files whose day ends before `since` are not opened)."""
+def read_all(
+    records_dir: Path, since: datetime | None = None, newest_first: bool = False
+) -> Iterator[dict[str, Any]]:
+    """Every record, oldest first or newest first; files whose day ends before `since` are not
+    opened, so `history --limit 20` reads the newest day files only."""
     floor = f"{since.astimezone(UTC):%Y-%m-%d}" if since else ""
-    for path in day_files(records_dir):
-        if path.stem >= floor:
+    files = [p for p in day_files(records_dir) if p.stem >= floor]
+    if not newest_first:
+        for path in files:
             yield from read_file(path)
+        return
+    for path in reversed(files):
+        yield from reversed(list(read_file(path)))
 
 
 def log_path(logs_dir: Path, run_id: str, attempt: int) -> Path:

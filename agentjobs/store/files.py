@@ -294,8 +294,10 @@ class FileStore:
     def append_records(self, records: Iterable[Mapping[str, Any]], moment: datetime) -> None:
         records_mod.append(self.root / "records", records, moment)
 
-    def records(self, since: datetime | None = None) -> Iterator[dict[str, Any]]:
-        return records_mod.read_all(self.root / "records", since)
+    def records(
+        self, since: datetime | None = None, newest_first: bool = False
+    ) -> Iterator[dict[str, Any]]:
+        return records_mod.read_all(self.root / "records", since, newest_first)
 
     def log_path(self, run_id: str, attempt: int) -> Path:
         return records_mod.log_path(self.root / "logs", run_id, attempt)
