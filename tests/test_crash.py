@@ -1,0 +1,599 @@
+"""`kill -9` of a tick at random moments: nothing is lost, nothing runs twice, no lock stays held.
+
+Each trial applies four jobs on two lock keys (probes of 0-0.3 s, now and then 1 s; some failing,
+most with retries; one hourly cron job with two missed slots to skip), starts a real
+`agentjobs tick`, SIGKILLs it after a random delay, then runs more ticks (advancing `--now` past
+the retry backoff) until the queue is empty and nothing runs. Two kinds of crash:
+
+- `runner`: `os.killpg` of the tick's own session. The job runs in a session of its own (runner.py)
+  and survives; it keeps the lock key it inherited until it exits (locks.py), and the next tick
+  may record the attempt as `lost` only after that (DESIGN.md invariant 3).
+- `host`: the tick and every process it started die at once (machine reset, cgroup OOM kill).
+
+Random kills rarely land in the narrowest windows, so a second test also kills the tick at exact
+points (just after a claim; between an attempt's record and the state write).
+
+The probe appends `start`/`end` lines with `time.monotonic_ns()` and the run id and attempt the
+engine gave it, so the test sees what really ran, independently of what the records claim.
+
+AGENTJOBS_CRASH_TRIALS (default 50) sets the number of trials, AGENTJOBS_CRASH_SEED the seed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import itertools
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import write
+
+TRIALS = int(os.environ.get("AGENTJOBS_CRASH_TRIALS", "50"))
+SEED = int(os.environ.get("AGENTJOBS_CRASH_SEED", str(random.SystemRandom().randrange(2**32))))
+PARALLEL = 3  # trials at once (independent state directories)
+T0 = datetime(2030, 1, 7, 9, 0, tzinfo=UTC)  # the first tick
+APPLIED_AT = T0 - timedelta(hours=2, minutes=30)
+EVERY = "{every: 1h}"
+HOURLY = '{cron: "0 * * * *", catchup: once}'
+JOBS = [("ka-0", "ka", EVERY), ("ka-1", "ka", HOURLY), ("kb-0", "kb", EVERY), ("kb-1", "kb", EVERY)]
+STEP = timedelta(seconds=10)  # each later tick's --now: past the 1 s retry backoff, far below 1h
+MAX_TICKS = 30
+RETRY = "retry: {attempts: 2, backoff: {initial: 1s, max: 1s, jitter: 0s}}"
+TERMINAL = ("succeeded", "dead_lettered", "slot_skipped")
+
+PROBE = """\
+import os, sys, time
+path, key, job, sleep, mode = sys.argv[1:6]
+attempt = os.environ["AGENTJOBS_ATTEMPT"]
+fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+ident = f"{key} {job} {os.environ['AGENTJOBS_RUN_ID']} {attempt}"
+os.write(fd, f"start {ident} {time.monotonic_ns()} -\\n".encode())
+time.sleep(float(sleep))
+code = 3 if mode == "fail" or (mode == "fail1" and attempt == "1") else 0
+os.write(fd, f"end {ident} {time.monotonic_ns()} {code}\\n".encode())
+sys.exit(code)
+"""
+
+
+@pytest.fixture(scope="module")
+def _pycache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("pycache")
+
+
+@pytest.fixture(autouse=True)
+def _bytecode_cache(_pycache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """This environment may set PYTHONDONTWRITEBYTECODE: then each of the hundreds of processes
+    started here compiles agentjobs from source again (a quarter of a tick's CPU time). A private
+    cache directory keeps their bytecode out of the checkout."""
+    monkeypatch.delenv("PYTHONDONTWRITEBYTECODE", raising=False)
+    monkeypatch.setenv("PYTHONPYCACHEPREFIX", str(_pycache))
+
+
+@dataclass
+class Trial:
+    number: int
+    root: Path
+    rng: random.Random
+    crash: str = "runner"  # runner | host
+    delay: float = 0.0
+    killed_at_ns: int = 0
+    tick_pid: int = 0
+    first_exit: int = 0
+    ticks: int = 0
+    orphan_checks: int = 0  # job processes seen outliving a later tick
+    log: list[str] = field(default_factory=list)
+
+    @property
+    def state(self) -> Path:
+        return self.root / "state"
+
+    @property
+    def marker(self) -> str:
+        """In the command line of every process of this trial (and of no other trial's)."""
+        return f"{self.root}/"
+
+    @property
+    def probe_out(self) -> Path:
+        return self.root / "probe.txt"
+
+    def where(self) -> str:
+        seed = f"AGENTJOBS_CRASH_SEED={SEED}, " if self.crash in ("runner", "host") else ""
+        return (
+            f"trial {self.number} ({seed}crash={self.crash}, delay={self.delay:.3f}s, "
+            f"dir {self.root}); log: {self.log}"
+        )
+
+
+# -- processes -------------------------------------------------------------------------------
+
+
+def _live_processes(marker: str) -> list[int]:
+    """Live (not zombie) processes whose command line mentions `marker` (a trial's directory)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as handle:
+                cmdline = handle.read()
+            with open(f"/proc/{entry}/stat", "rb") as handle:
+                state = handle.read().rsplit(b")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if marker.encode() in cmdline and state != b"Z":
+            found.append(int(entry))
+    return found
+
+
+def _wait_gone(marker: str, timeout: float) -> list[int]:
+    deadline = time.monotonic() + timeout
+    while (alive := _live_processes(marker)) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return alive
+
+
+def _tick_argv(trial: Trial, now: datetime) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "agentjobs",
+        "--state-dir",
+        str(trial.state),
+        "tick",
+        "--now",
+        now.isoformat(),
+    ]
+
+
+def _held_locks(state_dir: Path) -> list[str]:
+    held = []
+    for path in sorted((state_dir / "locks").glob("*.lock")):
+        fd = os.open(path, os.O_RDWR)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            held.append(path.name)
+        finally:
+            os.close(fd)
+    return held
+
+
+def _queue(trial: Trial) -> dict[str, Any]:
+    try:
+        queue: dict[str, Any] = json.loads((trial.state / "runtime.json").read_text())["queue"]
+    except FileNotFoundError:
+        return {"(no runtime yet)": {}}
+    return queue
+
+
+# -- one trial -------------------------------------------------------------------------------
+
+
+def _write_jobs(trial: Trial, jobs_dir: Path, probe: Path, *, random_jobs: bool = True) -> None:
+    """The trial's jobs: random sleeps, failures and retry policies, or all quick successes
+    with retries (`random_jobs=False`)."""
+    work = trial.root / "work"
+    work.mkdir(parents=True)
+    rng = trial.rng
+    for name, key, schedule in JOBS:
+        # now and then a job outlives the next tick (which must leave it alone)
+        sleep = rng.choice(["0", "0.1", "0.2", "0.3"]) if rng.random() > 0.1 else "1"
+        sleep = sleep if random_jobs else "0"
+        mode = rng.choice(["ok", "ok", "fail1", "fail"]) if random_jobs else "ok"
+        argv = [sys.executable, "-S", str(probe), str(trial.probe_out), key, name, sleep, mode]
+        retry = RETRY if not random_jobs or rng.random() < 0.75 else ""
+        write(
+            jobs_dir / f"{name}.yaml",
+            f"""
+            schedule: {schedule}
+            lock: {key}
+            workdir: {json.dumps(str(work))}
+            command: {json.dumps(argv)}
+            {retry}
+            """,
+        )
+
+
+def _expected_slots() -> dict[tuple[str, str], str | None]:
+    """(job, slot) -> the skip reason, or None for a slot that runs."""
+    expected: dict[tuple[str, str], str | None] = {}
+    for name, _key, schedule in JOBS:
+        if schedule == EVERY:  # due at apply time: one slot (the next is 1h after it ends)
+            expected[(name, APPLIED_AT.isoformat())] = None
+        else:  # 07:00 and 08:00 were missed: coalesced into the on-time 09:00
+            for hour, reason in ((7, "coalesced"), (8, "coalesced"), (9, None)):
+                expected[(name, T0.replace(hour=hour).isoformat())] = reason
+    return expected
+
+
+def _crash_and_recover(trial: Trial, kill_range: float) -> None:
+    rng = trial.rng
+    trial.crash = "host" if rng.random() < 0.3 else "runner"
+    trial.delay = rng.uniform(0, kill_range)
+    marker = trial.marker
+    tick = subprocess.Popen(
+        _tick_argv(trial, T0),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    trial.tick_pid = tick.pid
+    time.sleep(trial.delay)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(tick.pid, signal.SIGKILL)
+    code = trial.first_exit = tick.wait(timeout=10)
+    trial.log.append(f"first tick: {'exit ' + str(code) if code >= 0 else 'killed'}")
+    if trial.crash == "host":
+        for _ in range(3):  # a process forked just before the kill may still be exec'ing
+            for pid in _live_processes(marker):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+        alive = _wait_gone(marker, 5)
+        assert not alive, f"SIGKILLed processes still alive: {alive}; {trial.where()}"
+    trial.killed_at_ns = time.monotonic_ns()
+    # half the time the next tick runs while an orphaned job still holds its key
+    _recover(trial, wait_first=rng.random() < 0.5)
+
+
+def _recover(trial: Trial, wait_first: bool) -> None:
+    """Later ticks, `--now` 10 s apart, until the queue is empty and nothing runs."""
+    marker = trial.marker
+    for step in range(1, MAX_TICKS + 1):
+        if step > 1 or wait_first:
+            alive = _wait_gone(marker, 10)
+            assert not alive, f"attempt processes outlived 10 s: {alive}; {trial.where()}"
+        now = T0 + STEP * step
+        done = subprocess.run(
+            _tick_argv(trial, now), capture_output=True, text=True, timeout=120, check=False
+        )
+        trial.ticks += 1
+        trial.log.append(f"tick {now:%H:%M:%S}: exit {done.returncode}")
+        assert done.returncode in (0, 1), f"{done.stdout}{done.stderr}\n{trial.where()}"
+        _assert_live_orphans_not_recovered(trial)
+        if not _queue(trial) and not _live_processes(marker):
+            return
+    raise AssertionError(
+        f"queue not empty after {MAX_TICKS} ticks: {_queue(trial)}; {trial.where()}"
+    )
+
+
+def _attempt_of(pid: int) -> tuple[str, int] | None:
+    """The run id and attempt in a job process's environment (None: not a job process)."""
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as handle:
+            pairs = dict(v.split(b"=", 1) for v in handle.read().split(b"\0") if b"=" in v)
+    except OSError:
+        return None
+    if b"AGENTJOBS_RUN_ID" not in pairs:
+        return None
+    return pairs[b"AGENTJOBS_RUN_ID"].decode(), int(pairs[b"AGENTJOBS_ATTEMPT"])
+
+
+def _assert_live_orphans_not_recovered(trial: Trial) -> None:
+    """After a tick exits, a job process of the killed tick that lives on was alive all through
+    that tick: its key was held, so its attempt must not have been recorded as finished."""
+    before = {pid: _attempt_of(pid) for pid in _live_processes(trial.marker)}
+    if not any(before.values()):
+        return
+    finished = {
+        (r["run_id"], r["attempt"])
+        for r in _read_records(trial)
+        if r["event"] == "attempt_finished"
+    }
+    queue = _queue(trial)
+    still = set(_live_processes(trial.marker))
+    for pid, ident in before.items():
+        if ident is None or pid not in still:
+            continue
+        trial.orphan_checks += 1
+        assert ident not in finished, (
+            f"attempt {ident} was recorded as finished while its process {pid} still ran "
+            f"(and held the lock key); {trial.where()}"
+        )
+        running = {
+            (i["run_id"], i["attempt"]) for i in queue.values() if i.get("state") == "running"
+        }
+        assert ident in running, f"{ident} not running in {queue}; {trial.where()}"
+
+
+# -- checking one trial ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ProbeRun:
+    key: str
+    job: str
+    run_id: str
+    attempt: int
+    start: int
+    end: int | None
+    code: int | None
+
+
+def _probe_runs(trial: Trial) -> list[ProbeRun]:
+    if not trial.probe_out.exists():
+        return []
+    starts: dict[tuple[str, int], tuple[str, str, int]] = {}
+    ends: dict[tuple[str, int], tuple[int, int]] = {}
+    for line in trial.probe_out.read_text().splitlines():
+        kind, key, job, run_id, attempt, stamp, exit_code = line.split(" ")
+        ident = (run_id, int(attempt))
+        if kind == "start":
+            # an attempt number is given to one process only: a slot never runs it twice
+            assert ident not in starts, f"{job} attempt {ident} ran twice; {trial.where()}"
+            starts[ident] = (key, job, int(stamp))
+        else:
+            ends[ident] = (int(stamp), int(exit_code))
+    assert set(ends) <= set(starts), trial.where()
+    runs = []
+    for ident, (key, job, start) in starts.items():
+        end = ends.get(ident)
+        runs.append(
+            ProbeRun(key, job, *ident, start, end[0] if end else None, end[1] if end else None)
+        )
+    return runs
+
+
+def _read_records(trial: Trial) -> list[dict[str, Any]]:
+    """Every record; an unparsable line is allowed only as the very last line of its file."""
+    records = []
+    for path in sorted((trial.state / "records").glob("*.jsonl")):
+        lines = path.read_bytes().split(b"\n")
+        for number, line in enumerate(lines, start=1):
+            if not line:
+                assert number == len(lines), f"{path}:{number}: empty line; {trial.where()}"
+                continue
+            try:
+                record = json.loads(line)
+            except ValueError:
+                assert number == len(lines), (
+                    f"{path}:{number}: damaged record that is not the torn last line: "
+                    f"{line[:200]!r}; {trial.where()}"
+                )
+                continue
+            records.append(record)
+    return records
+
+
+def _check(trial: Trial, cli: Any) -> dict[str, int]:
+    where = trial.where()
+    marker = trial.marker
+    assert _live_processes(marker) == [], f"stray processes; {where}"
+    assert _held_locks(trial.state) == [], f"a lock is still held; {where}"
+    runtime = json.loads((trial.state / "runtime.json").read_text())
+    assert runtime["queue"] == {}, where
+
+    records = _read_records(trial)
+    by_slot: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
+    for record in records:
+        assert record["event"] in (*TERMINAL, "attempt_started", "attempt_finished"), record
+        by_slot[(record["job"], record["slot"])].append(record)
+    # exactly the slots due by the first tick; the next ones are 1h later, beyond the trial
+    expected = _expected_slots()
+    assert sorted(by_slot) == sorted(expected), f"{sorted(by_slot)}; {where}"
+
+    outcomes: dict[str, int] = defaultdict(int)
+    dead_lettered: set[str] = set()
+    for (job, slot), slot_records in by_slot.items():
+        what = f"{job}@{slot}: {[_brief(r) for r in slot_records]}; {where}"
+        # exactly one terminal outcome: the same event for the same attempt twice is the
+        # duplicate the engine allows after a crash between its record and state writes
+        # (a skip record's run id is a fresh stub's: the slot and reason identify it)
+        terminal = {
+            (r["event"], r["reason"])
+            if r["event"] == "slot_skipped"
+            else (r["event"], r["run_id"], r["attempt"])
+            for r in slot_records
+            if r["event"] in ("dead_lettered", "slot_skipped")
+            or (r["event"] == "attempt_finished" and r["next"] == "done")
+        }
+        assert len(terminal) == 1, f"not exactly one terminal outcome: {what}"
+        event = next(iter(terminal))[0]
+        outcomes["succeeded" if event == "attempt_finished" else event] += 1
+        if expected[(job, slot)] is not None:
+            assert terminal == {("slot_skipped", expected[(job, slot)])}, what
+            assert {r["event"] for r in slot_records} == {"slot_skipped"}, what
+            continue
+        assert event != "slot_skipped", what
+        # the slot was claimed once: one run id for all its attempts
+        assert len({r["run_id"] for r in slot_records}) == 1, f"claimed twice: {what}"
+        started = [r["attempt"] for r in slot_records if r["event"] == "attempt_started"]
+        assert len(started) == len(set(started)), f"an attempt started twice: {what}"
+        finished: dict[int, set[str]] = defaultdict(set)
+        for r in slot_records:
+            if r["event"] == "attempt_finished":
+                finished[r["attempt"]].add(r["next"])
+        # attempts 1..n, each recorded as finished; all but the last were followed by a retry
+        assert sorted(finished) == list(range(1, len(finished) + 1)), f"attempts: {what}"
+        assert set(started) <= set(finished), f"an attempt without its end record: {what}"
+        for attempt, nexts in finished.items():
+            if attempt < len(finished):
+                assert nexts == {"retry"}, f"attempt {attempt} followed by {nexts}: {what}"
+        if event == "dead_lettered":
+            dead_lettered.add(slot_records[0]["run_id"])
+            entry = json.loads(
+                (trial.state / "dlq" / f"{slot_records[0]['run_id']}.json").read_text()
+            )
+            assert entry["status"] == "open" and entry["job"] == job, what
+    # a dead letter for each dead-lettered slot, and for nothing else
+    assert {p.stem for p in (trial.state / "dlq").glob("*.json")} == dead_lettered, where
+
+    runs = _probe_runs(trial)
+    recorded: dict[tuple[str, int], set[str]] = defaultdict(set)
+    for r in records:
+        if r["event"] == "attempt_finished":
+            recorded[(r["run_id"], r["attempt"])].add(r["outcome"])
+    for run in runs:
+        outcomes_of_run = recorded.get((run.run_id, run.attempt))
+        # nothing lost: every process that ran has its attempt's record
+        assert outcomes_of_run, f"{run} ran but has no attempt_finished record; {where}"
+        # a recorded result is the process's real result (`lost`: the result was unknowable)
+        if "succeeded" in outcomes_of_run:
+            assert run.code == 0, (run, where)
+        if "failed" in outcomes_of_run:
+            assert run.code == 3, (run, where)
+        if run.end is None:
+            # only a `host` crash kills a job's process (the runner crash leaves it running)
+            assert trial.crash == "host" and run.start < trial.killed_at_ns, (run, where)
+    # a slot whose attempt was recorded as succeeded never starts another attempt
+    for run in runs:
+        done_before = [
+            attempt
+            for (run_id, attempt), outcomes_of in recorded.items()
+            if run_id == run.run_id and attempt < run.attempt and "succeeded" in outcomes_of
+        ]
+        assert not done_before, f"{run} started after attempt {done_before} succeeded; {where}"
+    # mutual exclusion, including an orphan that outlived its tick and the retry after `lost`
+    by_key: dict[str, list[ProbeRun]] = defaultdict(list)
+    for run in runs:
+        by_key[run.key].append(run)
+    for key, key_runs in by_key.items():
+        key_runs.sort(key=lambda r: r.start)
+        for before, after in itertools.pairwise(key_runs):
+            end = before.end if before.end is not None else trial.killed_at_ns
+            assert end < after.start, f"lock key {key} overlapped: {before} / {after}; {where}"
+
+    # the CLI reads the same history (torn lines are skipped, not fatal)
+    shown = cli("--state-dir", str(trial.state), "-o", "json", "history", "--limit", "10000")
+    assert shown.code == 0, shown.err
+    rows = sum(1 for r in records if r["event"] in ("attempt_finished", "slot_skipped"))
+    assert len(json.loads(shown.out)) == rows, where
+    outcomes["lost attempts"] += sum(
+        1 for r in records if r["event"] == "attempt_finished" and r["outcome"] == "lost"
+    )
+    outcomes[f"killed {_phase(trial, records)}"] += 1
+    return outcomes
+
+
+def _phase(trial: Trial, records: list[dict[str, Any]]) -> str:
+    """Where in the first tick the kill landed, as far as its records tell."""
+    if trial.first_exit >= 0:
+        return "after it exited"
+    mine = [r for r in records if r.get("pid") == trial.tick_pid]
+    started = {(r["run_id"], r["attempt"]) for r in mine if r["event"] == "attempt_started"}
+    ended = {(r["run_id"], r["attempt"]) for r in mine if r["event"] == "attempt_finished"}
+    if started - ended:
+        return "during an attempt"
+    return "between attempts" if mine else "before its first record"
+
+
+def _brief(record: dict[str, Any]) -> str:
+    parts = [record["event"], f"a{record['attempt']}", record.get("outcome") or ""]
+    if record.get("next"):
+        parts.append(f"-> {record['next']}")
+    return " ".join(p for p in parts if p)
+
+
+# -- the tests -------------------------------------------------------------------------------
+
+
+def _new_trial(
+    cli: Any, number: int, root: Path, rng: random.Random, probe: Path, random_jobs: bool = True
+) -> Trial:
+    trial = Trial(number, root, rng)
+    jobs_dir = trial.root / "jobs.d"
+    _write_jobs(trial, jobs_dir, probe, random_jobs=random_jobs)
+    applied = cli(
+        "--jobs-dir", str(jobs_dir), "--state-dir", str(trial.state), "apply",
+        "--now", APPLIED_AT.isoformat(),
+    )  # fmt: skip
+    assert applied.code == 0, applied.out + applied.err
+    return trial
+
+
+def _calibrate(cli: Any, root: Path, probe: Path) -> float:
+    """How long an undisturbed first tick takes here: kills land anywhere in it (and after)."""
+    trial = _new_trial(cli, -1, root / "calibration", random.Random(SEED), probe)
+    began = time.monotonic()
+    done = subprocess.run(
+        _tick_argv(trial, T0), capture_output=True, text=True, timeout=120, check=False
+    )
+    assert done.returncode in (0, 1), done.stdout + done.stderr
+    return time.monotonic() - began
+
+
+def test_kill_9_of_a_tick_at_random_moments_loses_nothing_and_runs_nothing_twice(
+    cli, tmp_path: Path
+) -> None:
+    began = time.monotonic()
+    probe = tmp_path / "probe.py"
+    probe.write_text(PROBE)
+    kill_range = 0.8 * _calibrate(cli, tmp_path, probe)
+    master = random.Random(SEED)
+    trials = [
+        _new_trial(cli, n, tmp_path / f"t{n}", random.Random(master.randrange(2**32)), probe)
+        for n in range(TRIALS)
+    ]
+    with ThreadPoolExecutor(PARALLEL) as pool:
+        for future in [pool.submit(_crash_and_recover, t, kill_range) for t in trials]:
+            future.result()
+
+    totals: dict[str, int] = defaultdict(int)
+    for trial in trials:
+        for outcome, count in _check(trial, cli).items():
+            totals[outcome] += count
+    ticks = sum(t.ticks for t in trials)
+    orphans = sum(t.orphan_checks for t in trials)
+    print(
+        f"\n{TRIALS} crash trials (seed {SEED}, kills in 0-{kill_range:.2f}s) in "
+        f"{time.monotonic() - began:.1f}s: {ticks} recovery ticks ({orphans} times a job "
+        f"process outlived one), {dict(totals)}"
+    )
+
+
+# SIGKILL the tick at one exact point: the first runtime.json write that marks an attempt
+# running (just after the claim, before the job starts), or just before the first one that
+# records an attempt's end (its attempt_finished record is already appended).
+KILL_AT = """\
+import os, signal, sys
+import agentjobs.store.files as files
+real, point, fired = files.atomic_write, sys.argv.pop(1), []
+def atomic_write(path, data):
+    hit = path.name == "runtime.json" and not fired and (
+        b'"state":"running"' if point == "after-claim" else b'"last_outcome":"') in data
+    if hit and point == "before-state-write":
+        os.kill(os.getpid(), signal.SIGKILL)
+    real(path, data)
+    if hit:
+        os.kill(os.getpid(), signal.SIGKILL)
+files.atomic_write = atomic_write
+from agentjobs.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.parametrize("point", ["after-claim", "before-state-write"])
+def test_kill_9_at_the_worst_moments_loses_nothing_and_runs_nothing_twice(
+    cli, tmp_path: Path, point: str
+) -> None:
+    probe = tmp_path / "probe.py"
+    probe.write_text(PROBE)
+    trial = _new_trial(cli, 0, tmp_path / "t", random.Random(0), probe, random_jobs=False)
+    trial.crash = point
+    killed = subprocess.run(
+        [sys.executable, "-c", KILL_AT, point, *_tick_argv(trial, T0)[3:]],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert killed.returncode == -signal.SIGKILL, killed.stdout + killed.stderr
+    trial.first_exit = killed.returncode
+    trial.killed_at_ns = time.monotonic_ns()
+    _recover(trial, wait_first=True)
+    outcomes = _check(trial, cli)
+    assert outcomes["succeeded"] == 4 and outcomes["lost attempts"] == 1, dict(outcomes)
