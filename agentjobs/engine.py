@@ -213,6 +213,27 @@ class Engine:
             if item.pid is not None and item.pid != os.getpid() and _alive(item.pid):
                 continue  # the tick process lives: it is between claim and lock (never for long)
             count += 1
+            recorded = self._recorded_finish(item, now)
+            if recorded is not None:
+                # The attempt finished and was recorded; the runner died before saving the
+                # state. Finish it as recorded: never run it again, never call it lost.
+                self._finish(
+                    runtime,
+                    item,
+                    applied.get(item.job),
+                    parse(recorded["finished_at"]),
+                    records,
+                    outcome=recorded["outcome"],
+                    exit_code=recorded.get("exit_code"),
+                    signal=recorded.get("signal"),
+                    error=recorded.get("error"),
+                    output=recorded.get("output_tail", ""),
+                    started_at=recorded.get("started_at") or item.started_at or "",
+                    duration_s=recorded.get("duration_s"),
+                    log_path=recorded.get("log_path", ""),
+                    recorded=recorded,
+                )
+                continue
             self._tell(
                 f"{item.job}: run {item.run_id} attempt {item.attempt} was lost: {ORPHAN_REASON}"
             )
@@ -232,6 +253,19 @@ class Engine:
                 log_path=str(self.store.log_path(item.run_id, item.attempt)),
             )
         return count
+
+    def _recorded_finish(self, item: QueueItem, now: datetime) -> dict[str, Any] | None:
+        """The `attempt_finished` record of this attempt, if it was written (records go to disk
+        before the state that follows them). Reads the days since the attempt started only."""
+        started = parse(item.started_at) if item.started_at else now
+        for record in self.store.records(started - timedelta(days=1)):
+            if (
+                record.get("event") == "attempt_finished"
+                and record.get("run_id") == item.run_id
+                and record.get("attempt") == item.attempt
+            ):
+                return record
+        return None
 
     def _drop_deleted(
         self, runtime: Runtime, applied: Mapping[str, AppliedJob], records: list[dict[str, Any]]
@@ -553,8 +587,12 @@ class Engine:
         duration_s: float | None,
         log_path: str,
         output_for_match: str | None = None,
+        recorded: Mapping[str, Any] | None = None,
     ) -> AttemptResult:
-        """Record a finished attempt and apply the retry policy (inside a transaction)."""
+        """Record a finished attempt and apply the retry policy (inside a transaction).
+
+        With `recorded` (its `attempt_finished` record, found on recovery) the decision is the
+        one recorded and no record is written again."""
         from agentjobs.retry import Next, Outcome, decide
         from agentjobs.spec import RetryPolicy, job_from_dict
 
@@ -572,6 +610,14 @@ class Engine:
             attempts_used=failures,
             now=now,
         )
+        if recorded is not None:
+            at = recorded.get("next_attempt_at")
+            decision = dataclasses.replace(
+                decision,
+                next=Next(recorded.get("next", decision.next.value)),
+                at=parse(at) if at else None,
+                reason=recorded.get("reason", decision.reason),
+            )
         if applied is None and decision.next == Next.RETRY:
             decision = dataclasses.replace(
                 decision, next=Next.DEAD_LETTER, reason="the job was deleted"
@@ -590,7 +636,8 @@ class Engine:
             output_tail=output[-1024:],
         )
         next_at = iso(decision.at) if decision.at else None
-        records.append(
+        finished_records = records if recorded is None else []  # a recorded one is not repeated
+        finished_records.append(
             self._record(
                 "attempt_finished",
                 item,
@@ -651,7 +698,7 @@ class Engine:
                     "replay_of": item.replay_of,
                 }
                 self.store.put_dead_letter(entry)
-                records.append(
+                finished_records.append(
                     self._record(
                         "dead_lettered",
                         item,
