@@ -150,5 +150,11 @@ def run_attempt(
         error=redactor.text(error) if error else None,
         output_tail=tail,
         duration_s=round(duration, 3),
-        output_for_match=_tail_of(log_path, MATCH_BYTES),
+        # output patterns search the last 64 KiB of the log: read it only when one will look
+        output_for_match=(
+            _tail_of(log_path, MATCH_BYTES)
+            if outcome != "succeeded"
+            and any(m.output for m in (*spec.retry.never_on, *spec.retry.retry_on))
+            else tail
+        ),
     )

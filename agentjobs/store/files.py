@@ -76,6 +76,7 @@ class FileStore:
         self._checked = False
         # Threads of one process queue on this mutex instead of polling the flock.
         self._mutex = threading.Lock()
+        self._lock_fd: int | None = None
         # The files as this process last read or wrote them, with their (inode, mtime, size):
         # a transaction re-reads a file only when another process replaced it.
         self._runtime_cache: tuple[tuple[int, int, int], Runtime] | None = None
@@ -83,7 +84,7 @@ class FileStore:
         self._applied_jobs: tuple[dict[str, Any], dict[str, AppliedJob]] | None = None
         # JSON text of unchanged job states and queue items, reused when writing (by identity:
         # the values are frozen dataclasses)
-        self._json: dict[int, tuple[object, str]] = {}
+        self._json: dict[str, dict[str, tuple[object, str]]] = {}
 
     def describe(self) -> str:
         return str(self.root)
@@ -141,10 +142,15 @@ class FileStore:
 
     @contextmanager
     def lock(self, timeout: float) -> Iterator[None]:
-        self._ensure()
-        path = self.root / "state.lock"
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-        try:
+        # Threads of this process take turns on the mutex; processes on the flock. The
+        # descriptor stays open between locks (flock/unlock, not open/close, per transaction).
+        with self._mutex:
+            self._ensure()
+            if self._lock_fd is None:
+                self._lock_fd = os.open(
+                    self.root / "state.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600
+                )
+            fd = self._lock_fd
             deadline = time.monotonic() + timeout
             delay = 0.0005
             while True:
@@ -162,10 +168,11 @@ class FileStore:
                         ) from None
                     time.sleep(delay)
                     delay = min(delay * 2, 0.02)
-            os.pwrite(fd, f"{os.getpid():>12}\n".encode(), 0)  # fixed width: no truncate
-            yield
-        finally:
-            os.close(fd)  # closing the descriptor releases the flock
+            try:
+                os.pwrite(fd, f"{os.getpid():>12}\n".encode(), 0)  # fixed width: no truncate
+                yield
+            finally:
+                fcntl.flock(fd, fcntl.LOCK_UN)
 
     # -- reads -----------------------------------------------------------------------------
 
@@ -242,21 +249,27 @@ class FileStore:
 
     # -- writes ----------------------------------------------------------------------------
 
-    def _entry(self, value: JobState | QueueItem, fresh: dict[int, tuple[object, str]]) -> str:
-        hit = self._json.get(id(value))
-        text = hit[1] if hit is not None and hit[0] is value else None
-        if text is None:
-            text = json.dumps(value.to_dict(), separators=(",", ":"))
-        fresh[id(value)] = (value, text)
-        return text
+    def _fragments(self, section: str, entries: dict[str, Any]) -> str:
+        """`"key":{json}` for every entry, joined; fragments of unchanged entries (the same
+        frozen object under the same key) are reused from the last write."""
+        cache = self._json.get(section, {})
+        fresh: dict[str, tuple[object, str]] = {}
+        parts = []
+        for key, value in entries.items():
+            hit = cache.get(key)
+            if hit is None or hit[0] is not value:
+                hit = (
+                    value,
+                    f"{json.dumps(key)}:{json.dumps(value.to_dict(), separators=(',', ':'))}",
+                )
+            fresh[key] = hit
+            parts.append(hit[1])
+        self._json[section] = fresh
+        return ",".join(parts)
 
     def _runtime_bytes(self, runtime: Runtime) -> bytes:
-        fresh: dict[int, tuple[object, str]] = {}
-        jobs = ",".join(f"{json.dumps(n)}:{self._entry(v, fresh)}" for n, v in runtime.jobs.items())
-        queue = ",".join(
-            f"{json.dumps(i)}:{self._entry(v, fresh)}" for i, v in runtime.queue.items()
-        )
-        self._json = fresh
+        jobs = self._fragments("jobs", runtime.jobs)
+        queue = self._fragments("queue", runtime.queue)
         return (
             f'{{"format":{STATE_FORMAT},"applied_version":{json.dumps(runtime.applied_version)},'
             f'"jobs":{{{jobs}}},"queue":{{{queue}}}}}\n'
@@ -264,7 +277,7 @@ class FileStore:
 
     @contextmanager
     def transaction(self, timeout: float) -> Iterator[Runtime]:
-        with self._mutex, self.lock(timeout):
+        with self.lock(timeout):
             runtime = self.runtime()
             before = (dict(runtime.jobs), dict(runtime.queue), runtime.applied_version)
             yield runtime
