@@ -14,7 +14,7 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -441,20 +441,20 @@ class Engine:
             item = runtime.queue.get(only)
             if item is None or item.state != "queued":
                 return None
-            candidates = [item]
+            candidates: Iterable[QueueItem] = [item]
         else:
-            candidates = sorted(
-                (
-                    i
-                    for i in runtime.queue.values()
-                    if i.state == "queued"
-                    and i.not_before <= now
-                    and i.job in applied
-                    and not runtime.jobs.get(i.job, JobState("")).paused
-                    and applied[i.job].spec.get("enabled", True)
-                ),
-                key=lambda i: i.order,
-            )
+            held = {n for n, state in runtime.jobs.items() if state.paused}
+            held.update(n for n, job in applied.items() if not job.spec.get("enabled", True))
+            eligible = [
+                i
+                for i in runtime.queue.values()
+                if i.state == "queued"
+                and i.not_before <= now
+                and i.job in applied
+                and i.lock_key not in busy
+                and i.job not in held
+            ]
+            candidates = _in_order(eligible)
         slot = None
         for item in candidates:
             if item.lock_key in busy and only is None:
@@ -898,3 +898,17 @@ def _alive(pid: int) -> bool:
     from agentjobs.runner import process_alive  # not on the no-op path
 
     return process_alive(pid)
+
+
+def _order(item: QueueItem) -> tuple[int, str, str]:
+    return item.order
+
+
+def _in_order(items: list[QueueItem]) -> Iterator[QueueItem]:
+    """Items by priority then age. Usually the first one can run, so it is found with `min`
+    and the rest are sorted only when it cannot."""
+    if not items:
+        return
+    first = min(items, key=_order)
+    yield first
+    yield from sorted((i for i in items if i is not first), key=_order)

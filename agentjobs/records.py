@@ -12,6 +12,7 @@ import json
 import os
 import secrets
 import sys
+import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping
 from datetime import UTC, datetime
@@ -49,21 +50,43 @@ def encode(record: Mapping[str, Any]) -> bytes:
     return (line + "\n").encode()
 
 
+# The day file stays open between appends (one open per day, not two per attempt). Appends of
+# one process go through this lock; O_APPEND keeps other processes' lines whole.
+_open: dict[str, tuple[int, int]] = {}  # path -> (descriptor, inode)
+_open_lock = threading.Lock()
+
+
+def _descriptor(path: Path) -> int:
+    key = str(path)
+    cached = _open.get(key)
+    if cached is not None:
+        try:
+            if os.stat(path).st_ino == cached[1]:
+                return cached[0]
+        except FileNotFoundError:
+            pass  # removed (retention, a person): open it anew
+    for fd, _ in _open.values():  # one day's file at a time
+        os.close(fd)
+    _open.clear()
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    _open[key] = (fd, os.fstat(fd).st_ino)
+    return fd
+
+
 def append(records_dir: Path, records: Iterable[Mapping[str, Any]], moment: datetime) -> None:
-    """Append whole lines to the day's file in one write, then fsync."""
+    """Append whole lines to the day's file in one write, then fdatasync."""
     data = b"".join(encode(r) for r in records)
     if not data:
         return
-    records_dir.mkdir(parents=True, exist_ok=True)
     path = day_file(records_dir, moment)
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    try:
+    with _open_lock:
+        if str(path) not in _open:
+            records_dir.mkdir(parents=True, exist_ok=True)
+        fd = _descriptor(path)
         written = os.write(fd, data)
         if written != len(data):  # a short write on a regular file means the disk is full
             raise OSError(f"short write to {path}: {written} of {len(data)} bytes")
         os.fdatasync(fd)  # data and file size (metadata such as mtime may lag: harmless)
-    finally:
-        os.close(fd)
 
 
 def read_file(path: Path, warn: bool = True) -> Iterator[dict[str, Any]]:

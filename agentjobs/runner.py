@@ -11,6 +11,7 @@ open or ignores SIGTERM never keeps an attempt alive.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import select
 import signal
@@ -238,8 +239,9 @@ def run_process(
                     waits.append(max(0.0, last_output + silence_timeout - now))
             if pipe_open:
                 ready, _, _ = select.select([fd], [], [], min(waits))
-            else:
-                time.sleep(min(waits))
+            else:  # output closed: wait for the exit itself, returning the moment it comes
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    proc.wait(min(waits))
                 ready = []
             if ready:
                 chunk = os.read(fd, _READ)
