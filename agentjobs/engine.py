@@ -393,11 +393,11 @@ class Engine:
         """Jobs with `needs` and no schedule run after every needed job succeeded anew."""
         count = 0
         stamp = iso(now) or ""
-        for name, state in sorted(runtime.jobs.items()):
+        waiting = sorted((n, s) for n, s in runtime.jobs.items() if s.needs)
+        for name, state in waiting:
             job = applied.get(name)
             if (
                 job is None
-                or not state.needs
                 or state.paused
                 or job.spec.get("schedule")
                 or not job.spec.get("enabled", True)
