@@ -65,19 +65,66 @@ def test_objects_refuse_unknown_keys(name: str) -> None:
 _JOB = _load("job.schema.json")
 _FAST = jsonschema_rs.validator_for(_JOB)
 _SLOW = jsonschema.Draft202012Validator(_JOB)
-_scalars = st.one_of(st.none(), st.booleans(), st.integers(-(2**40), 2**40),
-                     st.floats(allow_nan=False, allow_infinity=False),
-                     st.sampled_from(["1h", "90s", "PT2H", "1h\n", "soon", "high", "skip",
-                                      "claude", "0 2 * * *", "x", "", "http://h", "ftp://h",
-                                      "A_B", "1AB", "job-1", "Job 1", "٣h", "1h30m"]))
-_values = st.recursive(_scalars, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(
-    st.sampled_from(["cron", "every", "at", "kind", "prompt", "output", "command", "attempts",
-                     "initial", "x"]), inner, max_size=3), max_leaves=6)
-_keys = st.sampled_from(sorted(_JOB["properties"]) + ["silence_timout", "on"])
+_scalars = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**40), 2**40),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.sampled_from(
+        [
+            "1h",
+            "90s",
+            "PT2H",
+            "1h\n",
+            "soon",
+            "high",
+            "skip",
+            "claude",
+            "0 2 * * *",
+            "x",
+            "",
+            "http://h",
+            "ftp://h",
+            "A_B",
+            "1AB",
+            "job-1",
+            "Job 1",
+            "٣h",
+            "1h30m",
+        ]
+    ),
+)
+_values = st.recursive(
+    _scalars,
+    lambda inner: (
+        st.lists(inner, max_size=3)
+        | st.dictionaries(
+            st.sampled_from(
+                [
+                    "cron",
+                    "every",
+                    "at",
+                    "kind",
+                    "prompt",
+                    "output",
+                    "command",
+                    "attempts",
+                    "initial",
+                    "x",
+                ]
+            ),
+            inner,
+            max_size=3,
+        )
+    ),
+    max_leaves=6,
+)
+_keys = st.sampled_from([*sorted(_JOB["properties"]), "silence_timout", "on"])
 
 
-@settings(max_examples=300, deadline=None, derandomize=True,
-          suppress_health_check=[HealthCheck.too_slow])
+@settings(
+    max_examples=300, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow]
+)
 @given(st.dictionaries(_keys, _values, max_size=6))
 def test_the_fast_validator_never_accepts_what_jsonschema_refuses(doc: dict[str, Any]) -> None:
     # schema_problems trusts jsonschema-rs only for "valid"; it must never say valid wrongly
