@@ -622,3 +622,89 @@ def test_history_filters_and_logs(aj, jobs_dir: Path, state_dir: Path) -> None:
     assert aj("logs", run_id).out == "from b\n"
     assert aj("logs", run_id, "--follow").out == "from b\n"  # not running: prints and ends
     assert aj("logs", "01ZZZZZZZZZZZZZZZZZZZZZZZZ").code == 2
+
+
+def _check_records(state_dir: Path) -> None:
+    schema = json.loads((REPO / "schema" / "run-record.schema.json").read_text())
+    for record in records(state_dir):
+        jsonschema.validate(record, schema)
+
+
+def test_every_kind_of_record_matches_the_schema(
+    aj, jobs_dir: Path, state_dir: Path, tmp_path: Path
+) -> None:
+    counter = tmp_path / "calls"
+    write(
+        jobs_dir / "flaky.yaml",
+        job(
+            "fail-until",
+            "3",
+            str(counter),
+            "print",
+            "ok",
+            schedule={"cron": "0 * * * *", "catchup": "once"},
+            secrets=["HOME"],
+            retry={"attempts": 2, "backoff": {"initial": "1s", "jitter": "0s"}},
+        ),
+    )
+    assert aj("apply", "--now", T0).code == 0
+    assert aj("tick", "--now", "2026-11-23T15:00:00Z").code == 1  # catch-up + coalesced skips
+    assert aj("tick", "--now", "2026-11-23T15:00:30Z").code == 1  # retry -> dead letter
+    entry = json.loads(aj("-o", "json", "dlq", "list").out)[0]
+    assert aj("dlq", "replay", entry["id"]).code == 0
+    assert aj("tick").code == 0
+    assert aj("dlq", "resolve", entry["id"], "--note", "done").code == 0
+    events = {r["event"] for r in records(state_dir)}
+    assert events == {
+        "attempt_started",
+        "attempt_finished",
+        "slot_skipped",
+        "dead_lettered",
+        "replayed",
+        "resolved",
+    }
+    _check_records(state_dir)
+
+
+def test_a_scheduled_job_with_unmet_needs_skips_its_slot(
+    aj, jobs_dir: Path, state_dir: Path
+) -> None:
+    write(jobs_dir / "build.yaml", job("exit", "1", retry={"attempts": 1}))
+    write(
+        jobs_dir / "deploy.yaml",
+        job("print", "deploying", needs=["build"], schedule={"cron": "0 * * * *"}),
+    )
+    assert aj("apply", "--now", T0).code == 0
+    assert aj("tick", "--now", "2026-11-23T13:00:10Z").out == ""
+    skipped = records(state_dir, "slot_skipped")
+    assert [(r["job"], r["reason"]) for r in skipped] == [("deploy", "needs")]
+    _check_records(state_dir)
+
+
+def test_disabled_jobs_get_no_slots(aj, jobs_dir: Path, state_dir: Path) -> None:
+    write(jobs_dir / "off.yaml", job("print", "x", schedule={"every": "1m"}, enabled=False))
+    assert aj("apply", "--now", T0).code == 0
+    assert aj("tick", "--now", "2026-11-23T13:00:00Z").out == ""
+    assert records(state_dir) == []
+    assert "(disabled)" in aj("status").out
+    # re-enabled: scheduled from the apply on, not caught up
+    write(jobs_dir / "off.yaml", job("print", "x", schedule={"every": "1m"}))
+    assert aj("apply", "--now", "2026-11-23T14:00:00Z").code == 0
+    assert "off: attempt 1 succeeded" in aj("tick", "--now", "2026-11-23T14:00:00Z").out
+
+
+def test_run_wait_waits_for_the_lock_key(aj, jobs_dir: Path, state_dir: Path) -> None:
+    write(jobs_dir / "long.yaml", job("sleep", "2", lock="repo"))
+    write(jobs_dir / "next.yaml", job("print", "after it", lock="repo"))
+    assert aj("apply").code == 0
+    holder = _spawn(state_dir, "run", "long")
+    try:
+        _wait_for(lambda: _running(state_dir))
+        waited = aj("run", "next", "--wait")
+        assert waited.code == 0
+        assert waited.out == "after it\n"
+    finally:
+        holder.communicate(timeout=20)
+    starts = {r["job"]: r["started_at"] for r in records(state_dir, "attempt_started")}
+    ends = {r["job"]: r["finished_at"] for r in records(state_dir, "attempt_finished")}
+    assert ends["long"] <= starts["next"]
