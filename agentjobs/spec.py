@@ -74,6 +74,8 @@ class RetryPolicy:
     retry_on: tuple[OutcomeMatch, ...] = ()
     never_on: tuple[OutcomeMatch, ...] = ()
     corrective: bool = False
+    resume: bool = False
+    corrective_template: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +88,16 @@ class AgentSpec:
     permission_mode: str | None = None
     allowed_tools: tuple[str, ...] = ()
     extra_args: tuple[str, ...] = ()
+    disallowed_tools: tuple[str, ...] = ()
+    append_system_prompt: str | None = None
+    max_budget_usd: float | None = None
+    sandbox: str | None = None
+    approval_mode: str | None = None
+    allow_commits: bool = False
+    command: tuple[str, ...] = ()  # kind custom
+    output: str = "text"  # kind custom: text | stream-json
+    limit_key: str | None = None  # shared usage limit; default the kind
+    rate_limit_patterns: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -211,7 +223,11 @@ def build_config(raw: dict[str, Any] | None) -> GlobalConfig:
         records=_dur(retention_raw.get("records")),
         logs=_dur(retention_raw.get("logs"), 30 * 86400.0),
     )
-    defaults = {k: raw[k] for k in (*_JOB_DEFAULT_KEYS, "timezone", "catchup") if k in raw}
+    defaults = {
+        k: raw[k]
+        for k in (*_JOB_DEFAULT_KEYS, "timezone", "catchup", "rate_limit_patterns")
+        if k in raw
+    }
     return GlobalConfig(
         max_concurrent=int(raw.get("max_concurrent", DEFAULT_MAX_CONCURRENT)),
         retention=retention,
@@ -329,6 +345,21 @@ def build_job(raw: dict[str, Any], source: Path, config: GlobalConfig) -> JobSpe
             permission_mode=a.get("permission_mode"),
             allowed_tools=tuple(a.get("allowed_tools", ())),
             extra_args=tuple(a.get("extra_args", ())),
+            disallowed_tools=tuple(a.get("disallowed_tools", ())),
+            append_system_prompt=a.get("append_system_prompt"),
+            max_budget_usd=a.get("max_budget_usd"),
+            sandbox=a.get("sandbox"),
+            approval_mode=a.get("approval_mode"),
+            allow_commits=a.get("allow_commits", False),
+            command=tuple(a.get("command", ())),
+            output=a.get("output", "text"),
+            limit_key=a.get("limit_key"),
+            rate_limit_patterns=tuple(
+                [
+                    *a.get("rate_limit_patterns", ()),
+                    *dict(config.defaults).get("rate_limit_patterns", ()),
+                ]
+            ),
         )
 
     command: tuple[str, ...] = ()
@@ -353,6 +384,8 @@ def build_job(raw: dict[str, Any], source: Path, config: GlobalConfig) -> JobSpe
         retry_on=_matches(retry_raw.get("retry_on")),
         never_on=_matches(retry_raw.get("never_on")),
         corrective=retry_raw.get("corrective", agent is not None),
+        resume=retry_raw.get("resume", False),
+        corrective_template=retry_raw.get("corrective_template"),
     )
 
     verify = None
@@ -416,8 +449,14 @@ def job_from_dict(data: dict[str, Any]) -> JobSpec:
         d["schedule"] = Schedule(**d["schedule"])
     if d.get("agent") is not None:
         a = dict(d["agent"])
-        a["allowed_tools"] = tuple(a.get("allowed_tools", ()))
-        a["extra_args"] = tuple(a.get("extra_args", ()))
+        for key in (
+            "allowed_tools",
+            "extra_args",
+            "disallowed_tools",
+            "command",
+            "rate_limit_patterns",
+        ):
+            a[key] = tuple(a.get(key, ()))
         d["agent"] = AgentSpec(**a)
     r = dict(d["retry"])
     r["backoff"] = Backoff(**r["backoff"])

@@ -428,6 +428,16 @@ def _check_job(raw: dict[str, Any], source: Path, check: _Checker, config: Globa
     if raw.get("shell") and "agent" in raw:
         check.error("shell", "`shell` applies to `command`, not to `agent`")
     agent = raw.get("agent")
+    if agent and (agent.get("kind") == "custom") != ("command" in agent):
+        check.error(
+            "agent.command" if "command" in agent else "agent",
+            "`command` goes with `kind: custom` (and kind custom needs it)",
+        )
+    for i, pattern in enumerate((agent or {}).get("rate_limit_patterns", [])):
+        try:
+            re.compile(pattern)
+        except re.error as exc:
+            check.error(f"agent.rate_limit_patterns[{i}]", f"invalid regular expression: {exc}")
     if agent and "prompt_file" in agent:
         path = os.path.join(base, os.path.expanduser(agent["prompt_file"]))
         if not os.path.isfile(path):

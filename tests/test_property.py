@@ -115,6 +115,7 @@ def generation_schema() -> dict[str, Any]:
         matcher["properties"]["output"] = _enum(REGEXES)
 
     props["agent"]["properties"]["prompt_file"] = _enum([PROMPT_FILE])
+    props["agent"]["properties"]["rate_limit_patterns"]["items"] = _enum(REGEXES)
     props["env_file"] = _enum([ENV_FILE])
     props["needs"]["items"] = _enum(list(HELPERS))
     return schema
@@ -137,6 +138,12 @@ def satisfy_cross_field_rules(job: dict[str, Any]) -> dict[str, Any]:
     job = dict(_without_nul(job))
     if "agent" in job:
         job.pop("shell", None)
+        agent = dict(job["agent"])
+        if agent.get("kind") == "custom":
+            agent.setdefault("command", ["my-agent"])
+        else:
+            agent.pop("command", None)
+        job["agent"] = agent
     elif isinstance(job.get("command"), str):
         job["shell"] = True
     elif job.get("shell"):

@@ -101,7 +101,7 @@ CASES = [
     (
         "kind.yaml",
         "agent: {kind: claud, prompt: hi}\n",
-        "kind.yaml:1:15: agent.kind: `claud` is not one of claude, codex, gemini, aider; "
+        "kind.yaml:1:15: agent.kind: `claud` is not one of claude, codex, gemini, aider, custom; "
         "did you mean `claude`?",
     ),
     (
