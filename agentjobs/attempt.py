@@ -5,7 +5,9 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from agentjobs.errors import UserError
 from agentjobs.runner import Ending, Redactor, run_process
@@ -24,13 +26,33 @@ class AttemptOutcome:
     output_tail: str
     duration_s: float
     output_for_match: str
+    agent: dict[str, Any] | None = None  # the agent's facts for the run record
+    permanent: bool = False  # the agent's output says a retry cannot fix it
+    reset_at: datetime | None = None  # a usage limit lifts then
 
 
-def command_for(spec: JobSpec, attempt: int) -> list[str]:
+def command_for(spec: JobSpec, item: QueueItem) -> list[str]:
+    """The attempt's argv. An agent's prompt grows a corrective section on a corrective retry
+    (the previous attempt's outcome and output); claude with `retry.resume` continues that
+    attempt's session instead."""
     if spec.agent is not None:
-        from agentjobs.agents import build_argv, prompt_text
+        from agentjobs.agents import build_argv, corrective_section, prompt_text
 
-        return build_argv(spec.agent, prompt_text(spec.agent))
+        prompt = prompt_text(spec.agent)
+        resume = None
+        last = item.history[-1] if item.history else None
+        if item.corrective and last is not None:
+            if spec.retry.resume and last.agent and last.agent.get("session_id"):
+                resume = str(last.agent["session_id"])
+            output = _tail_of(Path(last.log_path), 8192) if last.log_path else last.output_tail
+            prompt += corrective_section(
+                spec.retry.corrective_template,
+                last.attempt,
+                last.outcome,
+                last.error,
+                output or last.output_tail,
+            )
+        return build_argv(spec.agent, prompt, resume)
     if spec.shell is not None:
         return ["/bin/sh", "-c", spec.shell]
     return list(spec.command)
@@ -70,7 +92,7 @@ def run_attempt(
     }
     try:
         env = build_env(dict(spec.env), spec.env_file, extra)
-        argv = command_for(spec, item.attempt)
+        argv = command_for(spec, item)
     except UserError as exc:
         log_path.parent.mkdir(parents=True, exist_ok=True)
         log_path.write_text(f"[agentjobs] {exc}\n")
@@ -109,6 +131,24 @@ def run_attempt(
                 if result.exit_code is not None
                 else f"killed by {result.signal}"
             )
+    facts: dict[str, Any] | None = None
+    permanent = False
+    reset_at = None
+    if spec.agent is not None and result.ending == Ending.EXITED:
+        # The agent's own verdict beats its exit code (is_error with exit 0, usage limits).
+        from agentjobs.agents import preset
+
+        verdict = preset(spec.agent.kind).judge(
+            _tail_of(log_path, 262144), result.exit_code, spec.agent, datetime.now(UTC)
+        )
+        facts = dict(verdict.facts) or None
+        if verdict.outcome is not None and verdict.outcome != outcome:
+            outcome = verdict.outcome
+            error = verdict.error if outcome != "succeeded" else None
+        elif verdict.error and outcome != "succeeded":
+            error = verdict.error
+        permanent = verdict.permanent
+        reset_at = verdict.reset_at
     if outcome == "succeeded" and spec.verify is not None:
         with open(log_path, "ab") as log:
             log.write(b"\n[agentjobs] verify\n")
@@ -144,6 +184,9 @@ def run_attempt(
             error = f"verify {' '.join(verify_argv)} failed ({how}): {check.output_tail[-500:]}"
     redactor = Redactor(secrets)
     return AttemptOutcome(
+        agent=facts,
+        permanent=permanent,
+        reset_at=reset_at,
         outcome=outcome,
         exit_code=result.exit_code,
         signal=result.signal,

@@ -281,6 +281,19 @@ def _left(moment: str | None, now: datetime) -> str:
     return format_duration(seconds)
 
 
+def _held(
+    agent: dict[str, Any] | None, holds: dict[str, str], now: datetime
+) -> tuple[str, str] | None:
+    """(limit key, until) when the job's agent shares a usage limit that is in force."""
+    from agentjobs.clock import iso
+
+    if not agent:
+        return None
+    key = str(agent.get("limit_key") or agent.get("kind"))
+    until = holds.get(key)
+    return (key, until) if until and until > (iso(now) or "") else None
+
+
 def _describe_schedule(schedule: dict[str, Any] | None) -> str:
     from agentjobs.spec import Schedule
 
@@ -323,6 +336,7 @@ def status(ctx: Context, now_text: str | None) -> None:
                 "last": state.last_started if state else None,
                 "result": state.last_outcome if state else None,
                 "lock": job.spec.get("lock"),
+                "held": _held(job.spec.get("agent"), runtime.holds, now),
             }
         )
     if ctx.json:
@@ -335,6 +349,9 @@ def status(ctx: Context, now_text: str | None) -> None:
     for r in rows:
         flags = [f for f, on in (("disabled", not r["enabled"]), ("paused", r["paused"])) if on]
         result = "running" if r["running"] else (r["result"] or "-")
+        if r["held"] and not r["running"]:
+            key, until = r["held"]
+            result = f"held: {key} usage limit until {_when(until)}"
         table.append(
             [
                 r["job"],
@@ -577,10 +594,13 @@ def _since(text: str | None) -> datetime | None:
 @click.argument("run_id")
 @click.option("--attempt", type=int, default=None, help="Only this attempt.")
 @click.option("--follow", "-f", is_flag=True, help="Keep printing while the run runs.")
+@click.option("--pretty", is_flag=True, help="Render agent JSON events as readable lines.")
 @pass_ctx
-def logs(ctx: Context, run_id: str, attempt: int | None, follow: bool) -> None:
+def logs(ctx: Context, run_id: str, attempt: int | None, follow: bool, pretty: bool) -> None:
     """Print the output of RUN_ID's attempts."""
     import time
+
+    from agentjobs.transcript import Transcript, render
 
     store = ctx.store()
     if not all(c.isalnum() for c in run_id):
@@ -593,25 +613,70 @@ def logs(ctx: Context, run_id: str, attempt: int | None, follow: bool) -> None:
     for path in existing[:-1] if follow else existing:
         if len(existing) > 1:
             click.echo(f"==> {path.name} <==")
-        click.echo(path.read_text(errors="replace"), nl=False)
+        if pretty:
+            for line in render(path.read_text(errors="replace"), color=sys.stdout.isatty()):
+                click.echo(line)
+        else:
+            click.echo(path.read_text(errors="replace"), nl=False)
     if not follow:
         return
     path = existing[-1] if existing else paths[0]
     offset = 0
+    transcript = Transcript(color=sys.stdout.isatty()) if pretty else None
     while True:
         if path.exists():
             with open(path, "rb") as handle:
                 handle.seek(offset)
                 data = handle.read()
             offset += len(data)
-            sys.stdout.buffer.write(data)
-            sys.stdout.buffer.flush()
+            if transcript is None:
+                sys.stdout.buffer.write(data)
+                sys.stdout.buffer.flush()
+            else:
+                for line in transcript.feed(data):
+                    click.echo(line)
         running = any(
             i.run_id == run_id and i.state == "running" for i in store.runtime().queue.values()
         )
         if not running and path.exists():
+            for line in transcript.finish() if transcript is not None else []:
+                click.echo(line)
             return
         time.sleep(0.2)
+
+
+@cli.command()
+@pass_ctx
+def doctor(ctx: Context) -> None:
+    """Check each agent job's CLI (on the job's PATH), its version and its auth variables.
+
+    Exit 1 when an agent job's CLI is missing. Variable values are never shown.
+    """
+    from agentjobs.doctor import check_agents
+    from agentjobs.runner import version_of
+
+    checks = check_agents(ctx.store().applied(), os.environ, version_of)
+    if ctx.json:
+        _emit_json([c.to_dict() for c in checks])
+    elif not checks:
+        click.echo("no agent jobs applied; run `agentjobs apply`")
+    else:
+        table = [
+            [
+                c.job,
+                c.agent,
+                c.path or f"{c.agent}: not found",
+                c.version or "-",
+                c.describe_auth(),
+            ]
+            for c in checks
+        ]
+        click.echo(_table(["JOB", "AGENT", "CLI", "VERSION", "AUTH"], table))
+        for c in checks:
+            for note in c.notes():
+                click.echo(f"{c.job}: {note}")
+    if not all(c.found for c in checks):
+        raise Exit(EXIT_FAILED)
 
 
 @cli.group()

@@ -172,6 +172,9 @@ class Engine:
             records: list[dict[str, Any]] = []
             if runtime.applied_version != self.store.applied_version():
                 self._reconcile_states(runtime, applied, now)
+            stamp = iso(now) or ""
+            for key in [k for k, until in runtime.holds.items() if until <= stamp]:
+                del runtime.holds[key]  # the usage limit has lifted
             recovered = self._recover_orphans(runtime, applied, now, records)
             self._drop_deleted(runtime, applied, records)
             enqueued, skipped = self._enqueue_due(runtime, applied, now, records)
@@ -445,6 +448,9 @@ class Engine:
         else:
             held = {n for n, state in runtime.jobs.items() if state.paused}
             held.update(n for n, job in applied.items() if not job.spec.get("enabled", True))
+            limited = {k for k, until in runtime.holds.items() if until > now}
+            if limited:  # a usage limit holds every job that shares it until the reset
+                held.update(n for n, job in applied.items() if self._limit_key(job) in limited)
             eligible = [
                 i
                 for i in runtime.queue.values()
@@ -487,6 +493,14 @@ class Engine:
         if slot is not None:
             slot.release()
         return None
+
+    @staticmethod
+    def _limit_key(applied: AppliedJob | None) -> str | None:
+        """Jobs with the same key share an agent account's usage limit (default: the kind)."""
+        agent = applied.spec.get("agent") if applied else None
+        if not agent:
+            return None
+        return str(agent.get("limit_key") or agent.get("kind"))
 
     def _holder_message(self, key: str, runtime: Runtime) -> str:
         holder = locks.holder(locks.key_file(self.store.locks_dir, key))
@@ -560,6 +574,9 @@ class Engine:
                 duration_s=outcome.duration_s,
                 log_path=str(log_path),
                 output_for_match=outcome.output_for_match,
+                agent=outcome.agent,
+                permanent=outcome.permanent,
+                reset_at=outcome.reset_at,
             )
             applied = self.store.applied()
             self._enqueue_needs(runtime, applied, now)
@@ -588,6 +605,9 @@ class Engine:
         log_path: str,
         output_for_match: str | None = None,
         recorded: Mapping[str, Any] | None = None,
+        agent: dict[str, Any] | None = None,
+        permanent: bool = False,
+        reset_at: datetime | None = None,
     ) -> AttemptResult:
         """Record a finished attempt and apply the retry policy (inside a transaction).
 
@@ -610,6 +630,31 @@ class Engine:
             attempts_used=failures,
             now=now,
         )
+        if permanent and decision.next == Next.RETRY:
+            decision = dataclasses.replace(
+                decision,
+                next=Next.DEAD_LETTER,
+                at=None,
+                reason=f"a retry cannot fix this: {error}",
+            )
+        hold = None
+        if counts_as == Outcome.RATE_LIMITED and decision.next == Next.RETRY and recorded is None:
+            # Wait for the reset (plus up to a minute, so held jobs do not start at once), else
+            # back off exponentially; other jobs sharing the limit are held as long.
+            import random
+
+            if reset_at is not None and reset_at > now:
+                until = reset_at + timedelta(seconds=random.uniform(0, 60))
+            else:
+                from agentjobs.retry import delay
+
+                until = now + timedelta(seconds=delay(policy, max(1, item.attempt)))
+            decision = dataclasses.replace(
+                decision, at=until, reason=f"usage limit: retry at {iso(until)}"
+            )
+            hold = self._limit_key(applied)
+            if hold:
+                runtime.holds[hold] = iso(until) or ""
         if recorded is not None:
             at = recorded.get("next_attempt_at")
             decision = dataclasses.replace(
@@ -634,6 +679,7 @@ class Engine:
             error=error,
             log_path=log_path,
             output_tail=output[-1024:],
+            agent=agent if agent is not None else (recorded or {}).get("agent"),
         )
         next_at = iso(decision.at) if decision.at else None
         finished_records = records if recorded is None else []  # a recorded one is not repeated
@@ -654,6 +700,8 @@ class Engine:
                 next=decision.next.value,
                 next_attempt_at=next_at,
                 reason=decision.reason,
+                **({"agent": summary.agent} if summary.agent else {}),
+                **({"hold": hold} if hold else {}),
             )
         )
         dlq_id = None

@@ -291,3 +291,33 @@ def run_process(
         output_tail=bytes(tail[-OUTPUT_TAIL_BYTES:]).decode("utf-8", errors="replace"),
         error=note,
     )
+
+
+def version_of(
+    argv: Sequence[str], env: Mapping[str, str] | None = None, timeout: float = 10.0
+) -> str | None:
+    """The first line `argv` (e.g. `[claude, --version]`) prints, or None when it cannot start,
+    fails or takes longer than `timeout` (then its whole group is killed, as for an attempt)."""
+    try:
+        proc = subprocess.Popen(
+            list(argv),
+            env=None if env is None else dict(env),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    except OSError:
+        return None
+    try:
+        output, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        kill_group(proc.pid, 1.0, proc)
+        proc.wait()
+        if proc.stdout is not None:  # a process that left the group may still hold the pipe
+            proc.stdout.close()
+        return None
+    if proc.returncode != 0:
+        return None
+    lines = [line.strip() for line in output.decode("utf-8", errors="replace").splitlines()]
+    return next((line for line in lines if line), None)

@@ -62,6 +62,7 @@ def test_status_json(cli, jobs_dir: Path, state_dir: Path) -> None:
         "last": None,
         "result": None,
         "lock": "app",
+        "held": None,
     }
     assert rows[1]["next"] is None and rows[1]["enabled"] is False
 

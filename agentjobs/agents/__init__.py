@@ -1,24 +1,69 @@
-"""Agent presets: turn `agent: {kind, prompt, ...}` into a headless command line.
+"""Agent presets: `agent: {kind, prompt, ...}` to a headless command line, and its output back to
+an outcome.
 
-Each CLI's documented non-interactive form; the prompt is one argv element, never interpolated
-into a shell string.
-- claude: `claude -p PROMPT --output-format stream-json --verbose` (Claude Code headless mode,
-  docs.anthropic.com/en/docs/claude-code/sdk/sdk-headless); stream-json keeps output flowing, so
-  silence detection stays meaningful.
-- codex: `codex exec PROMPT --json` (Codex CLI non-interactive mode, `codex exec`).
-- gemini: `gemini -p PROMPT --output-format stream-json` (Gemini CLI headless mode).
-- aider: `aider --message PROMPT --yes-always` (aider scripting: `--message` runs one
-  instruction and exits).
+Each preset (one module per agent CLI) builds argv from the CLI's documented non-interactive
+flags - the prompt is one argv element, never part of a shell string - and judges the output:
+agents say "I failed" while exiting 0, hit usage limits, or fail in ways a retry cannot fix.
+Structured fields are read first, text patterns second.
 """
 
 from __future__ import annotations
 
+import json
+import re
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any, Protocol
+from zoneinfo import ZoneInfo
 
 from agentjobs.errors import UserError
 from agentjobs.spec import AgentSpec
 
-DEFAULT_PERMISSION_MODE = "acceptEdits"
+DEFAULT_CORRECTIVE_TEMPLATE = (
+    "\n\n---\nA previous attempt at this task (attempt {attempt}) did not succeed: {outcome}"
+    "{error}.\nThe last lines of its output were:\n```\n{output}\n```\n"
+    "Find out what went wrong and finish the task."
+)
+CORRECTIVE_OUTPUT_BYTES = 8192
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """What an agent's output says about an attempt that ran to its end."""
+
+    outcome: str | None = None  # None: the exit code decides; else succeeded/failed/rate_limited
+    error: str | None = None
+    permanent: bool = False  # a retry cannot fix it (auth, invalid request)
+    reset_at: datetime | None = None  # when a usage limit lifts
+    facts: dict[str, Any] = field(default_factory=dict)  # for the run record, under `agent`
+
+
+class Preset(Protocol):
+    def argv(self, agent: AgentSpec, prompt: str, resume: str | None) -> list[str]:
+        """The command line for one attempt (`resume`: a session id to continue, if any)."""
+        ...
+
+    def judge(self, output: str, exit_code: int | None, agent: AgentSpec, now: datetime) -> Verdict:
+        """The verdict on a finished attempt from its output and exit code."""
+        ...
+
+
+def preset(kind: str) -> Preset:
+    from agentjobs.agents import aider, claude, codex, custom, gemini
+
+    presets: dict[str, Preset] = {
+        "claude": claude.Claude(),
+        "codex": codex.Codex(),
+        "gemini": gemini.Gemini(),
+        "aider": aider.Aider(),
+        "custom": custom.Custom(),
+    }
+    try:
+        return presets[kind]
+    except KeyError:
+        raise UserError(f"unknown agent kind {kind!r}") from None
 
 
 def prompt_text(agent: AgentSpec) -> str:
@@ -31,37 +76,108 @@ def prompt_text(agent: AgentSpec) -> str:
         raise UserError(f"prompt file {agent.prompt_file}: {exc.strerror}") from None
 
 
-def build_argv(agent: AgentSpec, prompt: str) -> list[str]:
+def corrective_section(
+    template: str | None, attempt: int, outcome: str, error: str | None, output: str
+) -> str:
+    """What a corrective retry adds to the prompt: bounded to the last 8 KiB of output (which
+    the runner already redacted)."""
+    tail = output.encode()[-CORRECTIVE_OUTPUT_BYTES:].decode(errors="ignore").strip("\n")
+    return (template or DEFAULT_CORRECTIVE_TEMPLATE).format(
+        attempt=attempt, outcome=outcome, error=f" ({error})" if error else "", output=tail
+    )
+
+
+def events(output: str) -> Iterator[dict[str, Any]]:
+    """The JSON objects among the output's lines (stream-json), skipping anything else."""
+    for line in output.splitlines():
+        line = line.strip()
+        if line.startswith("{") and line.endswith("}"):
+            try:
+                value = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(value, dict):
+                yield value
+
+
+# -- limits and failures a retry cannot fix, from text ------------------------------------------
+
+_AUTH = re.compile(
+    r"not logged in|invalid api key|authentication[_ ]error|unauthori[sz]ed|\b401\b|"
+    r"\b403\b|please run /login|permission[_ ]denied.*api|api key.*(missing|not set|invalid)",
+    re.IGNORECASE,
+)
+_RATE = re.compile(
+    r"usage limit reached|rate[_ ]limit(ed| reached|_error| exceeded)?|hit your limit|"
+    r"too many requests|\b429\b|quota exceeded|resource[_ ]exhausted",
+    re.IGNORECASE,
+)
+_OVERLOADED = re.compile(r"overloaded|\b529\b|\b50[0234]\b|internal server error", re.IGNORECASE)
+_EPOCH = re.compile(r"usage limit reached\|(\d{9,11})", re.IGNORECASE)
+_RESETS_AT = re.compile(
+    r"resets\s+(?:at\s+)?(\d{1,2})(?::(\d{2}))?\s*([ap]m)?\s*\(([A-Za-z_]+(?:/[A-Za-z_+-]+)*)\)",
+    re.IGNORECASE,
+)
+
+
+def reset_from_text(text: str, now: datetime) -> datetime | None:
+    """A usage-limit reset time in text: `...usage limit reached|1732460400` (epoch) or
+    `resets 4pm (Europe/Warsaw)` (the next such wall-clock time in that zone)."""
+    from datetime import UTC
+
+    epoch = _EPOCH.search(text)
+    if epoch:
+        return datetime.fromtimestamp(int(epoch.group(1)), UTC)
+    match = _RESETS_AT.search(text)
+    if match:
+        hour, minute, half, zone = match.groups()
+        try:
+            tz = ZoneInfo(zone)
+        except Exception:  # not a zone name we know: no reset time
+            return None
+        h = int(hour)
+        if half:  # 12am is midnight, 12pm noon
+            h = h % 12 + (12 if half.lower() == "pm" else 0)
+        local = now.astimezone(tz).replace(
+            hour=h % 24, minute=int(minute or 0), second=0, microsecond=0
+        )
+        if local <= now:
+            local += timedelta(days=1)
+        return local.astimezone(UTC)
+    return None
+
+
+def classify_text(text: str, extra_patterns: Sequence[str], now: datetime) -> Verdict | None:
+    """A verdict from text alone, or None when the text says nothing we recognise."""
+    for pattern in extra_patterns:
+        if re.search(pattern, text, re.MULTILINE):
+            return Verdict(
+                "rate_limited",
+                f"usage or rate limit (/{pattern}/)",
+                reset_at=reset_from_text(text, now),
+            )
+    if _RATE.search(text):
+        found = _RATE.search(text)
+        assert found is not None
+        return Verdict(
+            "rate_limited",
+            f"usage or rate limit: {found.group(0)}",
+            reset_at=reset_from_text(text, now),
+        )
+    if _AUTH.search(text):
+        found = _AUTH.search(text)
+        assert found is not None
+        return Verdict(
+            "failed",
+            f"authentication failed ({found.group(0)}): log the agent CLI "
+            "in, or set its API key or token in the job's env_file",
+            permanent=True,
+        )
+    if _OVERLOADED.search(text):
+        return Verdict("failed", "the agent's API is overloaded or failing (retryable)")
+    return None
+
+
+def build_argv(agent: AgentSpec, prompt: str, resume: str | None = None) -> list[str]:
     """The agent's command line for one attempt with `prompt`."""
-    if agent.kind == "claude":
-        argv = [
-            "claude",
-            "-p",
-            prompt,
-            "--output-format",
-            "stream-json",
-            "--verbose",
-            "--permission-mode",
-            agent.permission_mode or DEFAULT_PERMISSION_MODE,
-        ]
-        if agent.model:
-            argv += ["--model", agent.model]
-        if agent.max_turns:
-            argv += ["--max-turns", str(agent.max_turns)]
-        if agent.allowed_tools:
-            argv += ["--allowedTools", ",".join(agent.allowed_tools)]
-    elif agent.kind == "codex":
-        argv = ["codex", "exec", prompt, "--json", "--sandbox", "workspace-write"]
-        if agent.model:
-            argv += ["--model", agent.model]
-    elif agent.kind == "gemini":
-        argv = ["gemini", "-p", prompt, "--output-format", "stream-json"]
-        if agent.model:
-            argv += ["--model", agent.model]
-    elif agent.kind == "aider":
-        argv = ["aider", "--message", prompt, "--yes-always", "--no-auto-commits"]
-        if agent.model:
-            argv += ["--model", agent.model]
-    else:
-        raise UserError(f"unknown agent kind {agent.kind!r}")
-    return argv + list(agent.extra_args)
+    return preset(agent.kind).argv(agent, prompt, resume)

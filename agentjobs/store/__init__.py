@@ -106,6 +106,7 @@ class AttemptSummary:
     error: str | None = None
     log_path: str | None = None
     output_tail: str = ""
+    agent: dict[str, Any] | None = None  # the agent's facts (session id for --resume)
 
     def to_dict(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
@@ -170,6 +171,8 @@ class Runtime:
     queue: dict[str, QueueItem] = field(default_factory=dict)
     # `Store.applied_version()` when these job states were last reconciled with the specs
     applied_version: str = ""
+    # usage-limit holds: limit key (an agent kind or the job's limit_key) -> UTC time it lifts
+    holds: dict[str, str] = field(default_factory=dict)
 
     def items_of(self, job: str) -> list[QueueItem]:
         return [item for item in self.queue.values() if item.job == job]

@@ -241,11 +241,14 @@ class FileStore:
                 jobs={n: JobState.from_dict(d) for n, d in data.get("jobs", {}).items()},
                 queue={i: QueueItem.from_dict(d) for i, d in data.get("queue", {}).items()},
                 applied_version=data.get("applied_version", ""),
+                holds=dict(data.get("holds", {})),
             )
             if signature is not None:
                 self._runtime_cache = (signature, current)
         # a copy: callers change theirs; the cached one stays as it is on disk
-        return Runtime(dict(current.jobs), dict(current.queue), current.applied_version)
+        return Runtime(
+            dict(current.jobs), dict(current.queue), current.applied_version, dict(current.holds)
+        )
 
     # -- writes ----------------------------------------------------------------------------
 
@@ -272,22 +275,32 @@ class FileStore:
         queue = self._fragments("queue", runtime.queue)
         return (
             f'{{"format":{STATE_FORMAT},"applied_version":{json.dumps(runtime.applied_version)},'
-            f'"jobs":{{{jobs}}},"queue":{{{queue}}}}}\n'
+            f'"jobs":{{{jobs}}},"queue":{{{queue}}},"holds":{json.dumps(runtime.holds)}}}\n'
         ).encode()
 
     @contextmanager
     def transaction(self, timeout: float) -> Iterator[Runtime]:
         with self.lock(timeout):
             runtime = self.runtime()
-            before = (dict(runtime.jobs), dict(runtime.queue), runtime.applied_version)
+            before = (
+                dict(runtime.jobs),
+                dict(runtime.queue),
+                runtime.applied_version,
+                dict(runtime.holds),
+            )
             yield runtime
-            after = (runtime.jobs, runtime.queue, runtime.applied_version)
+            after = (runtime.jobs, runtime.queue, runtime.applied_version, runtime.holds)
             if after != before:  # frozen values: unchanged ones compare by identity first
                 path = self.root / "runtime.json"
                 atomic_write(path, self._runtime_bytes(runtime))
                 signature = self._signature(path)
                 if signature is not None:
-                    kept = Runtime(dict(runtime.jobs), dict(runtime.queue), runtime.applied_version)
+                    kept = Runtime(
+                        dict(runtime.jobs),
+                        dict(runtime.queue),
+                        runtime.applied_version,
+                        dict(runtime.holds),
+                    )
                     self._runtime_cache = (signature, kept)
 
     def write_applied(self, change: AppliedChange) -> None:

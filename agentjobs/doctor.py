@@ -1,0 +1,133 @@
+"""`agentjobs doctor`: can each applied agent job start its CLI here, and is it authenticated?
+
+An unattended run sees cron's environment, not a login shell: a short PATH and none of the
+variables a shell profile sets. So the CLI is looked up on the PATH the job would get (this
+process's environment, then the job's `env_file`, then its `env`, as `environment.build_env`
+merges them), its `--version` runs with that environment, and the authentication variables
+are looked for in it. Only variable names are ever reported, never values.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from agentjobs.errors import UserError
+
+if TYPE_CHECKING:
+    from agentjobs.store import AppliedJob
+
+# The variables each CLI reads for a token that needs no interactive login. Claude Code also
+# works from a `claude login` session in ~/.claude, so a missing variable is a note, not a failure.
+AUTH_VARIABLES: dict[str, tuple[str, ...]] = {
+    "claude": ("CLAUDE_CODE_OAUTH_TOKEN", "ANTHROPIC_API_KEY"),
+    "codex": ("OPENAI_API_KEY", "CODEX_API_KEY"),
+    "gemini": ("GEMINI_API_KEY", "GOOGLE_API_KEY"),
+    "aider": ("ANTHROPIC_API_KEY", "OPENAI_API_KEY"),
+}
+
+VersionOf = Callable[[Sequence[str], Mapping[str, str]], str | None]
+
+
+@dataclass(frozen=True, slots=True)
+class AgentCheck:
+    """What doctor found for one agent job."""
+
+    job: str
+    agent: str  # the agent kind, which is also the CLI's name
+    path: str | None  # where the CLI is on the job's PATH; None: not found
+    version: str | None  # the first line of `CLI --version`; None: not found or it failed
+    auth: tuple[tuple[str, str], ...]  # (variable, where it is set: env, env_file, environment)
+    wanted: tuple[str, ...]  # the variables looked for
+    unredacted: tuple[str, ...] = ()  # set auth variables the job does not list in `secrets`
+    problem: str | None = None  # e.g. the env file cannot be read
+
+    @property
+    def found(self) -> bool:
+        return self.path is not None
+
+    def describe_auth(self) -> str:
+        if self.auth:
+            return ", ".join(f"{name} ({where})" for name, where in self.auth)
+        return f"none of {' or '.join(self.wanted)}"
+
+    def notes(self) -> list[str]:
+        """What to fix, one line each."""
+        notes = []
+        if self.problem:
+            notes.append(self.problem)
+        if not self.found:
+            notes.append(f"`{self.agent}` is not on the job's PATH; install it or set PATH in env")
+        elif self.version is None:
+            notes.append(f"`{self.agent} --version` failed with the job's environment")
+        if not self.auth:
+            names = " or ".join(self.wanted)
+            notes.append(f"no {names} set; an unattended run may not be able to log in")
+        if self.unredacted:
+            names = ", ".join(self.unredacted)
+            notes.append(f"{names} not listed in `secrets`: its value would not be redacted")
+        return notes
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "job": self.job,
+            "agent": self.agent,
+            "cli": self.agent,
+            "path": self.path,
+            "found": self.found,
+            "version": self.version,
+            "auth": [{"name": name, "source": where} for name, where in self.auth],
+            "auth_wanted": list(self.wanted),
+            "unredacted": list(self.unredacted),
+            "problem": self.problem,
+        }
+
+
+def check_agents(
+    applied: Mapping[str, AppliedJob], environ: Mapping[str, str], version_of: VersionOf
+) -> list[AgentCheck]:
+    """One check per applied job with an `agent` block, in job name order."""
+    return [
+        check_agent(job, environ, version_of)
+        for _, job in sorted(applied.items())
+        if isinstance(job.spec.get("agent"), Mapping)
+    ]
+
+
+def check_agent(job: AppliedJob, environ: Mapping[str, str], version_of: VersionOf) -> AgentCheck:
+    from agentjobs.environment import read_env_file
+
+    kind = str(job.spec["agent"].get("kind", "?"))
+    wanted = AUTH_VARIABLES.get(kind, ())
+    job_env = {str(key): str(value) for key, value in job.spec.get("env") or ()}
+    file_env: dict[str, str] = {}
+    problem = None
+    env_file = job.spec.get("env_file")
+    if env_file:
+        try:
+            file_env = read_env_file(env_file)
+        except UserError as exc:
+            problem = str(exc)
+    auth = []
+    for name in wanted:
+        for where, source in (("env", job_env), ("env_file", file_env), ("environment", environ)):
+            if source.get(name):
+                auth.append((name, where))
+                break
+    environment = {**environ, **file_env, **job_env}
+    path = shutil.which(kind, path=environment.get("PATH", os.defpath))
+    version = version_of([path, "--version"], environment) if path else None
+    secrets = set(job.spec.get("secrets") or ())
+    return AgentCheck(
+        job=job.name,
+        agent=kind,
+        path=path,
+        version=version,
+        auth=tuple(auth),
+        wanted=wanted,
+        unredacted=tuple(name for name, _ in auth if name not in secrets),
+        problem=problem,
+    )
