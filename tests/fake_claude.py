@@ -1,0 +1,71 @@
+#!/usr/bin/env python3
+"""A stand-in for the `claude` CLI (and, by its file name, codex/gemini/aider) for tests.
+
+It appends its argv to $FAKE_AGENT_DIR/calls.jsonl and behaves as the next mode in
+$FAKE_AGENT_DIR/modes.json says (the last mode repeats):
+    ok            stream-json: init, assistant text, a successful result event
+    is_error      a result event with is_error true, exit code 0
+    no_result     init and assistant text, no result event, exit 0
+    usage_limit   a rejected rate_limit_event (resetsAt = $FAKE_RESET_AT) and an error result
+    auth          an error result with api_error_status 401, exit 1
+    api_retry     two api_retry system events, then a successful result
+"""
+
+import json
+import os
+import sys
+
+folder = os.environ["FAKE_AGENT_DIR"]
+calls_path = os.path.join(folder, "calls.jsonl")
+with open(calls_path, "a") as handle:
+    handle.write(json.dumps({"argv": sys.argv, "cwd": os.getcwd()}) + "\n")
+with open(calls_path) as handle:
+    number = sum(1 for _ in handle)
+with open(os.path.join(folder, "modes.json")) as handle:
+    modes = json.load(handle)
+mode = modes[min(number, len(modes)) - 1]
+session = f"sess-{number}"
+
+
+def emit(event: dict) -> None:
+    print(json.dumps(event), flush=True)
+
+
+emit({"type": "system", "subtype": "init", "session_id": session, "model": "fake"})
+emit({"type": "assistant", "message": {"content": [{"type": "text", "text": f"working ({mode})"}]}})
+result = {
+    "type": "result",
+    "subtype": "success",
+    "is_error": False,
+    "result": "done",
+    "session_id": session,
+    "num_turns": 3,
+    "total_cost_usd": 0.25,
+    "duration_ms": 1200,
+    "usage": {"input_tokens": 10, "output_tokens": 20},
+}
+if mode == "ok":
+    emit(result)
+elif mode == "api_retry":
+    emit({"type": "system", "subtype": "api_retry", "attempt": 1, "error": "overloaded"})
+    emit({"type": "system", "subtype": "api_retry", "attempt": 2, "error": "overloaded"})
+    emit(result)
+elif mode == "is_error":
+    emit({**result, "is_error": True, "result": "I could not make the tests pass"})
+elif mode == "no_result":
+    pass
+elif mode == "usage_limit":
+    reset = int(os.environ["FAKE_RESET_AT"])
+    emit({"type": "rate_limit_event", "rate_limit_info": {"status": "allowed", "resetsAt": reset}})
+    emit({"type": "rate_limit_event", "rate_limit_info": {"status": "rejected", "resetsAt": reset}})
+    emit({**result, "is_error": True, "result": f"Claude AI usage limit reached|{reset}"})
+elif mode == "auth":
+    emit(
+        {
+            **result,
+            "is_error": True,
+            "api_error_status": 401,
+            "result": "Invalid API key · Please run /login",
+        }
+    )
+    sys.exit(1)

@@ -1,0 +1,355 @@
+"""Agent presets end to end, with a fake `claude` executable on PATH (tests/fake_claude.py)."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agentjobs.agents import build_argv, corrective_section, reset_from_text
+from agentjobs.spec import AgentSpec
+from tests.conftest import write
+
+J = "repo/jobs.d"
+T0 = datetime(2026, 11, 23, 12, tzinfo=UTC)
+
+
+@pytest.fixture
+def fake(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
+    """Put fake agent CLIs on PATH; returns (set_modes, calls)."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    source = Path(__file__).with_name("fake_claude.py").read_text()
+    for name in ("claude", "codex", "gemini", "aider"):
+        exe = bin_dir / name
+        exe.write_text(f"#!{sys.executable}\n{source}")
+        exe.chmod(0o755)
+    data = tmp_path / "fake-agent"
+    data.mkdir()
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("FAKE_AGENT_DIR", str(data))
+    monkeypatch.setenv("FAKE_RESET_AT", str(int((T0 + timedelta(hours=1)).timestamp())))
+
+    def set_modes(*modes: str) -> None:
+        (data / "modes.json").write_text(json.dumps(list(modes)))
+
+    def calls() -> list[list[str]]:
+        path = data / "calls.jsonl"
+        if not path.exists():
+            return []
+        return [json.loads(line)["argv"][1:] for line in path.read_text().splitlines()]
+
+    return set_modes, calls
+
+
+@pytest.fixture
+def aj(cli, state_dir: Path):  # type: ignore[no-untyped-def]
+    def run(*args: str):  # type: ignore[no-untyped-def]
+        return cli("--jobs-dir", J, "--state-dir", str(state_dir), *args)
+
+    return run
+
+
+def finished(state_dir: Path) -> list[dict[str, Any]]:
+    out = []
+    for path in sorted((state_dir / "records").glob("*.jsonl")):
+        out += [json.loads(line) for line in path.read_text().splitlines()]
+    return [r for r in out if r["event"] == "attempt_finished"]
+
+
+def test_exact_argv_per_preset() -> None:
+    claude = AgentSpec(
+        kind="claude",
+        prompt="p",
+        model="opus",
+        max_turns=5,
+        allowed_tools=("Read", "Bash(make test)"),
+        disallowed_tools=("WebFetch",),
+        append_system_prompt="be brief",
+        max_budget_usd=2.5,
+        extra_args=("--debug",),
+    )
+    assert build_argv(claude, "fix it", "sess-1") == [
+        "claude",
+        "-p",
+        "fix it",
+        "--output-format",
+        "stream-json",
+        "--verbose",
+        "--permission-mode",
+        "acceptEdits",
+        "--resume",
+        "sess-1",
+        "--model",
+        "opus",
+        "--max-turns",
+        "5",
+        "--allowedTools",
+        "Read,Bash(make test)",
+        "--disallowedTools",
+        "WebFetch",
+        "--append-system-prompt",
+        "be brief",
+        "--max-budget-usd",
+        "2.5",
+        "--debug",
+    ]
+    bypass = AgentSpec(kind="claude", prompt="p", permission_mode="bypassPermissions")
+    assert build_argv(bypass, "x")[6:8] == ["--permission-mode", "bypassPermissions"]
+    assert build_argv(AgentSpec(kind="codex", prompt="p"), "fix it") == [
+        "codex",
+        "exec",
+        "fix it",
+        "--json",
+        "--sandbox",
+        "workspace-write",
+    ]
+    assert build_argv(
+        AgentSpec(kind="codex", prompt="p", sandbox="read-only", model="o4"), "x"
+    ) == ["codex", "exec", "x", "--json", "--sandbox", "read-only", "--model", "o4"]
+    assert build_argv(AgentSpec(kind="gemini", prompt="p"), "fix it") == [
+        "gemini",
+        "-p",
+        "fix it",
+        "--output-format",
+        "stream-json",
+        "--approval-mode",
+        "auto_edit",
+    ]
+    assert build_argv(AgentSpec(kind="aider", prompt="p"), "fix it") == [
+        "aider",
+        "--message",
+        "fix it",
+        "--yes-always",
+        "--no-auto-commits",
+    ]
+    assert build_argv(AgentSpec(kind="aider", prompt="p", allow_commits=True), "x") == [
+        "aider",
+        "--message",
+        "x",
+        "--yes-always",
+    ]
+    assert build_argv(
+        AgentSpec(kind="custom", prompt="p", command=("my-agent", "--json")), "fix it"
+    ) == ["my-agent", "--json", "fix it"]
+
+
+def test_is_error_with_exit_0_is_a_failure_and_agent_facts_are_recorded(
+    aj, fake, jobs_dir: Path, state_dir: Path
+) -> None:
+    set_modes, calls = fake
+    set_modes("is_error")
+    write(
+        jobs_dir / "fix.yaml",
+        "agent: {kind: claude, prompt: Fix the tests.}\nretry: {attempts: 1}\n",
+    )
+    assert aj("apply").code == 0
+    result = aj("run", "fix")
+    assert result.code == 1
+    record = finished(state_dir)[0]
+    assert (record["outcome"], record["exit_code"]) == ("failed", 0)
+    assert record["error"] == (
+        "claude reported an error (success): I could not make the tests pass"
+    )
+    assert record["agent"] == {
+        "api_retries": 0,
+        "session_id": "sess-1",
+        "num_turns": 3,
+        "total_cost_usd": 0.25,
+        "duration_ms": 1200,
+        "usage": {"input_tokens": 10, "output_tokens": 20},
+        "subtype": "success",
+        "is_error": True,
+    }
+    assert calls()[0][:3] == ["-p", "Fix the tests.", "--output-format"]
+
+
+def test_no_result_event_is_a_failure(aj, fake, jobs_dir: Path, state_dir: Path) -> None:
+    fake[0]("no_result")
+    write(jobs_dir / "a.yaml", "agent: {kind: claude, prompt: x}\nretry: {attempts: 1}\n")
+    assert aj("apply").code == 0
+    assert aj("run", "a").code == 1
+    assert finished(state_dir)[0]["error"] == "claude ended without a result event"
+
+
+def test_api_retries_are_counted_not_mistaken_for_failure(
+    aj, fake, jobs_dir: Path, state_dir: Path
+) -> None:
+    fake[0]("api_retry")
+    write(jobs_dir / "a.yaml", "agent: {kind: claude, prompt: x}\n")
+    assert aj("apply").code == 0
+    assert aj("run", "a").code == 0
+    assert finished(state_dir)[0]["agent"]["api_retries"] == 2
+
+
+@pytest.mark.parametrize("resume", [False, True])
+def test_corrective_retry_feeds_the_failure_back(
+    aj, fake, jobs_dir: Path, state_dir: Path, resume: bool
+) -> None:
+    set_modes, calls = fake
+    set_modes("is_error", "ok")
+    write(
+        jobs_dir / "fix.yaml",
+        json.dumps(
+            {
+                "agent": {"kind": "claude", "prompt": "Fix the tests."},
+                "retry": {
+                    "attempts": 2,
+                    "resume": resume,
+                    "backoff": {"initial": "1s", "max": "1s", "jitter": "0s"},
+                },
+            }
+        ),
+    )
+    assert aj("apply").code == 0
+    assert aj("run", "fix").code == 1
+    import time
+
+    time.sleep(1.1)
+    assert aj("tick").code == 0
+    second = calls()[1]
+    prompt = second[1]
+    assert prompt.startswith(
+        "Fix the tests.\n\n---\nA previous attempt at this task (attempt 1) "
+        "did not succeed: failed (claude reported an error (success): I "
+        "could not make the tests pass)."
+    )
+    assert '"text": "working (is_error)"' in prompt  # its output, bounded to 8 KiB
+    assert ("--resume" in second) == resume
+    if resume:
+        assert second[second.index("--resume") + 1] == "sess-1"
+    records = finished(state_dir)
+    assert [(r["attempt"], r["trigger"], r["corrective"], r["outcome"]) for r in records] == [
+        (1, "manual", False, "failed"),
+        (2, "retry", True, "succeeded"),
+    ]
+
+
+def test_usage_limit_holds_the_shared_limit_until_the_reset(
+    aj, fake, jobs_dir: Path, state_dir: Path
+) -> None:
+    set_modes, calls = fake
+    set_modes("usage_limit", "ok")
+    write(
+        jobs_dir / "a.yaml",
+        "agent: {kind: claude, prompt: a}\nschedule: {every: 1d}\n"
+        "lock: a\nretry: {attempts: 1}\npriority: high\n",
+    )
+    write(
+        jobs_dir / "b.yaml",
+        "agent: {kind: claude, prompt: b}\nschedule: {every: 1d}\nlock: b\nretry: {attempts: 1}\n",
+    )
+    assert aj("apply", "--now", T0.isoformat()).code == 0
+    first = (
+        aj("--max-concurrent", "1", "tick", "--now", T0.isoformat())
+        if False
+        else aj("tick", "--now", T0.isoformat(), "--max-concurrent", "1")
+    )
+    assert first.code == 1
+    assert [r["outcome"] for r in finished(state_dir)] == ["rate_limited"]
+    assert len(calls()) == 1  # b was held, not run into the same limit
+    reset = T0 + timedelta(hours=1)
+    record = finished(state_dir)[0]
+    assert record["hold"] == "claude"
+    assert (
+        reset.isoformat()
+        <= record["next_attempt_at"]
+        <= (reset + timedelta(seconds=60)).isoformat()
+    )
+    status = aj("status", "--now", (T0 + timedelta(minutes=30)).isoformat()).out
+    assert "held: claude usage limit until " in status
+    assert aj("tick", "--now", (T0 + timedelta(minutes=30)).isoformat()).out == ""
+    later = aj("tick", "--now", (reset + timedelta(minutes=2)).isoformat())
+    assert later.code == 0, later.err
+    outcomes = [(r["job"], r["attempt"], r["outcome"]) for r in finished(state_dir)]
+    assert sorted(outcomes) == [
+        ("a", 1, "rate_limited"),
+        ("a", 2, "succeeded"),
+        ("b", 1, "succeeded"),
+    ]
+    # the rate-limited attempt did not use up a's single attempt
+
+
+def test_authentication_failure_is_permanent(aj, fake, jobs_dir: Path, state_dir: Path) -> None:
+    fake[0]("auth")
+    write(jobs_dir / "a.yaml", "agent: {kind: claude, prompt: x}\nretry: {attempts: 5}\n")
+    assert aj("apply").code == 0
+    result = aj("run", "a")
+    assert result.code == 1
+    assert "dead-lettered" in result.err
+    dead = json.loads(aj("-o", "json", "dlq", "list").out)[0]
+    assert dead["reason"].startswith(
+        "a retry cannot fix this: authentication failed (API status 401)"
+    )
+
+
+def test_reset_times_in_text() -> None:
+    now = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
+    assert reset_from_text("Claude AI usage limit reached|1795442400", now) == datetime(
+        2026, 11, 23, 12, 0, tzinfo=UTC
+    ) + (datetime.fromtimestamp(1795442400, UTC) - now)
+    # 4pm in Warsaw (UTC+1 in November) is 15:00 UTC
+    assert reset_from_text("You've hit your limit · resets 4pm (Europe/Warsaw)", now) == datetime(
+        2026, 11, 23, 15, 0, tzinfo=UTC
+    )
+    # already past today: tomorrow
+    assert reset_from_text("resets 9am (Europe/Warsaw)", now) == datetime(
+        2026, 11, 24, 8, 0, tzinfo=UTC
+    )
+    assert reset_from_text("API Error: Rate limit reached", now) is None
+
+
+def test_corrective_section_is_bounded_and_templated() -> None:
+    text = corrective_section(None, 1, "timeout", "timed out after 60s", "x" * 20000)
+    assert len(text.encode()) < 8192 + 400
+    custom = corrective_section(
+        "Attempt {attempt} ended {outcome}{error}: {output}", 2, "failed", None, "boom"
+    )
+    assert custom == "Attempt 2 ended failed: boom"
+
+
+def _judge(kind: str, text: str, exit_code: int | None, **agent: Any):  # type: ignore[no-untyped-def]
+    from agentjobs.agents import preset
+
+    spec = AgentSpec(kind=kind, prompt="p", **agent)
+    return preset(kind).judge(text, exit_code, spec, T0)
+
+
+def test_codex_gemini_aider_and_custom_verdicts() -> None:
+    codex_ok = "\n".join(
+        json.dumps(e)
+        for e in [
+            {"type": "thread.started", "thread_id": "th-1"},
+            {"type": "turn.completed", "usage": {"input_tokens": 5}},
+        ]
+    )
+    verdict = _judge("codex", codex_ok, 0)
+    assert (verdict.outcome, verdict.facts) == (
+        "succeeded",
+        {"thread_id": "th-1", "usage": {"input_tokens": 5}},
+    )
+    failed = json.dumps(
+        {"type": "turn.failed", "error": {"message": "stream error: 429 Too Many Requests"}}
+    )
+    assert _judge("codex", failed, 1).outcome == "rate_limited"
+    unauthorized = json.dumps({"type": "error", "message": "401 Unauthorized"})
+    verdict = _judge("codex", unauthorized, 1)
+    assert (verdict.outcome, verdict.permanent) == ("failed", True)
+    assert _judge("gemini", "", 42).permanent is True
+    assert _judge("gemini", "", 53).error == "the turn limit was reached (exit 53)"
+    assert (
+        _judge("gemini", json.dumps({"type": "result", "status": "success"}), 0).outcome
+        == "succeeded"
+    )
+    assert _judge("aider", "litellm.RateLimitError: quota exceeded", 1).outcome == "rate_limited"
+    assert _judge("aider", "done", 0).outcome == "succeeded"
+    stream = json.dumps({"type": "result", "is_error": True, "result": "gave up"})
+    assert _judge("custom", stream, 0, command=("x",), output="stream-json").outcome == "failed"
+    assert _judge("custom", "plain", 0, command=("x",)).outcome is None  # the exit code decides
+    extra = _judge("claude", "org quota hit\n", 1, rate_limit_patterns=("quota hit",))
+    assert extra.outcome == "rate_limited"
