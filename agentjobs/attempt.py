@@ -79,6 +79,7 @@ def run_attempt(
     on_output: Callable[[bytes], None] | None = None,
     slot_env: Mapping[str, str] | None = None,
     pass_fds: Sequence[int] = (),
+    worktrees: Path | None = None,
 ) -> AttemptOutcome:
     from agentjobs.environment import build_env, secret_values
 
@@ -90,9 +91,14 @@ def run_attempt(
         "AGENTJOBS_TRIGGER": item.trigger,
         **(slot_env or {}),
     }
+    cwd = spec.workdir
     try:
         env = build_env(dict(spec.env), spec.env_file, extra)
         argv = command_for(spec, item)
+        if spec.isolation == "worktree" and worktrees is not None:
+            from agentjobs import worktree
+
+            cwd = str(worktree.prepare(spec.workdir, worktrees, spec.name, item.run_id))
     except UserError as exc:
         log_path.parent.mkdir(parents=True, exist_ok=True)
         log_path.write_text(f"[agentjobs] {exc}\n")
@@ -100,7 +106,7 @@ def run_attempt(
     secrets = secret_values(env, spec.secrets)
     result = run_process(
         argv,
-        cwd=spec.workdir,
+        cwd=cwd,
         env=env,
         log_path=log_path,
         timeout=spec.timeout,
@@ -159,7 +165,7 @@ def run_attempt(
         )
         check = run_process(
             verify_argv,
-            cwd=spec.workdir,
+            cwd=cwd,
             env=env,
             log_path=log_path,
             timeout=spec.verify.timeout,
@@ -182,6 +188,14 @@ def run_attempt(
                 else f"killed by {check.signal}"
             )
             error = f"verify {' '.join(verify_argv)} failed ({how}): {check.output_tail[-500:]}"
+    if spec.isolation == "worktree" and worktrees is not None:
+        from agentjobs import worktree
+
+        try:
+            isolated = worktree.finish(worktrees, spec.name, item.run_id, outcome == "succeeded")
+        except UserError as exc:
+            isolated = {"error": str(exc)}
+        facts = {**(facts or {}), "worktree": isolated}
     redactor = Redactor(secrets)
     return AttemptOutcome(
         agent=facts,

@@ -766,6 +766,23 @@ def dlq_resolve(ctx: Context, entry_id: str, note: str) -> None:
     click.echo(f"resolved {entry_id}")
 
 
+@cli.command()
+@pass_ctx
+def gc(ctx: Context) -> None:
+    """Remove the worktrees of finished runs (isolation: worktree); their branches stay."""
+    from agentjobs import worktree
+
+    store = ctx.store()
+    active = {item.run_id for item in store.runtime().queue.values()}
+    removed = worktree.collect(store.locks_dir.parent / "worktrees", active)
+    if ctx.json:
+        _emit_json({"removed": removed})
+        return
+    for path in removed:
+        click.echo(f"removed worktree {path}")
+    click.echo(f"{len(removed)} worktree(s) removed")
+
+
 # -- entry point -----------------------------------------------------------------------------
 
 

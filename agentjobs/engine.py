@@ -377,13 +377,14 @@ class Engine:
         if state.needs and not _needs_met(runtime, name, state):
             return "needs"
         stamp = iso(now) or ""
+        run_id = new_ulid()
         runtime.queue[item_id] = QueueItem(
             id=item_id,
-            run_id=new_ulid(),
+            run_id=run_id,
             job=name,
             trigger=trigger,
             priority=job.spec.get("priority", "normal"),
-            lock_key=job.spec["lock"],
+            lock_key=_lock_key(job.spec, run_id),
             queued_at=stamp,
             not_before=stamp,
             slot=iso(slot),
@@ -410,13 +411,14 @@ class Engine:
                 continue
             newest = max(runtime.jobs[n].last_success or "" for n in state.needs)
             item_id = f"{name}@needs-{newest}"
+            run_id = new_ulid()
             runtime.queue[item_id] = QueueItem(
                 id=item_id,
-                run_id=new_ulid(),
+                run_id=run_id,
                 job=name,
                 trigger="needs",
                 priority=job.spec.get("priority", "normal"),
-                lock_key=job.spec["lock"],
+                lock_key=_lock_key(job.spec, run_id),
                 queued_at=stamp,
                 not_before=stamp,
             )
@@ -549,6 +551,7 @@ class Engine:
                 on_output=self.on_output,
                 slot_env={"AGENTJOBS_SLOT": item.slot or ""},
                 pass_fds=(claim.key.fd, claim.slot.fd),
+                worktrees=self.store.locks_dir.parent / "worktrees",
             )
         finally:
             # The attempt's processes are gone (the runner kills the whole group), so the
@@ -844,7 +847,7 @@ class Engine:
                 job=job,
                 trigger=trigger,
                 priority=spec.get("priority", "normal"),
-                lock_key=spec["lock"],
+                lock_key=_lock_key(spec, run_id),
                 queued_at=stamp,
                 not_before=stamp,
                 replay_of=replay_of,
@@ -960,3 +963,11 @@ def _in_order(items: list[QueueItem]) -> Iterator[QueueItem]:
     first = min(items, key=_order)
     yield first
     yield from sorted((i for i in items if i is not first), key=_order)
+
+
+def _lock_key(spec: Mapping[str, Any], run_id: str) -> str:
+    """The job's lock key; with `isolation: worktree` each run works in its own worktree, so the
+    key is the run's (runs of jobs on one repository may overlap)."""
+    if spec.get("isolation") == "worktree":
+        return f"{spec['lock']}#worktree-{run_id}"
+    return str(spec["lock"])

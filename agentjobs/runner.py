@@ -321,3 +321,30 @@ def version_of(
         return None
     lines = [line.strip() for line in output.decode("utf-8", errors="replace").splitlines()]
     return next((line for line in lines if line), None)
+
+
+def capture(
+    argv: Sequence[str], cwd: str | None = None, timeout: float = 60.0
+) -> tuple[int | None, str]:
+    """Run a short helper command (git) to completion: (exit code, output). None as the code
+    when it cannot start or runs past `timeout` (its group is killed then)."""
+    try:
+        proc = subprocess.Popen(
+            list(argv),
+            cwd=cwd,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    except OSError as exc:
+        return None, str(exc)
+    try:
+        output, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        kill_group(proc.pid, 1.0, proc)
+        proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()
+        return None, f"{argv[0]} took longer than {timeout:g}s"
+    return proc.returncode, output.decode("utf-8", errors="replace")

@@ -141,6 +141,7 @@ class JobSpec:
     needs: tuple[str, ...] = ()
     verify: VerifySpec | None = None
     notify: NotifySpec | None = None
+    isolation: str = "none"  # none | worktree
 
     def to_dict(self) -> dict[str, Any]:
         return _plain(self)  # type: ignore[no-any-return]
@@ -436,6 +437,7 @@ def build_job(raw: dict[str, Any], source: Path, config: GlobalConfig) -> JobSpe
         needs=tuple(doc.get("needs", ())),
         verify=verify,
         notify=notify,
+        isolation=doc.get("isolation", "none"),
     )
 
 

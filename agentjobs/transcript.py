@@ -140,7 +140,10 @@ class Transcript:
             return [line for _, line in lines]
         import click
 
-        return [click.style(line, **_STYLES[style]) if line else line for style, line in lines]
+        return [
+            click.style(line, **_STYLES[style]) if line and _STYLES[style] else line
+            for style, line in lines
+        ]
 
     # -- shared pieces -------------------------------------------------------------------------
 

@@ -1,0 +1,93 @@
+"""`isolation: worktree`: each run of a job works in its own `git worktree`.
+
+The worktree is made from the job's workdir at its current HEAD, on a new branch
+`agentjobs/<job>/<run-id>`, under `<state>/worktrees/`. Retries of the run reuse it (a
+corrective attempt continues from where the last one stopped). When the run succeeds, what the
+agent left uncommitted is committed on the branch, and the worktree directory is removed: the
+branch stays for review. A failed run keeps its worktree for inspection until `agentjobs gc`.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+from agentjobs.errors import UserError
+from agentjobs.runner import capture
+
+_IDENTITY = ["-c", "user.name=agentjobs", "-c", "user.email=agentjobs@localhost"]
+
+
+def branch_name(job: str, run_id: str) -> str:
+    return f"agentjobs/{job}/{run_id}"
+
+
+def _git(*args: str, cwd: str) -> str:
+    code, output = capture(["git", *args], cwd=cwd)
+    if code != 0:
+        raise UserError(f"git {' '.join(args[:2])} in {cwd} failed: {output.strip()[-500:]}")
+    return output.strip()
+
+
+def prepare(repo: str, folder: Path, job: str, run_id: str) -> Path:
+    """The run's worktree (made on its first attempt)."""
+    path = folder / f"{job}-{run_id}"
+    if path.is_dir():
+        return path
+    folder.mkdir(parents=True, exist_ok=True)
+    base = _git("rev-parse", "HEAD", cwd=repo)
+    _git("worktree", "add", "-b", branch_name(job, run_id), str(path), base, cwd=repo)
+    (folder / f"{job}-{run_id}.base").write_text(base + "\n")
+    return path
+
+
+def finish(folder: Path, job: str, run_id: str, succeeded: bool) -> dict[str, Any]:
+    """Commit a successful run's changes on its branch and remove the worktree; facts for the
+    run record: branch, base commit, resulting commit (None when nothing changed), path."""
+    path = folder / f"{job}-{run_id}"
+    base_file = folder / f"{job}-{run_id}.base"
+    base = base_file.read_text().strip() if base_file.exists() else None
+    facts: dict[str, Any] = {
+        "branch": branch_name(job, run_id),
+        "base": base,
+        "path": str(path),
+        "kept": not succeeded,
+    }
+    if not path.is_dir():
+        return facts
+    if succeeded and _git("status", "--porcelain", cwd=str(path)):
+        _git("add", "-A", cwd=str(path))
+        _git(*_IDENTITY, "commit", "-q", "-m", f"agentjobs: {job} run {run_id}", cwd=str(path))
+    head = _git("rev-parse", "HEAD", cwd=str(path))
+    facts["commit"] = head if head != base else None
+    if succeeded:
+        remove(path)
+        base_file.unlink(missing_ok=True)
+    return facts
+
+
+def remove(path: Path) -> None:
+    """Remove a worktree directory (its branch stays)."""
+    common = capture(["git", "rev-parse", "--git-common-dir"], cwd=str(path))
+    capture(["git", "worktree", "remove", "--force", str(path)], cwd=str(path.parent))
+    if path.exists():
+        shutil.rmtree(path, ignore_errors=True)
+    if common[0] == 0:
+        git_dir = Path(path, common[1].strip()).resolve()
+        capture(["git", "--git-dir", str(git_dir), "worktree", "prune"])
+
+
+def collect(folder: Path, active: set[str]) -> list[str]:
+    """`agentjobs gc`: remove the worktrees of runs that are no longer queued or running."""
+    removed: list[str] = []
+    if not folder.is_dir():
+        return removed
+    for path in sorted(p for p in folder.iterdir() if p.is_dir()):
+        run_id = path.name.rsplit("-", 1)[-1]
+        if run_id in active:
+            continue
+        remove(path)
+        Path(f"{path}.base").unlink(missing_ok=True)
+        removed.append(str(path))
+    return removed
