@@ -665,7 +665,7 @@ def doctor(ctx: Context) -> None:
             [
                 c.job,
                 c.agent,
-                c.path or f"{c.agent}: not found",
+                c.path or f"{c.cli or c.agent}: not found",
                 c.version or "-",
                 c.describe_auth(),
             ]

@@ -37,7 +37,8 @@ class AgentCheck:
     """What doctor found for one agent job."""
 
     job: str
-    agent: str  # the agent kind, which is also the CLI's name
+    agent: str  # the agent kind
+    cli: str  # the program: the kind's CLI, or the first word of a custom agent's command
     path: str | None  # where the CLI is on the job's PATH; None: not found
     version: str | None  # the first line of `CLI --version`; None: not found or it failed
     auth: tuple[tuple[str, str], ...]  # (variable, where it is set: env, env_file, environment)
@@ -52,7 +53,7 @@ class AgentCheck:
     def describe_auth(self) -> str:
         if self.auth:
             return ", ".join(f"{name} ({where})" for name, where in self.auth)
-        return f"none of {' or '.join(self.wanted)}"
+        return f"none of {' or '.join(self.wanted)}" if self.wanted else "-"
 
     def notes(self) -> list[str]:
         """What to fix, one line each."""
@@ -60,10 +61,10 @@ class AgentCheck:
         if self.problem:
             notes.append(self.problem)
         if not self.found:
-            notes.append(f"`{self.agent}` is not on the job's PATH; install it or set PATH in env")
-        elif self.version is None:
-            notes.append(f"`{self.agent} --version` failed with the job's environment")
-        if not self.auth:
+            notes.append(f"`{self.cli}` is not on the job's PATH; install it or set PATH in env")
+        elif self.version is None and self.agent in AUTH_VARIABLES:
+            notes.append(f"`{self.cli} --version` failed with the job's environment")
+        if not self.auth and self.wanted:
             names = " or ".join(self.wanted)
             notes.append(f"no {names} set; an unattended run may not be able to log in")
         if self.unredacted:
@@ -75,7 +76,7 @@ class AgentCheck:
         return {
             "job": self.job,
             "agent": self.agent,
-            "cli": self.agent,
+            "cli": self.cli,
             "path": self.path,
             "found": self.found,
             "version": self.version,
@@ -100,7 +101,10 @@ def check_agents(
 def check_agent(job: AppliedJob, environ: Mapping[str, str], version_of: VersionOf) -> AgentCheck:
     from agentjobs.environment import read_env_file
 
-    kind = str(job.spec["agent"].get("kind", "?"))
+    agent = job.spec["agent"]
+    kind = str(agent.get("kind", "?"))
+    command = (agent.get("command") or []) if kind == "custom" else [kind]
+    cli = str(command[0]) if command else ""
     wanted = AUTH_VARIABLES.get(kind, ())
     job_env = {str(key): str(value) for key, value in job.spec.get("env") or ()}
     file_env: dict[str, str] = {}
@@ -118,12 +122,14 @@ def check_agent(job: AppliedJob, environ: Mapping[str, str], version_of: Version
                 auth.append((name, where))
                 break
     environment = {**environ, **file_env, **job_env}
-    path = shutil.which(kind, path=environment.get("PATH", os.defpath))
-    version = version_of([path, "--version"], environment) if path else None
+    path = _find(cli, environment.get("PATH", os.defpath), str(job.spec.get("workdir", ".")))
+    # a custom command is not run: it may not know --version
+    version = version_of([path, "--version"], environment) if path and wanted else None
     secrets = set(job.spec.get("secrets") or ())
     return AgentCheck(
         job=job.name,
         agent=kind,
+        cli=cli,
         path=path,
         version=version,
         auth=tuple(auth),
@@ -131,3 +137,13 @@ def check_agent(job: AppliedJob, environ: Mapping[str, str], version_of: Version
         unredacted=tuple(name for name, _ in auth if name not in secrets),
         problem=problem,
     )
+
+
+def _find(cli: str, path: str, workdir: str) -> str | None:
+    """`cli` on `path`, or, when it names a file (`./run-agent`), that file from `workdir`."""
+    if not cli:
+        return None
+    if os.sep in cli:
+        full = os.path.join(workdir, cli)
+        return full if os.path.isfile(full) and os.access(full, os.X_OK) else None
+    return shutil.which(cli, path=path)
