@@ -17,13 +17,19 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agentjobs import locks
 from agentjobs.clock import Clock, iso, parse
 from agentjobs.errors import UserError
 from agentjobs.records import new_ulid
 from agentjobs.store import AppliedJob, AttemptSummary, JobState, QueueItem, Runtime, Store
+
+if TYPE_CHECKING:
+    from agentjobs.notify import Notifier
+
+if TYPE_CHECKING:
+    from agentjobs.notify import Notifier
 
 DEFAULT_LOCK_TIMEOUT = 30.0
 ORPHAN_REASON = "the runner stopped before the attempt finished (killed or machine restarted)"
@@ -84,10 +90,39 @@ class Engine:
     stop: threading.Event = field(default_factory=threading.Event)
     on_output: Callable[[bytes], None] | None = None  # live output (run in the foreground)
     say: Callable[[str], None] = lambda _line: None  # progress and retry log lines
+    notifier: Notifier | None = None  # None: made on first use
     _messages: list[str] = field(default_factory=list)
     _guard: threading.Lock = field(default_factory=threading.Lock)
 
     # -- small helpers -------------------------------------------------------------------------
+
+    def _notifier(self) -> Notifier:
+        if self.notifier is None:
+            from agentjobs.notify import Notifier
+
+            def failed(message: str) -> None:
+                self._tell(f"notification not delivered: {message}")
+                self.store.count("notify_failures")
+
+            self.notifier = Notifier(failed)
+        return self.notifier
+
+    def _notify(
+        self, event: str, item: QueueItem, applied: AppliedJob | None, **fields: Any
+    ) -> None:
+        notify = applied.spec.get("notify") if applied else None
+        if not notify:
+            return
+        payload = {
+            "event": event,
+            "job": item.job,
+            "run_id": item.run_id,
+            "attempt": item.attempt,
+            "time": self._now(),
+            "host": self.host,
+            **fields,
+        }
+        self._notifier().event(notify, payload)
 
     def _now(self) -> str:
         return iso(self.clock.now()) or ""
@@ -155,6 +190,8 @@ class Engine:
             return TickResult()
         recovered, enqueued, skipped = self._prepare()
         attempts = self._run_queue()
+        if self.notifier is not None:
+            self.notifier.close()  # bounded: a few seconds per target at most
         return TickResult(
             attempts=tuple(attempts),
             enqueued=enqueued,
@@ -321,8 +358,22 @@ class Engine:
                 if outcome is None:
                     enqueued += 1
                 else:
-                    records.append(self._skip_record(name, job, slot, outcome, now))
+                    record = self._skip_record(name, job, slot, outcome, now)
+                    records.append(record)
                     skipped += 1
+                    if outcome == "overlap" and job.spec.get("notify"):
+                        self._notifier().event(
+                            job.spec["notify"],
+                            {
+                                "event": "skipped_overlap",
+                                "job": name,
+                                "slot": record["slot"],
+                                "run_id": record["run_id"],
+                                "time": record["time"],
+                                "host": self.host,
+                                "error": "the previous run was still running at this slot",
+                            },
+                        )
             next_due = plan.next_due
             if (
                 schedule.every is not None
@@ -527,6 +578,8 @@ class Engine:
         started_at = self._now()
 
         def started(pid: int) -> None:
+            if claim.applied.spec.get("notify"):
+                self._notifier().ping(claim.applied.spec.get("notify"), "start", item.run_id)
             self.store.append_records(
                 [
                     self._record(
@@ -765,6 +818,17 @@ class Engine:
                     f"{dlq_id}`"
                 )
         state = runtime.jobs.get(item.job)
+        if recorded is None and applied is not None and applied.spec.get("notify"):
+            self._notify_finish(
+                item,
+                applied,
+                outcome,
+                error,
+                decision.next.value,
+                next_at,
+                dlq_id,
+                state.last_outcome if state else None,
+            )
         if state is not None:
             state = dataclasses.replace(
                 state, last_outcome=outcome, last_finished=stamp, last_run_id=item.run_id
@@ -789,6 +853,34 @@ class Engine:
             log_path=log_path,
             dlq_id=dlq_id,
         )
+
+    def _notify_finish(
+        self,
+        item: QueueItem,
+        applied: AppliedJob,
+        outcome: str,
+        error: str | None,
+        next_step: str,
+        next_at: str | None,
+        dlq_id: str | None,
+        previous: str | None,
+    ) -> None:
+        """The events a finished attempt sends (delivered in the background)."""
+        notify = applied.spec.get("notify")
+        fields = {"outcome": outcome, "error": error, "next": next_step, "next_attempt_at": next_at}
+        if outcome == "succeeded":
+            self._notify("succeeded", item, applied, **fields)
+            if previous not in (None, "succeeded"):
+                self._notify("recovered", item, applied, **fields)
+            self._notifier().ping(notify, "success", item.run_id)
+            return
+        specific = {"timeout": "timeout", "silence": "silence", "rate_limited": "rate_limited"}
+        if outcome != "interrupted":
+            self._notify(specific.get(outcome, "failed"), item, applied, **fields)
+        if outcome not in ("interrupted", "rate_limited"):
+            self._notifier().ping(notify, "fail", item.run_id)
+        if dlq_id:
+            self._notify("dead_lettered", item, applied, dlq_id=dlq_id, **fields)
 
     @staticmethod
     def _after_run(state: JobState, applied: AppliedJob, now: datetime) -> JobState:
@@ -863,7 +955,10 @@ class Engine:
         while True:
             claim = self._claim(only=item.id)
             if isinstance(claim, _Claim):
-                return item, self._execute(claim)[0]
+                result = self._execute(claim)[0]
+                if self.notifier is not None:
+                    self.notifier.close()
+                return item, result
             if claim is None:
                 return item, "the run was taken by another tick"
             if not wait or self.stop.is_set():

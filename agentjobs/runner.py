@@ -324,15 +324,19 @@ def version_of(
 
 
 def capture(
-    argv: Sequence[str], cwd: str | None = None, timeout: float = 60.0
+    argv: Sequence[str],
+    cwd: str | None = None,
+    timeout: float = 60.0,
+    stdin: bytes | None = None,
 ) -> tuple[int | None, str]:
-    """Run a short helper command (git) to completion: (exit code, output). None as the code
-    when it cannot start or runs past `timeout` (its group is killed then)."""
+    """Run a short helper command (git, a notify command) to completion: (exit code, output).
+    None as the code when it cannot start or runs past `timeout` (its group is killed then).
+    `stdin` is fed to it (else it reads /dev/null)."""
     try:
         proc = subprocess.Popen(
             list(argv),
             cwd=cwd,
-            stdin=subprocess.DEVNULL,
+            stdin=subprocess.DEVNULL if stdin is None else subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             start_new_session=True,
@@ -340,11 +344,44 @@ def capture(
     except OSError as exc:
         return None, str(exc)
     try:
-        output, _ = proc.communicate(timeout=timeout)
+        output, _ = proc.communicate(input=stdin, timeout=timeout)
     except subprocess.TimeoutExpired:
         kill_group(proc.pid, 1.0, proc)
         proc.wait()
-        if proc.stdout is not None:
-            proc.stdout.close()
+        for pipe in (proc.stdout, proc.stdin):
+            if pipe is not None:
+                pipe.close()
         return None, f"{argv[0]} took longer than {timeout:g}s"
     return proc.returncode, output.decode("utf-8", errors="replace")
+
+
+def communicate(
+    argv: Sequence[str], stdin: str = "", timeout: float = 60.0
+) -> tuple[int | None, str, str]:
+    """Run a short helper command (crontab) with `stdin` as its input: (exit code, stdout,
+    stderr), kept apart so a message on stderr never mixes into the data. None as the code when
+    it cannot start or runs past `timeout` (its group is killed then)."""
+    try:
+        proc = subprocess.Popen(
+            list(argv),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+        )
+    except OSError as exc:
+        return None, "", str(exc)
+    try:
+        output, errors = proc.communicate(stdin.encode(), timeout=timeout)
+    except subprocess.TimeoutExpired:
+        kill_group(proc.pid, 1.0, proc)
+        proc.wait()
+        for pipe in (proc.stdin, proc.stdout, proc.stderr):
+            if pipe is not None:  # a process that left the group may still hold a pipe
+                pipe.close()
+        return None, "", f"{argv[0]} took longer than {timeout:g}s"
+    return (
+        proc.returncode,
+        output.decode("utf-8", errors="replace"),
+        errors.decode("utf-8", errors="replace"),
+    )

@@ -208,6 +208,7 @@ class Store(Protocol):
     - `put_dead_letter(entry)` / `dead_letters()` / `dead_letter(id)`: the dead-letter queue;
       entries are never deleted by agentjobs.
     - `log_path(run_id, attempt)`, `locks_dir`: where attempt logs and lock files live.
+    - `count(name)` / `counters()`: monotonic counters (notification delivery failures...).
     - `describe()`: where the state lives, for messages.
     """
 
@@ -242,6 +243,10 @@ class Store(Protocol):
     def dead_letter(self, entry_id: str) -> dict[str, Any] | None: ...
 
     def log_path(self, run_id: str, attempt: int) -> Path: ...
+
+    def count(self, name: str, by: int = 1) -> None: ...
+
+    def counters(self) -> dict[str, int]: ...
 
     def describe(self) -> str: ...
 

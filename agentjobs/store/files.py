@@ -330,6 +330,20 @@ class FileStore:
     def log_path(self, run_id: str, attempt: int) -> Path:
         return records_mod.log_path(self.root / "logs", run_id, attempt)
 
+    def count(self, name: str, by: int = 1) -> None:
+        """Add to a counter in counters.json (under the state lock: read, add, replace)."""
+        with self.lock(30.0):
+            values = self.counters()
+            values[name] = values.get(name, 0) + by
+            atomic_write(self.root / "counters.json", _dump(values))
+
+    def counters(self) -> dict[str, int]:
+        try:
+            loaded: dict[str, int] = json.loads((self.root / "counters.json").read_bytes())
+        except (FileNotFoundError, ValueError):
+            return {}
+        return loaded
+
     def put_dead_letter(self, entry: Mapping[str, Any]) -> None:
         folder = self.root / "dlq"
         folder.mkdir(mode=0o700, exist_ok=True)
@@ -358,3 +372,36 @@ class FileStore:
         except ValueError:
             raise UserError(f"{path} is damaged; restore it from a backup") from None
         return loaded
+
+    # -- side files and record days (metrics cache, notifier counters) ---------------------
+
+    def read_json(self, name: str) -> Any:
+        """The JSON side file `name` in the state directory; None when it is missing or damaged
+        (side files are caches and counters: a damaged one is rebuilt, not an error)."""
+        if not name or "/" in name or name.startswith("."):
+            raise ValueError(f"not a side file name: {name!r}")
+        try:
+            return json.loads((self.root / name).read_bytes())
+        except (FileNotFoundError, NotADirectoryError, ValueError):
+            return None
+
+    def write_json(self, name: str, value: Any) -> None:
+        """Replace the side file `name` atomically (the state directory must exist)."""
+        if not name or "/" in name or name.startswith("."):
+            raise ValueError(f"not a side file name: {name!r}")
+        atomic_write(self.root / name, _dump(value))
+
+    def record_days(self) -> dict[str, tuple[int, int]]:
+        """Each UTC day that has a record file -> (size, mtime_ns) of that file."""
+        days = {}
+        for path in records_mod.day_files(self.root / "records"):
+            try:
+                st = path.stat()
+            except FileNotFoundError:
+                continue  # removed by retention meanwhile
+            days[path.stem] = (st.st_size, st.st_mtime_ns)
+        return days
+
+    def day_records(self, day: str) -> Iterator[dict[str, Any]]:
+        """The records of one UTC day (`YYYY-MM-DD`), oldest first."""
+        return records_mod.read_file(self.root / "records" / f"{day}.jsonl")

@@ -1,0 +1,139 @@
+"""Notifications: a real HTTP server on 127.0.0.1 receives webhooks and pings; a real command
+receives the event on stdin. Delivery never fails or delays the job."""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import write
+
+FAKE = str(Path(__file__).with_name("fake_agent.py"))
+J = "repo/jobs.d"
+
+
+@pytest.fixture
+def server() -> Iterator[tuple[str, list[dict[str, Any]]]]:
+    received: list[dict[str, Any]] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def _record(self, body: bytes) -> None:
+            received.append(
+                {
+                    "method": self.command,
+                    "path": self.path,
+                    "body": json.loads(body) if body else None,
+                }
+            )
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(b"OK")
+
+        def do_GET(self) -> None:
+            self._record(b"")
+
+        def do_POST(self) -> None:
+            self._record(self.rfile.read(int(self.headers.get("Content-Length", 0))))
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}", received
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+def _job(*actions: str, **fields: Any) -> str:
+    return json.dumps({"command": [sys.executable, FAKE, *actions], **fields})
+
+
+def test_failure_dead_letter_and_pings_reach_the_targets(
+    cli, server, jobs_dir: Path, state_dir: Path, tmp_path: Path
+) -> None:
+    url, received = server
+    inbox = tmp_path / "inbox.jsonl"
+    notify = {
+        "events": ["failed", "dead_lettered", "succeeded", "recovered"],
+        "webhook": f"{url}/hook",
+        "ping_url": f"{url}/ping/abc",
+        "command": [
+            sys.executable,
+            "-c",
+            f"import sys; open({str(inbox)!r}, 'a').write(sys.stdin.read() + '\\n')",
+        ],
+    }
+    write(
+        jobs_dir / "bad.yaml",
+        _job("print", "broken", "exit", "3", notify=notify, retry={"attempts": 1}),
+    )
+    base = ("--jobs-dir", J, "--state-dir", str(state_dir))
+    assert cli(*base, "apply").code == 0
+    assert cli(*base, "run", "bad").code == 1
+    hooks = [r["body"] for r in received if r["path"] == "/hook"]
+    assert [h["event"] for h in hooks] == ["failed", "dead_lettered"]
+    assert hooks[0]["job"] == "bad" and hooks[0]["error"] == "exit code 3"
+    assert hooks[0]["text"].startswith("agentjobs bad failed (attempt 1): exit code 3 [run ")
+    run_id = hooks[0]["run_id"]
+    pings = [r["path"] for r in received if r["path"].startswith("/ping")]
+    assert pings == [f"/ping/abc/start?rid={run_id}", f"/ping/abc/fail?rid={run_id}"]
+    events = [json.loads(line)["event"] for line in inbox.read_text().splitlines()]
+    assert events == ["failed", "dead_lettered"]
+    # fixed: the next success is a recovery
+    write(jobs_dir / "bad.yaml", _job("print", "fine", notify=notify))
+    assert cli(*base, "apply").code == 0
+    assert cli(*base, "run", "bad").code == 0
+    hooks = [r["body"]["event"] for r in received if r["path"] == "/hook"]
+    assert hooks[-2:] == ["succeeded", "recovered"]
+    assert [r["path"] for r in received if r["path"].startswith("/ping")][-1].startswith(
+        "/ping/abc?rid="
+    )
+
+
+def test_an_unreachable_target_neither_fails_nor_stalls_the_job(
+    cli, jobs_dir: Path, state_dir: Path
+) -> None:
+    import socket
+
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    write(
+        jobs_dir / "ok.yaml",
+        _job(
+            "print",
+            "fine",
+            notify={"events": ["succeeded"], "webhook": f"http://127.0.0.1:{port}/hook"},
+        ),
+    )
+    base = ("--jobs-dir", J, "--state-dir", str(state_dir))
+    assert cli(*base, "apply").code == 0
+    started = time.monotonic()
+    result = cli(*base, "run", "ok")
+    assert result.code == 0
+    assert time.monotonic() - started < 15  # three quick tries, then given up
+    assert "notification not delivered" in result.err
+    from agentjobs.store.files import FileStore
+
+    assert FileStore(state_dir).counters() == {"notify_failures": 1}
+
+
+def test_events_not_asked_for_are_not_sent(cli, server, jobs_dir: Path, state_dir: Path) -> None:
+    url, received = server
+    write(jobs_dir / "ok.yaml", _job("print", "fine", notify={"webhook": f"{url}/hook"}))
+    base = ("--jobs-dir", J, "--state-dir", str(state_dir))
+    assert cli(*base, "apply").code == 0
+    assert cli(*base, "run", "ok").code == 0
+    assert received == []  # default events: failed, dead_lettered, silence, timeout
