@@ -783,6 +783,134 @@ def gc(ctx: Context) -> None:
     click.echo(f"{len(removed)} worktree(s) removed")
 
 
+# -- install ---------------------------------------------------------------------------------
+
+
+@cli.group()
+def install() -> None:
+    """Print or install the crontab entry or systemd user units that run agentjobs."""
+
+
+def _install_args(ctx: Context) -> tuple[str, str, str, str]:
+    """(executable, jobs dir, state dir, PATH): absolute, as cron and systemd need them."""
+    import shutil
+
+    beside = Path(sys.executable).parent / "agentjobs"  # the real script, not a pyenv shim
+    found = str(beside) if os.access(beside, os.X_OK) else shutil.which("agentjobs")
+    if found is None:
+        raise UserError("cannot find the agentjobs executable; install agentjobs with pip")
+    path_env = os.environ.get("PATH") or os.defpath
+    return (
+        os.path.abspath(found),
+        os.path.abspath(ctx.jobs_dir),
+        os.path.abspath(ctx.state_dir),
+        path_env,
+    )
+
+
+@install.command("cron")
+@click.option("--write", is_flag=True, help="Add it to your crontab (replaces an earlier one).")
+@click.option(
+    "--log",
+    "log_file",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Append tick output here.  [default: STATE_DIR/tick.log]",
+)
+@pass_ctx
+def install_cron(ctx: Context, write: bool, log_file: Path | None) -> None:
+    """The crontab entry that runs `tick` every minute from this directory."""
+    import shutil
+
+    from agentjobs.install import add_to_crontab, cron_line
+    from agentjobs.runner import communicate
+
+    executable, jobs_dir, state_dir, path_env = _install_args(ctx)
+    log = os.path.abspath(log_file or Path(state_dir) / "tick.log")
+    try:
+        line = cron_line(executable, jobs_dir, state_dir, path_env, log, workdir=os.getcwd())
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    if write:
+        crontab = shutil.which("crontab")
+        if crontab is None:
+            raise UserError("crontab not found on PATH; install cron or add the line by hand")
+        code, existing, errors = communicate([crontab, "-l"])
+        if code != 0:
+            if code is None or "no crontab" not in errors.lower():
+                raise UserError(f"crontab -l failed: {errors.strip()}")
+            existing = ""  # no crontab yet
+        code, _, errors = communicate([crontab, "-"], add_to_crontab(existing, line, state_dir))
+        if code != 0:
+            raise UserError(f"crontab - failed: {errors.strip()}")
+        Path(log).parent.mkdir(parents=True, exist_ok=True)  # else the redirection fails
+    if ctx.json:
+        _emit_json({"line": line, "written": write})
+        return
+    click.echo(line)
+    if write:
+        click.echo("added to your crontab (`crontab -l` shows it)", err=True)
+
+
+@install.command("systemd")
+@click.option("--write", is_flag=True, help="Write the unit files (never runs systemctl).")
+@click.option("--daemon", is_flag=True, help="One long-running `daemon` service, no timer.")
+@click.option(
+    "--dir",
+    "unit_dir",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Write here.  [default: ~/.config/systemd/user]",
+)
+@click.option("--name", default="agentjobs", show_default=True, help="Unit name prefix.")
+@pass_ctx
+def install_systemd(
+    ctx: Context, write: bool, daemon: bool, unit_dir: Path | None, name: str
+) -> None:
+    """systemd user units: a `tick` service and a minutely timer, or a daemon service."""
+    from agentjobs.install import DEFAULT_KILL_GRACE, systemd_next_steps, systemd_units
+
+    executable, jobs_dir, state_dir, path_env = _install_args(ctx)
+    store = ctx.store()
+    graces = [
+        float(job.spec.get("kill_grace") or DEFAULT_KILL_GRACE)
+        for job in (store.applied().values() if store.exists() else ())
+    ]
+    try:
+        units = systemd_units(
+            executable,
+            jobs_dir,
+            state_dir,
+            path_env,
+            os.getcwd(),
+            name=name,
+            daemon=daemon,
+            kill_grace=max(graces, default=DEFAULT_KILL_GRACE),
+        )
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    written: list[str] = []
+    if write:
+        from agentjobs.store.files import atomic_write
+
+        config = os.environ.get("XDG_CONFIG_HOME") or os.path.expanduser("~/.config")
+        folder = unit_dir or Path(config) / "systemd" / "user"
+        folder.mkdir(parents=True, exist_ok=True)
+        for file_name, text in units.items():
+            atomic_write(folder / file_name, text.encode())
+            written.append(str(folder / file_name))
+    steps = systemd_next_steps(units)
+    if ctx.json:
+        _emit_json({"units": units, "written": written, "next": steps})
+        return
+    if not write:
+        for file_name, text in units.items():
+            click.echo(f"# {file_name}\n{text}")
+    for path in written:
+        click.echo(f"wrote {path}")
+    click.echo(f"{'then' if write else 'after writing them (--write)'} run: {steps}")
+
+
 # -- entry point -----------------------------------------------------------------------------
 
 
