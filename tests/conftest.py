@@ -86,3 +86,33 @@ def jobs_dir(tmp_path: Path) -> Path:
 @pytest.fixture
 def state_dir(tmp_path: Path) -> Path:
     return tmp_path / "state"
+
+
+@pytest.fixture(scope="session")
+def _pycache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("pycache")
+
+
+@pytest.fixture
+def bytecode_cache(_pycache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """This environment may set PYTHONDONTWRITEBYTECODE: then each of the hundreds of processes
+    a test starts compiles agentjobs from source again (a quarter of a tick's CPU time). A
+    private cache directory keeps their bytecode out of the checkout."""
+    monkeypatch.delenv("PYTHONDONTWRITEBYTECODE", raising=False)
+    monkeypatch.setenv("PYTHONPYCACHEPREFIX", str(_pycache))
+
+
+def held_locks(state_dir: Path) -> list[str]:
+    """The lock files under the state dir that some process still holds."""
+    import fcntl
+
+    held = []
+    for path in sorted((state_dir / "locks").glob("*.lock")):
+        fd = os.open(path, os.O_RDWR)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            held.append(path.name)
+        finally:
+            os.close(fd)
+    return held

@@ -22,7 +22,6 @@ AGENTJOBS_CRASH_TRIALS (default 50) sets the number of trials, AGENTJOBS_CRASH_S
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import itertools
 import json
 import os
@@ -40,7 +39,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import write
+from tests.conftest import held_locks, write
 
 TRIALS = int(os.environ.get("AGENTJOBS_CRASH_TRIALS", "50"))
 SEED = int(os.environ.get("AGENTJOBS_CRASH_SEED", str(random.SystemRandom().randrange(2**32))))
@@ -69,18 +68,9 @@ sys.exit(code)
 """
 
 
-@pytest.fixture(scope="module")
-def _pycache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("pycache")
-
-
 @pytest.fixture(autouse=True)
-def _bytecode_cache(_pycache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """This environment may set PYTHONDONTWRITEBYTECODE: then each of the hundreds of processes
-    started here compiles agentjobs from source again (a quarter of a tick's CPU time). A private
-    cache directory keeps their bytecode out of the checkout."""
-    monkeypatch.delenv("PYTHONDONTWRITEBYTECODE", raising=False)
-    monkeypatch.setenv("PYTHONPYCACHEPREFIX", str(_pycache))
+def _bytecode(bytecode_cache: None) -> None:
+    """Hundreds of real agentjobs processes: keep their bytecode (see conftest)."""
 
 
 @dataclass
@@ -157,19 +147,6 @@ def _tick_argv(trial: Trial, now: datetime) -> list[str]:
         "--now",
         now.isoformat(),
     ]
-
-
-def _held_locks(state_dir: Path) -> list[str]:
-    held = []
-    for path in sorted((state_dir / "locks").glob("*.lock")):
-        fd = os.open(path, os.O_RDWR)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            held.append(path.name)
-        finally:
-            os.close(fd)
-    return held
 
 
 def _queue(trial: Trial) -> dict[str, Any]:
@@ -373,7 +350,7 @@ def _check(trial: Trial, cli: Any) -> dict[str, int]:
     where = trial.where()
     marker = trial.marker
     assert _live_processes(marker) == [], f"stray processes; {where}"
-    assert _held_locks(trial.state) == [], f"a lock is still held; {where}"
+    assert held_locks(trial.state) == [], f"a lock is still held; {where}"
     runtime = json.loads((trial.state / "runtime.json").read_text())
     assert runtime["queue"] == {}, where
 

@@ -9,7 +9,6 @@ fired twice (invariant 2).
 
 from __future__ import annotations
 
-import fcntl
 import itertools
 import json
 import os
@@ -23,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import write
+from tests.conftest import held_locks, write
 
 ROUNDS = int(os.environ.get("AGENTJOBS_CONCURRENCY_ROUNDS", "20"))
 TICKS = 20
@@ -42,18 +41,9 @@ os.write(fd, f"end {ident} {time.monotonic_ns()}\\n".encode())
 """
 
 
-@pytest.fixture(scope="module")
-def _pycache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("pycache")
-
-
 @pytest.fixture(autouse=True)
-def _bytecode_cache(_pycache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """This environment may set PYTHONDONTWRITEBYTECODE: then each of the hundreds of processes
-    started here compiles agentjobs from source again (a quarter of a tick's CPU time). A private
-    cache directory keeps their bytecode out of the checkout."""
-    monkeypatch.delenv("PYTHONDONTWRITEBYTECODE", raising=False)
-    monkeypatch.setenv("PYTHONPYCACHEPREFIX", str(_pycache))
+def _bytecode(bytecode_cache: None) -> None:
+    """Hundreds of real agentjobs processes: keep their bytecode (see conftest)."""
 
 
 @dataclass(frozen=True)
@@ -130,19 +120,6 @@ def _records(state_dir: Path) -> list[dict[str, object]]:
     return out
 
 
-def _held_locks(state_dir: Path) -> list[str]:
-    held = []
-    for path in sorted((state_dir / "locks").glob("*.lock")):
-        fd = os.open(path, os.O_RDWR)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            held.append(path.name)
-        finally:
-            os.close(fd)
-    return held
-
-
 def _tick(state_dir: Path, *extra: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, "-m", "agentjobs", "--state-dir", str(state_dir), "tick", *extra],
@@ -216,7 +193,7 @@ def test_twenty_ticks_at_once_run_each_due_job_once_and_never_overlap_a_key(
         runtime = json.loads((state_dir / "runtime.json").read_text())
         assert runtime["queue"] == {}, where
         assert {s["last_outcome"] for s in runtime["jobs"].values()} == {"succeeded"}
-        assert _held_locks(state_dir) == [], where
+        assert held_locks(state_dir) == [], where
         # what a person reads afterwards says the same
         status = json.loads(cli("--state-dir", str(state_dir), "-o", "json", "status").out)
         assert {(r["result"], r["running"], r["queued"]) for r in status} == {
@@ -294,4 +271,4 @@ def test_a_tick_runs_free_keys_and_exits_while_another_tick_holds_a_long_run(
     assert sorted(r.job for r in runs) == ["long", "next-on-a", "on-b"]
     _assert_no_overlap(runs)
     assert json.loads((state_dir / "runtime.json").read_text())["queue"] == {}
-    assert _held_locks(state_dir) == []
+    assert held_locks(state_dir) == []

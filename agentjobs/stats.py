@@ -1,0 +1,124 @@
+"""The morning review: what ran, what failed and what waits for a person, today and over 7 days.
+
+Reads the last eight day files of run records (never the whole history), the dead letters and the
+runtime snapshot.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from agentjobs.clock import iso
+from agentjobs.store import Store
+
+WINDOW_DAYS = 7
+SLOWEST = 5
+
+
+def _p95(values: Sequence[float]) -> float:
+    """Nearest-rank 95th percentile of a non-empty list."""
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(0.95 * len(ordered)) - 1)]
+
+
+def _totals(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    finished = [
+        r for r in records if r.get("event") == "attempt_finished" and r.get("outcome") != "skipped"
+    ]
+    failed = sum(r.get("outcome") != "succeeded" for r in finished)
+    return {
+        "processed": len(finished),
+        "succeeded": len(finished) - failed,
+        "failed": failed,
+        "dead_lettered": sum(r.get("event") == "dead_lettered" for r in records),
+        "failure_rate": round(failed / len(finished), 4) if finished else None,
+    }
+
+
+def morning_review(store: Store, now: datetime) -> dict[str, Any]:
+    """Counts for today (UTC) and the last 7 days, durations by job, open dead letters and held
+    jobs (a usage-limit hold in force, or paused)."""
+    now = now.astimezone(UTC)
+    day_start = iso(now.replace(hour=0, minute=0, second=0, microsecond=0)) or ""
+    week_start_at = now - timedelta(days=WINDOW_DAYS)
+    week_start = iso(week_start_at) or ""
+    exists = store.exists()
+    week = [
+        r
+        for r in (store.records(week_start_at) if exists else ())
+        if str(r.get("time", "")) >= week_start
+    ]
+    today = [r for r in week if str(r.get("time", "")) >= day_start]
+
+    durations: dict[str, list[float]] = {}
+    outcomes: dict[str, dict[str, int]] = {}
+    for r in week:
+        if r.get("event") != "attempt_finished" or r.get("outcome") == "skipped":
+            continue
+        job = str(r.get("job", ""))
+        durations.setdefault(job, []).append(float(r.get("duration_s") or 0.0))
+        by = outcomes.setdefault(job, {})
+        by[str(r.get("outcome"))] = by.get(str(r.get("outcome")), 0) + 1
+    jobs: list[dict[str, Any]] = []
+    for job in sorted(durations):
+        values = durations[job]
+        attempts = len(values)
+        failed = attempts - outcomes[job].get("succeeded", 0)
+        jobs.append(
+            {
+                "job": job,
+                "attempts": attempts,
+                "failed": failed,
+                "failure_rate": round(failed / attempts, 4),
+                "avg_duration_s": round(sum(values) / attempts, 3),
+                "p95_duration_s": round(_p95(values), 3),
+                "max_duration_s": round(max(values), 3),
+            }
+        )
+    slowest = sorted(jobs, key=lambda j: (-j["p95_duration_s"], j["job"]))[:SLOWEST]
+
+    dead_letters = [
+        {
+            "id": e.get("id"),
+            "job": e.get("job"),
+            "status": e.get("status"),
+            "created_at": e.get("created_at"),
+            "reason": e.get("reason"),
+        }
+        for e in (store.dead_letters() if exists else [])
+        if e.get("status") != "resolved"
+    ]
+
+    runtime = store.runtime() if exists else None
+    now_text = iso(now) or ""
+    holds = {k: v for k, v in (runtime.holds.items() if runtime else ()) if v > now_text}
+    held: list[dict[str, Any]] = []
+    applied = store.applied() if exists else {}
+    for name in sorted(set(applied) | set(runtime.jobs if runtime else ())):
+        state = runtime.jobs.get(name) if runtime else None
+        if state is not None and state.paused:
+            held.append({"job": name, "reason": "paused", "until": None})
+            continue
+        spec = applied.get(name)
+        agent = spec.spec.get("agent") if spec else None
+        if isinstance(agent, Mapping):
+            key = str(agent.get("limit_key") or agent.get("kind"))
+            if key in holds:
+                held.append({"job": name, "reason": f"{key} usage limit", "until": holds[key]})
+
+    return {
+        "now": now_text,
+        "today": _totals(today),
+        "last_7_days": _totals(week),
+        "jobs": jobs,
+        "slowest": [
+            {"job": j["job"], "p95_duration_s": j["p95_duration_s"], "attempts": j["attempts"]}
+            for j in slowest
+        ],
+        "dead_letters_open": dead_letters,
+        "holds": [{"key": k, "until": v} for k, v in sorted(holds.items())],
+        "held_jobs": held,
+    }
