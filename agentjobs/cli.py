@@ -11,7 +11,7 @@ import json
 import os
 import sys
 import traceback
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -783,6 +783,90 @@ def gc(ctx: Context) -> None:
     click.echo(f"{len(removed)} worktree(s) removed")
 
 
+@cli.command()
+@click.option(
+    "--textfile",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Write atomically to this file (node_exporter's textfile collector) instead of printing.",
+)
+@click.option("--now", "now_text", default=None, hidden=True)
+@pass_ctx
+def metrics(ctx: Context, textfile: Path | None, now_text: str | None) -> None:
+    """Prometheus metrics: queue, running attempts, attempts and durations by job, dead letters."""
+    from agentjobs.metrics import render, write_textfile
+
+    text = render(ctx.store(), _now(now_text))
+    if textfile is None:
+        click.echo(text, nl=False)
+        return
+    try:
+        write_textfile(textfile, text)
+    except OSError as exc:
+        raise UserError(f"cannot write {textfile}: {exc.strerror}") from None
+
+
+def _seconds_text(value: float | None) -> str:
+    from agentjobs.durations import format_duration
+
+    if value is None:
+        return "-"
+    return f"{value:.1f}s" if value < 60 else format_duration(value)
+
+
+def _rate_text(totals: dict[str, Any]) -> str:
+    rate = totals["failure_rate"]
+    return (
+        f"{totals['processed']} processed, {totals['failed']} failed"
+        f" ({'-' if rate is None else f'{rate:.0%}'}), {totals['dead_lettered']} dead-lettered"
+    )
+
+
+@cli.command()
+@click.option("--now", "now_text", default=None, hidden=True)
+@pass_ctx
+def stats(ctx: Context, now_text: str | None) -> None:
+    """The morning review: today and 7 days, durations by job, dead letters, held jobs."""
+    from agentjobs.stats import morning_review
+
+    review = morning_review(ctx.store(), _now(now_text))
+    if ctx.json:
+        _emit_json(review)
+        return
+    click.echo(f"today:       {_rate_text(review['today'])}")
+    click.echo(f"last 7 days: {_rate_text(review['last_7_days'])}")
+    if review["jobs"]:
+        click.echo("")
+        rows = [
+            [
+                j["job"],
+                str(j["attempts"]),
+                str(j["failed"]),
+                _seconds_text(j["avg_duration_s"]),
+                _seconds_text(j["p95_duration_s"]),
+                _seconds_text(j["max_duration_s"]),
+            ]
+            for j in review["jobs"]
+        ]
+        click.echo(_table(["JOB (7 DAYS)", "ATTEMPTS", "FAILED", "AVG", "P95", "MAX"], rows))
+        slowest = ", ".join(
+            f"{j['job']} {_seconds_text(j['p95_duration_s'])}" for j in review["slowest"]
+        )
+        click.echo(f"slowest (p95): {slowest}")
+    click.echo("")
+    open_letters = review["dead_letters_open"]
+    click.echo(f"open dead letters: {len(open_letters)}")
+    for e in open_letters[:5]:
+        click.echo(f"  {e['id']}  {e['job']}  {e['created_at']}  {e['reason']}")
+    if len(open_letters) > 5:
+        click.echo(f"  ... {len(open_letters) - 5} more: `agentjobs dlq list`")
+    held = review["held_jobs"]
+    click.echo(f"held jobs: {len(held)}")
+    for h in held:
+        until = f" until {_when(h['until'])}" if h["until"] else ""
+        click.echo(f"  {h['job']}: {h['reason']}{until}")
+
+
 # -- install ---------------------------------------------------------------------------------
 
 
@@ -909,6 +993,39 @@ def install_systemd(
     for path in written:
         click.echo(f"wrote {path}")
     click.echo(f"{'then' if write else 'after writing them (--write)'} run: {steps}")
+
+
+@cli.command()
+@click.option("--max-concurrent", type=click.IntRange(1, 1000), default=None,
+              help="Override the global config's max_concurrent.")
+@pass_ctx
+def daemon(ctx: Context, max_concurrent: int | None) -> None:
+    """Tick continuously: sleep until the next due slot, wake on apply, stop on SIGTERM."""
+    import signal
+    import threading
+
+    from agentjobs import daemon as daemon_loop
+
+    stop = threading.Event()
+
+    def handler(_number: int, _frame: object) -> None:
+        stop.set()
+
+    old = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
+    try:
+        store = ctx.store()
+
+        def one_pass(event: threading.Event) -> Callable[[], object]:
+            engine = _engine(ctx, max_concurrent=max_concurrent)
+            engine.stop = event  # a signal stops the running attempts too
+            engine.store = store
+            return engine.tick
+
+        daemon_loop.run(store, one_pass, stop, lambda line: click.echo(f"agentjobs: {line}",
+                                                                         err=True))
+    finally:
+        for number, previous in old.items():
+            signal.signal(number, previous)
 
 
 # -- entry point -----------------------------------------------------------------------------
