@@ -996,8 +996,12 @@ def install_systemd(
 
 
 @cli.command()
-@click.option("--max-concurrent", type=click.IntRange(1, 1000), default=None,
-              help="Override the global config's max_concurrent.")
+@click.option(
+    "--max-concurrent",
+    type=click.IntRange(1, 1000),
+    default=None,
+    help="Override the global config's max_concurrent.",
+)
 @pass_ctx
 def daemon(ctx: Context, max_concurrent: int | None) -> None:
     """Tick continuously: sleep until the next due slot, wake on apply, stop on SIGTERM."""
@@ -1011,7 +1015,9 @@ def daemon(ctx: Context, max_concurrent: int | None) -> None:
     def handler(_number: int, _frame: object) -> None:
         stop.set()
 
-    old = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
+    old = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
+    # SIGHUP must not end the daemon; the global config is read again on every pass anyway
+    old[signal.SIGHUP] = signal.signal(signal.SIGHUP, lambda _n, _f: None)
     try:
         store = ctx.store()
 
@@ -1021,8 +1027,9 @@ def daemon(ctx: Context, max_concurrent: int | None) -> None:
             engine.store = store
             return engine.tick
 
-        daemon_loop.run(store, one_pass, stop, lambda line: click.echo(f"agentjobs: {line}",
-                                                                         err=True))
+        daemon_loop.run(
+            store, one_pass, stop, lambda line: click.echo(f"agentjobs: {line}", err=True)
+        )
     finally:
         for number, previous in old.items():
             signal.signal(number, previous)
