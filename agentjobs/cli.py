@@ -1035,6 +1035,34 @@ def daemon(ctx: Context, max_concurrent: int | None) -> None:
             signal.signal(number, previous)
 
 
+@cli.command()
+@click.option("--prune", is_flag=True, help="Delete applied jobs whose file is gone.")
+@pass_ctx
+def watch(ctx: Context, prune: bool) -> None:
+    """Validate and apply the jobs directory on every change (Ctrl-C to stop)."""
+    import signal
+    import threading
+
+    from agentjobs import watch as watching
+
+    if not ctx.jobs_dir.is_dir():
+        raise UserError(f"jobs directory {ctx.jobs_dir} not found; pass --jobs-dir")
+    stop = threading.Event()
+    old = {s: signal.signal(s, lambda _n, _f: stop.set()) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        watching.run(
+            ctx.jobs_dir,
+            ctx.store(),
+            prune,
+            stop,
+            float(os.environ.get("AGENTJOBS_LOCK_TIMEOUT", "30")),
+            lambda line: click.echo(line, err=False),
+        )
+    finally:
+        for number, previous in old.items():
+            signal.signal(number, previous)
+
+
 # -- entry point -----------------------------------------------------------------------------
 
 
