@@ -769,18 +769,24 @@ def dlq_resolve(ctx: Context, entry_id: str, note: str) -> None:
 @cli.command()
 @pass_ctx
 def gc(ctx: Context) -> None:
-    """Remove the worktrees of finished runs (isolation: worktree); their branches stay."""
-    from agentjobs import worktree
+    """Apply retention (old logs, old record days) and remove finished runs' worktrees."""
+    from agentjobs import retention, worktree
 
     store = ctx.store()
     active = {item.run_id for item in store.runtime().queue.values()}
     removed = worktree.collect(store.locks_dir.parent / "worktrees", active)
+    done = retention.collect(store, datetime.now(UTC)) if store.exists() else {}
     if ctx.json:
-        _emit_json({"removed": removed})
+        _emit_json({"removed": removed, **done})
         return
     for path in removed:
         click.echo(f"removed worktree {path}")
     click.echo(f"{len(removed)} worktree(s) removed")
+    if done:
+        click.echo(
+            f"{done['logs_removed']} old log(s) removed, "
+            f"{done['record_days_archived']} record day(s) archived"
+        )
 
 
 @cli.command()

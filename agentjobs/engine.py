@@ -192,6 +192,11 @@ class Engine:
         attempts = self._run_queue()
         if self.notifier is not None:
             self.notifier.close()  # bounded: a few seconds per target at most
+        from agentjobs import retention
+
+        now = self.clock.now()
+        if not self.stop.is_set() and retention.due(self.store, now):
+            retention.collect(self.store, now)  # at most once a day
         return TickResult(
             attempts=tuple(attempts),
             enqueued=enqueued,

@@ -209,6 +209,8 @@ class Store(Protocol):
       entries are never deleted by agentjobs.
     - `log_path(run_id, attempt)`, `locks_dir`: where attempt logs and lock files live.
     - `count(name)` / `counters()`: monotonic counters (notification delivery failures...).
+    - `prune_logs(older_than, keep)`, `archive_records(before_day)`: retention (retention.py
+      decides what to keep); `read_json`/`write_json`: small side files (caches, markers).
     - `describe()`: where the state lives, for messages.
     """
 
@@ -245,6 +247,14 @@ class Store(Protocol):
     def log_path(self, run_id: str, attempt: int) -> Path: ...
 
     def count(self, name: str, by: int = 1) -> None: ...
+
+    def prune_logs(self, older_than: float, keep: set[str]) -> int: ...
+
+    def archive_records(self, before_day: str) -> int: ...
+
+    def read_json(self, name: str) -> Any: ...
+
+    def write_json(self, name: str, value: Any) -> None: ...
 
     def counters(self) -> dict[str, int]: ...
 

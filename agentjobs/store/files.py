@@ -375,6 +375,40 @@ class FileStore:
 
     # -- side files and record days (metrics cache, notifier counters) ---------------------
 
+    def prune_logs(self, older_than: float, keep: set[str]) -> int:
+        """Delete attempt logs last written before `older_than` (epoch seconds), except those of
+        the runs in `keep`. Returns how many were deleted."""
+        folder = self.root / "logs"
+        removed = 0
+        if not folder.is_dir():
+            return 0
+        for entry in os.scandir(folder):
+            if entry.name.split(".", 1)[0] in keep or not entry.name.endswith(".log"):
+                continue
+            try:
+                if entry.stat().st_mtime < older_than:
+                    os.unlink(entry.path)
+                    removed += 1
+            except FileNotFoundError:
+                continue
+        return removed
+
+    def archive_records(self, before_day: str) -> int:
+        """Move record files of days before `before_day` (YYYY-MM-DD) into
+        records/archive/DAY.jsonl.gz (written atomically before the original goes)."""
+        import gzip
+
+        archive = self.root / "records" / "archive"
+        moved = 0
+        for path in records_mod.day_files(self.root / "records"):
+            if path.stem >= before_day:
+                continue
+            archive.mkdir(mode=0o700, exist_ok=True)
+            atomic_write(archive / f"{path.stem}.jsonl.gz", gzip.compress(path.read_bytes()))
+            path.unlink()
+            moved += 1
+        return moved
+
     def read_json(self, name: str) -> Any:
         """The JSON side file `name` in the state directory; None when it is missing or damaged
         (side files are caches and counters: a damaged one is rebuilt, not an error)."""
