@@ -192,9 +192,15 @@ class Engine:
         attempts = self._run_queue()
         if self.notifier is not None:
             self.notifier.close()  # bounded: a few seconds per target at most
-        from agentjobs import retention
+        from agentjobs import alerts, retention
 
         now = self.clock.now()
+        targets = dict(self.store.config().get("defaults", {})).get("notify")
+        for event in alerts.check(self.store, now):
+            if targets:
+                self._notifier().event({**targets, "events": ["alert"]}, event)
+        if self.notifier is not None:
+            self.notifier.close()
         if not self.stop.is_set() and retention.due(self.store, now):
             retention.collect(self.store, now)  # at most once a day
         return TickResult(

@@ -169,12 +169,14 @@ class GlobalConfig:
     max_concurrent: int = DEFAULT_MAX_CONCURRENT
     retention: Retention = field(default_factory=Retention)
     defaults: tuple[tuple[str, Any], ...] = ()  # job-level keys, as written
+    alerts: tuple[tuple[str, Any], ...] = ()  # thresholds; durations in seconds
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "max_concurrent": self.max_concurrent,
             "retention": _plain(self.retention),
             "defaults": dict(self.defaults),
+            **({"alerts": dict(self.alerts)} if self.alerts else {}),
         }
 
 
@@ -229,10 +231,18 @@ def build_config(raw: dict[str, Any] | None) -> GlobalConfig:
         for k in (*_JOB_DEFAULT_KEYS, "timezone", "catchup", "rate_limit_patterns")
         if k in raw
     }
+    alerts = dict(raw.get("alerts", {}))
+    if "oldest_queued" in alerts:
+        alerts["oldest_queued"] = parse_duration(alerts["oldest_queued"])
+    if "failure_rate" in alerts:
+        rate = dict(alerts["failure_rate"])
+        rate["window"] = parse_duration(rate.get("window", "24h"))
+        alerts["failure_rate"] = rate
     return GlobalConfig(
         max_concurrent=int(raw.get("max_concurrent", DEFAULT_MAX_CONCURRENT)),
         retention=retention,
         defaults=tuple(sorted(defaults.items())),
+        alerts=tuple(sorted(alerts.items())),
     )
 
 

@@ -137,3 +137,55 @@ def test_events_not_asked_for_are_not_sent(cli, server, jobs_dir: Path, state_di
     assert cli(*base, "apply").code == 0
     assert cli(*base, "run", "ok").code == 0
     assert received == []  # default events: failed, dead_lettered, silence, timeout
+
+
+def test_threshold_alerts_go_to_the_global_targets_once_per_crossing(
+    cli, server, jobs_dir: Path, state_dir: Path
+) -> None:
+    url, received = server
+    write(
+        jobs_dir / "agentjobs.yaml",
+        json.dumps(
+            {
+                "notify": {"webhook": f"{url}/global"},
+                "alerts": {"queue_depth": 2, "failure_rate": {"threshold": 0.5, "min_attempts": 3}},
+            }
+        ),
+    )
+    for name in ("a", "b", "c"):
+        write(
+            jobs_dir / f"{name}.yaml",
+            _job(
+                "exit",
+                "1",
+                schedule={"every": "1d"},
+                lock=name,
+                retry={"attempts": 2, "backoff": {"initial": "1h"}},
+            ),
+        )
+    base = ("--jobs-dir", J, "--state-dir", str(state_dir))
+    assert cli(*base, "apply").code == 0
+    assert cli(*base, "tick").code == 1  # three failures, three retries queued
+    alerts = [
+        r["body"] for r in received if r["path"] == "/global" and r["body"]["event"] == "alert"
+    ]
+    assert sorted(a["alert"] for a in alerts) == ["failure_rate", "queue_depth"]
+    depth = next(a for a in alerts if a["alert"] == "queue_depth")
+    assert (depth["value"], depth["threshold"]) == (3, 2)
+    assert depth["text"].startswith("agentjobs (agentjobs) alert: queue_depth is 3 (threshold 2)")
+    received.clear()
+    write(
+        jobs_dir / "d.yaml",
+        _job(
+            "exit",
+            "1",
+            schedule={"every": "1d"},
+            lock="d",
+            retry={"attempts": 2, "backoff": {"initial": "1h"}},
+        ),
+    )
+    assert cli(*base, "apply").code == 0
+    assert cli(*base, "tick").code == 1
+    again = [r for r in received if r["path"] == "/global" and r["body"]["event"] == "alert"]
+    assert again == []  # still over: no repeat (job events still go there: global defaults)
+    assert [r["body"]["job"] for r in received if r["path"] == "/global"] == ["d"]
