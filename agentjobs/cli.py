@@ -1008,8 +1008,15 @@ def install_systemd(
     default=None,
     help="Override the global config's max_concurrent.",
 )
+@click.option(
+    "--watch",
+    "watch_files",
+    is_flag=True,
+    help="Also validate and apply the jobs directory on every change.",
+)
+@click.option("--prune", is_flag=True, help="With --watch: delete jobs whose file is gone.")
 @pass_ctx
-def daemon(ctx: Context, max_concurrent: int | None) -> None:
+def daemon(ctx: Context, max_concurrent: int | None, watch_files: bool, prune: bool) -> None:
     """Tick continuously: sleep until the next due slot, wake on apply, stop on SIGTERM."""
     import signal
     import threading
@@ -1033,6 +1040,23 @@ def daemon(ctx: Context, max_concurrent: int | None) -> None:
             engine.store = store
             return engine.tick
 
+        if watch_files:
+            from agentjobs import watch as watching
+
+            if not ctx.jobs_dir.is_dir():
+                raise UserError(f"jobs directory {ctx.jobs_dir} not found; pass --jobs-dir")
+            threading.Thread(
+                target=watching.run,
+                args=(
+                    ctx.jobs_dir,
+                    ctx.store(),
+                    prune,
+                    stop,
+                    float(os.environ.get("AGENTJOBS_LOCK_TIMEOUT", "30")),
+                    lambda line: click.echo(f"agentjobs: watch: {line}", err=True),
+                ),
+                daemon=True,
+            ).start()
         daemon_loop.run(
             store, one_pass, stop, lambda line: click.echo(f"agentjobs: {line}", err=True)
         )

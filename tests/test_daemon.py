@@ -70,3 +70,47 @@ def test_daemon_wakes_on_apply_and_starts_a_job_at_its_slot(
         if daemon.poll() is None:
             daemon.kill()
             daemon.communicate()
+
+
+def test_daemon_with_watch_applies_saved_files_by_itself(
+    jobs_dir: Path, state_dir: Path, tmp_path: Path
+) -> None:
+    probe = tmp_path / "ran"
+    write(jobs_dir / "idle.yaml", "command: ['true']\nschedule: {cron: '0 0 1 1 *'}\n")
+    daemon = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "agentjobs",
+            "--jobs-dir",
+            str(jobs_dir),
+            "--state-dir",
+            str(state_dir),
+            "daemon",
+            "--watch",
+        ],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        _wait(lambda: (state_dir / "applied.json").exists())
+        time.sleep(0.5)
+        slot = (datetime.now(UTC) + timedelta(seconds=2)).replace(microsecond=0)
+        write(
+            jobs_dir / "soon.yaml",
+            json.dumps(
+                {
+                    "command": ["sh", "-c", f"date +%s.%N > {probe}"],
+                    "schedule": {"at": slot.isoformat()},
+                }
+            ),
+        )
+        _wait(lambda: probe.exists() and probe.read_text().strip() != "", timeout=20)
+        daemon.send_signal(signal.SIGTERM)
+        _, err = daemon.communicate(timeout=15)
+        assert daemon.returncode == 0, err
+        assert "agentjobs: watch: create: soon" in err
+    finally:
+        if daemon.poll() is None:
+            daemon.kill()
+            daemon.communicate()
