@@ -660,3 +660,79 @@ def print_profile(where: Mapping[str, Any], rows: int = 15) -> None:
     print("    by self time:")
     for row in where["by_self"][:rows]:
         print(f"      {row['tottime_s']:8.3f} s  {row['calls']:>8} calls  {row['function']}")
+
+
+# -- a running daemon ----------------------------------------------------------------------------
+
+
+def rss_kib(pid: int) -> dict[str, int]:
+    """VmRSS and VmHWM (peak RSS) of a live process, in KiB, from /proc/PID/status."""
+    out = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key in ("VmRSS", "VmHWM"):
+            out[key] = int(value.split()[0])
+    return out
+
+
+@contextmanager
+def daemon_process(
+    state: Path, *, cwd: Path, extra: Sequence[str] = (), startup_timeout: float = 30.0
+) -> Iterator[subprocess.Popen[bytes]]:
+    """`python -m agentjobs --state-dir STATE daemon` as a subprocess, yielded once it has said
+    it started; its stderr goes to `cwd/daemon.stderr`. Killed if still running on the way out
+    (stop it yourself with `stop_daemon` to check the exit status)."""
+    log = cwd / "daemon.stderr"
+    with log.open("wb") as err:
+        proc = subprocess.Popen(
+            [*AGENTJOBS_MODULE, "--state-dir", str(state), "daemon", *extra],
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+            env=clean_env(),
+            cwd=cwd,
+        )
+    try:
+        deadline = time.monotonic() + startup_timeout
+        while b"daemon started" not in log.read_bytes():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit(f"the daemon did not start:\n{log.read_text()[-3000:]}")
+            time.sleep(0.02)
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def stop_daemon(proc: subprocess.Popen[bytes], *, timeout: float = 30.0) -> dict[str, Any]:
+    """SIGTERM, then wait: the exit status and how long the daemon took to stop."""
+    start = time.perf_counter()
+    proc.terminate()
+    try:
+        code = proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        code = proc.wait()
+        return {"exit_code": code, "stopped_s": None, "needed_sigkill": True}
+    return {"exit_code": code, "stopped_s": time.perf_counter() - start, "needed_sigkill": False}
+
+
+class RecordCounter:
+    """Counts one event in `<state>/records/*.jsonl` as they grow, reading only the new bytes."""
+
+    def __init__(self, state: Path, event: str = "attempt_finished") -> None:
+        self.records = state / "records"
+        self.needle = f'"event":"{event}"'.encode()
+        self.offsets: dict[Path, int] = {}
+        self.count = 0
+
+    def update(self) -> int:
+        for path in sorted(self.records.glob("*.jsonl")):
+            start = self.offsets.get(path, 0)
+            with path.open("rb") as f:
+                f.seek(start)
+                chunk = f.read()
+            end = chunk.rfind(b"\n") + 1  # whole lines only; a half-written one waits
+            self.count += chunk[:end].count(self.needle)
+            self.offsets[path] = start + end
+        return self.count
