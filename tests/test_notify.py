@@ -83,20 +83,22 @@ def test_failure_dead_letter_and_pings_reach_the_targets(
     assert cli(*base, "apply").code == 0
     assert cli(*base, "run", "bad").code == 1
     hooks = [r["body"] for r in received if r["path"] == "/hook"]
-    assert [h["event"] for h in hooks] == ["failed", "dead_lettered"]
-    assert hooks[0]["job"] == "bad" and hooks[0]["error"] == "exit code 3"
-    assert hooks[0]["text"].startswith("agentjobs bad failed (attempt 1): exit code 3 [run ")
-    run_id = hooks[0]["run_id"]
+    # deliveries run in parallel in the background: their order is not defined
+    assert sorted(h["event"] for h in hooks) == ["dead_lettered", "failed"]
+    failed = next(h for h in hooks if h["event"] == "failed")
+    assert failed["job"] == "bad" and failed["error"] == "exit code 3"
+    assert failed["text"].startswith("agentjobs bad failed (attempt 1): exit code 3 [run ")
+    run_id = failed["run_id"]
     pings = [r["path"] for r in received if r["path"].startswith("/ping")]
-    assert pings == [f"/ping/abc/start?rid={run_id}", f"/ping/abc/fail?rid={run_id}"]
+    assert sorted(pings) == [f"/ping/abc/fail?rid={run_id}", f"/ping/abc/start?rid={run_id}"]
     events = [json.loads(line)["event"] for line in inbox.read_text().splitlines()]
-    assert events == ["failed", "dead_lettered"]
+    assert sorted(events) == ["dead_lettered", "failed"]
     # fixed: the next success is a recovery
     write(jobs_dir / "bad.yaml", _job("print", "fine", notify=notify))
     assert cli(*base, "apply").code == 0
     assert cli(*base, "run", "bad").code == 0
     hooks = [r["body"]["event"] for r in received if r["path"] == "/hook"]
-    assert hooks[-2:] == ["succeeded", "recovered"]
+    assert sorted(hooks[-2:]) == ["recovered", "succeeded"]
     assert [r["path"] for r in received if r["path"].startswith("/ping")][-1].startswith(
         "/ping/abc?rid="
     )
@@ -189,3 +191,74 @@ def test_threshold_alerts_go_to_the_global_targets_once_per_crossing(
     again = [r for r in received if r["path"] == "/global" and r["body"]["event"] == "alert"]
     assert again == []  # still over: no repeat (job events still go there: global defaults)
     assert [r["body"]["job"] for r in received if r["path"] == "/global"] == ["d"]
+
+
+def test_timeout_silence_and_overlap_events(cli, server, jobs_dir: Path, state_dir: Path) -> None:
+    url, received = server
+    hook = {"webhook": f"{url}/hook", "events": ["timeout", "silence", "skipped_overlap", "failed"]}
+    write(
+        jobs_dir / "slow.yaml",
+        _job(
+            "print",
+            "x",
+            "sleep",
+            "5",
+            timeout="1s",
+            kill_grace="1s",
+            notify=hook,
+            retry={"attempts": 1},
+        ),
+    )
+    write(
+        jobs_dir / "quiet.yaml",
+        _job("hang", silence_timeout="1s", kill_grace="1s", notify=hook, retry={"attempts": 1}),
+    )
+    base = ("--jobs-dir", J, "--state-dir", str(state_dir))
+    assert cli(*base, "apply").code == 0
+    assert cli(*base, "run", "slow").code == 1
+    assert cli(*base, "run", "quiet").code == 1
+    events = sorted((r["body"]["job"], r["body"]["event"]) for r in received)
+    assert events == [("quiet", "silence"), ("slow", "timeout")]  # the specific event, once
+
+
+def test_skipped_overlap_is_notified(cli, server, jobs_dir: Path, state_dir: Path) -> None:
+    import subprocess
+
+    url, received = server
+    write(
+        jobs_dir / "busy.yaml",
+        _job(
+            "sleep",
+            "4",
+            schedule={"cron": "* * * * *"},
+            notify={"webhook": f"{url}/hook", "events": ["skipped_overlap"]},
+        ),
+    )
+    base = ("--jobs-dir", J, "--state-dir", str(state_dir))
+    assert cli(*base, "apply", "--now", "2026-11-23T11:59:50Z").code == 0
+    first = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "agentjobs",
+            "--state-dir",
+            str(state_dir),
+            "tick",
+            "--now",
+            "2026-11-23T12:00:05Z",
+        ]
+    )
+    try:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            runtime = json.loads((state_dir / "runtime.json").read_text())
+            if any(i["state"] == "running" for i in runtime["queue"].values()):
+                break
+            time.sleep(0.05)
+        assert cli(*base, "tick", "--now", "2026-11-23T12:01:05Z").code == 0
+    finally:
+        first.wait(timeout=30)
+    bodies = [r["body"] for r in received]
+    assert [(b["event"], b["slot"]) for b in bodies] == [
+        ("skipped_overlap", "2026-11-23T12:01:00+00:00")
+    ]
