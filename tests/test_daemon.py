@@ -10,16 +10,7 @@ import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from tests.conftest import run_agentjobs, write
-
-
-def _wait(predicate, timeout: float = 15.0) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.02)
-    raise AssertionError("condition not met in time")
+from tests.conftest import run_agentjobs, wait_for, write
 
 
 def test_daemon_wakes_on_apply_and_starts_a_job_at_its_slot(
@@ -39,7 +30,7 @@ def test_daemon_wakes_on_apply_and_starts_a_job_at_its_slot(
         text=True,
     )
     try:
-        _wait(lambda: (state_dir / "locks" / "daemon.lock").exists())
+        wait_for(lambda: (state_dir / "locks" / "daemon.lock").exists())
         second = run_agentjobs("--state-dir", str(state_dir), "daemon")
         assert second.returncode == 2
         assert "a daemon already runs for" in second.stderr
@@ -59,7 +50,7 @@ def test_daemon_wakes_on_apply_and_starts_a_job_at_its_slot(
             ).returncode
             == 0
         )
-        _wait(lambda: probe.exists() and probe.read_text().strip() != "", timeout=20)
+        wait_for(lambda: probe.exists() and probe.read_text().strip() != "", timeout=20)
         late = float(probe.read_text()) - slot.timestamp()
         assert 0 <= late < 0.5, f"started {late:.3f}s after its slot"
         daemon.send_signal(signal.SIGTERM)
@@ -93,7 +84,7 @@ def test_daemon_with_watch_applies_saved_files_by_itself(
         text=True,
     )
     try:
-        _wait(lambda: (state_dir / "applied.json").exists())
+        wait_for(lambda: (state_dir / "applied.json").exists())
         time.sleep(0.5)
         slot = (datetime.now(UTC) + timedelta(seconds=2)).replace(microsecond=0)
         write(
@@ -105,7 +96,7 @@ def test_daemon_with_watch_applies_saved_files_by_itself(
                 }
             ),
         )
-        _wait(lambda: probe.exists() and probe.read_text().strip() != "", timeout=20)
+        wait_for(lambda: probe.exists() and probe.read_text().strip() != "", timeout=20)
         daemon.send_signal(signal.SIGTERM)
         _, err = daemon.communicate(timeout=15)
         assert daemon.returncode == 0, err

@@ -14,7 +14,7 @@ from typing import Any
 import jsonschema
 import pytest
 
-from tests.conftest import REPO, run_agentjobs, write
+from tests.conftest import REPO, run_agentjobs, wait_for, write
 
 FAKE = str(Path(__file__).with_name("fake_agent.py"))
 J = "repo/jobs.d"
@@ -371,15 +371,6 @@ def test_a_torn_last_record_line_is_skipped_with_a_warning(
     assert f"{day}:3: skipped a damaged record line" in result.err
 
 
-def _wait_for(predicate, timeout: float = 10.0) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError("condition not met in time")
-
-
 def _dead(pid: int) -> bool:
     try:
         with open(f"/proc/{pid}/stat") as handle:
@@ -413,7 +404,7 @@ def test_run_with_a_busy_key_says_who_holds_it_and_leaves_the_run_queued(
     assert aj("apply").code == 0
     holder = _spawn(state_dir, "run", "long")
     try:
-        _wait_for(lambda: _running(state_dir))
+        wait_for(lambda: _running(state_dir))
         started = time.monotonic()
         result = aj("run", "other")
         assert time.monotonic() - started < 2
@@ -438,7 +429,7 @@ def test_overlap_skip_and_queue(aj, jobs_dir: Path, state_dir: Path) -> None:
     assert aj("apply", "--now", "2026-11-23T11:59:50Z").code == 0
     first = _spawn(state_dir, "tick", "--now", "2026-11-23T12:00:05Z")
     try:
-        _wait_for(
+        wait_for(
             lambda: sum(i["state"] == "running" for i in runtime(state_dir)["queue"].values()) == 2
         )
         # the 12:01 and 12:02 slots come while both 12:00 runs still run
@@ -488,7 +479,7 @@ def test_sigterm_records_interrupted_and_the_run_resumes_next_tick(
         == 0
     )
     tick = _spawn(state_dir, "tick")
-    _wait_for(lambda: counter.exists())
+    wait_for(lambda: counter.exists())
     started = time.monotonic()
     tick.send_signal(signal.SIGTERM)
     _, err = tick.communicate(timeout=20)
@@ -537,7 +528,7 @@ def test_kill_9_of_a_tick_is_recovered_as_lost_and_retried(
         == 0
     )
     tick = _spawn(state_dir, "tick")
-    _wait_for(lambda: marker.exists())
+    wait_for(lambda: marker.exists())
     os.kill(tick.pid, signal.SIGKILL)  # the runner dies; the job it started does not
     tick.communicate(timeout=10)
     child = records(state_dir, "attempt_started")[0]["child_pid"]
@@ -546,7 +537,7 @@ def test_kill_9_of_a_tick_is_recovered_as_lost_and_retried(
     assert (meanwhile.returncode, meanwhile.stdout, meanwhile.stderr) == (0, "", "")
     assert records(state_dir, "attempt_finished") == []
     os.killpg(child, signal.SIGKILL)  # now the machine "reboots": the job is gone too
-    _wait_for(lambda: _dead(child))
+    wait_for(lambda: _dead(child))
     recovered = run_agentjobs("--state-dir", str(state_dir), "tick")
     assert "victim: run " in recovered.stderr and "attempt 1 was lost" in recovered.stderr
     finished = records(state_dir, "attempt_finished")
@@ -699,7 +690,7 @@ def test_run_wait_waits_for_the_lock_key(aj, jobs_dir: Path, state_dir: Path) ->
     assert aj("apply").code == 0
     holder = _spawn(state_dir, "run", "long")
     try:
-        _wait_for(lambda: _running(state_dir))
+        wait_for(lambda: _running(state_dir))
         waited = aj("run", "next", "--wait")
         assert waited.code == 0
         assert waited.out == "after it\n"

@@ -10,21 +10,12 @@ import sys
 import time
 from pathlib import Path
 
-from tests.conftest import write
+from tests.conftest import wait_for, write
 
 
 def _applied(state_dir: Path) -> dict[str, dict]:  # type: ignore[type-arg]
     path = state_dir / "applied.json"
     return json.loads(path.read_text())["jobs"] if path.exists() else {}
-
-
-def _wait(predicate, timeout: float = 15.0) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError("condition not met in time")
 
 
 def _save(path: Path, text: str) -> None:
@@ -55,18 +46,18 @@ def test_watch_applies_valid_saves_and_keeps_the_last_good_state(
         text=True,
     )
     try:
-        _wait(lambda: "a" in _applied(state_dir))
+        wait_for(lambda: "a" in _applied(state_dir))
         time.sleep(0.5)  # let the watcher start watching
         _save(jobs_dir / "b.yaml", "command: [echo, two]\n")
-        _wait(lambda: "b" in _applied(state_dir))
+        wait_for(lambda: "b" in _applied(state_dir))
         before = (state_dir / "applied.json").read_bytes()
         _save(jobs_dir / "a.yaml", "command: [echo, one]\nsilence_timout: 5m\n")
         time.sleep(2.0)
         assert (state_dir / "applied.json").read_bytes() == before  # invalid: nothing applied
         _save(jobs_dir / "a.yaml", "command: [echo, fixed]\n")
-        _wait(lambda: _applied(state_dir)["a"]["spec"]["command"] == ["echo", "fixed"])
+        wait_for(lambda: _applied(state_dir)["a"]["spec"]["command"] == ["echo", "fixed"])
         (jobs_dir / "b.yaml").unlink()
-        _wait(lambda: "b" not in _applied(state_dir))  # --prune
+        wait_for(lambda: "b" not in _applied(state_dir))  # --prune
     finally:
         watcher.send_signal(signal.SIGTERM)
         out, err = watcher.communicate(timeout=15)
