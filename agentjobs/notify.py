@@ -44,15 +44,20 @@ class Notifier:
 
     def __init__(self, on_failure: Callable[[str], None] = lambda _m: None) -> None:
         self._pool: ThreadPoolExecutor | None = None
+        self._pings: ThreadPoolExecutor | None = None
         self._pending: list[Future[None]] = []
         self._lock = threading.Lock()
         self.on_failure = on_failure
 
-    def _submit(self, function: Callable[..., None], *args: Any) -> None:
+    def _submit(self, function: Callable[..., None], *args: Any, serial: bool = False) -> None:
         with self._lock:
             if self._pool is None:
                 self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="notify")
-            self._pending.append(self._pool.submit(self._guarded, function, *args))
+                # pings go one at a time, in order: a run's /start before its /fail or success
+                self._pings = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ping")
+            pool = self._pings if serial else self._pool
+            assert pool is not None
+            self._pending.append(pool.submit(self._guarded, function, *args))
 
     def _guarded(self, function: Callable[..., None], *args: Any) -> None:
         try:
@@ -76,16 +81,17 @@ class Notifier:
             return
         base = str(notify["ping_url"]).rstrip("/")
         url = {"start": f"{base}/start", "success": base, "fail": f"{base}/fail"}[kind]
-        self._submit(_get, f"{url}?{urllib.parse.urlencode({'rid': run_id})}")
+        self._submit(_get, f"{url}?{urllib.parse.urlencode({'rid': run_id})}", serial=True)
 
     def close(self, timeout: float = TIMEOUT * TRIES + 5) -> None:
         with self._lock:
             pending, self._pending = self._pending, []
-            pool, self._pool = self._pool, None
+            pools, self._pool = (self._pool, self._pings), None
         if pending:
             wait(pending, timeout=timeout)
-        if pool is not None:
-            pool.shutdown(wait=False, cancel_futures=True)
+        for pool in pools:
+            if pool is not None:
+                pool.shutdown(wait=False, cancel_futures=True)
 
 
 def _retrying(function: Callable[[], None]) -> None:
