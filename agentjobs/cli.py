@@ -1093,6 +1093,54 @@ def watch(ctx: Context, prune: bool) -> None:
             signal.signal(number, previous)
 
 
+@cli.group()
+def state() -> None:
+    """Move a deployment: export the state as JSONL, import it elsewhere."""
+
+
+@state.command("export")
+@click.option(
+    "--file",
+    "-f",
+    "target",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Write here instead of standard output.",
+)
+@pass_ctx
+def state_export(ctx: Context, target: Path | None) -> None:
+    """Applied jobs, states, queue, dead letters and every record, one JSON object a line."""
+    from agentjobs import transfer
+
+    lines = transfer.export(ctx.store(), datetime.now(UTC))
+    if target is None:
+        for line in lines:
+            click.echo(line, nl=False)
+        return
+    tmp = target.with_name(f".{target.name}.tmp")
+    with open(tmp, "w", encoding="utf-8") as handle:
+        handle.writelines(lines)
+    tmp.replace(target)
+    click.echo(f"exported to {target}", err=True)
+
+
+@state.command("import")
+@click.argument("source", type=click.Path(path_type=Path, exists=True, dir_okay=False))
+@pass_ctx
+def state_import(ctx: Context, source: Path) -> None:
+    """Load an export into this (empty) state directory."""
+    from agentjobs import transfer
+
+    with open(source, encoding="utf-8") as handle:
+        counts = transfer.import_(
+            ctx.store(), handle, float(os.environ.get("AGENTJOBS_LOCK_TIMEOUT", "30"))
+        )
+    if ctx.json:
+        _emit_json(counts)
+        return
+    click.echo(", ".join(f"{n} {kind}" for kind, n in sorted(counts.items())) or "nothing")
+
+
 # -- entry point -----------------------------------------------------------------------------
 
 
