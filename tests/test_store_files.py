@@ -8,11 +8,8 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
-
-from agentjobs.errors import UserError
-from agentjobs.store import AppliedChange, AppliedJob, JobState, QueueItem
-from agentjobs.store.files import FileStore, atomic_write
+from agentjobs.store import AppliedJob
+from agentjobs.store.files import atomic_write
 from tests.conftest import run_agentjobs, write
 
 
@@ -20,51 +17,6 @@ def _job(name: str) -> AppliedJob:
     return AppliedJob(
         name, {"name": name}, "h" + name, "s" + name, f"{name}.yaml", "2026-11-23T12:00:00+00:00"
     )
-
-
-def test_write_and_read_back(tmp_path: Path) -> None:
-    store = FileStore(tmp_path / "s")
-    assert not store.exists()
-    assert store.applied() == {} and store.config() == {}
-    assert store.runtime().jobs == {} and store.runtime().queue == {}
-    item = QueueItem(
-        id="a@2026-11-24T02:00:00+00:00",
-        run_id="R1",
-        job="a",
-        trigger="schedule",
-        priority="normal",
-        lock_key="k",
-        queued_at="2026-11-24T02:00:00+00:00",
-        not_before="2026-11-24T02:00:00+00:00",
-    )
-    with store.transaction(1) as runtime:
-        runtime.jobs["a"] = JobState("sa", "2026-11-24T02:00:00+00:00")
-        runtime.queue[item.id] = item
-        store.write_applied(
-            AppliedChange(put={"a": _job("a"), "b": _job("b")}, config={"max_concurrent": 3})
-        )
-    assert store.exists()
-    assert store.applied() == {"a": _job("a"), "b": _job("b")}
-    assert store.runtime().jobs["a"].next_due == "2026-11-24T02:00:00+00:00"
-    assert store.runtime().queue == {item.id: item}
-    assert store.config() == {"max_concurrent": 3}
-    with store.transaction(1):
-        store.write_applied(AppliedChange(put={}, remove=("b",)))
-    assert set(store.applied()) == {"a"}
-    assert store.config() == {"max_concurrent": 3}
-    leftovers = [p.name for p in (tmp_path / "s").iterdir() if p.name.endswith(".tmp")]
-    assert leftovers == []
-
-
-def test_a_transaction_that_raises_writes_nothing(tmp_path: Path) -> None:
-    store = FileStore(tmp_path / "s")
-    with store.transaction(1) as runtime:
-        runtime.jobs["a"] = JobState("sa")
-    before = (tmp_path / "s" / "runtime.json").read_bytes()
-    with pytest.raises(RuntimeError), store.transaction(1) as runtime:
-        runtime.jobs["b"] = JobState("sb")
-        raise RuntimeError("crash mid-transaction")
-    assert (tmp_path / "s" / "runtime.json").read_bytes() == before
 
 
 def test_atomic_write_replaces_whole_files(tmp_path: Path) -> None:
@@ -194,13 +146,3 @@ def test_concurrent_applies_from_many_processes_end_consistent(tmp_path: Path) -
     # and the state agrees with that set of files: nothing left to do
     check = run_agentjobs("--jobs-dir", str(dirs[int(winner)]), "--state-dir", str(state), "plan")
     assert check.returncode == 0, check.stdout
-
-
-def test_lock_helper_raises_user_error(tmp_path: Path) -> None:
-    store = FileStore(tmp_path / "s")
-    with (
-        store.lock(1),
-        pytest.raises(UserError, match="locked by another agentjobs process"),
-        FileStore(tmp_path / "s").lock(0.1),
-    ):
-        pass

@@ -345,6 +345,7 @@ class FileStore:
         return loaded
 
     def put_dead_letter(self, entry: Mapping[str, Any]) -> None:
+        self._ensure()
         folder = self.root / "dlq"
         folder.mkdir(mode=0o700, exist_ok=True)
         atomic_write(folder / f"{entry['id']}.json", _dump(dict(entry)))

@@ -1,0 +1,159 @@
+"""The Store protocol's contract (STYLE.md rule 9): one suite, run unchanged against every
+backend. Today the file backend; the PostgreSQL backend (issue 6) joins the `store` fixture's
+params and must pass the same tests."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from agentjobs.errors import UserError
+from agentjobs.store import AppliedChange, AppliedJob, JobState, QueueItem, Store
+
+
+@pytest.fixture(params=["files"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+    from agentjobs.store import open_store
+
+    yield open_store(str(tmp_path / "state"))
+
+
+def _job(name: str, lock: str = "k") -> AppliedJob:
+    return AppliedJob(
+        name,
+        {"name": name, "lock": lock},
+        f"h-{name}",
+        f"s-{name}",
+        f"{name}.yaml",
+        "2026-11-23T12:00:00+00:00",
+        "abc123",
+    )
+
+
+def _item(i: int) -> QueueItem:
+    return QueueItem(
+        id=f"a@{i}",
+        run_id=f"R{i:025d}",
+        job="a",
+        trigger="schedule",
+        priority="normal",
+        lock_key="k",
+        queued_at="2026-11-23T12:00:00+00:00",
+        not_before="2026-11-23T12:00:00+00:00",
+    )
+
+
+def test_an_empty_store_reads_as_empty(store: Store) -> None:
+    assert not store.exists()
+    assert (store.applied(), store.config(), store.dead_letters()) == ({}, {}, [])
+    runtime = store.runtime()
+    assert (runtime.jobs, runtime.queue, runtime.holds) == ({}, {}, {})
+    assert list(store.records()) == []
+    assert store.counters() == {}
+
+
+def test_apply_writes_jobs_config_and_states_together(store: Store) -> None:
+    version = store.applied_version()
+    with store.transaction(5) as runtime:
+        runtime.jobs["a"] = JobState("s-a", next_due="2026-11-24T02:00:00+00:00", needs=("b",))
+        runtime.queue["a@1"] = _item(1)
+        runtime.holds["claude"] = "2026-11-23T13:00:00+00:00"
+        store.write_applied(
+            AppliedChange(put={"a": _job("a"), "b": _job("b")}, config={"max_concurrent": 3})
+        )
+        runtime.applied_version = store.applied_version()
+    assert store.exists()
+    assert store.applied() == {"a": _job("a"), "b": _job("b")}
+    assert store.config() == {"max_concurrent": 3}
+    assert store.applied_version() != version
+    runtime = store.runtime()
+    assert runtime.jobs["a"].needs == ("b",)
+    assert runtime.queue == {"a@1": _item(1)}
+    assert runtime.holds == {"claude": "2026-11-23T13:00:00+00:00"}
+    assert runtime.applied_version == store.applied_version()
+    with store.transaction(5):
+        store.write_applied(AppliedChange(put={}, remove=("b",)))
+    assert set(store.applied()) == {"a"} and store.config() == {"max_concurrent": 3}
+
+
+def test_a_failed_transaction_changes_nothing(store: Store) -> None:
+    with store.transaction(5) as runtime:
+        runtime.queue["a@1"] = _item(1)
+    with pytest.raises(RuntimeError), store.transaction(5) as runtime:
+        runtime.queue["a@2"] = _item(2)
+        del runtime.queue["a@1"]
+        raise RuntimeError("crash")
+    assert set(store.runtime().queue) == {"a@1"}
+
+
+def test_snapshots_are_copies(store: Store) -> None:
+    with store.transaction(5) as runtime:
+        runtime.queue["a@1"] = _item(1)
+    snapshot = store.runtime()
+    snapshot.queue.clear()
+    assert set(store.runtime().queue) == {"a@1"}
+
+
+def test_the_lock_times_out_with_a_clear_error(store: Store, tmp_path: Path) -> None:
+    from agentjobs.store import open_store
+
+    other = open_store(store.describe())
+    with store.lock(5):
+        started = time.monotonic()
+        with (
+            pytest.raises(UserError, match="is locked by another agentjobs process"),
+            other.lock(0.2),
+        ):
+            pass
+        assert time.monotonic() - started < 3
+
+
+def test_records_append_and_read_in_order(store: Store) -> None:
+    day1 = datetime(2026, 11, 22, 23, 59, tzinfo=UTC)
+    day2 = day1 + timedelta(minutes=2)
+    store.append_records([{"event": "a", "time": "1"}, {"event": "b", "time": "2"}], day1)
+    store.append_records([{"event": "c", "time": "3"}], day2)
+    assert [r["event"] for r in store.records()] == ["a", "b", "c"]
+    assert [r["event"] for r in store.records(newest_first=True)] == ["c", "b", "a"]
+    assert [r["event"] for r in store.records(since=day2)] == ["c"]
+
+
+def test_dead_letters_are_kept_and_updated_in_place(store: Store) -> None:
+    entry = {"id": "R1", "job": "a", "run_id": "R1", "status": "open", "attempts": []}
+    store.put_dead_letter(entry)
+    store.put_dead_letter({**entry, "status": "resolved", "note": "fixed"})
+    assert store.dead_letters() == [{**entry, "status": "resolved", "note": "fixed"}]
+    assert store.dead_letter("R1") == {**entry, "status": "resolved", "note": "fixed"}
+    assert store.dead_letter("nope") is None
+    assert store.dead_letter("../../etc/passwd") is None
+
+
+def test_counters_and_side_files(store: Store) -> None:
+    with store.transaction(5):
+        pass  # the store exists from here
+    store.count("notify_failures")
+    store.count("notify_failures", 2)
+    assert store.counters() == {"notify_failures": 3}
+    store.write_json("gc.json", {"last": "2026-11-23"})
+    assert store.read_json("gc.json") == {"last": "2026-11-23"}
+    assert store.read_json("missing.json") is None
+
+
+def test_retention_keeps_what_it_is_told_to(store: Store) -> None:
+    old = time.time() - 10 * 86400
+    for run in ("KEEP", "GONE"):
+        path = store.log_path(run, 1)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("output\n")
+        os.utime(path, (old, old))
+    assert store.prune_logs(time.time() - 86400, keep={"KEEP"}) == 1
+    assert store.log_path("KEEP", 1).exists() and not store.log_path("GONE", 1).exists()
+    store.append_records([{"event": "x", "time": "t"}], datetime(2026, 1, 1, tzinfo=UTC))
+    store.append_records([{"event": "y", "time": "t"}], datetime(2026, 11, 23, tzinfo=UTC))
+    assert store.archive_records("2026-06-01") == 1
+    assert [r["event"] for r in store.records()] == ["y"]
