@@ -293,86 +293,32 @@ def run_process(
     )
 
 
-def version_of(
-    argv: Sequence[str], env: Mapping[str, str] | None = None, timeout: float = 10.0
-) -> str | None:
-    """The first line `argv` (e.g. `[claude, --version]`) prints, or None when it cannot start,
-    fails or takes longer than `timeout` (then its whole group is killed, as for an attempt)."""
-    try:
-        proc = subprocess.Popen(
-            list(argv),
-            env=None if env is None else dict(env),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    except OSError:
-        return None
-    try:
-        output, _ = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        kill_group(proc.pid, 1.0, proc)
-        proc.wait()
-        if proc.stdout is not None:  # a process that left the group may still hold the pipe
-            proc.stdout.close()
-        return None
-    if proc.returncode != 0:
-        return None
-    lines = [line.strip() for line in output.decode("utf-8", errors="replace").splitlines()]
-    return next((line for line in lines if line), None)
-
-
-def capture(
+def _short(
     argv: Sequence[str],
+    *,
     cwd: str | None = None,
-    timeout: float = 60.0,
+    env: Mapping[str, str] | None = None,
     stdin: bytes | None = None,
-) -> tuple[int | None, str]:
-    """Run a short helper command (git, a notify command) to completion: (exit code, output).
-    None as the code when it cannot start or runs past `timeout` (its group is killed then).
-    `stdin` is fed to it (else it reads /dev/null)."""
+    timeout: float = 60.0,
+    merge_stderr: bool = True,
+) -> tuple[int | None, str, str]:
+    """Run a short helper command to completion: (exit code, stdout, stderr). stderr is merged
+    into stdout unless `merge_stderr` is false. None as the code when it cannot start or runs
+    past `timeout` (then its whole group is killed, as for an attempt)."""
     try:
         proc = subprocess.Popen(
             list(argv),
             cwd=cwd,
+            env=None if env is None else dict(env),
             stdin=subprocess.DEVNULL if stdin is None else subprocess.PIPE,
             stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    except OSError as exc:
-        return None, str(exc)
-    try:
-        output, _ = proc.communicate(input=stdin, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        kill_group(proc.pid, 1.0, proc)
-        proc.wait()
-        for pipe in (proc.stdout, proc.stdin):
-            if pipe is not None:
-                pipe.close()
-        return None, f"{argv[0]} took longer than {timeout:g}s"
-    return proc.returncode, output.decode("utf-8", errors="replace")
-
-
-def communicate(
-    argv: Sequence[str], stdin: str = "", timeout: float = 60.0
-) -> tuple[int | None, str, str]:
-    """Run a short helper command (crontab) with `stdin` as its input: (exit code, stdout,
-    stderr), kept apart so a message on stderr never mixes into the data. None as the code when
-    it cannot start or runs past `timeout` (its group is killed then)."""
-    try:
-        proc = subprocess.Popen(
-            list(argv),
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
+            stderr=subprocess.STDOUT if merge_stderr else subprocess.PIPE,
             start_new_session=True,
         )
     except OSError as exc:
         return None, "", str(exc)
     try:
-        output, errors = proc.communicate(stdin.encode(), timeout=timeout)
+        output, errors = proc.communicate(input=stdin, timeout=timeout)
     except subprocess.TimeoutExpired:
         kill_group(proc.pid, 1.0, proc)
         proc.wait()
@@ -383,5 +329,36 @@ def communicate(
     return (
         proc.returncode,
         output.decode("utf-8", errors="replace"),
-        errors.decode("utf-8", errors="replace"),
+        (errors or b"").decode("utf-8", errors="replace"),
     )
+
+
+def version_of(
+    argv: Sequence[str], env: Mapping[str, str] | None = None, timeout: float = 10.0
+) -> str | None:
+    """The first line `argv` (e.g. `[claude, --version]`) prints, or None when it cannot start,
+    fails or takes longer than `timeout`."""
+    code, output, _ = _short(argv, env=env, timeout=timeout)
+    if code != 0:
+        return None
+    lines = [line.strip() for line in output.splitlines()]
+    return next((line for line in lines if line), None)
+
+
+def capture(
+    argv: Sequence[str],
+    cwd: str | None = None,
+    timeout: float = 60.0,
+    stdin: bytes | None = None,
+) -> tuple[int | None, str]:
+    """Run a short helper command (git, a notify command): (exit code, output with stderr)."""
+    code, output, errors = _short(argv, cwd=cwd, stdin=stdin, timeout=timeout)
+    return code, output if code is not None else errors
+
+
+def communicate(
+    argv: Sequence[str], stdin: str = "", timeout: float = 60.0
+) -> tuple[int | None, str, str]:
+    """Run a short helper command (crontab) with `stdin` as its input: (exit code, stdout,
+    stderr), kept apart so a message on stderr never mixes into the data."""
+    return _short(argv, stdin=stdin.encode(), timeout=timeout, merge_stderr=False)
