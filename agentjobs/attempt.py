@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -10,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from agentjobs.errors import UserError
-from agentjobs.runner import Ending, Redactor, run_process
+from agentjobs.runner import Ending, Redactor, StopFlag, run_process
 from agentjobs.spec import JobSpec, job_from_dict
 from agentjobs.store import AppliedJob, QueueItem
 
@@ -74,7 +73,7 @@ def run_attempt(
     item: QueueItem,
     *,
     log_path: Path,
-    stop: threading.Event,
+    stop: StopFlag,
     on_start: Callable[[int], None] | None = None,
     on_output: Callable[[bytes], None] | None = None,
     slot_env: Mapping[str, str] | None = None,

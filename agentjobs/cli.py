@@ -119,10 +119,9 @@ def _load(ctx: Context) -> LoadResult:
 )
 @click.option(
     "--state-dir",
-    envvar="AGENTJOBS_STATE_DIR",
-    default=".agentjobs",
-    show_default=True,
-    help="State directory.",
+    default=None,
+    help="State directory, or a postgresql:// URL shared by several hosts "
+    "[default: $AGENTJOBS_DATABASE_URL, else $AGENTJOBS_STATE_DIR, else .agentjobs].",
 )
 @click.option(
     "--output",
@@ -133,9 +132,36 @@ def _load(ctx: Context) -> LoadResult:
     help="Output format.",
 )
 @click.pass_context
-def cli(click_ctx: click.Context, jobs_dir: Path, state_dir: str, output: str) -> None:
+def cli(click_ctx: click.Context, jobs_dir: Path, state_dir: str | None, output: str) -> None:
     """Run unattended AI coding agent jobs declared in files."""
-    click_ctx.obj = Context(jobs_dir=jobs_dir, state_dir=state_dir, output=output)
+    click_ctx.obj = Context(jobs_dir=jobs_dir, state_dir=_state_location(state_dir), output=output)
+
+
+def _state_location(flag: str | None) -> str:
+    """--state-dir, else AGENTJOBS_DATABASE_URL, else AGENTJOBS_STATE_DIR, else .agentjobs."""
+    return (
+        flag
+        or os.environ.get("AGENTJOBS_DATABASE_URL")
+        or os.environ.get("AGENTJOBS_STATE_DIR")
+        or ".agentjobs"
+    )
+
+
+def _host_options(command: Callable[..., None]) -> Callable[..., None]:
+    """--host and --labels: who this runner is, for `runs_on` and the shared backend."""
+    command = click.option(
+        "--labels",
+        envvar="AGENTJOBS_LABELS",
+        default="",
+        help="This host's labels, comma-separated (jobs with `runs_on` need all of theirs).",
+    )(command)
+    return click.option(
+        "--host",
+        "host_id",
+        envvar="AGENTJOBS_HOST",
+        default=None,
+        help="This runner's id [default: the host name].",
+    )(command)
 
 
 pass_ctx = click.make_pass_decorator(Context)
@@ -311,6 +337,12 @@ def status(ctx: Context, now_text: str | None) -> None:
     now = _now(now_text)
     applied = store.applied()
     runtime = store.runtime()
+    notes: dict[str, list[tuple[str, str]]] = {}
+    if store.shared:  # why hosts left queued items alone (a missing workdir, runs_on labels)
+        from agentjobs.store.postgres import PostgresStore
+
+        assert isinstance(store, PostgresStore)
+        notes = store.host_notes()
     rows = []
     for name in sorted(applied):
         job = applied[name]
@@ -337,6 +369,11 @@ def status(ctx: Context, now_text: str | None) -> None:
                 "result": state.last_outcome if state else None,
                 "lock": job.spec.get("lock"),
                 "held": _held(job.spec.get("agent"), runtime.holds, now),
+                "skipped_by": [
+                    {"host": host, "reason": reason}
+                    for item in waiting
+                    for host, reason in notes.get(item.id, ())
+                ],
             }
         )
     if ctx.json:
@@ -352,6 +389,8 @@ def status(ctx: Context, now_text: str | None) -> None:
         if r["held"] and not r["running"]:
             key, until = r["held"]
             result = f"held: {key} usage limit until {_when(until)}"
+        elif r["skipped_by"] and not r["running"]:
+            result = "waiting: " + "; ".join(n["reason"] for n in r["skipped_by"])
         table.append(
             [
                 r["job"],
@@ -374,9 +413,11 @@ def _engine(
     now_text: str | None = None,
     max_concurrent: int | None = None,
     stream: bool = False,
+    host: str | None = None,
+    labels: str = "",
 ) -> Engine:
     from agentjobs.clock import Clock
-    from agentjobs.engine import Engine
+    from agentjobs.engine import Engine, default_host
 
     def say(line: str) -> None:
         click.echo(f"agentjobs: {line}", err=True)
@@ -392,6 +433,8 @@ def _engine(
         max_concurrent=max_concurrent,
         say=say,
         on_output=show if stream else None,
+        host=host or default_host(),
+        labels=frozenset(part.strip() for part in labels.split(",") if part.strip()),
     )
 
 
@@ -442,10 +485,17 @@ def _attempt_json(result: AttemptResult) -> dict[str, Any]:
     default=None,
     help="Override the global config's max_concurrent.",
 )
+@_host_options
 @pass_ctx
-def tick(ctx: Context, now_text: str | None, max_concurrent: int | None) -> None:
+def tick(
+    ctx: Context,
+    now_text: str | None,
+    max_concurrent: int | None,
+    host_id: str | None,
+    labels: str,
+) -> None:
     """One scheduling pass: recover, enqueue what is due, run what is free, exit."""
-    engine = _engine(ctx, now_text, max_concurrent)
+    engine = _engine(ctx, now_text, max_concurrent, host=host_id, labels=labels)
     with _Shutdown(engine) as shutdown:
         result = engine.tick()
     if ctx.json:
@@ -474,10 +524,11 @@ def tick(ctx: Context, now_text: str | None, max_concurrent: int | None) -> None
 @cli.command()
 @click.argument("job")
 @click.option("--wait", is_flag=True, help="Wait for the lock key instead of leaving it queued.")
+@_host_options
 @pass_ctx
-def run(ctx: Context, job: str, wait: bool) -> None:
+def run(ctx: Context, job: str, wait: bool, host_id: str | None, labels: str) -> None:
     """Run JOB now, in the foreground, streaming its output."""
-    engine = _engine(ctx, stream=not ctx.json)
+    engine = _engine(ctx, stream=not ctx.json, host=host_id, labels=labels)
     with _Shutdown(engine) as shutdown:
         item, outcome = engine.run_now(job, wait=wait)
     if isinstance(outcome, str):
@@ -534,16 +585,36 @@ def resume(ctx: Context, job: str) -> None:
 @click.argument("job", required=False)
 @click.option("--since", default=None, help="ISO time or a duration ago (e.g. 24h).")
 @click.option("--outcome", default=None, help="Only attempts with this outcome.")
-@click.option("--limit", type=int, default=50, show_default=True)
+@click.option("--limit", type=int, default=None, help="At most this many rows [default: 50].")
+@click.option(
+    "--output",
+    "-o",
+    "history_output",
+    type=click.Choice(["text", "json", "jsonl"]),
+    default=None,
+    help="jsonl: every record (all events, oldest first) exactly as the file backend writes "
+    "them, for git or a log pipeline; no limit unless --limit is given.",
+)
 @pass_ctx
 def history(
-    ctx: Context, job: str | None, since: str | None, outcome: str | None, limit: int
+    ctx: Context,
+    job: str | None,
+    since: str | None,
+    outcome: str | None,
+    limit: int | None,
+    history_output: str | None,
 ) -> None:
     """Finished attempts and skipped slots, newest last."""
     from agentjobs.clock import iso
 
     since_at = _since(since)
     floor = iso(since_at) or ""
+    if history_output == "jsonl":
+        _export_records(ctx, job, outcome, since_at, floor, limit)
+        return
+    if history_output == "json":
+        ctx = Context(ctx.jobs_dir, ctx.state_dir, "json")
+    limit = 50 if limit is None else limit
     rows: list[dict[str, Any]] = []
     for record in ctx.store().records(since_at, newest_first=True):
         if len(rows) >= limit:
@@ -575,6 +646,32 @@ def history(
     click.echo(
         _table(["TIME", "JOB", "RUN", "ATTEMPT", "TRIGGER", "OUTCOME", "DURATION", "DETAIL"], table)
     )
+
+
+def _export_records(
+    ctx: Context,
+    job: str | None,
+    outcome: str | None,
+    since_at: datetime | None,
+    floor: str,
+    limit: int | None,
+) -> None:
+    """`history --output jsonl`: the records, oldest first, one JSON object per line."""
+    from agentjobs.records import encode
+
+    out = sys.stdout.buffer
+    written = 0
+    for record in ctx.store().records(since_at):
+        if limit is not None and written >= limit:
+            break
+        if (
+            (job is None or record.get("job") == job)
+            and (outcome is None or record.get("outcome") == outcome)
+            and record.get("time", "") >= floor
+        ):
+            out.write(encode(record))
+            written += 1
+    out.flush()
 
 
 def _since(text: str | None) -> datetime | None:
@@ -774,7 +871,7 @@ def gc(ctx: Context) -> None:
 
     store = ctx.store()
     active = {item.run_id for item in store.runtime().queue.values()}
-    removed = worktree.collect(store.locks_dir.parent / "worktrees", active)
+    removed = worktree.collect(store.local_dir / "worktrees", active)
     done = retention.collect(store, datetime.now(UTC)) if store.exists() else {}
     if ctx.json:
         _emit_json({"removed": removed, **done})
@@ -1015,8 +1112,16 @@ def install_systemd(
     help="Also validate and apply the jobs directory on every change.",
 )
 @click.option("--prune", is_flag=True, help="With --watch: delete jobs whose file is gone.")
+@_host_options
 @pass_ctx
-def daemon(ctx: Context, max_concurrent: int | None, watch_files: bool, prune: bool) -> None:
+def daemon(
+    ctx: Context,
+    max_concurrent: int | None,
+    watch_files: bool,
+    prune: bool,
+    host_id: str | None,
+    labels: str,
+) -> None:
     """Tick continuously: sleep until the next due slot, wake on apply, stop on SIGTERM."""
     import signal
     import threading
@@ -1035,7 +1140,7 @@ def daemon(ctx: Context, max_concurrent: int | None, watch_files: bool, prune: b
         store = ctx.store()
 
         def one_pass(event: threading.Event) -> Callable[[], object]:
-            engine = _engine(ctx, max_concurrent=max_concurrent)
+            engine = _engine(ctx, max_concurrent=max_concurrent, host=host_id, labels=labels)
             engine.stop = event  # a signal stops the running attempts too
             engine.store = store
             return engine.tick
@@ -1091,6 +1196,35 @@ def watch(ctx: Context, prune: bool) -> None:
     finally:
         for number, previous in old.items():
             signal.signal(number, previous)
+
+
+@cli.group()
+def db() -> None:
+    """The PostgreSQL backend's schema."""
+
+
+@db.command("migrate")
+@pass_ctx
+def db_migrate(ctx: Context) -> None:
+    """Apply the schema migrations this agentjobs needs (also done on first use)."""
+    from agentjobs.store.postgres import MIGRATIONS, PostgresStore, is_url
+
+    if not is_url(ctx.state_dir):
+        raise UserError(
+            "db migrate works on a PostgreSQL state: pass --state-dir postgresql://... or set "
+            "AGENTJOBS_DATABASE_URL"
+        )
+    store = PostgresStore(ctx.state_dir)
+    done = store.migrate()
+    if ctx.json:
+        _emit_json({"applied": done, "version": len(MIGRATIONS)})
+    elif done:
+        click.echo(
+            f"applied migration(s) {', '.join(map(str, done))} to {store.describe()}; "
+            f"schema version {len(MIGRATIONS)}"
+        )
+    else:
+        click.echo(f"{store.describe()} is up to date (schema version {len(MIGRATIONS)})")
 
 
 @cli.group()
@@ -1154,6 +1288,10 @@ def _crash_report(state_dir: str) -> str:
         f"python {platform.python_version()} on {platform.platform()}\n"
         f"argv: {sys.argv!r}\n\n{traceback.format_exc()}"
     )
+    if state_dir.startswith(("postgresql://", "postgres://")):
+        from agentjobs.store.postgres import default_local_dir
+
+        state_dir = str(default_local_dir())
     for folder in (Path(state_dir), Path(tempfile.gettempdir())):
         try:
             if folder.is_dir():
@@ -1194,7 +1332,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:
         return EXIT_OK
     except Exception as exc:
-        state_dir = os.environ.get("AGENTJOBS_STATE_DIR", ".agentjobs")
+        state_dir = _state_location(None)
         for i, arg in enumerate(args):
             if arg == "--state-dir" and i + 1 < len(args):
                 state_dir = args[i + 1]

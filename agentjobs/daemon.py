@@ -38,9 +38,10 @@ def run(
     say: Callable[[str], None],
 ) -> None:
     """Loop until `stop` is set. `make_engine(stop)` returns one pass (an Engine's tick)."""
-    held = locks.try_lock(store.locks_dir / "daemon.lock")
+    # one daemon per state directory; with a shared database, one per host (its local dir)
+    held = locks.try_lock(store.local_dir / "locks" / "daemon.lock")
     if held is None:
-        holder = locks.holder(store.locks_dir / "daemon.lock")
+        holder = locks.holder(store.local_dir / "locks" / "daemon.lock")
         raise UserError(f"a daemon already runs for {store.describe()} ({holder or 'unknown'})")
     held.note(f"daemon pid {os.getpid()}")
     say(f"daemon started for {store.describe()}")

@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from agentjobs import locks
 from agentjobs.clock import Clock, iso, parse
@@ -27,9 +27,7 @@ from agentjobs.store import AppliedJob, AttemptSummary, JobState, QueueItem, Run
 
 if TYPE_CHECKING:
     from agentjobs.notify import Notifier
-
-if TYPE_CHECKING:
-    from agentjobs.notify import Notifier
+    from agentjobs.store.postgres import PostgresStore
 
 DEFAULT_LOCK_TIMEOUT = 30.0
 ORPHAN_REASON = "the runner stopped before the attempt finished (killed or machine restarted)"
@@ -70,12 +68,27 @@ class TickResult:
         return all(a.ok for a in self.attempts)
 
 
+class _Held(Protocol):
+    """A lock key or concurrency slot held for an attempt: a flock (`locks.HeldLock`, its `fd`
+    passed to the attempt's processes) or a lease row (`postgres.Lease`, no fd)."""
+
+    @property
+    def fd(self) -> int | None: ...
+
+    def release(self) -> None: ...
+
+
 @dataclass(slots=True)
 class _Claim:
     item: QueueItem
     applied: AppliedJob
-    key: locks.HeldLock
-    slot: locks.HeldLock
+    key: _Held
+    slot: _Held
+
+
+def default_host() -> str:
+    """This runner's id: `AGENTJOBS_HOST`, else the host name."""
+    return os.environ.get("AGENTJOBS_HOST") or socket.gethostname()
 
 
 @dataclass
@@ -84,7 +97,8 @@ class Engine:
 
     store: Store
     clock: Clock = field(default_factory=Clock)
-    host: str = field(default_factory=socket.gethostname)
+    host: str = field(default_factory=default_host)
+    labels: frozenset[str] = frozenset()  # this host's labels, matched against `runs_on`
     lock_timeout: float = DEFAULT_LOCK_TIMEOUT
     max_concurrent: int | None = None  # None: the applied global config's (default 2)
     stop: threading.Event = field(default_factory=threading.Event)
@@ -137,6 +151,31 @@ class Engine:
             self.max_concurrent = int(self.store.config().get("max_concurrent", 2))
         return self.max_concurrent
 
+    def _workers(self) -> int:
+        """How many attempts this process runs at once (the cluster's and this host's limit)."""
+        per_host = self.store.config().get("max_concurrent_per_host")
+        return max(1, min(self._slots(), int(per_host or self._slots())))
+
+    def _shared(self) -> PostgresStore | None:
+        """The store when it is shared between hosts (leases, not flocks)."""
+        if not self.store.shared:
+            return None
+        from agentjobs.store.postgres import PostgresStore
+
+        assert isinstance(self.store, PostgresStore)
+        return self.store
+
+    def _runs_here(self, applied: AppliedJob) -> str | None:
+        """Why this host may not run the job (`runs_on` labels, workdir), or None."""
+        wanted = applied.spec.get("runs_on") or ()
+        missing = [label for label in wanted if label not in self.labels]
+        if missing:
+            return f"host {self.host} lacks the label(s) {', '.join(missing)} (runs_on)"
+        workdir = applied.spec.get("workdir")
+        if self.store.shared and workdir and not os.path.isdir(workdir):
+            return f"workdir {workdir} does not exist on host {self.host}"
+        return None
+
     def _record(
         self, event: str, item: QueueItem, applied: AppliedJob | None, **fields: Any
     ) -> dict[str, Any]:
@@ -188,6 +227,9 @@ class Engine:
         runtime = self.store.runtime()
         if not self._has_work(runtime, self._now()):
             return TickResult()
+        shared = self._shared()
+        if shared is not None:
+            shared.see_host(self.host, self.labels)
         recovered, enqueued, skipped = self._prepare()
         attempts = self._run_queue()
         if self.notifier is not None:
@@ -254,15 +296,21 @@ class Engine:
         records: list[dict[str, Any]],
     ) -> int:
         count = 0
+        shared = self._shared()
         for item in list(runtime.queue.values()):
             if item.state != "running":
                 continue
-            if not locks.is_free(locks.key_file(self.store.locks_dir, item.lock_key)):
-                continue  # its tick, or a process it started, still holds the key
-            if item.host not in (None, self.host):
-                continue  # another host's attempt (shared state is the PostgreSQL backend's)
-            if item.pid is not None and item.pid != os.getpid() and _alive(item.pid):
-                continue  # the tick process lives: it is between claim and lock (never for long)
+            if shared is not None:
+                # across hosts the lease is the only truth: renewed, the attempt lives
+                if shared.attempt_leased(item.run_id, item.attempt):
+                    continue
+            else:
+                if not locks.is_free(locks.key_file(self.store.locks_dir, item.lock_key)):
+                    continue  # its tick, or a process it started, still holds the key
+                if item.host not in (None, self.host):
+                    continue  # another host's attempt: not ours to judge without leases
+                if item.pid is not None and item.pid != os.getpid() and _alive(item.pid):
+                    continue  # the tick lives: it is between claim and lock (never for long)
             count += 1
             recorded = self._recorded_finish(item, now)
             if recorded is not None:
@@ -495,8 +543,52 @@ class Engine:
         Returns the claim, None when nothing can run now, or (with `only`) a message saying
         what holds that item back.
         """
+        if self.store.shared:
+            return self._claim_shared(only)
         with self.store.transaction(self.lock_timeout) as runtime:
             return self._claim_in(runtime, self.store.applied(), only)
+
+    def _claim_shared(self, only: str | None) -> _Claim | str | None:
+        """`_claim` across hosts: leases and `SKIP LOCKED` in the database (postgres.py)."""
+        from agentjobs.store.postgres import Claimed
+
+        store = self._shared()
+        assert store is not None
+        applied = store.applied()
+        now = self._now()
+
+        def refuse(item: QueueItem, context: Runtime) -> str | None:
+            job = applied.get(item.job)
+            if job is None:
+                return "its job is no longer applied"
+            if not job.spec.get("enabled", True):
+                return f"job {item.job} is disabled"
+            state = context.jobs.get(item.job)
+            if state is not None and state.paused:
+                return f"job {item.job} is paused"
+            limit = self._limit_key(job)
+            if limit is not None and context.holds.get(limit, "") > now:
+                return f"held: {limit} usage limit until {context.holds[limit]}"
+            why = self._runs_here(job)
+            return None if why is None else f"host: {why}"
+
+        per_host = store.config().get("max_concurrent_per_host")
+        claimed = store.claim(
+            host=self.host,
+            now=now,
+            only=only,
+            refuse=refuse,
+            slots=self._slots(),
+            host_slots=int(per_host) if per_host else None,
+            note=lambda item: (
+                f"run {item.run_id} (job {item.job}, attempt {item.attempt}, "
+                f"pid {os.getpid()}, host {self.host})"
+            ),
+            timeout=self.lock_timeout,
+        )
+        if isinstance(claimed, Claimed):
+            return _Claim(claimed.item, applied[claimed.item.job], claimed.key, claimed.slot)
+        return claimed
 
     def _claim_in(
         self, runtime: Runtime, applied: Mapping[str, AppliedJob], only: str | None = None
@@ -523,6 +615,7 @@ class Engine:
                 and i.job in applied
                 and i.lock_key not in busy
                 and i.job not in held
+                and self._runs_here(applied[i.job]) is None
             ]
             candidates = _in_order(eligible)
         slot = None
@@ -583,12 +676,21 @@ class Engine:
         """Run a claimed attempt and record it; with `claim_next`, claim the next runnable item
         in the same transaction (one state write per attempt instead of two)."""
         from agentjobs.attempt import run_attempt
+        from agentjobs.runner import AnyStop, StopFlag
 
         item = claim.item
         log_path = self.store.log_path(item.run_id, item.attempt)
         started_at = self._now()
+        lease = _lease_of(claim)
+        stop: StopFlag = self.stop
+        if lease is not None:  # a lost lease stops the attempt like a shutdown would
+            stop = AnyStop(
+                (self.stop, lambda: "stopped by shutdown"), (lease.lost, lambda: lease.reason)
+            )
 
         def started(pid: int) -> None:
+            if lease is not None:
+                lease.start(pid)  # renewals and the fence, now that the group exists
             if claim.applied.spec.get("notify"):
                 self._notifier().ping(claim.applied.spec.get("notify"), "start", item.run_id)
             self.store.append_records(
@@ -610,12 +712,12 @@ class Engine:
                 claim.applied,
                 item,
                 log_path=log_path,
-                stop=self.stop,
+                stop=stop,
                 on_start=started,
                 on_output=self.on_output,
                 slot_env={"AGENTJOBS_SLOT": item.slot or ""},
-                pass_fds=(claim.key.fd, claim.slot.fd),
-                worktrees=self.store.locks_dir.parent / "worktrees",
+                pass_fds=tuple(fd for fd in (claim.key.fd, claim.slot.fd) if fd is not None),
+                worktrees=self.store.local_dir / "worktrees",
             )
         finally:
             # The attempt's processes are gone (the runner kills the whole group), so the
@@ -626,6 +728,15 @@ class Engine:
             now = self.clock.now()
             records: list[dict[str, Any]] = []
             current = runtime.queue.get(item.id, item)
+            if lease is not None and not _still_ours(current, item):
+                # The lease expired and another host already recorded this attempt as lost
+                # (and retried it): record nothing twice. Its processes are gone (fenced).
+                self._tell(
+                    f"{item.job}: run {item.run_id} attempt {item.attempt} lost its lease "
+                    f"({lease.reason or 'it expired'}); another host recorded it, this host "
+                    "records nothing"
+                )
+                return self._abandoned(item, outcome, str(log_path)), None
             result = self._finish(
                 runtime,
                 current,
@@ -649,10 +760,30 @@ class Engine:
             self._enqueue_needs(runtime, applied, now)
             self.store.append_records(records, now)
             following = None
-            if claim_next and not self.stop.is_set():
+            if claim_next and not self.stop.is_set() and lease is None:
                 candidate = self._claim_in(runtime, applied)
                 following = candidate if isinstance(candidate, _Claim) else None
+        if claim_next and not self.stop.is_set() and lease is not None:
+            candidate = self._claim_shared(None)
+            following = candidate if isinstance(candidate, _Claim) else None
         return result, following
+
+    @staticmethod
+    def _abandoned(item: QueueItem, outcome: Any, log_path: str) -> AttemptResult:
+        return AttemptResult(
+            job=item.job,
+            run_id=item.run_id,
+            attempt=item.attempt,
+            trigger=item.trigger,
+            outcome="interrupted",
+            exit_code=outcome.exit_code,
+            signal=outcome.signal,
+            error="the lease was lost; another host recorded this attempt",
+            duration_s=outcome.duration_s,
+            next="done",
+            next_at=None,
+            log_path=log_path,
+        )
 
     def _finish(
         self,
@@ -919,7 +1050,7 @@ class Engine:
         results: list[AttemptResult] = []
         workers = [
             threading.Thread(target=self._worker, args=(results,), daemon=True)
-            for _ in range(max(1, self._slots()))
+            for _ in range(self._workers())
         ]
         for worker in workers:
             worker.start()
@@ -1036,6 +1167,21 @@ class Engine:
         if entry is None:
             raise UserError(f"no dead letter {entry_id!r}; see `agentjobs dlq list`")
         return entry
+
+
+def _lease_of(claim: _Claim) -> Any:
+    """The claim's `postgres.Lease` (shared stores), or None for flocks."""
+    return claim.key if hasattr(claim.key, "lost") else None
+
+
+def _still_ours(current: QueueItem, item: QueueItem) -> bool:
+    return (
+        current.state == "running"
+        and current.attempt == item.attempt
+        and current.run_id == item.run_id
+        and current.host == item.host
+        and current.pid == item.pid
+    )
 
 
 def _needs_met(runtime: Runtime, name: str, state: JobState) -> bool:

@@ -134,3 +134,21 @@ def read_all(
 
 def log_path(logs_dir: Path, run_id: str, attempt: int) -> Path:
     return logs_dir / f"{run_id}.{attempt}.log"
+
+
+def prune_logs(logs_dir: Path, older_than: float, keep: set[str]) -> int:
+    """Delete attempt logs last written before `older_than` (epoch seconds), except those of the
+    runs in `keep`. Returns how many were deleted."""
+    removed = 0
+    if not logs_dir.is_dir():
+        return 0
+    for entry in os.scandir(logs_dir):
+        if entry.name.split(".", 1)[0] in keep or not entry.name.endswith(".log"):
+            continue
+        try:
+            if entry.stat().st_mtime < older_than:
+                os.unlink(entry.path)
+                removed += 1
+        except FileNotFoundError:
+            continue
+    return removed

@@ -22,10 +22,110 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
+from typing import Protocol
 
 OUTPUT_TAIL_BYTES = 4096
 _READ = 65536
 _DRAIN_AFTER_EXIT = 0.5  # seconds to keep reading after the main process exits
+
+
+class StopFlag(Protocol):
+    """What ends an attempt early: a `threading.Event`, or `AnyStop` of several."""
+
+    def is_set(self) -> bool: ...
+
+
+class AnyStop:
+    """Set when any of its flags is set; `reason` is the first set flag's (`reasons`)."""
+
+    def __init__(self, *flags: tuple[threading.Event, Callable[[], str]]) -> None:
+        self.flags = flags
+
+    def is_set(self) -> bool:
+        return any(flag.is_set() for flag, _ in self.flags)
+
+    @property
+    def reason(self) -> str:
+        for flag, reason in self.flags:
+            if flag.is_set():
+                return reason()
+        return ""
+
+
+# The fence: a tiny process of its own session, fed one byte per lease renewal on a pipe. It
+# SIGKILLs the attempt's process group when renewals stop for `window` seconds, when the pipe
+# closes without "done" (the runner died: kill -9) or when told to ("k"); "d" ends it quietly.
+_FENCE = """
+import os, select, signal, sys, time
+pgid, window = int(sys.argv[1]), float(sys.argv[2])
+deadline = time.monotonic() + window
+while True:
+    left = deadline - time.monotonic()
+    if left <= 0:
+        break
+    if select.select([0], [], [], left)[0]:
+        data = os.read(0, 64)
+        if b"d" in data:
+            sys.exit(0)
+        if not data or b"k" in data:
+            break
+        deadline = time.monotonic() + window
+try:
+    os.killpg(pgid, signal.SIGKILL)
+except OSError:
+    pass
+"""
+
+
+class Fence:
+    """The runner's side of a fence process (see `start_fence`)."""
+
+    def __init__(self, proc: subprocess.Popen[bytes]) -> None:
+        self.proc = proc
+        self._lock = threading.Lock()
+
+    def _send(self, byte: bytes) -> None:
+        with self._lock:
+            stdin = self.proc.stdin
+            if stdin is None or stdin.closed:
+                return
+            with contextlib.suppress(OSError):
+                stdin.write(byte)
+                stdin.flush()
+
+    def extend(self) -> None:
+        self._send(b"e")
+
+    def fire(self) -> None:
+        self._send(b"k")
+
+    def close(self) -> None:
+        self._send(b"d")
+        with self._lock:
+            if self.proc.stdin is not None:
+                with contextlib.suppress(OSError):
+                    self.proc.stdin.close()
+        try:
+            self.proc.wait(5)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def start_fence(pgid: int, window: float) -> Fence:
+    """Start a fence for process group `pgid`: it is SIGKILLed unless `extend()` is called at
+    least every `window` seconds, and at once if this process dies first."""
+    import sys
+
+    proc = subprocess.Popen(
+        [sys.executable, "-S", "-I", "-c", _FENCE, str(pgid), repr(window)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+        close_fds=True,
+    )
+    return Fence(proc)
 
 
 class Ending(StrEnum):
@@ -170,7 +270,7 @@ def run_process(
     kill_grace: float,
     secrets: Sequence[str] = (),
     pass_fds: Sequence[int] = (),
-    stop: threading.Event | None = None,
+    stop: StopFlag | None = None,
     on_output: Callable[[bytes], None] | None = None,
     on_start: Callable[[int], None] | None = None,
 ) -> ProcessResult:
@@ -255,7 +355,8 @@ def run_process(
                 continue
             now = time.monotonic()
             if stop is not None and stop.is_set():
-                ending, note = Ending.INTERRUPTED, "stopped by shutdown"
+                ending = Ending.INTERRUPTED
+                note = getattr(stop, "reason", "") or "stopped by shutdown"
             elif now - started >= timeout:
                 ending, note = Ending.TIMEOUT, f"timed out after {timeout:g}s"
             elif silence_timeout is not None and now - last_output >= silence_timeout:

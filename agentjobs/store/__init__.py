@@ -212,9 +212,15 @@ class Store(Protocol):
     - `prune_logs(older_than, keep)`, `archive_records(before_day)`: retention (retention.py
       decides what to keep); `read_json`/`write_json`: small side files (caches, markers).
     - `describe()`: where the state lives, for messages.
+    - `shared`: whether several hosts share this state (PostgreSQL: leases instead of flocks);
+      `local_dir`: this host's own directory (attempt logs, worktrees, the daemon's lock).
     """
 
     locks_dir: Path
+    shared: bool
+
+    @property
+    def local_dir(self) -> Path: ...
 
     def exists(self) -> bool: ...
 
@@ -262,7 +268,12 @@ class Store(Protocol):
 
 
 def open_store(location: str) -> Store:
-    """The backend for `--state-dir`: a directory path (the file backend)."""
+    """The backend for `--state-dir`: a `postgresql://` URL (shared by hosts) or a directory
+    path (the file backend, which never imports psycopg)."""
+    if location.startswith(("postgresql://", "postgres://")):
+        from agentjobs.store.postgres import PostgresStore
+
+        return PostgresStore(location)
     from agentjobs.store.files import FileStore
 
     return FileStore(Path(location))

@@ -86,6 +86,12 @@ class FileStore:
         # the values are frozen dataclasses)
         self._json: dict[str, dict[str, tuple[object, str]]] = {}
 
+    shared = False  # one machine: locks are flocks, the state is not shared between hosts
+
+    @property
+    def local_dir(self) -> Path:
+        return self.root
+
     def describe(self) -> str:
         return str(self.root)
 
@@ -377,22 +383,7 @@ class FileStore:
     # -- side files and record days (metrics cache, notifier counters) ---------------------
 
     def prune_logs(self, older_than: float, keep: set[str]) -> int:
-        """Delete attempt logs last written before `older_than` (epoch seconds), except those of
-        the runs in `keep`. Returns how many were deleted."""
-        folder = self.root / "logs"
-        removed = 0
-        if not folder.is_dir():
-            return 0
-        for entry in os.scandir(folder):
-            if entry.name.split(".", 1)[0] in keep or not entry.name.endswith(".log"):
-                continue
-            try:
-                if entry.stat().st_mtime < older_than:
-                    os.unlink(entry.path)
-                    removed += 1
-            except FileNotFoundError:
-                continue
-        return removed
+        return records_mod.prune_logs(self.root / "logs", older_than, keep)
 
     def archive_records(self, before_day: str) -> int:
         """Move record files of days before `before_day` (YYYY-MM-DD) into

@@ -1,0 +1,931 @@
+"""The shared backend: one PostgreSQL database for every runner host.
+
+Chosen with `--state-dir postgresql://...` or `AGENTJOBS_DATABASE_URL`. The same `Store` contract
+as the file backend (tests/test_store_contract.py runs against both), with the file backend's
+flocks replaced by what works across hosts:
+
+- The state lock is a row lock on `meta` (`SELECT ... FOR UPDATE`): transaction-scoped, so it works
+  behind PgBouncer in transaction mode and a lost connection releases it with the transaction.
+  Whole-state transactions (enqueue, finish, apply, pause...) take it exclusively; claims take it
+  shared and compete among themselves with `FOR UPDATE SKIP LOCKED` on queue rows.
+- Exactly-once slots: a unique index on queue (job, slot); new items go in with
+  `INSERT ... ON CONFLICT DO NOTHING` in the same transaction that advances the job's marker.
+- Lock keys and concurrency slots are lease rows (`leases`): holder host, pid, run, attempt and
+  `expires_at` in database time, at most one live row per key (a partial unique index). The
+  holder renews every lease/3 (`Lease`); an expired lease may be taken by anyone, and a running
+  attempt without a live lease is an orphan (`lost`) for whichever host ticks next.
+- Records and dead letters are tables; attempt logs and worktrees stay on the host that ran the
+  attempt (`local_dir`).
+
+Migrations are numbered SQL scripts applied in order, each in its own transaction, serialized by
+a transaction-level advisory lock (never a session-level one).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from agentjobs import records as records_mod
+from agentjobs.errors import UserError
+from agentjobs.store import (
+    PRIORITY_RANK,
+    AppliedChange,
+    AppliedJob,
+    JobState,
+    QueueItem,
+    Runtime,
+)
+
+if TYPE_CHECKING:
+    import psycopg
+
+SCHEMA = "agentjobs"
+MIGRATION_LOCK = 0x61676A6F62  # "agjob": pg_advisory_xact_lock key for migrations
+DEFAULT_LEASE = 30.0
+CLAIM_BATCH = 200
+
+MIGRATIONS: list[str] = [
+    # 1: the whole schema
+    f"""
+    CREATE TABLE {SCHEMA}.meta (
+        id int PRIMARY KEY CHECK (id = 1),
+        created_at timestamptz NOT NULL DEFAULT now(),
+        applied_version bigint NOT NULL DEFAULT 0,
+        runtime_applied_version text NOT NULL DEFAULT '',
+        config jsonb NOT NULL DEFAULT '{{}}',
+        written boolean NOT NULL DEFAULT false
+    );
+    INSERT INTO {SCHEMA}.meta (id) VALUES (1);
+    CREATE TABLE {SCHEMA}.applied (name text PRIMARY KEY, data jsonb NOT NULL);
+    CREATE TABLE {SCHEMA}.jobs (name text PRIMARY KEY, data jsonb NOT NULL);
+    CREATE TABLE {SCHEMA}.queue (
+        id text PRIMARY KEY,
+        job text NOT NULL,
+        slot text,
+        state text NOT NULL,
+        rank int NOT NULL,
+        queued_at text NOT NULL,
+        not_before text NOT NULL,
+        lock_key text NOT NULL,
+        data jsonb NOT NULL
+    );
+    CREATE UNIQUE INDEX queue_job_slot ON {SCHEMA}.queue (job, slot) WHERE slot IS NOT NULL;
+    CREATE INDEX queue_claim ON {SCHEMA}.queue (rank, queued_at, id) WHERE state = 'queued';
+    CREATE INDEX queue_running ON {SCHEMA}.queue (lock_key) WHERE state = 'running';
+    CREATE TABLE {SCHEMA}.holds (key text PRIMARY KEY, until text NOT NULL);
+    CREATE TABLE {SCHEMA}.records (
+        seq bigserial PRIMARY KEY,
+        day text NOT NULL,
+        data json NOT NULL  -- json, not jsonb: the record's key order is kept (git diffs)
+    );
+    CREATE INDEX records_day ON {SCHEMA}.records (day, seq);
+    CREATE TABLE {SCHEMA}.dead_letters (
+        id text PRIMARY KEY,
+        seq bigserial,
+        data json NOT NULL
+    );
+    CREATE TABLE {SCHEMA}.counters (name text PRIMARY KEY, value bigint NOT NULL);
+    CREATE TABLE {SCHEMA}.side (name text PRIMARY KEY, value jsonb);
+    CREATE TABLE {SCHEMA}.leases (
+        id bigserial PRIMARY KEY,
+        key text NOT NULL,
+        token text NOT NULL,
+        host text NOT NULL,
+        pid int NOT NULL,
+        run_id text,
+        attempt int,
+        note text NOT NULL DEFAULT '',
+        acquired_at timestamptz NOT NULL DEFAULT clock_timestamp(),
+        expires_at timestamptz NOT NULL,
+        released_at timestamptz,
+        release_reason text
+    );
+    CREATE UNIQUE INDEX leases_live_key ON {SCHEMA}.leases (key) WHERE released_at IS NULL;
+    CREATE INDEX leases_token ON {SCHEMA}.leases (token) WHERE released_at IS NULL;
+    CREATE INDEX leases_run ON {SCHEMA}.leases (run_id, attempt) WHERE released_at IS NULL;
+    CREATE TABLE {SCHEMA}.host_notes (
+        host text NOT NULL,
+        item_id text NOT NULL,
+        reason text NOT NULL,
+        at timestamptz NOT NULL DEFAULT now(),
+        PRIMARY KEY (host, item_id)
+    );
+    CREATE TABLE {SCHEMA}.hosts (
+        host text PRIMARY KEY,
+        labels jsonb NOT NULL DEFAULT '[]',
+        pid int,
+        seen_at timestamptz NOT NULL DEFAULT now()
+    );
+    """,
+]
+
+
+def is_url(location: str) -> bool:
+    return location.startswith(("postgresql://", "postgres://"))
+
+
+def default_local_dir() -> Path:
+    """This host's files with a shared database (attempt logs, worktrees, the daemon lock):
+    `AGENTJOBS_LOCAL_DIR`, else `$XDG_STATE_HOME/agentjobs`, else ~/.local/state/agentjobs."""
+    explicit = os.environ.get("AGENTJOBS_LOCAL_DIR")
+    if explicit:
+        return Path(explicit)
+    base = os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state")
+    return Path(base) / "agentjobs"
+
+
+def redact(url: str) -> str:
+    """The URL without a password, for messages."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)
+    user = (parts.username or "") + ":***"
+    return urlunsplit(parts._replace(netloc=f"{user}@{netloc[-1]}"))
+
+
+def _import_psycopg() -> Any:
+    try:
+        import psycopg
+    except ImportError:
+        raise UserError(
+            "the PostgreSQL backend needs psycopg 3: pip install 'agentjobs[postgres]'"
+        ) from None
+    return psycopg
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+@dataclass(frozen=True, slots=True)
+class Claimed:
+    """What `PostgresStore.claim` hands the engine: the item (now running) and its leases."""
+
+    item: QueueItem
+    key: Lease
+    slot: Lease
+
+
+class Lease:
+    """The lease rows of one attempt (its lock key and its concurrency slots), one token.
+
+    `start(pgid)` begins renewing every lease/3 and starts the fence: a small separate process
+    that kills the attempt's process group unless renewals keep arriving (so a runner that is
+    frozen or killed cannot leave its agent running past the lease). `lost` is set when a renewal
+    finds the lease gone or renewals failed for lease*2/3: the runner then stops the attempt.
+    `fd` is None: nothing to pass to the child.
+    """
+
+    fd = None
+
+    def __init__(self, store: PostgresStore, token: str, duration: float) -> None:
+        self.store = store
+        self.token = token
+        self.duration = duration
+        self.lost = threading.Event()
+        self.reason = ""
+        self._done = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._fence: Any = None
+        self._released = False
+
+    def note(self, text: str) -> None:  # the note is written with the row
+        pass
+
+    def start(self, pgid: int) -> None:
+        from agentjobs.runner import start_fence
+
+        self._fence = start_fence(pgid, self.duration * 2 / 3)
+        self._thread = threading.Thread(target=self._renew_loop, daemon=True)
+        self._thread.start()
+
+    def _renew_loop(self) -> None:
+        interval = self.duration / 3
+        last_ok = time.monotonic()
+        while not self._done.wait(interval):
+            attempt_at = time.monotonic()
+            try:
+                alive = self.store.renew(self.token, self.duration)
+            except UserError as exc:
+                if time.monotonic() - last_ok >= self.duration * 2 / 3:
+                    self._lose(
+                        f"the lease could not be renewed for {self.duration * 2 / 3:g}s ({exc})"
+                    )
+                    return
+                continue
+            if not alive:
+                self._lose("the lease was taken over by another host (it expired)")
+                return
+            last_ok = attempt_at
+            if self._fence is not None:
+                self._fence.extend()
+
+    def _lose(self, reason: str) -> None:
+        self.reason = reason
+        self.lost.set()
+        if self._fence is not None:
+            self._fence.fire()
+
+    def release(self) -> None:
+        if self._released:
+            return
+        self._released = True
+        self._done.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join()
+        if self._fence is not None:
+            self._fence.close()
+        if not self.lost.is_set():
+            with contextlib.suppress(UserError):  # unreachable: the lease expires by itself
+                self.store.release_token(self.token)
+
+
+class PostgresStore:
+    """State in a PostgreSQL database (schema `agentjobs`)."""
+
+    shared = True
+
+    def __init__(self, url: str, local_dir: Path | None = None) -> None:
+        self.url = url
+        self.local_dir: Path = local_dir or default_local_dir()
+        self.locks_dir = self.local_dir / "locks"
+        self._local = threading.local()
+        self._migrated = False
+        self._migrate_lock = threading.Lock()
+        self._applied_cache: tuple[int, dict[str, AppliedJob], dict[str, Any]] | None = None
+
+    def describe(self) -> str:
+        return redact(self.url)
+
+    # -- connections -----------------------------------------------------------------------
+
+    def _connect(self) -> psycopg.Connection[Any]:
+        pg = _import_psycopg()
+        conn: psycopg.Connection[Any] | None = getattr(self._local, "conn", None)
+        if conn is not None and not conn.closed and not conn.broken:
+            return conn
+        try:
+            conn = pg.connect(
+                self.url, autocommit=True, connect_timeout=10, application_name="agentjobs"
+            )
+        except pg.Error as exc:
+            raise UserError(
+                f"cannot connect to the database {self.describe()}: {_first_line(exc)}; "
+                "check the URL and that the server is up"
+            ) from None
+        self._local.conn = conn
+        assert conn is not None
+        if not self._migrated:
+            with self._migrate_lock:
+                if not self._migrated:
+                    self._migrate(conn)
+                    self._migrated = True
+        return conn
+
+    @contextmanager
+    def _db(self) -> Iterator[psycopg.Connection[Any]]:
+        """A connection for this thread; database errors become one-line `UserError`s."""
+        pg = _import_psycopg()
+        conn = self._connect()
+        try:
+            yield conn
+        except pg.OperationalError as exc:
+            if conn.broken or conn.closed:
+                self._local.conn = None
+            raise UserError(
+                f"lost the database {self.describe()}: {_first_line(exc)}; nothing was "
+                "written by the failed step, the next tick picks up from the stored state"
+            ) from None
+
+    def close(self) -> None:
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self._local.conn = None
+
+    # -- migrations ------------------------------------------------------------------------
+
+    def schema_version(self) -> int:
+        with self._db() as conn:
+            return self._version(conn)
+
+    @staticmethod
+    def _version(conn: psycopg.Connection[Any]) -> int:
+        row = conn.execute(
+            "SELECT to_regclass(%s) IS NOT NULL", (f"{SCHEMA}.migrations",)
+        ).fetchone()
+        if not row or not row[0]:
+            return 0
+        found = conn.execute(f"SELECT coalesce(max(version), 0) FROM {SCHEMA}.migrations")
+        value = found.fetchone()
+        return int(value[0]) if value else 0
+
+    def _migrate(self, conn: psycopg.Connection[Any]) -> list[int]:
+        """Apply missing migrations; several hosts starting together queue on the lock."""
+        current = self._version(conn)
+        if current > len(MIGRATIONS):
+            raise UserError(
+                f"database {self.describe()} has agentjobs schema version {current}, newer than "
+                f"this agentjobs understands ({len(MIGRATIONS)}); upgrade agentjobs"
+            )
+        if current == len(MIGRATIONS):
+            return []
+        done = []
+        with conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
+            conn.execute(f"CREATE SCHEMA IF NOT EXISTS {SCHEMA}")
+            conn.execute(
+                f"CREATE TABLE IF NOT EXISTS {SCHEMA}.migrations ("
+                "version int PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
+            )
+            current = self._version(conn)  # another host may have migrated meanwhile
+            for number in range(current + 1, len(MIGRATIONS) + 1):
+                conn.execute(MIGRATIONS[number - 1])
+                conn.execute(f"INSERT INTO {SCHEMA}.migrations (version) VALUES (%s)", (number,))
+                done.append(number)
+        return done
+
+    def migrate(self) -> list[int]:
+        """`agentjobs db migrate`: the migrations applied now (empty when up to date)."""
+        psycopg = _import_psycopg()
+        try:
+            conn = psycopg.connect(self.url, autocommit=True, connect_timeout=10)
+        except psycopg.Error as exc:
+            raise UserError(
+                f"cannot connect to the database {self.describe()}: {_first_line(exc)}"
+            ) from None
+        with conn:
+            done = self._migrate(conn)
+        self._migrated = True
+        return done
+
+    # -- the protocol: reads ---------------------------------------------------------------
+
+    def exists(self) -> bool:
+        with self._db() as conn:
+            row = conn.execute(f"SELECT written FROM {SCHEMA}.meta WHERE id = 1").fetchone()
+        return bool(row and row[0])
+
+    @contextmanager
+    def lock(self, timeout: float) -> Iterator[None]:
+        with self._db() as conn, conn.transaction():
+            self._lock_meta(conn, timeout, "FOR UPDATE")
+            yield
+
+    def _lock_meta(self, conn: psycopg.Connection[Any], timeout: float, mode: str) -> None:
+        psycopg = _import_psycopg()
+        conn.execute(f"SET LOCAL lock_timeout = '{max(1, int(timeout * 1000))}ms'")
+        try:
+            conn.execute(f"SELECT 1 FROM {SCHEMA}.meta WHERE id = 1 {mode}")
+        except psycopg.errors.LockNotAvailable:
+            raise UserError(
+                f"the state in {self.describe()} is locked by another agentjobs process for "
+                f"more than {timeout:g}s; try again when it is done"
+            ) from None
+        conn.execute("SET LOCAL lock_timeout = 0")
+
+    def _applied_all(self) -> tuple[dict[str, AppliedJob], dict[str, Any]]:
+        with self._db() as conn:
+            row = conn.execute(f"SELECT applied_version, config FROM {SCHEMA}.meta").fetchone()
+            version, config = (int(row[0]), row[1]) if row else (0, {})
+            cached = self._applied_cache
+            if cached is not None and cached[0] == version:
+                return cached[1], cached[2]
+            rows = conn.execute(f"SELECT name, data FROM {SCHEMA}.applied").fetchall()
+        jobs = {name: AppliedJob.from_dict(name, data) for name, data in rows}
+        self._applied_cache = (version, jobs, config)
+        return jobs, config
+
+    def applied(self) -> dict[str, AppliedJob]:
+        return dict(self._applied_all()[0])
+
+    def config(self) -> dict[str, Any]:
+        return dict(self._applied_all()[1])
+
+    def applied_version(self) -> str:
+        with self._db() as conn:
+            row = conn.execute(f"SELECT applied_version FROM {SCHEMA}.meta").fetchone()
+        return "" if not row or not row[0] else str(row[0])
+
+    def _read_runtime(self, conn: psycopg.Connection[Any]) -> Runtime:
+        meta = conn.execute(f"SELECT runtime_applied_version FROM {SCHEMA}.meta").fetchone()
+        jobs = conn.execute(f"SELECT name, data FROM {SCHEMA}.jobs").fetchall()
+        queue = conn.execute(f"SELECT data FROM {SCHEMA}.queue").fetchall()
+        holds = conn.execute(f"SELECT key, until FROM {SCHEMA}.holds").fetchall()
+        return Runtime(
+            jobs={name: JobState.from_dict(data) for name, data in jobs},
+            queue={(item := QueueItem.from_dict(data)).id: item for (data,) in queue},
+            applied_version=meta[0] if meta else "",
+            holds=dict(holds),
+        )
+
+    def runtime(self) -> Runtime:
+        with self._db() as conn, conn.transaction():
+            conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            return self._read_runtime(conn)
+
+    # -- the protocol: writes --------------------------------------------------------------
+
+    @contextmanager
+    def transaction(self, timeout: float) -> Iterator[Runtime]:
+        with self._db() as conn, conn.transaction():
+            self._lock_meta(conn, timeout, "FOR UPDATE")
+            runtime = self._read_runtime(conn)
+            before = Runtime(
+                dict(runtime.jobs),
+                dict(runtime.queue),
+                runtime.applied_version,
+                dict(runtime.holds),
+            )
+            yield runtime
+            self._write_runtime(conn, before, runtime)
+
+    def _write_runtime(
+        self, conn: psycopg.Connection[Any], before: Runtime, after: Runtime
+    ) -> None:
+        changed = False
+        with conn.cursor() as cur:
+            gone = [name for name in before.jobs if name not in after.jobs]
+            if gone:
+                cur.execute(f"DELETE FROM {SCHEMA}.jobs WHERE name = ANY(%s)", (gone,))
+            put = [
+                (name, json.dumps(state.to_dict()))
+                for name, state in after.jobs.items()
+                if before.jobs.get(name) != state
+            ]
+            if put:
+                cur.executemany(
+                    f"INSERT INTO {SCHEMA}.jobs (name, data) VALUES (%s, %s) "
+                    "ON CONFLICT (name) DO UPDATE SET data = excluded.data",
+                    put,
+                )
+            changed = changed or bool(gone or put)
+            gone = [key for key in before.queue if key not in after.queue]
+            if gone:
+                cur.execute(f"DELETE FROM {SCHEMA}.queue WHERE id = ANY(%s)", (gone,))
+            new = [_queue_row(item) for key, item in after.queue.items() if key not in before.queue]
+            if new:
+                # a slot already in the queue (unique job+slot) is not enqueued twice
+                cur.executemany(
+                    f"INSERT INTO {SCHEMA}.queue "
+                    "(id, job, slot, state, rank, queued_at, not_before, lock_key, data) "
+                    "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
+                    new,
+                )
+            updated = [
+                _queue_row(item)
+                for key, item in after.queue.items()
+                if key in before.queue and before.queue[key] != item
+            ]
+            if updated:
+                cur.executemany(
+                    f"UPDATE {SCHEMA}.queue SET job = %s, slot = %s, state = %s, rank = %s, "
+                    "queued_at = %s, not_before = %s, lock_key = %s, data = %s WHERE id = %s",
+                    [(*row[1:], row[0]) for row in updated],
+                )
+            changed = changed or bool(gone or new or updated)
+            if after.holds != before.holds:
+                cur.execute(f"DELETE FROM {SCHEMA}.holds")
+                if after.holds:
+                    cur.executemany(
+                        f"INSERT INTO {SCHEMA}.holds (key, until) VALUES (%s, %s)",
+                        list(after.holds.items()),
+                    )
+                changed = True
+            if after.applied_version != before.applied_version or changed:
+                cur.execute(
+                    f"UPDATE {SCHEMA}.meta SET runtime_applied_version = %s, written = true",
+                    (after.applied_version,),
+                )
+
+    def write_applied(self, change: AppliedChange) -> None:
+        with self._db() as conn, conn.transaction(), conn.cursor() as cur:
+            if change.remove:
+                cur.execute(
+                    f"DELETE FROM {SCHEMA}.applied WHERE name = ANY(%s)", (list(change.remove),)
+                )
+            if change.put:
+                cur.executemany(
+                    f"INSERT INTO {SCHEMA}.applied (name, data) VALUES (%s, %s) "
+                    "ON CONFLICT (name) DO UPDATE SET data = excluded.data",
+                    [(name, json.dumps(job.to_dict())) for name, job in change.put.items()],
+                )
+            if change.config is not None:
+                cur.execute(
+                    f"UPDATE {SCHEMA}.meta SET config = %s", (json.dumps(dict(change.config)),)
+                )
+            cur.execute(
+                f"UPDATE {SCHEMA}.meta SET applied_version = applied_version + 1, written = true"
+            )
+
+    # -- records, logs, dead letters -------------------------------------------------------
+
+    def append_records(self, records: Iterable[Mapping[str, Any]], moment: datetime) -> None:
+        rows = [(f"{moment.astimezone(UTC):%Y-%m-%d}", json.dumps(dict(r))) for r in records]
+        if not rows:
+            return
+        with self._db() as conn, conn.cursor() as cur:
+            cur.executemany(f"INSERT INTO {SCHEMA}.records (day, data) VALUES (%s, %s)", rows)
+
+    def records(
+        self, since: datetime | None = None, newest_first: bool = False
+    ) -> Iterator[dict[str, Any]]:
+        floor = f"{since.astimezone(UTC):%Y-%m-%d}" if since else ""
+        order = "DESC" if newest_first else "ASC"
+        compare = "<" if newest_first else ">"
+        last: int | None = None
+        while True:  # keyset pages: no transaction held open between pages
+            with self._db() as conn:
+                rows = conn.execute(
+                    f"SELECT seq, data FROM {SCHEMA}.records WHERE day >= %s "
+                    + (f"AND seq {compare} %s " if last is not None else "")
+                    + f"ORDER BY seq {order} LIMIT 2000",
+                    (floor, last) if last is not None else (floor,),
+                ).fetchall()
+            if not rows:
+                return
+            for seq, data in rows:
+                last = seq
+                yield data
+
+    def record_days(self) -> dict[str, tuple[int, int]]:
+        """Each UTC day with records -> (count, newest seq): changes when the day changes."""
+        with self._db() as conn:
+            rows = conn.execute(
+                f"SELECT day, count(*), max(seq) FROM {SCHEMA}.records GROUP BY day ORDER BY day"
+            ).fetchall()
+        return {day: (int(count), int(top)) for day, count, top in rows}
+
+    def day_records(self, day: str) -> Iterator[dict[str, Any]]:
+        with self._db() as conn:
+            rows = conn.execute(
+                f"SELECT data FROM {SCHEMA}.records WHERE day = %s ORDER BY seq", (day,)
+            ).fetchall()
+        for (data,) in rows:
+            yield data
+
+    def log_path(self, run_id: str, attempt: int) -> Path:
+        return records_mod.log_path(self.local_dir / "logs", run_id, attempt)
+
+    def count(self, name: str, by: int = 1) -> None:
+        with self._db() as conn:
+            conn.execute(
+                f"INSERT INTO {SCHEMA}.counters (name, value) VALUES (%s, %s) "
+                "ON CONFLICT (name) DO UPDATE SET "
+                f"value = {SCHEMA}.counters.value + excluded.value",
+                (name, by),
+            )
+
+    def counters(self) -> dict[str, int]:
+        with self._db() as conn:
+            rows = conn.execute(f"SELECT name, value FROM {SCHEMA}.counters").fetchall()
+        return {name: int(value) for name, value in rows}
+
+    def put_dead_letter(self, entry: Mapping[str, Any]) -> None:
+        with self._db() as conn:
+            conn.execute(
+                f"INSERT INTO {SCHEMA}.dead_letters (id, data) VALUES (%s, %s) "
+                "ON CONFLICT (id) DO UPDATE SET data = excluded.data",
+                (entry["id"], json.dumps(dict(entry))),
+            )
+
+    def dead_letters(self) -> list[dict[str, Any]]:
+        with self._db() as conn:
+            rows = conn.execute(f"SELECT data FROM {SCHEMA}.dead_letters ORDER BY id").fetchall()
+        return [data for (data,) in rows]
+
+    def dead_letter(self, entry_id: str) -> dict[str, Any] | None:
+        with self._db() as conn:
+            row = conn.execute(
+                f"SELECT data FROM {SCHEMA}.dead_letters WHERE id = %s", (entry_id,)
+            ).fetchone()
+        return None if row is None else dict(row[0])
+
+    def prune_logs(self, older_than: float, keep: set[str]) -> int:
+        return records_mod.prune_logs(self.local_dir / "logs", older_than, keep)
+
+    def archive_records(self, before_day: str) -> int:
+        """Records stay in their table (indexed by day; nothing slows down as they grow)."""
+        return 0
+
+    def read_json(self, name: str) -> Any:
+        with self._db() as conn:
+            row = conn.execute(f"SELECT value FROM {SCHEMA}.side WHERE name = %s", (name,))
+            found = row.fetchone()
+        return None if found is None else found[0]
+
+    def write_json(self, name: str, value: Any) -> None:
+        with self._db() as conn:
+            conn.execute(
+                f"INSERT INTO {SCHEMA}.side (name, value) VALUES (%s, %s) "
+                "ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+                (name, json.dumps(value)),
+            )
+
+    # -- leases ----------------------------------------------------------------------------
+
+    def lease_duration(self) -> float:
+        return float(self.config().get("lease") or DEFAULT_LEASE)
+
+    def _take(
+        self,
+        cur: psycopg.Cursor[Any],
+        keys: list[str],
+        token: str,
+        host: str,
+        item: QueueItem | None,
+        duration: float,
+        note: str,
+    ) -> str | None:
+        """The first of `keys` free (or expired) taken under `token`; None when all are held."""
+        cur.execute(
+            f"UPDATE {SCHEMA}.leases SET released_at = clock_timestamp(), "
+            "release_reason = 'expired' WHERE key = ANY(%s) AND released_at IS NULL "
+            "AND expires_at < clock_timestamp()",
+            (keys,),
+        )
+        for key in keys:
+            cur.execute(
+                f"INSERT INTO {SCHEMA}.leases "
+                "(key, token, host, pid, run_id, attempt, note, expires_at) VALUES "
+                "(%s, %s, %s, %s, %s, %s, %s, clock_timestamp() + make_interval(secs => %s)) "
+                "ON CONFLICT DO NOTHING RETURNING id",
+                (
+                    key,
+                    token,
+                    host,
+                    os.getpid(),
+                    item.run_id if item else None,
+                    item.attempt if item else None,
+                    note,
+                    duration,
+                ),
+            )
+            if cur.fetchone() is not None:
+                return key
+        return None
+
+    def renew(self, token: str, duration: float) -> bool:
+        """Push the leases of `token` forward; False when they are gone (expired and taken)."""
+        with self._db() as conn:
+            row = conn.execute(
+                f"UPDATE {SCHEMA}.leases SET expires_at = clock_timestamp() + "
+                "make_interval(secs => %s) WHERE token = %s AND released_at IS NULL "
+                "AND expires_at > clock_timestamp() RETURNING id",
+                (duration, token),
+            ).fetchall()
+        return bool(row)
+
+    def release_token(self, token: str) -> None:
+        with self._db() as conn:
+            conn.execute(
+                f"UPDATE {SCHEMA}.leases SET released_at = clock_timestamp(), "
+                "release_reason = 'done' WHERE token = %s AND released_at IS NULL",
+                (token,),
+            )
+
+    def attempt_leased(self, run_id: str, attempt: int) -> bool:
+        """Whether a live (unexpired) lease covers this attempt."""
+        with self._db() as conn:
+            row = conn.execute(
+                f"SELECT 1 FROM {SCHEMA}.leases WHERE run_id = %s AND attempt = %s "
+                "AND released_at IS NULL AND expires_at > clock_timestamp() LIMIT 1",
+                (run_id, attempt),
+            ).fetchone()
+        return row is not None
+
+    def key_holder(self, key: str) -> str:
+        with self._db() as conn:
+            row = conn.execute(
+                f"SELECT host, pid, run_id, expires_at FROM {SCHEMA}.leases WHERE key = %s "
+                "AND released_at IS NULL AND expires_at > clock_timestamp()",
+                (key,),
+            ).fetchone()
+        if row is None:
+            return ""
+        host, pid, run_id, expires = row
+        return f"run {run_id} on host {host} (pid {pid}, lease until {expires:%H:%M:%S})"
+
+    def leases(self) -> list[dict[str, Any]]:
+        """Live leases, for `status`."""
+        with self._db() as conn:
+            rows = conn.execute(
+                f"SELECT key, host, pid, run_id, attempt, expires_at, "
+                f"expires_at > clock_timestamp() FROM {SCHEMA}.leases "
+                "WHERE released_at IS NULL ORDER BY key"
+            ).fetchall()
+        return [
+            {
+                "key": key,
+                "host": host,
+                "pid": pid,
+                "run_id": run_id,
+                "attempt": attempt,
+                "expires_at": expires.astimezone(UTC).isoformat(timespec="seconds"),
+                "live": bool(live),
+            }
+            for key, host, pid, run_id, attempt, expires, live in rows
+        ]
+
+    # -- hosts -----------------------------------------------------------------------------
+
+    def see_host(self, host: str, labels: Iterable[str]) -> None:
+        with self._db() as conn:
+            conn.execute(
+                f"INSERT INTO {SCHEMA}.hosts (host, labels, pid, seen_at) VALUES "
+                "(%s, %s, %s, now()) ON CONFLICT (host) DO UPDATE SET labels = excluded.labels, "
+                "pid = excluded.pid, seen_at = excluded.seen_at",
+                (host, json.dumps(sorted(labels)), os.getpid()),
+            )
+
+    def hosts(self) -> list[dict[str, Any]]:
+        with self._db() as conn:
+            rows = conn.execute(
+                f"SELECT host, labels, pid, seen_at FROM {SCHEMA}.hosts ORDER BY host"
+            ).fetchall()
+        return [
+            {
+                "host": host,
+                "labels": labels,
+                "pid": pid,
+                "seen_at": seen.astimezone(UTC).isoformat(timespec="seconds"),
+            }
+            for host, labels, pid, seen in rows
+        ]
+
+    def host_notes(self) -> dict[str, list[tuple[str, str]]]:
+        """Queued item id -> [(host, why it skipped the item)] for items still queued."""
+        with self._db() as conn:
+            rows = conn.execute(
+                f"SELECT n.item_id, n.host, n.reason FROM {SCHEMA}.host_notes n "
+                f"JOIN {SCHEMA}.queue q ON q.id = n.item_id AND q.state = 'queued' "
+                "ORDER BY n.item_id, n.host"
+            ).fetchall()
+        notes: dict[str, list[tuple[str, str]]] = {}
+        for item_id, host, reason in rows:
+            notes.setdefault(item_id, []).append((host, reason))
+        return notes
+
+    # -- claims ----------------------------------------------------------------------------
+
+    def claim(
+        self,
+        *,
+        host: str,
+        now: str,
+        only: str | None,
+        refuse: Callable[[QueueItem, Runtime], str | None],
+        slots: int,
+        host_slots: int | None,
+        note: Callable[[QueueItem], str],
+        timeout: float,
+    ) -> Claimed | str | None:
+        """Take the best runnable item across hosts: leases for its key and a slot, marked
+        running, in one transaction. Claimers skip each other's rows (`SKIP LOCKED`).
+
+        `refuse(item, context)` says why this host will not run an item (paused, held,
+        runs_on, workdir missing...) or None; a reason starting with "host:" is kept in
+        `host_notes` for `status`. With `only`, a message says what holds that item back.
+        """
+        duration = self.lease_duration()
+        with self._db() as conn, conn.transaction(), conn.cursor() as cur:
+            self._lock_meta(conn, timeout, "FOR SHARE")
+            if only is not None:
+                cur.execute(
+                    f"SELECT data FROM {SCHEMA}.queue WHERE id = %s AND state = 'queued' "
+                    "FOR UPDATE SKIP LOCKED",
+                    (only,),
+                )
+            else:
+                cur.execute(
+                    f"SELECT data FROM {SCHEMA}.queue WHERE state = 'queued' "
+                    "AND not_before <= %s ORDER BY rank, queued_at, id LIMIT %s "
+                    "FOR UPDATE SKIP LOCKED",
+                    (now, CLAIM_BATCH),
+                )
+            candidates = [QueueItem.from_dict(data) for (data,) in cur.fetchall()]
+            if not candidates:
+                return None
+            cur.execute(f"SELECT DISTINCT lock_key FROM {SCHEMA}.queue WHERE state = 'running'")
+            busy = {key for (key,) in cur.fetchall()}
+            context = self._claim_context(cur)
+            token = uuid.uuid4().hex
+            slot_key: str | None = None
+            for item in candidates:
+                if item.lock_key in busy:
+                    if only is not None:
+                        return self._held_message(cur, item.lock_key)
+                    continue
+                reason = refuse(item, context)
+                if reason is not None:
+                    if reason.startswith("host:"):
+                        cur.execute(
+                            f"INSERT INTO {SCHEMA}.host_notes (host, item_id, reason) "
+                            "VALUES (%s, %s, %s) ON CONFLICT (host, item_id) DO UPDATE SET "
+                            "reason = excluded.reason, at = now()",
+                            (host, item.id, reason[5:].strip()),
+                        )
+                    if only is not None:
+                        return reason.removeprefix("host:").strip()
+                    continue
+                if slot_key is None:
+                    if host_slots is not None:
+                        keys = [f"slot:host:{host}:{i}" for i in range(host_slots)]
+                        if self._take(cur, keys, token, host, None, duration, "") is None:
+                            return None if only is None else "every slot of this host is in use"
+                    slot_key = self._take(
+                        cur, [f"slot:{i}" for i in range(slots)], token, host, None, duration, ""
+                    )
+                    if slot_key is None:
+                        cur.execute(f"DELETE FROM {SCHEMA}.leases WHERE token = %s", (token,))
+                        return None if only is None else "every concurrency slot is in use"
+                taken = self._take(cur, [item.lock_key], token, host, item, duration, note(item))
+                if taken is None:
+                    busy.add(item.lock_key)
+                    if only is not None:
+                        cur.execute(f"DELETE FROM {SCHEMA}.leases WHERE token = %s", (token,))
+                        return self._held_message(cur, item.lock_key)
+                    continue
+                cur.execute(
+                    f"UPDATE {SCHEMA}.leases SET run_id = %s, attempt = %s WHERE token = %s",
+                    (item.run_id, item.attempt, token),
+                )
+                running = QueueItem.from_dict(
+                    {
+                        **item.to_dict(),
+                        "state": "running",
+                        "started_at": now,
+                        "host": host,
+                        "pid": os.getpid(),
+                    }
+                )
+                cur.execute(
+                    f"UPDATE {SCHEMA}.queue SET state = 'running', data = %s WHERE id = %s",
+                    (json.dumps(running.to_dict()), item.id),
+                )
+                cur.execute(
+                    f"UPDATE {SCHEMA}.jobs SET data = data || %s WHERE name = %s",
+                    (json.dumps({"last_started": now, "last_run_id": item.run_id}), item.job),
+                )
+                cur.execute(f"DELETE FROM {SCHEMA}.host_notes WHERE item_id = %s", (item.id,))
+                lease = Lease(self, token, duration)
+                return Claimed(running, lease, lease)
+            cur.execute(f"DELETE FROM {SCHEMA}.leases WHERE token = %s", (token,))
+            return None
+
+    def _claim_context(self, cur: psycopg.Cursor[Any]) -> Runtime:
+        """What `refuse` needs to judge items: job states (paused) and usage-limit holds."""
+        cur.execute(f"SELECT name, data FROM {SCHEMA}.jobs WHERE (data->>'paused')::boolean")
+        jobs = {name: JobState.from_dict(data) for name, data in cur.fetchall()}
+        cur.execute(f"SELECT key, until FROM {SCHEMA}.holds")
+        return Runtime(jobs=jobs, holds=dict(cur.fetchall()))
+
+    def _held_message(self, cur: psycopg.Cursor[Any], key: str) -> str:
+        cur.execute(
+            f"SELECT data FROM {SCHEMA}.queue WHERE state = 'running' AND lock_key = %s LIMIT 1",
+            (key,),
+        )
+        row = cur.fetchone()
+        if row is not None:
+            item = QueueItem.from_dict(row[0])
+            return (
+                f"lock key {key} is held by run {item.run_id} (job {item.job}, attempt "
+                f"{item.attempt}, host {item.host}, started {item.started_at})"
+            )
+        cur.execute(
+            f"SELECT host, run_id FROM {SCHEMA}.leases WHERE key = %s AND released_at IS NULL",
+            (key,),
+        )
+        lease = cur.fetchone()
+        if lease is not None:
+            return f"lock key {key} is held by run {lease[1]} on host {lease[0]}"
+        return f"lock key {key} is held by another host"
+
+
+def _queue_row(item: QueueItem) -> tuple[Any, ...]:
+    return (
+        item.id,
+        item.job,
+        item.slot,
+        item.state,
+        PRIORITY_RANK.get(item.priority, 1),
+        item.queued_at,
+        item.not_before,
+        item.lock_key,
+        json.dumps(item.to_dict()),
+    )
