@@ -25,6 +25,10 @@ DEFAULT_TIMEOUT = 3600.0
 DEFAULT_AGENT_SILENCE = 900.0
 DEFAULT_KILL_GRACE = 10.0
 DEFAULT_MAX_CONCURRENT = 2
+DEFAULT_LEASE = 30.0
+MIN_LEASE = 1.0
+# A host label in `runs_on` (the same pattern is in schema/job.schema.json)
+HOST_LABEL_PATTERN = r"^[A-Za-z0-9_.-]+$"
 PRIORITIES = ("high", "normal", "low")
 DEFAULT_NOTIFY_EVENTS = ("failed", "dead_lettered", "silence", "timeout")
 
@@ -142,6 +146,7 @@ class JobSpec:
     verify: VerifySpec | None = None
     notify: NotifySpec | None = None
     isolation: str = "none"  # none | worktree
+    runs_on: tuple[str, ...] = ()  # host labels a host must all have; empty: any host
 
     def to_dict(self) -> dict[str, Any]:
         return _plain(self)  # type: ignore[no-any-return]
@@ -151,8 +156,9 @@ class JobSpec:
         return hashlib.sha256(repr(self).encode()).hexdigest()[:16]
 
     def schedule_hash(self) -> str:
-        """Changes exactly when the next-run computation must start over (not on prompt edits):
-        the schedule, or `enabled` (a re-enabled job starts from now, not from when it paused)."""
+        """Changes exactly when the next-run computation must start over (not on prompt edits,
+        nor on `runs_on`: moving a job to other hosts keeps its slots): the schedule, or
+        `enabled` (a re-enabled job starts from now, not from when it paused)."""
         return hashlib.sha256(repr((self.schedule, self.enabled)).encode()).hexdigest()[:16]
 
 
@@ -170,10 +176,18 @@ class GlobalConfig:
     retention: Retention = field(default_factory=Retention)
     defaults: tuple[tuple[str, Any], ...] = ()  # job-level keys, as written
     alerts: tuple[tuple[str, Any], ...] = ()  # thresholds; durations in seconds
+    max_concurrent_per_host: int | None = None  # None: only `max_concurrent` limits a host
+    lease: float = DEFAULT_LEASE  # seconds a host's hold on a running attempt lasts unrenewed
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "max_concurrent": self.max_concurrent,
+            **(
+                {"max_concurrent_per_host": self.max_concurrent_per_host}
+                if self.max_concurrent_per_host is not None
+                else {}
+            ),
+            "lease": self.lease,
             "retention": _plain(self.retention),
             "defaults": dict(self.defaults),
             **({"alerts": dict(self.alerts)} if self.alerts else {}),
@@ -238,11 +252,14 @@ def build_config(raw: dict[str, Any] | None) -> GlobalConfig:
         rate = dict(alerts["failure_rate"])
         rate["window"] = parse_duration(rate.get("window", "24h"))
         alerts["failure_rate"] = rate
+    per_host = raw.get("max_concurrent_per_host")
     return GlobalConfig(
         max_concurrent=int(raw.get("max_concurrent", DEFAULT_MAX_CONCURRENT)),
         retention=retention,
         defaults=tuple(sorted(defaults.items())),
         alerts=tuple(sorted(alerts.items())),
+        max_concurrent_per_host=None if per_host is None else int(per_host),
+        lease=_dur(raw.get("lease"), DEFAULT_LEASE) or DEFAULT_LEASE,
     )
 
 
@@ -448,6 +465,7 @@ def build_job(raw: dict[str, Any], source: Path, config: GlobalConfig) -> JobSpe
         verify=verify,
         notify=notify,
         isolation=doc.get("isolation", "none"),
+        runs_on=tuple(sorted(doc.get("runs_on", ()))),  # a set of labels: order means nothing
     )
 
 
@@ -484,7 +502,7 @@ def job_from_dict(data: dict[str, Any]) -> JobSpec:
         n["events"] = tuple(n.get("events", ()))
         n["command"] = tuple(n.get("command", ()))
         d["notify"] = NotifySpec(**n)
-    for key in ("command", "secrets", "needs"):
+    for key in ("command", "secrets", "needs", "runs_on"):
         d[key] = tuple(d.get(key, ()))
     for key in ("labels", "env"):
         d[key] = tuple(tuple(pair) for pair in d.get(key, ()))

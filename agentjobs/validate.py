@@ -28,6 +28,8 @@ from agentjobs.durations import parse_duration
 from agentjobs.errors import Problem
 from agentjobs.spec import (
     CONFIG_FILE_NAME,
+    HOST_LABEL_PATTERN,
+    MIN_LEASE,
     GlobalConfig,
     JobSpec,
     build_config,
@@ -38,6 +40,7 @@ from agentjobs.yamlfile import Document, join_path, load_documents
 
 JOB_SUFFIXES = (".yaml", ".yml")
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
+HOST_LABEL_RE = re.compile(HOST_LABEL_PATTERN)
 
 # Names people bring from other tools (normalised: lowercase, no `_`/`-`) -> our key.
 _ALIASES = {
@@ -84,6 +87,22 @@ _ALIASES = {
     "when": "schedule",
     "crontab": "cron",
     "prompts": "prompt",
+    # `runsOn`/`runs-on` normalise to `runs_on` already; these are other tools' words for it
+    "runon": "runs_on",
+    "tags": "runs_on",  # GitLab CI runner tags
+    "nodeselector": "runs_on",  # Kubernetes
+    "constraint": "runs_on",  # Nomad
+    "constraints": "runs_on",
+    "host": "runs_on",
+    "hosts": "runs_on",
+    "hostlabels": "runs_on",
+    "nodes": "runs_on",
+    "leaseduration": "lease",
+    "leasetimeout": "lease",
+    "leasettl": "lease",
+    "maxconcurrentperhost": "max_concurrent_per_host",
+    "perhostconcurrency": "max_concurrent_per_host",
+    "hostconcurrency": "max_concurrent_per_host",
 }
 
 
@@ -221,6 +240,7 @@ def _type_message(error: Any, doc: Document, path: str) -> str:
             "jitter",
             "initial",
             "max",
+            "lease",
         }:
             return f"a duration needs a unit: write {raw}s or {raw}m (or ISO-8601 PT{raw}S)"
         return f'YAML read `{raw}` as a number; quote it: "{raw}"'
@@ -261,11 +281,17 @@ def _pattern_message(error: Any) -> str:
             f"`{value}` is not a valid job name: use lowercase letters, digits, '.', '_' and '-', "
             "starting with a letter or digit, at most 63 characters"
         )
+    if title == "Host label":
+        return _host_label_message(value)
     if "URL" in title:
         return f"`{value}` is not an http:// or https:// URL"
     if "Variable" in title:
         return f"`{value}` is not an environment variable name (letters, digits, '_')"
     return f"`{value}` does not match the expected form {error.validator_value}"
+
+
+def _host_label_message(value: str) -> str:
+    return f"`{value}` is not a host label: use letters, digits, '.', '_' and '-'"
 
 
 def _messages(error: Any, doc: Document) -> list[tuple[str, str, bool]]:
@@ -464,6 +490,10 @@ def _check_job(raw: dict[str, Any], source: Path, check: _Checker, config: Globa
                     re.compile(item["output"])
                 except re.error as exc:
                     check.error(f"retry.{key}[{i}].output", f"invalid regular expression: {exc}")
+    for i, label in enumerate(raw.get("runs_on", [])):
+        # jsonschema's `$` (Python re.search) also matches before a final newline
+        if not HOST_LABEL_RE.fullmatch(label):
+            check.error(f"runs_on[{i}]", "a host label cannot end with a line break; remove it")
     if "workdir" in raw and "\x00" not in raw["workdir"]:
         expanded = os.path.expandvars(raw["workdir"])
         if "$" in expanded:
@@ -511,7 +541,7 @@ def _joined(parts: tuple[str | int, ...]) -> str:
 def _check_durations(
     raw: dict[str, Any], check: _Checker, config: GlobalConfig | None = None
 ) -> None:
-    from agentjobs.durations import parse_duration
+    from agentjobs.durations import format_duration, parse_duration
 
     before = len(check.problems)
     _walk(raw, schema(check.schema_name), (), check)
@@ -537,6 +567,9 @@ def _check_durations(
     every = raw.get("schedule", {}).get("every")
     if every is not None and parse_duration(every) < 1:
         check.error("schedule.every", "every must be at least 1s")
+    lease = raw.get("lease")  # the global config's
+    if lease is not None and parse_duration(lease) < MIN_LEASE:
+        check.error("lease", f"lease must be at least {format_duration(MIN_LEASE)}")
 
 
 # -- files -------------------------------------------------------------------------------------

@@ -130,3 +130,31 @@ def test_the_fast_validator_never_accepts_what_jsonschema_refuses(doc: dict[str,
     # schema_problems trusts jsonschema-rs only for "valid"; it must never say valid wrongly
     if _FAST.is_valid(doc):
         assert _SLOW.is_valid(doc), doc
+
+
+def test_multi_host_keys_use_the_patterns_the_code_uses() -> None:
+    from agentjobs.durations import PATTERN
+    from agentjobs.spec import HOST_LABEL_PATTERN
+
+    assert _JOB["properties"]["runs_on"]["items"]["pattern"] == HOST_LABEL_PATTERN
+    assert _load("config.schema.json")["properties"]["lease"]["pattern"] == PATTERN
+
+
+@pytest.mark.parametrize(
+    ("runs_on", "valid"),
+    [
+        (["linux"], True),
+        (["linux", "big", "x86_64", "gpu.A100-80g"], True),
+        ([], False),
+        (["linux", "linux"], False),
+        ([""], False),
+        (["big box"], False),
+        (["linux/amd64"], False),
+        ([1], False),
+        ("linux", False),
+    ],
+)
+def test_both_validators_agree_on_runs_on(runs_on: Any, valid: bool) -> None:
+    doc = {"command": ["a"], "runs_on": runs_on}
+    assert _FAST.is_valid(doc) is valid
+    assert _SLOW.is_valid(doc) is valid

@@ -276,6 +276,48 @@ CASES = [
         "command: [a]\nschedule: {every: 500ms}\n",
         "every.yaml:2:19: schedule.every: every must be at least 1s",
     ),
+    (
+        "runs-on-camel.yaml",
+        "command: [a]\nrunsOn: [linux]\n",
+        "runs-on-camel.yaml:2:1: runsOn: unknown key `runsOn`; did you mean `runs_on`?",
+    ),
+    (
+        "runs-on-dash.yaml",
+        "command: [a]\nruns-on: [linux]\n",
+        "runs-on-dash.yaml:2:1: runs-on: unknown key `runs-on`; did you mean `runs_on`?",
+    ),
+    (
+        "runs-on-tags.yaml",
+        "command: [a]\ntags: [linux]\n",
+        "runs-on-tags.yaml:2:1: tags: unknown key `tags`; did you mean `runs_on`?",
+    ),
+    (
+        "runs-on-empty.yaml",
+        "command: [a]\nruns_on: []\n",
+        "runs-on-empty.yaml:2:10: runs_on: must not be empty",
+    ),
+    (
+        "runs-on-label.yaml",
+        'command: [a]\nruns_on: [linux, "big box"]\n',
+        "runs-on-label.yaml:2:18: runs_on[1]: `big box` is not a host label: use letters, "
+        "digits, '.', '_' and '-'",
+    ),
+    (
+        "runs-on-twice.yaml",
+        "command: [a]\nruns_on: [linux, big, linux]\n",
+        "runs-on-twice.yaml:2:10: runs_on: lists the same entry twice; remove the duplicate",
+    ),
+    (
+        "runs-on-newline.yaml",
+        'command: [a]\nruns_on: ["linux\\n"]\n',
+        "runs-on-newline.yaml:2:11: runs_on[0]: a host label cannot end with a line break; "
+        "remove it",
+    ),
+    (
+        "runs-on-string.yaml",
+        "command: [a]\nruns_on: linux\n",
+        "runs-on-string.yaml:2:10: runs_on: expected a list, got a string",
+    ),
 ]
 
 
@@ -380,6 +422,63 @@ def test_global_config_is_checked_too(cli, jobs_dir: Path) -> None:
         f"{J}/agentjobs.yaml:2:11: timezone: unknown time zone `Mars/Olympus`; use an IANA name "
         "such as UTC or Europe/Berlin",
     ]
+
+
+def test_runs_on_with_valid_host_labels_passes(cli, jobs_dir: Path) -> None:
+    write(jobs_dir / "a.yaml", "command: [a]\nruns_on: [linux, big, x86_64, gpu.A100-80g]\n")
+    result = cli("--jobs-dir", J, "validate")
+    assert (result.code, result.out) == (0, ""), result.out
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        ("lease: 500ms\n", "agentjobs.yaml:1:8: lease: lease must be at least 1s"),
+        ("lease: 0s\n", "agentjobs.yaml:1:8: lease: lease must be at least 1s"),
+        (
+            "lease: 30\n",
+            "agentjobs.yaml:1:8: lease: a duration needs a unit: write 30s or 30m "
+            "(or ISO-8601 PT30S)",
+        ),
+        (
+            "lease: soon\n",
+            "agentjobs.yaml:1:8: lease: `soon` is not a duration; write e.g. 90s, 10m, 2h, 1d, "
+            "1h30m or ISO-8601 PT2H",
+        ),
+        (
+            "max_concurrent_per_host: 0\n",
+            "agentjobs.yaml:1:26: max_concurrent_per_host: must be at least 1, got 0",
+        ),
+        (
+            "max_concurrent_per_host: many\n",
+            "agentjobs.yaml:1:26: max_concurrent_per_host: expected an integer, got a string",
+        ),
+        (
+            "maxConcurrentPerHost: 2\n",
+            "agentjobs.yaml:1:1: maxConcurrentPerHost: unknown key `maxConcurrentPerHost`; "
+            "did you mean `max_concurrent_per_host`?",
+        ),
+        (
+            "lease_timeout: 1m\n",
+            "agentjobs.yaml:1:1: lease_timeout: unknown key `lease_timeout`; did you mean `lease`?",
+        ),
+    ],
+)
+def test_global_config_multi_host_settings_are_checked(
+    cli, jobs_dir: Path, content: str, expected: str
+) -> None:
+    write(jobs_dir / "agentjobs.yaml", content)
+    write(jobs_dir / "a.yaml", "command: [a]\n")
+    result = cli("--jobs-dir", J, "validate")
+    assert result.code == 2
+    assert result.out.splitlines() == [f"{J}/{expected}"]
+
+
+def test_global_config_multi_host_settings_accept_valid_values(cli, jobs_dir: Path) -> None:
+    write(jobs_dir / "agentjobs.yaml", "max_concurrent: 8\nmax_concurrent_per_host: 2\nlease: 1s\n")
+    write(jobs_dir / "a.yaml", "command: [a]\n")
+    result = cli("--jobs-dir", J, "validate")
+    assert (result.code, result.out) == (0, ""), result.out
 
 
 def test_validating_single_files_checks_needs_against_their_siblings(cli, jobs_dir: Path) -> None:
