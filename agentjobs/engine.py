@@ -106,6 +106,7 @@ class Engine:
     say: Callable[[str], None] = lambda _line: None  # progress and retry log lines
     notifier: Notifier | None = None  # None: made on first use
     _messages: list[str] = field(default_factory=list)
+    _failures: list[UserError] = field(default_factory=list)
     _guard: threading.Lock = field(default_factory=threading.Lock)
 
     # -- small helpers -------------------------------------------------------------------------
@@ -557,15 +558,15 @@ class Engine:
         applied = store.applied()
         now = self._now()
 
-        def refuse(item: QueueItem, context: Runtime) -> str | None:
-            job = applied.get(item.job)
+        def refuse(item_id: str, name: str, context: Runtime) -> str | None:
+            job = applied.get(name)
             if job is None:
                 return "its job is no longer applied"
             if not job.spec.get("enabled", True):
-                return f"job {item.job} is disabled"
-            state = context.jobs.get(item.job)
+                return f"job {name} is disabled"
+            state = context.jobs.get(name)
             if state is not None and state.paused:
-                return f"job {item.job} is paused"
+                return f"job {name} is paused"
             limit = self._limit_key(job)
             if limit is not None and context.holds.get(limit, "") > now:
                 return f"held: {limit} usage limit until {context.holds[limit]}"
@@ -719,51 +720,75 @@ class Engine:
                 pass_fds=tuple(fd for fd in (claim.key.fd, claim.slot.fd) if fd is not None),
                 worktrees=self.store.local_dir / "worktrees",
             )
+        except BaseException:
+            if lease is not None:
+                lease.release()
+            raise
         finally:
             # The attempt's processes are gone (the runner kills the whole group), so the
-            # locks can go; the kernel would drop them with this process anyway.
-            claim.key.release()
-            claim.slot.release()
-        with self.store.transaction(self.lock_timeout) as runtime:
-            now = self.clock.now()
-            records: list[dict[str, Any]] = []
-            current = runtime.queue.get(item.id, item)
-            if lease is not None and not _still_ours(current, item):
-                # The lease expired and another host already recorded this attempt as lost
-                # (and retried it): record nothing twice. Its processes are gone (fenced).
-                self._tell(
-                    f"{item.job}: run {item.run_id} attempt {item.attempt} lost its lease "
-                    f"({lease.reason or 'it expired'}); another host recorded it, this host "
-                    "records nothing"
+            # locks can go; the kernel would drop them with this process anyway. Leases are
+            # kept until the attempt is recorded: a running item without a live lease is an
+            # orphan to every other host.
+            if lease is None:
+                claim.key.release()
+                claim.slot.release()
+
+        def finish() -> tuple[AttemptResult, _Claim | None, bool]:
+            with self.store.transaction(self.lock_timeout) as runtime:
+                now = self.clock.now()
+                records: list[dict[str, Any]] = []
+                found = runtime.queue.get(item.id)
+                current = item if found is None else found
+                if lease is not None and (found is None or not _still_ours(found, item)):
+                    # The lease expired and another host already recorded this attempt as lost
+                    # (and retried it): record nothing twice. Its processes are gone (fenced).
+                    self._tell(
+                        f"{item.job}: run {item.run_id} attempt {item.attempt} lost its lease "
+                        f"({lease.reason or 'it expired'}); another host recorded it, this host "
+                        "records nothing"
+                    )
+                    return self._abandoned(item, outcome, str(log_path)), None, True
+                result = self._finish(
+                    runtime,
+                    current,
+                    claim.applied,
+                    now,
+                    records,
+                    outcome=outcome.outcome,
+                    exit_code=outcome.exit_code,
+                    signal=outcome.signal,
+                    error=outcome.error,
+                    output=outcome.output_tail,
+                    started_at=started_at,
+                    duration_s=outcome.duration_s,
+                    log_path=str(log_path),
+                    output_for_match=outcome.output_for_match,
+                    agent=outcome.agent,
+                    permanent=outcome.permanent,
+                    reset_at=outcome.reset_at,
                 )
-                return self._abandoned(item, outcome, str(log_path)), None
-            result = self._finish(
-                runtime,
-                current,
-                claim.applied,
-                now,
-                records,
-                outcome=outcome.outcome,
-                exit_code=outcome.exit_code,
-                signal=outcome.signal,
-                error=outcome.error,
-                output=outcome.output_tail,
-                started_at=started_at,
-                duration_s=outcome.duration_s,
-                log_path=str(log_path),
-                output_for_match=outcome.output_for_match,
-                agent=outcome.agent,
-                permanent=outcome.permanent,
-                reset_at=outcome.reset_at,
+                applied = self.store.applied()
+                self._enqueue_needs(runtime, applied, now)
+                self.store.append_records(records, now)
+                following = None
+                if claim_next and not self.stop.is_set() and lease is None:
+                    candidate = self._claim_in(runtime, applied)
+                    following = candidate if isinstance(candidate, _Claim) else None
+            return result, following, False
+
+        if lease is None:
+            result, following, _ = finish()
+            return result, following
+        # Across hosts the database may be briefly away (a restart, a failover): the attempt's
+        # result is kept in memory and its transaction retried while no other host can have
+        # taken the attempt over (the lease has not expired: lease*2/3).
+        try:
+            result, following, abandoned = _retry_while_leased(
+                finish, lease.duration * 2 / 3, self.say
             )
-            applied = self.store.applied()
-            self._enqueue_needs(runtime, applied, now)
-            self.store.append_records(records, now)
-            following = None
-            if claim_next and not self.stop.is_set() and lease is None:
-                candidate = self._claim_in(runtime, applied)
-                following = candidate if isinstance(candidate, _Claim) else None
-        if claim_next and not self.stop.is_set() and lease is not None:
+        finally:
+            lease.release()
+        if claim_next and not self.stop.is_set() and not abandoned:
             candidate = self._claim_shared(None)
             following = candidate if isinstance(candidate, _Claim) else None
         return result, following
@@ -1038,13 +1063,21 @@ class Engine:
         return dataclasses.replace(state, next_due=iso(due))
 
     def _worker(self, results: list[AttemptResult]) -> None:
-        if self.stop.is_set():
-            return
-        claim = self._claim()
-        while isinstance(claim, _Claim):
-            result, claim = self._execute(claim, claim_next=True)
+        try:
+            if self.stop.is_set():
+                return
+            claim = self._claim()
+            while isinstance(claim, _Claim):
+                result, claim = self._execute(claim, claim_next=True)
+                with self._guard:
+                    results.append(result)
+        except UserError as exc:  # the state became unreachable (a database restart...)
             with self._guard:
-                results.append(result)
+                self._failures.append(exc)  # raised by _run_queue once every worker is done
+        finally:
+            shared = self._shared()
+            if shared is not None:
+                shared.close_thread()  # this thread's connection: a daemon makes many threads
 
     def _run_queue(self) -> list[AttemptResult]:
         results: list[AttemptResult] = []
@@ -1058,6 +1091,8 @@ class Engine:
         for worker in workers:
             while worker.is_alive():
                 worker.join(0.1)  # short joins keep the main thread free for signals
+        if self._failures:
+            raise self._failures[0]
         return results
 
     # -- agentjobs run JOB ---------------------------------------------------------------------
@@ -1167,6 +1202,29 @@ class Engine:
         if entry is None:
             raise UserError(f"no dead letter {entry_id!r}; see `agentjobs dlq list`")
         return entry
+
+
+def _retry_while_leased(
+    step: Callable[[], tuple[AttemptResult, _Claim | None, bool]],
+    window: float,
+    say: Callable[[str], None],
+) -> tuple[AttemptResult, _Claim | None, bool]:
+    """`step()`, again on `UserError` (an unreachable database) for up to `window` seconds."""
+    from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_exponential
+
+    def before_sleep(state: Any) -> None:
+        say(f"cannot record the attempt yet ({state.outcome.exception()}); retrying")
+
+    for attempt in Retrying(
+        stop=stop_after_delay(window),
+        wait=wait_exponential(multiplier=0.2, max=2.0),
+        retry=retry_if_exception_type(UserError),
+        before_sleep=before_sleep,
+        reraise=True,
+    ):
+        with attempt:
+            return step()
+    raise AssertionError("unreachable")  # reraise=True: the last error propagates
 
 
 def _lease_of(claim: _Claim) -> Any:

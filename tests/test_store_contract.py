@@ -1,6 +1,5 @@
 """The Store protocol's contract (STYLE.md rule 9): one suite, run unchanged against every
-backend. Today the file backend; the PostgreSQL backend (issue 6) joins the `store` fixture's
-params and must pass the same tests."""
+backend: the file backend and the PostgreSQL backend (a real server, tests/pgserver.py)."""
 
 from __future__ import annotations
 
@@ -16,11 +15,21 @@ from agentjobs.errors import UserError
 from agentjobs.store import AppliedChange, AppliedJob, JobState, QueueItem, Store
 
 
-@pytest.fixture(params=["files"])
+@pytest.fixture(params=["files", "postgres"])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
     from agentjobs.store import open_store
 
-    yield open_store(str(tmp_path / "state"))
+    if request.param == "files":
+        yield open_store(str(tmp_path / "state"))
+        return
+    from agentjobs.store.postgres import PostgresStore
+
+    url = request.getfixturevalue("pg_url")
+    monkeypatch = request.getfixturevalue("monkeypatch")
+    monkeypatch.setenv("AGENTJOBS_LOCAL_DIR", str(tmp_path / "local"))  # open_store(describe())
+    pg = PostgresStore(url, tmp_path / "local")
+    yield pg
+    pg.close()
 
 
 def _job(name: str, lock: str = "k") -> AppliedJob:

@@ -24,17 +24,19 @@ a transaction-level advisory lock (never a session-level one).
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import threading
 import time
 import uuid
+import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from agentjobs import records as records_mod
 from agentjobs.errors import UserError
@@ -54,6 +56,9 @@ SCHEMA = "agentjobs"
 MIGRATION_LOCK = 0x61676A6F62  # "agjob": pg_advisory_xact_lock key for migrations
 DEFAULT_LEASE = 30.0
 CLAIM_BATCH = 200
+CACHE_AGE = 300.0  # seconds a process trusts its copy of the state (tombstones live 600 s)
+IDLE_CHECK = 1.0  # seconds idle after which a connection is checked before use
+CONNECT_RETRY = 5.0  # seconds spent retrying a refused connection
 
 MIGRATIONS: list[str] = [
     # 1: the whole schema
@@ -68,7 +73,22 @@ MIGRATIONS: list[str] = [
     );
     INSERT INTO {SCHEMA}.meta (id) VALUES (1);
     CREATE TABLE {SCHEMA}.applied (name text PRIMARY KEY, data jsonb NOT NULL);
-    CREATE TABLE {SCHEMA}.jobs (name text PRIMARY KEY, data jsonb NOT NULL);
+    -- every write of a job state or queue row takes a new version; deletions leave a row in
+    -- `removed`: a whole-state transaction reads only what changed since its process's last
+    CREATE SEQUENCE {SCHEMA}.row_version;
+    CREATE TABLE {SCHEMA}.jobs (
+        name text PRIMARY KEY,
+        data jsonb NOT NULL,
+        version bigint NOT NULL DEFAULT nextval('{SCHEMA}.row_version')
+    );
+    CREATE INDEX jobs_version ON {SCHEMA}.jobs (version);
+    CREATE TABLE {SCHEMA}.removed (
+        kind text NOT NULL,
+        key text NOT NULL,
+        version bigint NOT NULL DEFAULT nextval('{SCHEMA}.row_version'),
+        at timestamptz NOT NULL DEFAULT now()
+    );
+    CREATE INDEX removed_version ON {SCHEMA}.removed (version);
     CREATE TABLE {SCHEMA}.queue (
         id text PRIMARY KEY,
         job text NOT NULL,
@@ -78,8 +98,10 @@ MIGRATIONS: list[str] = [
         queued_at text NOT NULL,
         not_before text NOT NULL,
         lock_key text NOT NULL,
-        data jsonb NOT NULL
+        data jsonb NOT NULL,
+        version bigint NOT NULL DEFAULT nextval('{SCHEMA}.row_version')
     );
+    CREATE INDEX queue_version ON {SCHEMA}.queue (version);
     CREATE UNIQUE INDEX queue_job_slot ON {SCHEMA}.queue (job, slot) WHERE slot IS NOT NULL;
     CREATE INDEX queue_claim ON {SCHEMA}.queue (rank, queued_at, id) WHERE state = 'queued';
     CREATE INDEX queue_running ON {SCHEMA}.queue (lock_key) WHERE state = 'running';
@@ -90,6 +112,11 @@ MIGRATIONS: list[str] = [
         data json NOT NULL  -- json, not jsonb: the record's key order is kept (git diffs)
     );
     CREATE INDEX records_day ON {SCHEMA}.records (day, seq);
+    CREATE TABLE {SCHEMA}.records_archive (
+        seq bigint PRIMARY KEY,
+        day text NOT NULL,
+        data json NOT NULL
+    );
     CREATE TABLE {SCHEMA}.dead_letters (
         id text PRIMARY KEY,
         seq bigserial,
@@ -114,6 +141,7 @@ MIGRATIONS: list[str] = [
     CREATE UNIQUE INDEX leases_live_key ON {SCHEMA}.leases (key) WHERE released_at IS NULL;
     CREATE INDEX leases_token ON {SCHEMA}.leases (token) WHERE released_at IS NULL;
     CREATE INDEX leases_run ON {SCHEMA}.leases (run_id, attempt) WHERE released_at IS NULL;
+    CREATE INDEX leases_expiry ON {SCHEMA}.leases (expires_at) WHERE released_at IS NULL;
     CREATE TABLE {SCHEMA}.host_notes (
         host text NOT NULL,
         item_id text NOT NULL,
@@ -172,6 +200,27 @@ def _first_line(exc: BaseException) -> str:
     return text[0] if text else type(exc).__name__
 
 
+class DatabaseLost(UserError):
+    """The connection broke (a server restart, a network cut); nothing of the step committed."""
+
+
+R = TypeVar("R")
+
+
+def _again_once(method: Callable[..., R]) -> Callable[..., R]:
+    """Run an idempotent store method once more (on a new connection) when its connection
+    broke: after a server restart every old connection fails once."""
+
+    @functools.wraps(method)
+    def wrapper(*args: Any, **kwargs: Any) -> R:
+        try:
+            return method(*args, **kwargs)
+        except DatabaseLost:
+            return method(*args, **kwargs)
+
+    return wrapper
+
+
 @dataclass(frozen=True, slots=True)
 class Claimed:
     """What `PostgresStore.claim` hands the engine: the item (now running) and its leases."""
@@ -215,6 +264,12 @@ class Lease:
         self._thread.start()
 
     def _renew_loop(self) -> None:
+        try:
+            self._renew()
+        finally:
+            self.store.close_thread()
+
+    def _renew(self) -> None:
         interval = self.duration / 3
         last_ok = time.monotonic()
         while not self._done.wait(interval):
@@ -265,9 +320,20 @@ class PostgresStore:
         self.local_dir: Path = local_dir or default_local_dir()
         self.locks_dir = self.local_dir / "locks"
         self._local = threading.local()
+        # every open connection (one per thread that used the store), closed by `close()`, by
+        # `close_thread()` when a thread is done, or when the store is collected
+        self._conns: list[Any] = []
+        self._conns_lock = threading.Lock()
+        weakref.finalize(self, _close_all, self._conns, self._conns_lock)
         self._migrated = False
         self._migrate_lock = threading.Lock()
         self._applied_cache: tuple[int, dict[str, AppliedJob], dict[str, Any]] | None = None
+        # (row version, jobs, queue, monotonic time): the state as this process last saw it
+        # under the exclusive lock; a transaction reads only rows with a newer version
+        self._state_cache: tuple[int, dict[str, JobState], dict[str, QueueItem], float] | None = (
+            None
+        )
+        self._writes = 0
 
     def describe(self) -> str:
         return redact(self.url)
@@ -275,21 +341,43 @@ class PostgresStore:
     # -- connections -----------------------------------------------------------------------
 
     def _connect(self) -> psycopg.Connection[Any]:
+        """This thread's connection. One that sat idle for a while is checked first (a server
+        restart breaks it silently); connecting is retried for a few seconds (a restarting
+        server refuses connections briefly)."""
         pg = _import_psycopg()
         conn: psycopg.Connection[Any] | None = getattr(self._local, "conn", None)
         if conn is not None and not conn.closed and not conn.broken:
-            return conn
-        try:
-            conn = pg.connect(
-                self.url, autocommit=True, connect_timeout=10, application_name="agentjobs"
-            )
-        except pg.Error as exc:
-            raise UserError(
-                f"cannot connect to the database {self.describe()}: {_first_line(exc)}; "
-                "check the URL and that the server is up"
-            ) from None
+            idle = time.monotonic() - getattr(self._local, "used_at", 0.0)
+            if idle < IDLE_CHECK or conn.info.transaction_status != 0:  # 0: idle, no txn
+                self._local.used_at = time.monotonic()
+                return conn
+            try:
+                conn.execute("SELECT 1")
+                self._local.used_at = time.monotonic()
+                return conn
+            except pg.Error:
+                self.close_thread()
+        deadline = time.monotonic() + CONNECT_RETRY
+        delay = 0.1
+        while True:
+            try:
+                conn = pg.connect(
+                    self.url, autocommit=True, connect_timeout=10, application_name="agentjobs"
+                )
+                break
+            except pg.Error as exc:
+                if time.monotonic() + delay > deadline:
+                    raise UserError(
+                        f"cannot connect to the database {self.describe()}: {_first_line(exc)}; "
+                        "check the URL and that the server is up"
+                    ) from None
+                time.sleep(delay)
+                delay = min(delay * 2, 1.0)
         self._local.conn = conn
+        self._local.used_at = time.monotonic()
         assert conn is not None
+        with self._conns_lock:
+            self._conns.append(conn)
         if not self._migrated:
             with self._migrate_lock:
                 if not self._migrated:
@@ -306,20 +394,31 @@ class PostgresStore:
             yield conn
         except pg.OperationalError as exc:
             if conn.broken or conn.closed:
-                self._local.conn = None
-            raise UserError(
+                self.close_thread()
+            raise DatabaseLost(
                 f"lost the database {self.describe()}: {_first_line(exc)}; nothing was "
                 "written by the failed step, the next tick picks up from the stored state"
             ) from None
 
     def close(self) -> None:
+        """Close every connection of this store (all threads)."""
+        _close_all(self._conns, self._conns_lock)
+        self._local = threading.local()
+
+    def close_thread(self) -> None:
+        """Close this thread's connection (a worker or renewal thread that is done)."""
         conn = getattr(self._local, "conn", None)
-        if conn is not None:
-            conn.close()
-            self._local.conn = None
+        if conn is None:
+            return
+        self._local.conn = None
+        with self._conns_lock:
+            if conn in self._conns:
+                self._conns.remove(conn)
+        conn.close()
 
     # -- migrations ------------------------------------------------------------------------
 
+    @_again_once
     def schema_version(self) -> int:
         with self._db() as conn:
             return self._version(conn)
@@ -376,6 +475,7 @@ class PostgresStore:
 
     # -- the protocol: reads ---------------------------------------------------------------
 
+    @_again_once
     def exists(self) -> bool:
         with self._db() as conn:
             row = conn.execute(f"SELECT written FROM {SCHEMA}.meta WHERE id = 1").fetchone()
@@ -388,17 +488,22 @@ class PostgresStore:
             yield
 
     def _lock_meta(self, conn: psycopg.Connection[Any], timeout: float, mode: str) -> None:
+        """Lock the meta row (`FOR UPDATE`: whole-state; `FOR SHARE`: a claim), waiting at most
+        `timeout` seconds. One round trip (no parameters: both statements in one message)."""
         psycopg = _import_psycopg()
-        conn.execute(f"SET LOCAL lock_timeout = '{max(1, int(timeout * 1000))}ms'")
+        millis = max(1, int(timeout * 1000))
         try:
-            conn.execute(f"SELECT 1 FROM {SCHEMA}.meta WHERE id = 1 {mode}")
+            conn.execute(
+                f"SET LOCAL lock_timeout = '{millis}ms'; "
+                f"SELECT 1 FROM {SCHEMA}.meta WHERE id = 1 {mode}"
+            )
         except psycopg.errors.LockNotAvailable:
             raise UserError(
                 f"the state in {self.describe()} is locked by another agentjobs process for "
                 f"more than {timeout:g}s; try again when it is done"
             ) from None
-        conn.execute("SET LOCAL lock_timeout = 0")
 
+    @_again_once
     def _applied_all(self) -> tuple[dict[str, AppliedJob], dict[str, Any]]:
         with self._db() as conn:
             row = conn.execute(f"SELECT applied_version, config FROM {SCHEMA}.meta").fetchone()
@@ -417,43 +522,87 @@ class PostgresStore:
     def config(self) -> dict[str, Any]:
         return dict(self._applied_all()[1])
 
+    @_again_once
     def applied_version(self) -> str:
         with self._db() as conn:
             row = conn.execute(f"SELECT applied_version FROM {SCHEMA}.meta").fetchone()
         return "" if not row or not row[0] else str(row[0])
 
-    def _read_runtime(self, conn: psycopg.Connection[Any]) -> Runtime:
-        meta = conn.execute(f"SELECT runtime_applied_version FROM {SCHEMA}.meta").fetchone()
-        jobs = conn.execute(f"SELECT name, data FROM {SCHEMA}.jobs").fetchall()
-        queue = conn.execute(f"SELECT data FROM {SCHEMA}.queue").fetchall()
-        holds = conn.execute(f"SELECT key, until FROM {SCHEMA}.holds").fetchall()
-        return Runtime(
-            jobs={name: JobState.from_dict(data) for name, data in jobs},
-            queue={(item := QueueItem.from_dict(data)).id: item for (data,) in queue},
-            applied_version=meta[0] if meta else "",
-            holds=dict(holds),
-        )
+    def _read_runtime(
+        self, conn: psycopg.Connection[Any], since: int = -1
+    ) -> tuple[Runtime, int, set[tuple[str, str]]]:
+        """The state in one query: everything (`since` -1), or the job states and queue rows
+        written after row version `since` (the rest is the caller's copy). Returns the runtime
+        (only changed rows when `since` >= 0), the current row version, and the (kind, key)
+        pairs deleted since."""
+        rows = conn.execute(
+            f"SELECT 'm', runtime_applied_version, NULL::jsonb FROM {SCHEMA}.meta "
+            f"UNION ALL SELECT 'v', nextval('{SCHEMA}.row_version')::text, NULL "
+            f"UNION ALL SELECT 'h', key, to_jsonb(until) FROM {SCHEMA}.holds "
+            f"UNION ALL SELECT 'j', name, data FROM {SCHEMA}.jobs WHERE version > %(v)s "
+            f"UNION ALL SELECT 'q', id, data FROM {SCHEMA}.queue WHERE version > %(v)s "
+            f"UNION ALL SELECT 'r' || kind, key, NULL FROM {SCHEMA}.removed "
+            "WHERE version > %(v)s AND %(v)s >= 0",
+            {"v": since},
+        ).fetchall()
+        runtime = Runtime()
+        version = 0
+        removed: set[tuple[str, str]] = set()
+        for kind, key, data in rows:
+            if kind == "j":
+                runtime.jobs[key] = JobState.from_dict(data)
+            elif kind == "q":
+                runtime.queue[key] = QueueItem.from_dict(data)
+            elif kind == "h":
+                runtime.holds[key] = data
+            elif kind == "m":
+                runtime.applied_version = key
+            elif kind == "v":
+                version = int(key)
+            else:
+                removed.add((kind[1:], key))
+        return runtime, version, removed
 
+    def _current_runtime(self, conn: psycopg.Connection[Any]) -> tuple[Runtime, int]:
+        """The whole state, from this process's copy plus what changed since (exclusive lock
+        held: no one else writes meanwhile, so every row version below the current one is
+        already committed)."""
+        cache = self._state_cache
+        if cache is None or time.monotonic() - cache[3] > CACHE_AGE:
+            runtime, version, _ = self._read_runtime(conn)
+            return runtime, version
+        changed, version, removed = self._read_runtime(conn, cache[0])
+        jobs, queue = dict(cache[1]), dict(cache[2])
+        for kind, key in removed:  # deletions first: a row written again since is in `changed`
+            (jobs if kind == "j" else queue).pop(key, None)
+        jobs.update(changed.jobs)
+        queue.update(changed.queue)
+        return Runtime(jobs, queue, changed.applied_version, changed.holds), version
+
+    @_again_once
     def runtime(self) -> Runtime:
-        with self._db() as conn, conn.transaction():
-            conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
-            return self._read_runtime(conn)
+        with self._db() as conn:  # one statement: one snapshot
+            return self._read_runtime(conn)[0]
 
     # -- the protocol: writes --------------------------------------------------------------
 
     @contextmanager
     def transaction(self, timeout: float) -> Iterator[Runtime]:
+        kept = None
         with self._db() as conn, conn.transaction():
             self._lock_meta(conn, timeout, "FOR UPDATE")
-            runtime = self._read_runtime(conn)
+            runtime, version = self._current_runtime(conn)
             before = Runtime(
                 dict(runtime.jobs),
                 dict(runtime.queue),
                 runtime.applied_version,
                 dict(runtime.holds),
             )
+            self._state_cache = None  # until the transaction commits
             yield runtime
             self._write_runtime(conn, before, runtime)
+            kept = (version, dict(runtime.jobs), dict(runtime.queue), time.monotonic())
+        self._state_cache = kept  # committed: the state as of `version` plus our own writes
 
     def _write_runtime(
         self, conn: psycopg.Connection[Any], before: Runtime, after: Runtime
@@ -463,21 +612,30 @@ class PostgresStore:
             gone = [name for name in before.jobs if name not in after.jobs]
             if gone:
                 cur.execute(f"DELETE FROM {SCHEMA}.jobs WHERE name = ANY(%s)", (gone,))
+                cur.execute(
+                    f"INSERT INTO {SCHEMA}.removed (kind, key) SELECT 'j', unnest(%s::text[])",
+                    (gone,),
+                )
             put = [
                 (name, json.dumps(state.to_dict()))
                 for name, state in after.jobs.items()
-                if before.jobs.get(name) != state
+                if (old := before.jobs.get(name)) is not state and old != state
             ]
             if put:
                 cur.executemany(
                     f"INSERT INTO {SCHEMA}.jobs (name, data) VALUES (%s, %s) "
-                    "ON CONFLICT (name) DO UPDATE SET data = excluded.data",
+                    "ON CONFLICT (name) DO UPDATE SET data = excluded.data, "
+                    f"version = nextval('{SCHEMA}.row_version')",
                     put,
                 )
             changed = changed or bool(gone or put)
             gone = [key for key in before.queue if key not in after.queue]
             if gone:
                 cur.execute(f"DELETE FROM {SCHEMA}.queue WHERE id = ANY(%s)", (gone,))
+                cur.execute(
+                    f"INSERT INTO {SCHEMA}.removed (kind, key) SELECT 'q', unnest(%s::text[])",
+                    (gone,),
+                )
             new = [_queue_row(item) for key, item in after.queue.items() if key not in before.queue]
             if new:
                 # a slot already in the queue (unique job+slot) is not enqueued twice
@@ -490,12 +648,13 @@ class PostgresStore:
             updated = [
                 _queue_row(item)
                 for key, item in after.queue.items()
-                if key in before.queue and before.queue[key] != item
+                if key in before.queue and (old := before.queue[key]) is not item and old != item
             ]
             if updated:
                 cur.executemany(
                     f"UPDATE {SCHEMA}.queue SET job = %s, slot = %s, state = %s, rank = %s, "
-                    "queued_at = %s, not_before = %s, lock_key = %s, data = %s WHERE id = %s",
+                    "queued_at = %s, not_before = %s, lock_key = %s, data = %s, "
+                    f"version = nextval('{SCHEMA}.row_version') WHERE id = %s",
                     [(*row[1:], row[0]) for row in updated],
                 )
             changed = changed or bool(gone or new or updated)
@@ -511,6 +670,11 @@ class PostgresStore:
                 cur.execute(
                     f"UPDATE {SCHEMA}.meta SET runtime_applied_version = %s, written = true",
                     (after.applied_version,),
+                )
+            self._writes += 1
+            if self._writes % 200 == 1:  # tombstones outlive every process's copy (CACHE_AGE)
+                cur.execute(
+                    f"DELETE FROM {SCHEMA}.removed WHERE at < now() - interval '600 seconds'"
                 )
 
     def write_applied(self, change: AppliedChange) -> None:
@@ -563,6 +727,7 @@ class PostgresStore:
                 last = seq
                 yield data
 
+    @_again_once
     def record_days(self) -> dict[str, tuple[int, int]]:
         """Each UTC day with records -> (count, newest seq): changes when the day changes."""
         with self._db() as conn:
@@ -591,11 +756,13 @@ class PostgresStore:
                 (name, by),
             )
 
+    @_again_once
     def counters(self) -> dict[str, int]:
         with self._db() as conn:
             rows = conn.execute(f"SELECT name, value FROM {SCHEMA}.counters").fetchall()
         return {name: int(value) for name, value in rows}
 
+    @_again_once
     def put_dead_letter(self, entry: Mapping[str, Any]) -> None:
         with self._db() as conn:
             conn.execute(
@@ -604,11 +771,13 @@ class PostgresStore:
                 (entry["id"], json.dumps(dict(entry))),
             )
 
+    @_again_once
     def dead_letters(self) -> list[dict[str, Any]]:
         with self._db() as conn:
             rows = conn.execute(f"SELECT data FROM {SCHEMA}.dead_letters ORDER BY id").fetchall()
         return [data for (data,) in rows]
 
+    @_again_once
     def dead_letter(self, entry_id: str) -> dict[str, Any] | None:
         with self._db() as conn:
             row = conn.execute(
@@ -620,15 +789,26 @@ class PostgresStore:
         return records_mod.prune_logs(self.local_dir / "logs", older_than, keep)
 
     def archive_records(self, before_day: str) -> int:
-        """Records stay in their table (indexed by day; nothing slows down as they grow)."""
-        return 0
+        """Move the records of days before `before_day` into `records_archive` (out of the way
+        of `records()`, still in the database). Returns how many days moved."""
+        with self._db() as conn, conn.transaction():
+            row = conn.execute(
+                f"WITH moved AS (DELETE FROM {SCHEMA}.records WHERE day < %s "
+                "RETURNING seq, day, data), kept AS ("
+                f"INSERT INTO {SCHEMA}.records_archive SELECT seq, day, data FROM moved "
+                "RETURNING day) SELECT count(DISTINCT day) FROM kept",
+                (before_day,),
+            ).fetchone()
+        return int(row[0]) if row else 0
 
+    @_again_once
     def read_json(self, name: str) -> Any:
         with self._db() as conn:
             row = conn.execute(f"SELECT value FROM {SCHEMA}.side WHERE name = %s", (name,))
             found = row.fetchone()
         return None if found is None else found[0]
 
+    @_again_once
     def write_json(self, name: str, value: Any) -> None:
         with self._db() as conn:
             conn.execute(
@@ -642,44 +822,6 @@ class PostgresStore:
     def lease_duration(self) -> float:
         return float(self.config().get("lease") or DEFAULT_LEASE)
 
-    def _take(
-        self,
-        cur: psycopg.Cursor[Any],
-        keys: list[str],
-        token: str,
-        host: str,
-        item: QueueItem | None,
-        duration: float,
-        note: str,
-    ) -> str | None:
-        """The first of `keys` free (or expired) taken under `token`; None when all are held."""
-        cur.execute(
-            f"UPDATE {SCHEMA}.leases SET released_at = clock_timestamp(), "
-            "release_reason = 'expired' WHERE key = ANY(%s) AND released_at IS NULL "
-            "AND expires_at < clock_timestamp()",
-            (keys,),
-        )
-        for key in keys:
-            cur.execute(
-                f"INSERT INTO {SCHEMA}.leases "
-                "(key, token, host, pid, run_id, attempt, note, expires_at) VALUES "
-                "(%s, %s, %s, %s, %s, %s, %s, clock_timestamp() + make_interval(secs => %s)) "
-                "ON CONFLICT DO NOTHING RETURNING id",
-                (
-                    key,
-                    token,
-                    host,
-                    os.getpid(),
-                    item.run_id if item else None,
-                    item.attempt if item else None,
-                    note,
-                    duration,
-                ),
-            )
-            if cur.fetchone() is not None:
-                return key
-        return None
-
     def renew(self, token: str, duration: float) -> bool:
         """Push the leases of `token` forward; False when they are gone (expired and taken)."""
         with self._db() as conn:
@@ -691,6 +833,7 @@ class PostgresStore:
             ).fetchall()
         return bool(row)
 
+    @_again_once
     def release_token(self, token: str) -> None:
         with self._db() as conn:
             conn.execute(
@@ -699,6 +842,7 @@ class PostgresStore:
                 (token,),
             )
 
+    @_again_once
     def attempt_leased(self, run_id: str, attempt: int) -> bool:
         """Whether a live (unexpired) lease covers this attempt."""
         with self._db() as conn:
@@ -709,6 +853,7 @@ class PostgresStore:
             ).fetchone()
         return row is not None
 
+    @_again_once
     def key_holder(self, key: str) -> str:
         with self._db() as conn:
             row = conn.execute(
@@ -721,6 +866,7 @@ class PostgresStore:
         host, pid, run_id, expires = row
         return f"run {run_id} on host {host} (pid {pid}, lease until {expires:%H:%M:%S})"
 
+    @_again_once
     def leases(self) -> list[dict[str, Any]]:
         """Live leases, for `status`."""
         with self._db() as conn:
@@ -744,6 +890,7 @@ class PostgresStore:
 
     # -- hosts -----------------------------------------------------------------------------
 
+    @_again_once
     def see_host(self, host: str, labels: Iterable[str]) -> None:
         with self._db() as conn:
             conn.execute(
@@ -753,6 +900,7 @@ class PostgresStore:
                 (host, json.dumps(sorted(labels)), os.getpid()),
             )
 
+    @_again_once
     def hosts(self) -> list[dict[str, Any]]:
         with self._db() as conn:
             rows = conn.execute(
@@ -768,6 +916,7 @@ class PostgresStore:
             for host, labels, pid, seen in rows
         ]
 
+    @_again_once
     def host_notes(self) -> dict[str, list[tuple[str, str]]]:
         """Queued item id -> [(host, why it skipped the item)] for items still queued."""
         with self._db() as conn:
@@ -783,13 +932,14 @@ class PostgresStore:
 
     # -- claims ----------------------------------------------------------------------------
 
+    @_again_once
     def claim(
         self,
         *,
         host: str,
         now: str,
         only: str | None,
-        refuse: Callable[[QueueItem, Runtime], str | None],
+        refuse: Callable[[str, str, Runtime], str | None],
         slots: int,
         host_slots: int | None,
         note: Callable[[QueueItem], str],
@@ -798,102 +948,202 @@ class PostgresStore:
         """Take the best runnable item across hosts: leases for its key and a slot, marked
         running, in one transaction. Claimers skip each other's rows (`SKIP LOCKED`).
 
-        `refuse(item, context)` says why this host will not run an item (paused, held,
+        `refuse(item_id, job, context)` says why this host will not run an item (paused, held,
         runs_on, workdir missing...) or None; a reason starting with "host:" is kept in
         `host_notes` for `status`. With `only`, a message says what holds that item back.
         """
         duration = self.lease_duration()
         with self._db() as conn, conn.transaction(), conn.cursor() as cur:
             self._lock_meta(conn, timeout, "FOR SHARE")
+            context, busy, leased = self._claim_context(cur)
             if only is not None:
                 cur.execute(
-                    f"SELECT data FROM {SCHEMA}.queue WHERE id = %s AND state = 'queued' "
-                    "FOR UPDATE SKIP LOCKED",
+                    f"SELECT id, job, lock_key, data::text FROM {SCHEMA}.queue "
+                    "WHERE id = %s AND state = 'queued' FOR UPDATE SKIP LOCKED",
                     (only,),
                 )
+                batches: Iterable[list[tuple[str, str, str, str]]] = [cur.fetchall()]
             else:
-                cur.execute(
-                    f"SELECT data FROM {SCHEMA}.queue WHERE state = 'queued' "
-                    "AND not_before <= %s ORDER BY rank, queued_at, id LIMIT %s "
-                    "FOR UPDATE SKIP LOCKED",
-                    (now, CLAIM_BATCH),
-                )
-            candidates = [QueueItem.from_dict(data) for (data,) in cur.fetchall()]
-            if not candidates:
-                return None
-            cur.execute(f"SELECT DISTINCT lock_key FROM {SCHEMA}.queue WHERE state = 'running'")
-            busy = {key for (key,) in cur.fetchall()}
-            context = self._claim_context(cur)
+                batches = self._candidates(cur, now, busy)
             token = uuid.uuid4().hex
-            slot_key: str | None = None
-            for item in candidates:
-                if item.lock_key in busy:
-                    if only is not None:
-                        return self._held_message(cur, item.lock_key)
-                    continue
-                reason = refuse(item, context)
-                if reason is not None:
-                    if reason.startswith("host:"):
-                        cur.execute(
-                            f"INSERT INTO {SCHEMA}.host_notes (host, item_id, reason) "
-                            "VALUES (%s, %s, %s) ON CONFLICT (host, item_id) DO UPDATE SET "
-                            "reason = excluded.reason, at = now()",
-                            (host, item.id, reason[5:].strip()),
+            have_slot = False
+            for batch in batches:
+                for item_id, job, lock_key, data in batch:
+                    if lock_key in busy:
+                        if only is not None:
+                            return self._held_message(cur, lock_key)
+                        continue
+                    reason = refuse(item_id, job, context)
+                    if reason is not None:
+                        if reason.startswith("host:"):
+                            cur.execute(
+                                f"INSERT INTO {SCHEMA}.host_notes (host, item_id, reason) "
+                                "VALUES (%s, %s, %s) ON CONFLICT (host, item_id) DO UPDATE "
+                                "SET reason = excluded.reason, at = now()",
+                                (host, item_id, reason[5:].strip()),
+                            )
+                        if only is not None:
+                            return reason.removeprefix("host:").strip()
+                        continue
+                    if not have_slot:
+                        taken = self._take_slots(
+                            cur, token, host, slots, host_slots, leased, duration
                         )
-                    if only is not None:
-                        return reason.removeprefix("host:").strip()
-                    continue
-                if slot_key is None:
-                    if host_slots is not None:
-                        keys = [f"slot:host:{host}:{i}" for i in range(host_slots)]
-                        if self._take(cur, keys, token, host, None, duration, "") is None:
-                            return None if only is None else "every slot of this host is in use"
-                    slot_key = self._take(
-                        cur, [f"slot:{i}" for i in range(slots)], token, host, None, duration, ""
+                        if taken is not None:
+                            return None if only is None else taken
+                        have_slot = True
+                    item = QueueItem.from_dict(json.loads(data))
+                    if not self._take_key(cur, token, host, item, duration, note(item)):
+                        busy.add(lock_key)
+                        if only is not None:
+                            cur.execute(f"DELETE FROM {SCHEMA}.leases WHERE token = %s", (token,))
+                            return self._held_message(cur, lock_key)
+                        continue
+                    running = QueueItem.from_dict(
+                        {
+                            **item.to_dict(),
+                            "state": "running",
+                            "started_at": now,
+                            "host": host,
+                            "pid": os.getpid(),
+                        }
                     )
-                    if slot_key is None:
-                        cur.execute(f"DELETE FROM {SCHEMA}.leases WHERE token = %s", (token,))
-                        return None if only is None else "every concurrency slot is in use"
-                taken = self._take(cur, [item.lock_key], token, host, item, duration, note(item))
-                if taken is None:
-                    busy.add(item.lock_key)
-                    if only is not None:
-                        cur.execute(f"DELETE FROM {SCHEMA}.leases WHERE token = %s", (token,))
-                        return self._held_message(cur, item.lock_key)
-                    continue
-                cur.execute(
-                    f"UPDATE {SCHEMA}.leases SET run_id = %s, attempt = %s WHERE token = %s",
-                    (item.run_id, item.attempt, token),
-                )
-                running = QueueItem.from_dict(
-                    {
-                        **item.to_dict(),
-                        "state": "running",
-                        "started_at": now,
-                        "host": host,
-                        "pid": os.getpid(),
-                    }
-                )
-                cur.execute(
-                    f"UPDATE {SCHEMA}.queue SET state = 'running', data = %s WHERE id = %s",
-                    (json.dumps(running.to_dict()), item.id),
-                )
-                cur.execute(
-                    f"UPDATE {SCHEMA}.jobs SET data = data || %s WHERE name = %s",
-                    (json.dumps({"last_started": now, "last_run_id": item.run_id}), item.job),
-                )
-                cur.execute(f"DELETE FROM {SCHEMA}.host_notes WHERE item_id = %s", (item.id,))
-                lease = Lease(self, token, duration)
-                return Claimed(running, lease, lease)
-            cur.execute(f"DELETE FROM {SCHEMA}.leases WHERE token = %s", (token,))
+                    cur.execute(
+                        f"WITH q AS (UPDATE {SCHEMA}.queue SET state = 'running', data = %s, "
+                        f"version = nextval('{SCHEMA}.row_version') WHERE id = %s), "
+                        f"j AS (UPDATE {SCHEMA}.jobs SET data = data || %s, "
+                        f"version = nextval('{SCHEMA}.row_version') WHERE name = %s) "
+                        f"DELETE FROM {SCHEMA}.host_notes WHERE item_id = %s",
+                        (
+                            json.dumps(running.to_dict()),
+                            item.id,
+                            json.dumps({"last_started": now, "last_run_id": item.run_id}),
+                            item.job,
+                            item.id,
+                        ),
+                    )
+                    lease = Lease(self, token, duration)
+                    return Claimed(running, lease, lease)
+            if have_slot:
+                cur.execute(f"DELETE FROM {SCHEMA}.leases WHERE token = %s", (token,))
             return None
 
-    def _claim_context(self, cur: psycopg.Cursor[Any]) -> Runtime:
-        """What `refuse` needs to judge items: job states (paused) and usage-limit holds."""
-        cur.execute(f"SELECT name, data FROM {SCHEMA}.jobs WHERE (data->>'paused')::boolean")
-        jobs = {name: JobState.from_dict(data) for name, data in cur.fetchall()}
-        cur.execute(f"SELECT key, until FROM {SCHEMA}.holds")
-        return Runtime(jobs=jobs, holds=dict(cur.fetchall()))
+    def _claim_context(self, cur: psycopg.Cursor[Any]) -> tuple[Runtime, set[str], set[str]]:
+        """One query for what a claim judges by: paused jobs and usage-limit holds (as a
+        Runtime), busy lock keys (running items and live key leases), and live slot leases.
+        Expired leases are released on the way (anyone may)."""
+        cur.execute(
+            f"WITH swept AS (UPDATE {SCHEMA}.leases SET released_at = clock_timestamp(), "
+            "release_reason = 'expired' WHERE released_at IS NULL "
+            "AND expires_at < clock_timestamp() RETURNING 1) "
+            f"SELECT 'b', lock_key, NULL FROM {SCHEMA}.queue WHERE state = 'running' "
+            f"UNION ALL SELECT 'l', key, NULL FROM {SCHEMA}.leases WHERE released_at IS NULL "
+            "AND expires_at >= clock_timestamp() "
+            f"UNION ALL SELECT 'p', name, NULL FROM {SCHEMA}.jobs "
+            "WHERE (data->>'paused')::boolean "
+            f"UNION ALL SELECT 'h', key, until FROM {SCHEMA}.holds "
+            "UNION ALL SELECT 's', count(*)::text, NULL FROM swept"
+        )
+        context = Runtime()
+        busy: set[str] = set()
+        leased: set[str] = set()
+        for kind, key, until in cur.fetchall():
+            if kind == "b":
+                busy.add(key)
+            elif kind == "l":
+                (leased if key.startswith("slot:") else busy).add(key)
+            elif kind == "p":
+                context.jobs[key] = JobState(schedule_hash="", paused=True)
+            elif kind == "h":
+                context.holds[key] = until
+        return context, busy, leased
+
+    def _candidates(
+        self, cur: psycopg.Cursor[Any], now: str, busy: set[str]
+    ) -> Iterator[list[tuple[str, str, str, str]]]:
+        """Queued items that are due, best first, in small batches, each row locked for this
+        claim and skipped by the others (`FOR UPDATE SKIP LOCKED`)."""
+        after: tuple[int, str, str] = (-1, "", "")
+        while True:
+            cur.execute(
+                f"SELECT id, job, lock_key, data::text, rank, queued_at FROM {SCHEMA}.queue "
+                "WHERE state = 'queued' AND not_before <= %s AND NOT lock_key = ANY(%s::text[]) "
+                "AND (rank, queued_at, id) > (%s, %s, %s) "
+                "ORDER BY rank, queued_at, id LIMIT %s FOR UPDATE SKIP LOCKED",
+                (now, list(busy), *after, CLAIM_BATCH),
+            )
+            rows = cur.fetchall()
+            if not rows:
+                return
+            yield [(r[0], r[1], r[2], r[3]) for r in rows]
+            last = rows[-1]
+            after = (last[4], last[5], last[0])
+
+    def _take_slots(
+        self,
+        cur: psycopg.Cursor[Any],
+        token: str,
+        host: str,
+        slots: int,
+        host_slots: int | None,
+        leased: set[str],
+        duration: float,
+    ) -> str | None:
+        """Leases on a slot of this host (with `max_concurrent_per_host`) and a cluster slot;
+        None when taken, else why not."""
+        if host_slots is not None:
+            keys = [f"slot:host:{host}:{i}" for i in range(host_slots)]
+            if not self._take_one(cur, keys, leased, token, host, duration):
+                return "every slot of this host is in use (max_concurrent_per_host)"
+        keys = [f"slot:{i}" for i in range(slots)]
+        if not self._take_one(cur, keys, leased, token, host, duration):
+            cur.execute(f"DELETE FROM {SCHEMA}.leases WHERE token = %s", (token,))
+            return "every concurrency slot is in use"
+        return None
+
+    def _take_one(
+        self,
+        cur: psycopg.Cursor[Any],
+        keys: list[str],
+        leased: set[str],
+        token: str,
+        host: str,
+        duration: float,
+    ) -> bool:
+        """Lease one of `keys` not seen leased, in a random order (claimers rarely collide);
+        a collision (another claim took it meanwhile) moves on to the next."""
+        import random
+
+        free = [key for key in keys if key not in leased]
+        random.shuffle(free)
+        for key in free:
+            cur.execute(
+                f"INSERT INTO {SCHEMA}.leases (key, token, host, pid, expires_at) VALUES "
+                "(%s, %s, %s, %s, clock_timestamp() + make_interval(secs => %s)) "
+                "ON CONFLICT DO NOTHING RETURNING id",
+                (key, token, host, os.getpid(), duration),
+            )
+            if cur.fetchone() is not None:
+                return True
+        return False
+
+    def _take_key(
+        self,
+        cur: psycopg.Cursor[Any],
+        token: str,
+        host: str,
+        item: QueueItem,
+        duration: float,
+        note: str,
+    ) -> bool:
+        cur.execute(
+            f"INSERT INTO {SCHEMA}.leases "
+            "(key, token, host, pid, run_id, attempt, note, expires_at) VALUES "
+            "(%s, %s, %s, %s, %s, %s, %s, clock_timestamp() + make_interval(secs => %s)) "
+            "ON CONFLICT DO NOTHING RETURNING id",
+            (item.lock_key, token, host, os.getpid(), item.run_id, item.attempt, note, duration),
+        )
+        return cur.fetchone() is not None
 
     def _held_message(self, cur: psycopg.Cursor[Any], key: str) -> str:
         cur.execute(
@@ -915,6 +1165,15 @@ class PostgresStore:
         if lease is not None:
             return f"lock key {key} is held by run {lease[1]} on host {lease[0]}"
         return f"lock key {key} is held by another host"
+
+
+def _close_all(conns: list[Any], lock: threading.Lock) -> None:
+    with lock:
+        taken = list(conns)
+        conns.clear()
+    for conn in taken:
+        with contextlib.suppress(Exception):
+            conn.close()
 
 
 def _queue_row(item: QueueItem) -> tuple[Any, ...]:
