@@ -88,6 +88,7 @@ def run_attempt(
         "AGENTJOBS_RUN_ID": item.run_id,
         "AGENTJOBS_ATTEMPT": str(item.attempt),
         "AGENTJOBS_TRIGGER": item.trigger,
+        "AGENTJOBS_HOST": item.host or "",  # the runner host that claimed it
         **(slot_env or {}),
     }
     cwd = spec.workdir

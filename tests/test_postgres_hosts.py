@@ -169,7 +169,8 @@ def test_four_hosts_run_every_slot_exactly_once_and_never_overlap_a_key(
     began = time.monotonic()
     try:
         for number in range(ROUNDS):
-            moment = base + number * 3600 + 1
+            # `every: 1h` counts from each run's end, so rounds are 2h apart
+            moment = base + number * 7200 + 1
             (control / "now").write_text(time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(moment)))
             try:
                 # the round is over when its attempts are recorded (not when the probes end:
@@ -460,3 +461,97 @@ def test_a_database_restart_mid_run_is_ridden_out_and_a_down_database_fails_clea
     finished = [r for r in _records(pg_url) if r["event"] == "attempt_finished"]
     assert [(r["attempt"], r["outcome"]) for r in finished] == [(1, "succeeded")] * 2
     assert len({r["run_id"] for r in finished}) == 2
+
+
+def _status(url: str, jobs_dir: Path) -> dict[str, dict[str, Any]]:
+    result = _agentjobs(url, "--jobs-dir", str(jobs_dir), "-o", "json", "status")
+    assert result.returncode == 0, result.stderr
+    return {row["job"]: row for row in json.loads(result.stdout)}
+
+
+def _tick(url: str, jobs_dir: Path, *args: str) -> Any:
+    result = _agentjobs(url, "--jobs-dir", str(jobs_dir), "tick", *args)
+    assert result.returncode in (0, 1), result.stdout + result.stderr
+    assert "Traceback" not in result.stderr
+    return result
+
+
+def test_runs_on_labels_and_a_missing_workdir_leave_the_item_for_another_host(
+    tmp_path: Path, jobs_dir: Path, pg_url: str
+) -> None:
+    out = _setup(tmp_path, jobs_dir, pg_url, {"plain": "k1", "gpu": "k2", "far": "k3"}, 0)
+    gpu = jobs_dir / "gpu.yaml"
+    gpu.write_text(gpu.read_text() + "runs_on: [gpu]\n")
+    far_dir = tmp_path / "elsewhere"
+    far_dir.mkdir()
+    far = jobs_dir / "far.yaml"
+    far.write_text(far.read_text().replace(str(tmp_path / "work"), str(far_dir)))
+    assert _agentjobs(pg_url, "--jobs-dir", str(jobs_dir), "apply").returncode == 0
+    far_dir.rmdir()  # this "host" lacks the checkout the job runs in
+
+    now = _hours_ahead(1)
+    first = _tick(pg_url, jobs_dir, "--host", "a", "--now", now)
+    assert "plain: attempt 1 succeeded" in first.stdout
+    assert "gpu:" not in first.stdout and "far:" not in first.stdout
+    status = _status(pg_url, jobs_dir)
+    assert status["gpu"]["queued"] == 1 and status["far"]["queued"] == 1
+    assert status["gpu"]["skipped_by"] == [
+        {"host": "a", "reason": "host a lacks the label(s) gpu (runs_on)"}
+    ]
+    assert status["far"]["skipped_by"] == [
+        {"host": "a", "reason": f"workdir {far_dir} does not exist on host a"}
+    ]
+    text = _agentjobs(pg_url, "--jobs-dir", str(jobs_dir), "status").stdout
+    assert f"waiting: workdir {far_dir} does not exist on host a" in text
+
+    far_dir.mkdir()  # host b has it, and the gpu label
+    second = _tick(pg_url, jobs_dir, "--host", "b", "--labels", "gpu,big", "--now", now)
+    assert "gpu: attempt 1 succeeded" in second.stdout
+    assert "far: attempt 1 succeeded" in second.stdout
+    status = _status(pg_url, jobs_dir)
+    assert all(row["queued"] == 0 and row["skipped_by"] == [] for row in status.values())
+    hosts = {r["job"]: r["host"] for r in _records(pg_url) if r["event"] == "attempt_finished"}
+    assert hosts == {"plain": "a", "gpu": "b", "far": "b"}
+    assert len(_probe_runs(out)) == 3
+
+
+def _most_at_once(intervals: list[tuple[int, int]]) -> int:
+    points = sorted([(start, 1) for start, _ in intervals] + [(end, -1) for _, end in intervals])
+    most = current = 0
+    for _, step in points:  # an end sorts before a start at the same instant
+        current += step
+        most = max(most, current)
+    return most
+
+
+def test_max_concurrent_holds_across_the_cluster_and_per_host(
+    tmp_path: Path, jobs_dir: Path, pg_url: str
+) -> None:
+    names = {f"job{i:02d}": f"key{i}" for i in range(12)}
+    out = _setup(tmp_path, jobs_dir, pg_url, names, 1)
+    write(
+        jobs_dir / "agentjobs.yaml",
+        f"""
+        max_concurrent: 3
+        max_concurrent_per_host: 1
+        lease: {LEASE:g}s
+        """,
+    )
+    assert _agentjobs(pg_url, "--jobs-dir", str(jobs_dir), "apply").returncode == 0
+    control = tmp_path / "control"
+    control.mkdir()
+    (control / "now").write_text(_hours_ahead(1))
+    hosts = [_host(pg_url, jobs_dir, f"h{i}", control) for i in range(4)]
+    try:
+        wait_for(lambda: _finished(pg_url) >= len(names), timeout=120)
+    finally:
+        errors = _stop_hosts(control, hosts)
+    assert errors == []
+    runs = [r for r in _probe_runs(out) if r.end is not None]
+    assert len(runs) == len(names)
+    host_of = {r["run_id"]: r["host"] for r in _records(pg_url) if r["event"] == "attempt_finished"}
+    assert _most_at_once([(r.start, r.end) for r in runs if r.end]) == 3  # reached, never passed
+    for host in set(host_of.values()):
+        mine = [(r.start, r.end) for r in runs if r.end and host_of[r.run_id] == host]
+        assert _most_at_once(mine) == 1, host
+    assert len(set(host_of.values())) >= 3

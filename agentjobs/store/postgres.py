@@ -253,9 +253,6 @@ class Lease:
         self._fence: Any = None
         self._released = False
 
-    def note(self, text: str) -> None:  # the note is written with the row
-        pass
-
     def start(self, pgid: int) -> None:
         from agentjobs.runner import start_fence
 
@@ -648,7 +645,7 @@ class PostgresStore:
             updated = [
                 _queue_row(item)
                 for key, item in after.queue.items()
-                if key in before.queue and (old := before.queue[key]) is not item and old != item
+                if key in before.queue and (was := before.queue[key]) is not item and was != item
             ]
             if updated:
                 cur.executemany(
