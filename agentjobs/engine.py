@@ -222,6 +222,25 @@ class Engine:
                 return True
         return False
 
+    def _must_prepare(self, shared: PostgresStore, runtime: Runtime) -> bool:
+        """Across hosts, whether this tick needs the exclusive whole-state transaction (due
+        slots, needs, an apply, a lifted hold, an orphan) or only claims what is queued:
+        hosts that only claim do not queue behind each other."""
+        now = self._now()
+        if runtime.applied_version != shared.applied_version():
+            return True
+        if any(until <= now for until in runtime.holds.values()):
+            return True
+        for name, state in runtime.jobs.items():
+            if state.paused:
+                continue
+            if state.next_due is not None and state.next_due <= now:
+                return True
+            if state.needs and _needs_met(runtime, name, state):
+                return True
+        running = [i for i in runtime.queue.values() if i.state == "running"]
+        return bool(running) and shared.unleased_running() > 0
+
     # -- one tick ------------------------------------------------------------------------------
 
     def tick(self) -> TickResult:
@@ -229,9 +248,11 @@ class Engine:
         if not self._has_work(runtime, self._now()):
             return TickResult()
         shared = self._shared()
+        recovered = enqueued = skipped = 0
         if shared is not None:
             shared.see_host(self.host, self.labels)
-        recovered, enqueued, skipped = self._prepare()
+        if shared is None or self._must_prepare(shared, runtime):
+            recovered, enqueued, skipped = self._prepare()
         attempts = self._run_queue()
         if self.notifier is not None:
             self.notifier.close()  # bounded: a few seconds per target at most
@@ -562,6 +583,9 @@ class Engine:
             job = applied.get(name)
             if job is None:
                 return "its job is no longer applied"
+            if only is not None:  # `agentjobs run JOB`: a person asked for it, as with files
+                why = self._runs_here(job)
+                return None if why is None else f"host: {why}"
             if not job.spec.get("enabled", True):
                 return f"job {name} is disabled"
             state = context.jobs.get(name)

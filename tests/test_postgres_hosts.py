@@ -555,3 +555,33 @@ def test_max_concurrent_holds_across_the_cluster_and_per_host(
         mine = [(r.start, r.end) for r in runs if r.end and host_of[r.run_id] == host]
         assert _most_at_once(mine) == 1, host
     assert len(set(host_of.values())) >= 3
+
+
+def test_run_now_on_a_shared_store_says_which_host_holds_the_key(
+    tmp_path: Path, jobs_dir: Path, pg_url: str
+) -> None:
+    _setup(tmp_path, jobs_dir, pg_url, {"slow": "k", "other": "k"}, 3)
+    assert _agentjobs(pg_url, "pause", "other").returncode == 0
+    busy = subprocess.Popen(
+        [sys.executable, "-m", "agentjobs", "--state-dir", pg_url, "--jobs-dir", str(jobs_dir)]
+        + ["run", "slow", "--host", "a"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    started = _wait_started(pg_url, "slow", 1)
+    held = _agentjobs(pg_url, "run", "other", "--host", "b")
+    assert held.returncode == 0, held.stderr
+    assert f"lock key k is held by run {started['run_id']} (job slow, attempt 1, host a" in (
+        held.stderr
+    )
+    _, err = busy.communicate(timeout=60)
+    assert busy.returncode == 0, err
+    # a paused job still runs when a person asks for it (as on the file backend)
+    ran = _agentjobs(pg_url, "run", "other", "--host", "b")
+    assert ran.returncode == 0 and "other: succeeded" in ran.stderr, ran.stderr
+    finished = [r for r in _records(pg_url) if r["event"] == "attempt_finished"]
+    assert [(r["job"], r["host"], r["trigger"]) for r in finished] == [
+        ("slow", "a", "manual"),
+        ("other", "b", "manual"),
+    ]

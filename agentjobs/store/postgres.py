@@ -54,7 +54,6 @@ if TYPE_CHECKING:
 
 SCHEMA = "agentjobs"
 MIGRATION_LOCK = 0x61676A6F62  # "agjob": pg_advisory_xact_lock key for migrations
-DEFAULT_LEASE = 30.0
 CLAIM_BATCH = 200
 CACHE_AGE = 300.0  # seconds a process trusts its copy of the state (tombstones live 600 s)
 IDLE_CHECK = 1.0  # seconds idle after which a connection is checked before use
@@ -817,6 +816,8 @@ class PostgresStore:
     # -- leases ----------------------------------------------------------------------------
 
     def lease_duration(self) -> float:
+        from agentjobs.spec import DEFAULT_LEASE
+
         return float(self.config().get("lease") or DEFAULT_LEASE)
 
     def renew(self, token: str, duration: float) -> bool:
@@ -849,6 +850,17 @@ class PostgresStore:
                 (run_id, attempt),
             ).fetchone()
         return row is not None
+
+    @_again_once
+    def unleased_running(self) -> int:
+        """Running attempts without a live lease: orphans for the next whole-state pass."""
+        with self._db() as conn:
+            row = conn.execute(
+                f"SELECT count(*) FROM {SCHEMA}.queue q WHERE q.state = 'running' AND NOT EXISTS "
+                f"(SELECT 1 FROM {SCHEMA}.leases l WHERE l.key = q.lock_key "
+                "AND l.released_at IS NULL AND l.expires_at > clock_timestamp())"
+            ).fetchone()
+        return int(row[0]) if row else 0
 
     @_again_once
     def key_holder(self, key: str) -> str:
