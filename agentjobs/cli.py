@@ -1252,9 +1252,12 @@ def state_export(ctx: Context, target: Path | None) -> None:
             click.echo(line, nl=False)
         return
     tmp = target.with_name(f".{target.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as handle:
-        handle.writelines(lines)
-    tmp.replace(target)
+    try:
+        with open(tmp, "w", encoding="utf-8") as handle:
+            handle.writelines(lines)
+        tmp.replace(target)
+    finally:
+        tmp.unlink(missing_ok=True)  # a failed export leaves nothing behind
     click.echo(f"exported to {target}", err=True)
 
 

@@ -392,6 +392,7 @@ def test_an_unreachable_database_is_one_line_and_leaves_no_files(tmp_path: Path)
         ("tick", "--now", T1),
         ("history", "-o", "jsonl"),
         ("state", "export"),
+        ("state", "export", "--file", "out.jsonl"),
     ]
     procs = [
         subprocess.Popen(
@@ -425,6 +426,9 @@ def test_a_password_in_the_url_never_appears_in_messages(
     assert PostgresStore("postgresql://u@db.example/jobs").describe() == (
         "postgresql://u@db.example/jobs"
     )
+    assert PostgresStore(
+        f"postgresql://u@db/jobs?sslmode=require&password={secret}"
+    ).describe() == ("postgresql://u@db/jobs?sslmode=require&password=***")
     # unreachable: the connection error names the URL without its password
     bad = BAD_URL.replace("nobody@", f"nobody:{secret}@")
     refused = run_agentjobs("--state-dir", bad, "db", "migrate")

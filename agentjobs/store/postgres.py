@@ -173,15 +173,18 @@ def default_local_dir() -> Path:
 
 
 def redact(url: str) -> str:
-    """The URL without a password, for messages."""
-    from urllib.parse import urlsplit, urlunsplit
+    """The URL without a password (in the user part or a `password=` parameter), for messages."""
+    from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
     parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.rsplit("@", 1)
-    user = (parts.username or "") + ":***"
-    return urlunsplit(parts._replace(netloc=f"{user}@{netloc[-1]}"))
+    if parts.password is not None:
+        host = parts.netloc.rsplit("@", 1)[-1]
+        parts = parts._replace(netloc=f"{parts.username or ''}:***@{host}")
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    if any(key == "password" for key, _ in query):
+        hidden = [(key, "***" if key == "password" else value) for key, value in query]
+        parts = parts._replace(query=urlencode(hidden, safe="/*"))
+    return urlunsplit(parts)
 
 
 def _import_psycopg() -> Any:
