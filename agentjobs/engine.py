@@ -211,16 +211,7 @@ class Engine:
         """Whether a tick must do anything at all: compares stored strings only."""
         if runtime.applied_version != self.store.applied_version():
             return True
-        if runtime.queue:
-            return True
-        for name, state in runtime.jobs.items():
-            if state.paused:
-                continue
-            if state.next_due is not None and state.next_due <= now:
-                return True
-            if state.needs and _needs_met(runtime, name, state):
-                return True
-        return False
+        return bool(runtime.queue) or _any_due(runtime, now)
 
     def _must_prepare(self, shared: PostgresStore, runtime: Runtime) -> bool:
         """Across hosts, whether this tick needs the exclusive whole-state transaction (due
@@ -229,15 +220,8 @@ class Engine:
         now = self._now()
         if runtime.applied_version != shared.applied_version():
             return True
-        if any(until <= now for until in runtime.holds.values()):
+        if any(until <= now for until in runtime.holds.values()) or _any_due(runtime, now):
             return True
-        for name, state in runtime.jobs.items():
-            if state.paused:
-                continue
-            if state.next_due is not None and state.next_due <= now:
-                return True
-            if state.needs and _needs_met(runtime, name, state):
-                return True
         running = [i for i in runtime.queue.values() if i.state == "running"]
         return bool(running) and shared.unleased_running() > 0
 
@@ -1264,6 +1248,18 @@ def _still_ours(current: QueueItem, item: QueueItem) -> bool:
         and current.host == item.host
         and current.pid == item.pid
     )
+
+
+def _any_due(runtime: Runtime, now: str) -> bool:
+    """Whether a job not paused is due: its slot has come, or its `needs` are met anew."""
+    for name, state in runtime.jobs.items():
+        if state.paused:
+            continue
+        if state.next_due is not None and state.next_due <= now:
+            return True
+        if state.needs and _needs_met(runtime, name, state):
+            return True
+    return False
 
 
 def _needs_met(runtime: Runtime, name: str, state: JobState) -> bool:

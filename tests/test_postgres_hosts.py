@@ -116,6 +116,16 @@ def _setup(
     return out
 
 
+def _spawn(url: str, jobs_dir: Path, *args: str) -> subprocess.Popen[str]:
+    """`agentjobs ARGS` on the shared state, in the background."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "agentjobs", "--state-dir", url, "--jobs-dir", str(jobs_dir), *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
 def _records(url: str) -> list[dict[str, Any]]:
     with psycopg.connect(url) as conn:
         rows = conn.execute("SELECT data FROM agentjobs.records ORDER BY seq").fetchall()
@@ -279,25 +289,7 @@ def test_a_host_killed_mid_run_loses_its_lease_and_another_host_retries(
         30,
         extra="retry: {attempts: 3, backoff: {initial: 1s, max: 1s, jitter: 0s}}",
     )
-    first = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "agentjobs",
-            "--state-dir",
-            pg_url,
-            "--jobs-dir",
-            str(jobs_dir),
-            "tick",
-            "--host",
-            "a",
-            "--now",
-            _hours_ahead(1),
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    first = _spawn(pg_url, jobs_dir, "tick", "--host", "a", "--now", _hours_ahead(1))
     started = _wait_started(pg_url, "slow", 1)
     child = int(started["child_pid"])
     assert _alive(child)
@@ -350,25 +342,7 @@ def test_a_frozen_host_is_fenced_before_another_host_takes_the_key(
         30,
         extra="retry: {attempts: 3, backoff: {initial: 1s, max: 1s, jitter: 0s}}",
     )
-    frozen = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "agentjobs",
-            "--state-dir",
-            pg_url,
-            "--jobs-dir",
-            str(jobs_dir),
-            "tick",
-            "--host",
-            "a",
-            "--now",
-            _hours_ahead(1),
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    frozen = _spawn(pg_url, jobs_dir, "tick", "--host", "a", "--now", _hours_ahead(1))
     started = _wait_started(pg_url, "slow", 1)
     child = int(started["child_pid"])
     wait_for(lambda: len(_lines(Path(f"{out}.beats"), "beat")) >= 3)
@@ -417,25 +391,7 @@ def test_a_database_restart_mid_run_is_ridden_out_and_a_down_database_fails_clea
 ) -> None:
     # a lease long enough to ride out the restart (renewals fail while the server is away)
     _setup(tmp_path, jobs_dir, pg_url, {"slow": "k"}, 2, lease=15)
-    ticking = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "agentjobs",
-            "--state-dir",
-            pg_url,
-            "--jobs-dir",
-            str(jobs_dir),
-            "tick",
-            "--host",
-            "a",
-            "--now",
-            _hours_ahead(1),
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    ticking = _spawn(pg_url, jobs_dir, "tick", "--host", "a", "--now", _hours_ahead(1))
     _wait_started(pg_url, "slow", 1)
     pg_server.restart()  # every connection of the tick breaks while its attempt runs
     stdout, stderr = ticking.communicate(timeout=60)
@@ -562,13 +518,7 @@ def test_run_now_on_a_shared_store_says_which_host_holds_the_key(
 ) -> None:
     _setup(tmp_path, jobs_dir, pg_url, {"slow": "k", "other": "k"}, 3)
     assert _agentjobs(pg_url, "pause", "other").returncode == 0
-    busy = subprocess.Popen(
-        [sys.executable, "-m", "agentjobs", "--state-dir", pg_url, "--jobs-dir", str(jobs_dir)]
-        + ["run", "slow", "--host", "a"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    busy = _spawn(pg_url, jobs_dir, "run", "slow", "--host", "a")
     started = _wait_started(pg_url, "slow", 1)
     held = _agentjobs(pg_url, "run", "other", "--host", "b")
     assert held.returncode == 0, held.stderr
