@@ -54,7 +54,15 @@ if TYPE_CHECKING:
 
 SCHEMA = "agentjobs"
 MIGRATION_LOCK = 0x61676A6F62  # "agjob": pg_advisory_xact_lock key for migrations
-CLAIM_BATCH = 200
+CLAIM_BATCH = 16  # rows a claim locks at a time (`SKIP LOCKED`: the others pass them by)
+CLAIM_ROUNDS = 20  # claims again while other hosts' claims hold every due row
+
+
+class _Contended:
+    """`_claim_once`: nothing claimed, but other hosts' claims held rows this host could take."""
+
+
+CONTENDED = _Contended()
 CACHE_AGE = 300.0  # seconds a process trusts its copy of the state (tombstones live 600 s)
 IDLE_CHECK = 1.0  # seconds idle after which a connection is checked before use
 CONNECT_RETRY = 5.0  # seconds spent retrying a refused connection
@@ -957,6 +965,38 @@ class PostgresStore:
         note: Callable[[QueueItem], str],
         timeout: float,
     ) -> Claimed | str | None:
+        """Take the best runnable item across hosts (`_claim_once`). When every due item this
+        host could take was row-locked by other hosts' claims, look again shortly: they may
+        release some of them (a claim locks its batch until it commits), and a tick that gave
+        up here would leave work queued until the next tick."""
+        for round_ in range(CLAIM_ROUNDS):
+            claimed = self._claim_once(
+                host=host,
+                now=now,
+                only=only,
+                refuse=refuse,
+                slots=slots,
+                host_slots=host_slots,
+                note=note,
+                timeout=timeout,
+            )
+            if not isinstance(claimed, _Contended):
+                return claimed
+            time.sleep(0.002 * (round_ + 1))
+        return None
+
+    def _claim_once(
+        self,
+        *,
+        host: str,
+        now: str,
+        only: str | None,
+        refuse: Callable[[str, str, Runtime], str | None],
+        slots: int,
+        host_slots: int | None,
+        note: Callable[[QueueItem], str],
+        timeout: float,
+    ) -> Claimed | str | _Contended | None:
         """Take the best runnable item across hosts: leases for its key and a slot, marked
         running, in one transaction. Claimers skip each other's rows (`SKIP LOCKED`).
 
@@ -979,8 +1019,10 @@ class PostgresStore:
                 batches = self._candidates(cur, now, busy)
             token = uuid.uuid4().hex
             have_slot = False
+            seen: list[str] = []
             for batch in batches:
                 for item_id, job, lock_key, data in batch:
+                    seen.append(item_id)
                     if lock_key in busy:
                         if only is not None:
                             return self._held_message(cur, lock_key)
@@ -1038,6 +1080,17 @@ class PostgresStore:
                     return Claimed(running, lease, lease)
             if have_slot:
                 cur.execute(f"DELETE FROM {SCHEMA}.leases WHERE token = %s", (token,))
+            if only is None:
+                # due rows this claim never saw were skipped: locked by other claims
+                cur.execute(
+                    f"SELECT EXISTS (SELECT 1 FROM {SCHEMA}.queue WHERE state = 'queued' "
+                    "AND not_before <= %s AND NOT lock_key = ANY(%s::text[]) "
+                    "AND NOT id = ANY(%s::text[]))",
+                    (now, list(busy), seen),
+                )
+                row = cur.fetchone()
+                if row is not None and row[0]:
+                    return CONTENDED
             return None
 
     def _claim_context(self, cur: psycopg.Cursor[Any]) -> tuple[Runtime, set[str], set[str]]:
