@@ -338,11 +338,13 @@ def status(ctx: Context, now_text: str | None) -> None:
     applied = store.applied()
     runtime = store.runtime()
     notes: dict[str, list[tuple[str, str]]] = {}
+    hosts: list[dict[str, Any]] = []
     if store.shared:  # why hosts left queued items alone (a missing workdir, runs_on labels)
         from agentjobs.store.postgres import PostgresStore
 
         assert isinstance(store, PostgresStore)
         notes = store.host_notes()
+        hosts = store.hosts()
     rows = []
     for name in sorted(applied):
         job = applied[name]
@@ -403,6 +405,20 @@ def status(ctx: Context, now_text: str | None) -> None:
             ]
         )
     click.echo(_table(["JOB", "SCHEDULE", "NEXT", "LEFT", "LAST", "RESULT", "LOCK"], table))
+    if hosts:  # the runner hosts that ticked against this database, and when they last did
+        seen = [
+            f"{h['host']} ({','.join(h['labels']) + '; ' if h['labels'] else ''}"
+            f"active {_ago(h['seen_at'], now)})"
+            for h in hosts
+        ]
+        click.echo("hosts: " + ", ".join(seen))
+
+
+def _ago(moment: str, now: datetime) -> str:
+    from agentjobs.durations import format_duration
+
+    seconds = (now - datetime.fromisoformat(moment)).total_seconds()
+    return f"{format_duration(seconds)} ago" if seconds >= 1 else "just now"
 
 
 # -- the engine ------------------------------------------------------------------------------

@@ -468,6 +468,8 @@ def test_runs_on_labels_and_a_missing_workdir_leave_the_item_for_another_host(
     assert all(row["queued"] == 0 and row["skipped_by"] == [] for row in status.values())
     hosts = {r["job"]: r["host"] for r in _records(pg_url) if r["event"] == "attempt_finished"}
     assert hosts == {"plain": "a", "gpu": "b", "far": "b"}
+    lines = _agentjobs(pg_url, "--jobs-dir", str(jobs_dir), "status").stdout.splitlines()
+    assert lines[-1].startswith("hosts: a (active ") and ", b (big,gpu; active " in lines[-1]
     assert len(_probe_runs(out)) == 3
 
 
