@@ -624,13 +624,14 @@ class Engine:
                 and i.job in applied
                 and i.lock_key not in busy
                 and i.job not in held
-                and self._runs_here(applied[i.job]) is None
             ]
             candidates = _in_order(eligible)
         slot = None
         for item in candidates:
             if item.lock_key in busy and only is None:
                 continue
+            if only is None and self._runs_here(applied[item.job]) is not None:
+                continue  # `runs_on` labels this host lacks (judged only for the next candidate)
             if slot is None:
                 slot = locks.try_slot(self.store.locks_dir, self._slots())
                 if slot is None:

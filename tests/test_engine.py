@@ -699,3 +699,19 @@ def test_run_wait_waits_for_the_lock_key(aj, jobs_dir: Path, state_dir: Path) ->
     starts = {r["job"]: r["started_at"] for r in records(state_dir, "attempt_started")}
     ends = {r["job"]: r["finished_at"] for r in records(state_dir, "attempt_finished")}
     assert ends["long"] <= starts["next"]
+
+
+def test_runs_on_needs_every_label_on_the_file_backend_too(
+    aj, jobs_dir: Path, state_dir: Path
+) -> None:
+    write(jobs_dir / "g.yaml", job("print", "x", schedule={"every": "1h"}, runs_on=["gpu"]))
+    write(jobs_dir / "p.yaml", job("print", "y", schedule={"every": "1h"}))
+    assert aj("apply", "--now", T0).code == 0
+    later = "2026-11-23T13:00:01Z"
+    first = aj("tick", "--now", later, "--labels", "linux")
+    assert first.out.startswith("p: attempt 1 succeeded") and "g:" not in first.out
+    assert [i["job"] for i in runtime(state_dir)["queue"].values()] == ["g"]  # left queued
+    second = aj("tick", "--now", later, "--labels", "linux,gpu", "--host", "box")
+    assert second.out.startswith("g: attempt 1 succeeded")
+    assert runtime(state_dir)["queue"] == {}
+    assert [r["host"] for r in records(state_dir, "attempt_finished")][-1] == "box"
