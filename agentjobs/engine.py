@@ -729,6 +729,13 @@ class Engine:
                 pass_fds=tuple(fd for fd in (claim.key.fd, claim.slot.fd) if fd is not None),
                 worktrees=self.store.local_dir / "worktrees",
             )
+            fenced = lease.fenced_reason() if lease is not None else None
+            if fenced is not None and outcome.outcome != "succeeded":
+                # stopped (by the runner or by its fence) because the lease was lost: the
+                # attempt did not fail, it was cut short
+                outcome = dataclasses.replace(
+                    outcome, outcome="interrupted", error=fenced, permanent=False, reset_at=None
+                )
         except BaseException:
             if lease is not None:
                 lease.release()
@@ -789,11 +796,12 @@ class Engine:
             result, following, _ = finish()
             return result, following
         # Across hosts the database may be briefly away (a restart, a failover): the attempt's
-        # result is kept in memory and its transaction retried while no other host can have
-        # taken the attempt over (the lease has not expired: lease*2/3).
+        # result is kept in memory and its transaction retried for a lease (at least 10 s).
+        # Should another host have recorded the attempt `lost` meanwhile, `finish` sees that
+        # and records nothing, so waiting longer never records anything twice.
         try:
             result, following, abandoned = _retry_while_leased(
-                finish, lease.duration * 2 / 3, self.say
+                finish, max(lease.duration, 10.0), self.say
             )
         finally:
             lease.release()

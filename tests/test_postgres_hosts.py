@@ -537,3 +537,30 @@ def test_run_now_on_a_shared_store_says_which_host_holds_the_key(
         ("slow", "a", "manual"),
         ("other", "b", "manual"),
     ]
+
+
+def test_a_database_away_longer_than_the_lease_fences_the_attempt_and_records_interrupted(
+    tmp_path: Path, jobs_dir: Path, pg_url: str, pg_server: Any
+) -> None:
+    _setup(tmp_path, jobs_dir, pg_url, {"slow": "k"}, 30)
+    ticking = _spawn(pg_url, jobs_dir, "tick", "--host", "a", "--now", _hours_ahead(1))
+    started = _wait_started(pg_url, "slow", 1)
+    child = int(started["child_pid"])
+    pg_server.stop()
+    try:
+        # renewals fail: the fence kills the agent lease*2/3 after the last renewal
+        wait_for(lambda: not _alive(child), timeout=LEASE + 2)
+    finally:
+        pg_server.start()
+
+    def recorded() -> list[dict[str, Any]]:
+        return [r for r in _records(pg_url) if r["event"] == "attempt_finished"]
+
+    wait_for(recorded, timeout=30)  # the result, kept in memory, is recorded once it is back
+    ticking.send_signal(signal.SIGTERM)  # (the tick goes on to retry it: stop it there)
+    _, stderr = ticking.communicate(timeout=60)
+    assert "Traceback" not in stderr
+    first = recorded()[0]
+    assert (first["attempt"], first["outcome"], first["host"]) == (1, "interrupted", "a")
+    assert first["error"].startswith("the lease could not be renewed"), first["error"]
+    assert Counter(r["attempt"] for r in recorded())[1] == 1  # nothing recorded twice

@@ -262,10 +262,12 @@ class Lease:
         self._thread: threading.Thread | None = None
         self._fence: Any = None
         self._released = False
+        self._last_ok = time.monotonic()  # when the last renewal that succeeded was sent
 
     def start(self, pgid: int) -> None:
         from agentjobs.runner import start_fence
 
+        self._last_ok = time.monotonic()
         self._fence = start_fence(pgid, self.duration * 2 / 3)
         self._thread = threading.Thread(target=self._renew_loop, daemon=True)
         self._thread.start()
@@ -278,13 +280,12 @@ class Lease:
 
     def _renew(self) -> None:
         interval = self.duration / 3
-        last_ok = time.monotonic()
         while not self._done.wait(interval):
             attempt_at = time.monotonic()
             try:
                 alive = self.store.renew(self.token, self.duration)
             except UserError as exc:
-                if time.monotonic() - last_ok >= self.duration * 2 / 3:
+                if self.overdue():
                     self._lose(
                         f"the lease could not be renewed for {self.duration * 2 / 3:g}s ({exc})"
                     )
@@ -293,9 +294,21 @@ class Lease:
             if not alive:
                 self._lose("the lease was taken over by another host (it expired)")
                 return
-            last_ok = attempt_at
+            self._last_ok = attempt_at
             if self._fence is not None:
                 self._fence.extend()
+
+    def overdue(self) -> bool:
+        """Whether renewals have failed for lease*2/3: the fence kills the attempt then."""
+        return time.monotonic() - self._last_ok >= self.duration * 2 / 3
+
+    def fenced_reason(self) -> str | None:
+        """Why the attempt was stopped for its lease (lost, or renewals overdue), or None."""
+        if self.lost.is_set():
+            return self.reason
+        if self.overdue():
+            return f"the lease could not be renewed for {self.duration * 2 / 3:g}s"
+        return None
 
     def _lose(self, reason: str) -> None:
         self.reason = reason
