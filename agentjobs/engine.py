@@ -556,7 +556,7 @@ class Engine:
 
     def _claim_shared(self, only: str | None) -> _Claim | str | None:
         """`_claim` across hosts: leases and `SKIP LOCKED` in the database (postgres.py)."""
-        from agentjobs.store.postgres import Claimed
+        from agentjobs.store.postgres import Claimed, ClaimRequest
 
         store = self._shared()
         assert store is not None
@@ -583,17 +583,19 @@ class Engine:
 
         per_host = store.config().get("max_concurrent_per_host")
         claimed = store.claim(
-            host=self.host,
-            now=now,
-            only=only,
-            refuse=refuse,
-            slots=self._slots(),
-            host_slots=int(per_host) if per_host else None,
-            note=lambda item: (
-                f"run {item.run_id} (job {item.job}, attempt {item.attempt}, "
-                f"pid {os.getpid()}, host {self.host})"
-            ),
-            timeout=self.lock_timeout,
+            ClaimRequest(
+                host=self.host,
+                now=now,
+                only=only,
+                refuse=refuse,
+                slots=self._slots(),
+                host_slots=int(per_host) if per_host else None,
+                note=lambda item: (
+                    f"run {item.run_id} (job {item.job}, attempt {item.attempt}, "
+                    f"pid {os.getpid()}, host {self.host})"
+                ),
+                timeout=self.lock_timeout,
+            )
         )
         if isinstance(claimed, Claimed):
             return _Claim(claimed.item, applied[claimed.item.job], claimed.key, claimed.slot)

@@ -126,6 +126,12 @@ def _spawn(url: str, jobs_dir: Path, *args: str) -> subprocess.Popen[str]:
     )
 
 
+def _setup_slow(tmp_path: Path, jobs_dir: Path, url: str) -> Path:
+    """One job on key k whose probe runs 30 s, retried at once (3 attempts)."""
+    retries = "retry: {attempts: 3, backoff: {initial: 1s, max: 1s, jitter: 0s}}"
+    return _setup(tmp_path, jobs_dir, url, {"slow": "k"}, 30, extra=retries)
+
+
 def _records(url: str) -> list[dict[str, Any]]:
     with psycopg.connect(url) as conn:
         rows = conn.execute("SELECT data FROM agentjobs.records ORDER BY seq").fetchall()
@@ -281,14 +287,7 @@ def _tick_until(url: str, jobs_dir: Path, host: str, done: Any, timeout: float =
 def test_a_host_killed_mid_run_loses_its_lease_and_another_host_retries(
     tmp_path: Path, jobs_dir: Path, pg_url: str
 ) -> None:
-    out = _setup(
-        tmp_path,
-        jobs_dir,
-        pg_url,
-        {"slow": "k"},
-        30,
-        extra="retry: {attempts: 3, backoff: {initial: 1s, max: 1s, jitter: 0s}}",
-    )
+    out = _setup_slow(tmp_path, jobs_dir, pg_url)
     first = _spawn(pg_url, jobs_dir, "tick", "--host", "a", "--now", _hours_ahead(1))
     started = _wait_started(pg_url, "slow", 1)
     child = int(started["child_pid"])
@@ -334,14 +333,7 @@ def test_a_frozen_host_is_fenced_before_another_host_takes_the_key(
     host's agent is dead before the other host's run of the key starts. Woken, the frozen runner
     finds its lease gone, records nothing (the other host recorded the attempt `lost`), exits.
     """
-    out = _setup(
-        tmp_path,
-        jobs_dir,
-        pg_url,
-        {"slow": "k"},
-        30,
-        extra="retry: {attempts: 3, backoff: {initial: 1s, max: 1s, jitter: 0s}}",
-    )
+    out = _setup_slow(tmp_path, jobs_dir, pg_url)
     frozen = _spawn(pg_url, jobs_dir, "tick", "--host", "a", "--now", _hours_ahead(1))
     started = _wait_started(pg_url, "slow", 1)
     child = int(started["child_pid"])

@@ -232,6 +232,25 @@ def _again_once(method: Callable[..., R]) -> Callable[..., R]:
 
 
 @dataclass(frozen=True, slots=True)
+class ClaimRequest:
+    """What a claim needs from the engine: who claims, when, and how it judges items.
+
+    `refuse(item_id, job, context)` says why this host will not run an item (paused, held,
+    runs_on, workdir missing...) or None; a reason starting with "host:" is kept in
+    `host_notes` for `status`. With `only`, the claim is for that item alone and a message
+    says what holds it back."""
+
+    host: str
+    now: str
+    only: str | None
+    refuse: Callable[[str, str, Runtime], str | None]
+    slots: int  # max_concurrent across the cluster
+    host_slots: int | None  # max_concurrent_per_host
+    note: Callable[[QueueItem], str]
+    timeout: float
+
+
+@dataclass(frozen=True, slots=True)
 class Claimed:
     """What `PostgresStore.claim` hands the engine: the item (now running) and its leases."""
 
@@ -966,57 +985,24 @@ class PostgresStore:
     # -- claims ----------------------------------------------------------------------------
 
     @_again_once
-    def claim(
-        self,
-        *,
-        host: str,
-        now: str,
-        only: str | None,
-        refuse: Callable[[str, str, Runtime], str | None],
-        slots: int,
-        host_slots: int | None,
-        note: Callable[[QueueItem], str],
-        timeout: float,
-    ) -> Claimed | str | None:
+    def claim(self, request: ClaimRequest) -> Claimed | str | None:
         """Take the best runnable item across hosts (`_claim_once`). When every due item this
         host could take was row-locked by other hosts' claims, look again shortly: they may
         release some of them (a claim locks its batch until it commits), and a tick that gave
         up here would leave work queued until the next tick."""
         for round_ in range(CLAIM_ROUNDS):
-            claimed = self._claim_once(
-                host=host,
-                now=now,
-                only=only,
-                refuse=refuse,
-                slots=slots,
-                host_slots=host_slots,
-                note=note,
-                timeout=timeout,
-            )
+            claimed = self._claim_once(request)
             if not isinstance(claimed, _Contended):
                 return claimed
             time.sleep(0.002 * (round_ + 1))
         return None
 
-    def _claim_once(
-        self,
-        *,
-        host: str,
-        now: str,
-        only: str | None,
-        refuse: Callable[[str, str, Runtime], str | None],
-        slots: int,
-        host_slots: int | None,
-        note: Callable[[QueueItem], str],
-        timeout: float,
-    ) -> Claimed | str | _Contended | None:
+    def _claim_once(self, request: ClaimRequest) -> Claimed | str | _Contended | None:
         """Take the best runnable item across hosts: leases for its key and a slot, marked
-        running, in one transaction. Claimers skip each other's rows (`SKIP LOCKED`).
-
-        `refuse(item_id, job, context)` says why this host will not run an item (paused, held,
-        runs_on, workdir missing...) or None; a reason starting with "host:" is kept in
-        `host_notes` for `status`. With `only`, a message says what holds that item back.
-        """
+        running, in one transaction. Claimers skip each other's rows (`SKIP LOCKED`)."""
+        host, now, only, refuse = request.host, request.now, request.only, request.refuse
+        note, timeout = request.note, request.timeout
+        slots, host_slots = request.slots, request.host_slots
         duration = self.lease_duration()
         with self._db() as conn, conn.transaction(), conn.cursor() as cur:
             self._lock_meta(conn, timeout, "FOR SHARE")
