@@ -703,6 +703,21 @@ def _since(text: str | None) -> datetime | None:
         return _now(text)
 
 
+def _hosts_of_run(store: Store, run_id: str) -> list[str]:
+    """The hosts that started attempts of `run_id`, from its records (newest days first)."""
+    from datetime import timedelta
+
+    hosts: list[str] = []
+    for record in store.records(datetime.now(UTC) - timedelta(days=30), newest_first=True):
+        if record.get("run_id") == run_id and record.get("event") == "attempt_started":
+            host = str(record.get("host"))
+            if host not in hosts:
+                hosts.append(host)
+            if record.get("attempt") == 1:
+                break  # newest first: every later attempt has been seen
+    return hosts
+
+
 @cli.command()
 @click.argument("run_id")
 @click.option("--attempt", type=int, default=None, help="Only this attempt.")
@@ -722,6 +737,13 @@ def logs(ctx: Context, run_id: str, attempt: int | None, follow: bool, pretty: b
     paths = [store.log_path(run_id, n) for n in numbers]
     existing = [p for p in paths if p.exists()]
     if not existing and not follow:
+        elsewhere = _hosts_of_run(store, run_id) if store.shared else []
+        if elsewhere:  # attempt logs stay on the host that ran the attempt
+            raise UserError(
+                f"run {run_id}'s logs are on host {', '.join(elsewhere)} (attempt logs stay "
+                "where the attempt ran); run `agentjobs logs` there, or see its output tail in "
+                "`agentjobs history -o json`"
+            )
         raise UserError(f"no logs for run {run_id}; see `agentjobs history`")
     for path in existing[:-1] if follow else existing:
         if len(existing) > 1:

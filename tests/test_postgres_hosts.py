@@ -462,6 +462,11 @@ def test_runs_on_labels_and_a_missing_workdir_leave_the_item_for_another_host(
     assert hosts == {"plain": "a", "gpu": "b", "far": "b"}
     lines = _agentjobs(pg_url, "--jobs-dir", str(jobs_dir), "status").stdout.splitlines()
     assert lines[-1].startswith("hosts: a (active ") and ", b (big,gpu; active " in lines[-1]
+    # attempt logs stay on the host that ran the attempt; elsewhere `logs` says where they are
+    run = next(r["run_id"] for r in _records(pg_url) if r["job"] == "gpu")
+    away = _agentjobs(pg_url, "logs", run, env={"AGENTJOBS_LOCAL_DIR": str(tmp_path / "c")})
+    assert away.returncode == 2
+    assert away.stderr.startswith(f"agentjobs: error: run {run}'s logs are on host b "), away.stderr
     assert len(_probe_runs(out)) == 3
 
 
