@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from agentjobs import locks
 from agentjobs.clock import Clock, iso, parse
@@ -26,8 +26,9 @@ from agentjobs.records import new_ulid
 from agentjobs.store import AppliedJob, AttemptSummary, JobState, QueueItem, Runtime, Store
 
 if TYPE_CHECKING:
+    from agentjobs.attempt import AttemptOutcome
     from agentjobs.notify import Notifier
-    from agentjobs.store.postgres import PostgresStore
+    from agentjobs.store.postgres import Lease, PostgresStore
 
 DEFAULT_LOCK_TIMEOUT = 30.0
 ORPHAN_REASON = "the runner stopped before the attempt finished (killed or machine restarted)"
@@ -693,7 +694,8 @@ class Engine:
         item = claim.item
         log_path = self.store.log_path(item.run_id, item.attempt)
         started_at = self._now()
-        lease = _lease_of(claim)
+        # a shared store's claims hold leases (postgres.Lease), a file store's hold flocks
+        lease = cast("Lease", claim.key) if self.store.shared else None
         stop: StopFlag = self.stop
         if lease is not None:  # a lost lease stops the attempt like a shutdown would
             stop = AnyStop(
@@ -813,7 +815,7 @@ class Engine:
         return result, following
 
     @staticmethod
-    def _abandoned(item: QueueItem, outcome: Any, log_path: str) -> AttemptResult:
+    def _abandoned(item: QueueItem, outcome: AttemptOutcome, log_path: str) -> AttemptResult:
         return AttemptResult(
             job=item.job,
             run_id=item.run_id,
@@ -1244,11 +1246,6 @@ def _retry_while_leased(
         with attempt:
             return step()
     raise AssertionError("unreachable")  # reraise=True: the last error propagates
-
-
-def _lease_of(claim: _Claim) -> Any:
-    """The claim's `postgres.Lease` (shared stores), or None for flocks."""
-    return claim.key if hasattr(claim.key, "lost") else None
 
 
 def _still_ours(current: QueueItem, item: QueueItem) -> bool:

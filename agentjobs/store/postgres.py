@@ -646,15 +646,9 @@ class PostgresStore:
     def _write_runtime(
         self, conn: psycopg.Connection[Any], before: Runtime, after: Runtime
     ) -> None:
-        changed = False
         with conn.cursor() as cur:
-            gone = [name for name in before.jobs if name not in after.jobs]
-            if gone:
-                cur.execute(f"DELETE FROM {SCHEMA}.jobs WHERE name = ANY(%s)", (gone,))
-                cur.execute(
-                    f"INSERT INTO {SCHEMA}.removed (kind, key) SELECT 'j', unnest(%s::text[])",
-                    (gone,),
-                )
+            gone_jobs = [name for name in before.jobs if name not in after.jobs]
+            _delete_rows(cur, "jobs", "name", "j", gone_jobs)
             put = [
                 (name, json.dumps(state.to_dict()))
                 for name, state in after.jobs.items()
@@ -667,14 +661,8 @@ class PostgresStore:
                     f"version = nextval('{SCHEMA}.row_version')",
                     put,
                 )
-            changed = changed or bool(gone or put)
             gone = [key for key in before.queue if key not in after.queue]
-            if gone:
-                cur.execute(f"DELETE FROM {SCHEMA}.queue WHERE id = ANY(%s)", (gone,))
-                cur.execute(
-                    f"INSERT INTO {SCHEMA}.removed (kind, key) SELECT 'q', unnest(%s::text[])",
-                    (gone,),
-                )
+            _delete_rows(cur, "queue", "id", "q", gone)
             new = [_queue_row(item) for key, item in after.queue.items() if key not in before.queue]
             if new:
                 # a slot already in the queue (unique job+slot) is not enqueued twice
@@ -696,7 +684,7 @@ class PostgresStore:
                     f"version = nextval('{SCHEMA}.row_version') WHERE id = %s",
                     [(*row[1:], row[0]) for row in updated],
                 )
-            changed = changed or bool(gone or new or updated)
+            changed = bool(gone_jobs or put or gone or new or updated)
             if after.holds != before.holds:
                 cur.execute(f"DELETE FROM {SCHEMA}.holds")
                 if after.holds:
@@ -1229,6 +1217,18 @@ class PostgresStore:
         if lease is not None:
             return f"lock key {key} is held by run {lease[1]} on host {lease[0]}"
         return f"lock key {key} is held by another host"
+
+
+def _delete_rows(
+    cur: psycopg.Cursor[Any], table: str, column: str, kind: str, keys: list[str]
+) -> None:
+    """Delete rows of `jobs` or `queue`, leaving tombstones other processes' copies read."""
+    if keys:
+        cur.execute(f"DELETE FROM {SCHEMA}.{table} WHERE {column} = ANY(%s)", (keys,))
+        cur.execute(
+            f"INSERT INTO {SCHEMA}.removed (kind, key) SELECT %s, unnest(%s::text[])",
+            (kind, keys),
+        )
 
 
 def _close_all(conns: list[Any], lock: threading.Lock) -> None:
