@@ -457,11 +457,6 @@ class PostgresStore:
 
     # -- migrations ------------------------------------------------------------------------
 
-    @_again_once
-    def schema_version(self) -> int:
-        with self._db() as conn:
-            return self._version(conn)
-
     @staticmethod
     def _version(conn: psycopg.Connection[Any]) -> int:
         row = conn.execute(
@@ -892,41 +887,6 @@ class PostgresStore:
                 "AND l.released_at IS NULL AND l.expires_at > clock_timestamp())"
             ).fetchone()
         return int(row[0]) if row else 0
-
-    @_again_once
-    def key_holder(self, key: str) -> str:
-        with self._db() as conn:
-            row = conn.execute(
-                f"SELECT host, pid, run_id, expires_at FROM {SCHEMA}.leases WHERE key = %s "
-                "AND released_at IS NULL AND expires_at > clock_timestamp()",
-                (key,),
-            ).fetchone()
-        if row is None:
-            return ""
-        host, pid, run_id, expires = row
-        return f"run {run_id} on host {host} (pid {pid}, lease until {expires:%H:%M:%S})"
-
-    @_again_once
-    def leases(self) -> list[dict[str, Any]]:
-        """Live leases, for `status`."""
-        with self._db() as conn:
-            rows = conn.execute(
-                f"SELECT key, host, pid, run_id, attempt, expires_at, "
-                f"expires_at > clock_timestamp() FROM {SCHEMA}.leases "
-                "WHERE released_at IS NULL ORDER BY key"
-            ).fetchall()
-        return [
-            {
-                "key": key,
-                "host": host,
-                "pid": pid,
-                "run_id": run_id,
-                "attempt": attempt,
-                "expires_at": expires.astimezone(UTC).isoformat(timespec="seconds"),
-                "live": bool(live),
-            }
-            for key, host, pid, run_id, attempt, expires, live in rows
-        ]
 
     # -- hosts -----------------------------------------------------------------------------
 
