@@ -314,6 +314,8 @@ def kill_descendants(grace: float) -> None:
     me = os.getpid()
     deadline: float | None = None
     while True:
+        if SUBREAPER and not _has_children():
+            return  # every orphaned descendant becomes our child: no child, no descendant
         _reap_children()
         alive = [pid for pid in descendants(me) if pid not in PROTECTED]
         if not alive:
@@ -328,6 +330,15 @@ def kill_descendants(grace: float) -> None:
                 with contextlib.suppress(OSError):
                     os.kill(pid, signal.SIGKILL)
         time.sleep(0.01)
+
+
+def _has_children() -> bool:
+    """Whether this process has any child, live or exited (one syscall, nothing reaped)."""
+    try:
+        os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+    except ChildProcessError:
+        return False
+    return True
 
 
 def _reap_children() -> None:
