@@ -412,6 +412,10 @@ def status(ctx: Context, now_text: str | None) -> None:
             for h in hosts
         ]
         click.echo("hosts: " + ", ".join(seen))
+    from agentjobs.notify import pending_summary
+
+    for line in pending_summary(store):  # nothing is dropped silently (notify.py)
+        click.echo(line)
 
 
 def _ago(moment: str, now: datetime) -> str:
@@ -778,6 +782,37 @@ def logs(ctx: Context, run_id: str, attempt: int | None, follow: bool, pretty: b
                 click.echo(line)
             return
         time.sleep(0.2)
+
+
+@cli.command()
+@pass_ctx
+def notifications(ctx: Context) -> None:
+    """Notifications not delivered yet (pending a retry) or given up after their tries."""
+    from agentjobs.notify import undelivered_rows
+
+    rows = undelivered_rows(ctx.store())
+    if ctx.json:
+        _emit_json(rows)
+        return
+    if not rows:
+        click.echo("every notification was delivered")
+        return
+    table = [
+        [
+            r["state"],
+            r["job"] or "-",
+            r["event"],
+            r["kind"],
+            _when(r["created_at"]),
+            str(r["tries"]),
+            _when(r["next_at"]) if r["next_at"] else "-",
+            r["error"] or "-",
+        ]
+        for r in rows
+    ]
+    click.echo(
+        _table(["STATE", "JOB", "EVENT", "TARGET", "CREATED", "TRIES", "NEXT", "ERROR"], table)
+    )
 
 
 @cli.command()

@@ -181,9 +181,7 @@ def test_the_outbox_keeps_events_until_delivered_or_given_up(store: Store) -> No
         | {"error": "HTTP 500"}
     )
     assert store.outbox_pending(10) == [retried]
-    dead = OutboxEvent.from_dict(
-        {**_event(3).to_dict(), "tries": 1, "error": "connection refused"}
-    )
+    dead = OutboxEvent.from_dict({**_event(3).to_dict(), "tries": 1, "error": "connection refused"})
     assert store.outbox_undelivered(10) == [dead]
     assert store.outbox_counts() == (1, 1)
     # another process delivered it meanwhile: nothing comes back to life
