@@ -397,3 +397,61 @@ def test_a_dead_endpoint_leaves_every_event_counted_as_undelivered(
         if httpd is not None:
             httpd.shutdown()
             httpd.server_close()
+
+
+@pytest.mark.parametrize("backend", ["files", "postgres"])
+def test_events_wait_in_the_outbox_until_the_endpoint_comes_back(
+    cli,
+    jobs_dir: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    request: pytest.FixtureRequest,
+    backend: str,
+) -> None:
+    import socket
+
+    state = str(tmp_path / "state")
+    if backend == "postgres":
+        state = request.getfixturevalue("pg_url")
+        monkeypatch.setenv("AGENTJOBS_LOCAL_DIR", str(tmp_path / "local"))
+    with socket.socket() as probe:  # down for now: nobody listens on this port
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    _failing_jobs(jobs_dir, f"http://127.0.0.1:{port}/hook", 3)
+    base = ("--jobs-dir", J, "--state-dir", state)
+    start = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
+    assert cli(*base, "apply", "--now", start.isoformat()).code == 0
+    later = start + timedelta(days=1)
+    first = cli(*base, "tick", "--now", later.isoformat())
+    assert first.code == 1 and "notification not delivered yet, will retry" in first.err
+    assert "6 notifications pending" in cli(*base, "status", "--now", later.isoformat()).out
+    listed = json.loads(cli(*base, "-o", "json", "notifications").out)
+    assert {(e["state"], e["tries"]) for e in listed} == {("pending", 1)}
+    httpd = ThreadingHTTPServer(("127.0.0.1", port), _recorder(received := []))
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        _ticks_at(cli, base, later, [0.5])  # not due yet: the retry is 1 minute on
+        assert received == []
+        _ticks_at(cli, base, later, [1.5])
+        assert sorted((e["job"], e["event"]) for e in received) == sorted(
+            (f"j{n:02d}", event) for n in range(3) for event in ("failed", "dead_lettered")
+        )
+        status = cli(*base, "status", "--now", later.isoformat()).out
+        assert "notification" not in status
+        assert cli(*base, "notifications").out == "every notification was delivered\n"
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+def _recorder(received: list[Any]) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    return Handler
