@@ -73,6 +73,14 @@ def _descriptor(path: Path) -> int:
     return fd
 
 
+def after_fork() -> None:
+    """In a forked supervisor: forget the descriptors and the lock of the process it came
+    from (another thread may have held the lock at the fork; the descriptors are closed)."""
+    global _open_lock
+    _open.clear()
+    _open_lock = threading.Lock()
+
+
 def append(records_dir: Path, records: Iterable[Mapping[str, Any]], moment: datetime) -> None:
     """Append whole lines to the day's file in one write, then fdatasync."""
     data = b"".join(encode(r) for r in records)

@@ -251,6 +251,8 @@ class Store(Protocol):
     - `outbox_undelivered(limit)`: the undelivered events, oldest first.
     - `outbox_counts()`: (pending, undelivered), cheap enough for every tick.
     - `describe()`: where the state lives, for messages.
+    - `reopened()`: a new store object on the same state, sharing nothing with this one (no
+      lock, descriptor or connection): what a forked attempt supervisor uses.
     - `shared`: whether several hosts share this state (PostgreSQL: leases instead of flocks);
       `local_dir`: this host's own directory (attempt logs, worktrees, the daemon's lock).
     """
@@ -318,6 +320,8 @@ class Store(Protocol):
     def outbox_counts(self) -> tuple[int, int]: ...
 
     def describe(self) -> str: ...
+
+    def reopened(self) -> Store: ...
 
 
 def open_store(location: str) -> Store:

@@ -106,6 +106,9 @@ class FileStore:
     def describe(self) -> str:
         return str(self.root)
 
+    def reopened(self) -> FileStore:
+        return FileStore(self.root)
+
     def exists(self) -> bool:
         return (self.root / "format.json").is_file()
 
