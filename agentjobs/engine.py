@@ -113,8 +113,8 @@ class Engine:
     # -- small helpers -------------------------------------------------------------------------
 
     def _notifier(self) -> Notifier:
-        """Events go to the store's outbox as they happen (with their records); `close()`
-        delivers what is due, bounded in time (notify.py)."""
+        """Events go to the store's outbox as they happen (with their records); `deliver()`
+        (the tick's end, `_deliver`) sends what is due, bounded in time (notify.py)."""
         if self.notifier is None:
             from agentjobs.notify import Notifier
 
@@ -124,7 +124,7 @@ class Engine:
     def _deliver(self) -> None:
         """Deliver due notifications: this pass's and those earlier passes left pending."""
         if self.notifier is not None or self.store.outbox_counts()[0]:
-            self._notifier().close()
+            self._notifier().deliver()
 
     def _notify(
         self, event: str, item: QueueItem, applied: AppliedJob | None, **fields: Any
@@ -1221,8 +1221,7 @@ class Engine:
             claim = self._claim(only=item.id)
             if isinstance(claim, _Claim):
                 result = self._execute(claim)[0]
-                if self.notifier is not None:
-                    self.notifier.close()
+                self._deliver()  # the attempt's events, written to the outbox by its supervisor
                 return item, result
             if claim is None:
                 return item, "the run was taken by another tick"

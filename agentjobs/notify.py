@@ -5,7 +5,7 @@ Nothing is dropped silently (issue 10, item 8). Every notification is first writ
 caused it; delivering it is a separate step that any later tick or the daemon repeats until it is
 done:
 
-- `Notifier.close()` (the end of a tick or a `run`) delivers what is due, concurrently
+- `Notifier.deliver()` (the end of a tick or a `run`) delivers what is due, concurrently
   (`WORKERS`), each request with a `TIMEOUT`; it starts deliveries for at most `WINDOW` seconds
   and then waits only for the requests in flight, so a slow or dead endpoint delays a tick by at
   most `WINDOW + TIMEOUT` seconds (7 s). What is left stays pending for the next pass.
@@ -75,11 +75,13 @@ Outcome = tuple[OutboxEvent, str | None]  # the event and its error (None: deliv
 
 
 class Notifier:
-    """Writes a tick's events to the outbox and delivers the outbox (`close()`).
+    """Writes a tick's events to the outbox (`event`, `ping`) and delivers the outbox
+    (`deliver()`).
 
     `now` is the engine's clock (retry times), `say` its log line. Thread-safe: the engine's
     workers hand it events at once. Delivery threads never touch the store (a PostgreSQL
-    connection belongs to its thread): the thread that calls `close()` books the outcomes.
+    connection belongs to its thread): the thread that calls `close()` or `deliver()` books
+    the outcomes.
     """
 
     def __init__(self, store: Store, now: Callable[[], datetime], say: Callable[[str], None]):
@@ -132,14 +134,21 @@ class Notifier:
 
     # -- delivering ----------------------------------------------------------------------------
 
-    def close(self, window: float = WINDOW) -> None:
-        """Deliver what is due: start deliveries for up to `window` seconds, wait for those in
-        flight (each at most `TIMEOUT`), book every outcome, leave the rest for a later pass."""
+    def close(self) -> None:
+        """Book what was sent in the background (a `/start`); deliver nothing else. An
+        attempt's supervisor ends with this: it must not hold its lock key and slot while
+        endpoints answer (its events wait in the outbox for the tick's `deliver()`)."""
         with self._lock:
             threads, self._threads = self._threads, []
-        for thread in threads:  # a /start sent in the background
+        for thread in threads:
             thread.join(TIMEOUT + 1)
         self._book()
+
+    def deliver(self, window: float = WINDOW) -> None:
+        """Deliver what is due in the whole outbox: start deliveries for up to `window`
+        seconds, wait for those in flight (each at most `TIMEOUT`), book every outcome, leave
+        the rest for a later pass."""
+        self.close()
         now = iso(self.now()) or ""
         groups: dict[str, list[OutboxEvent]] = {}
         blocked: set[str] = set()
@@ -207,13 +216,6 @@ class Notifier:
         if retrying:
             more = f" (and {len(retrying) - 1} more)" if len(retrying) > 1 else ""
             self.say(f"notification not delivered yet, will retry: {retrying[0]}{more}")
-
-
-def deliver_pending(store: Store, now: Callable[[], datetime], say: Callable[[str], None]) -> None:
-    """One delivery pass over the outbox when it has pending events (a tick with no work of
-    its own: the no-op path stays an import-free count)."""
-    if store.exists() and store.outbox_counts()[0]:
-        Notifier(store, now, say).close()
 
 
 def pending_summary(store: Store) -> list[str]:
