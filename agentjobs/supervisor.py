@@ -78,14 +78,18 @@ def supervise(
     Raises `FinishPending` (the supervisor keeps trying to record) or `SupervisorLost`.
     """
     ctl_r, ctl_w = os.pipe2(os.O_CLOEXEC)
+    go_r, go_w = os.pipe2(os.O_CLOEXEC)
     out_r, out_w = os.pipe2(os.O_CLOEXEC) if on_output is not None else (-1, -1)
     pid = os.fork()
     if pid == 0:  # pragma: no cover - the child never returns (coverage cannot see it)
-        _child(attempt, ctl_w, out_w, keep_fds, grace)
-    os.close(ctl_w)
-    if out_w >= 0:
-        os.close(out_w)
+        _child(attempt, ctl_w, go_r, out_w, keep_fds, grace)
+    for fd in (ctl_w, go_r, out_w):
+        if fd >= 0:
+            os.close(fd)
     after_fork()
+    # the attempt starts once this process has let go of what the supervisor now holds
+    _write_all(go_w, b"g")
+    os.close(go_w)
     try:
         return _wait(pid, ctl_r, out_r, stop, say, on_output)
     finally:
@@ -157,6 +161,7 @@ def _reap(pid: int) -> None:
 def _child(
     attempt: Callable[[Channel], dict[str, Any]],
     ctl_w: int,
+    go_r: int,
     out_w: int,
     keep_fds: Sequence[int],
     grace: float,
@@ -165,7 +170,9 @@ def _child(
     try:
         os.setsid()
         _become_subreaper()
-        _close_other_fds({ctl_w, out_w, *keep_fds})
+        _close_other_fds({ctl_w, go_r, out_w, *keep_fds})
+        select.select([go_r], [], [], 5.0)  # the tick let go (or died, or froze: go on anyway)
+        os.close(go_r)
         null = os.open(os.devnull, os.O_RDWR)
         for fd in (0, 1, 2):  # a cron mailer waiting on the tick's output must not wait for us
             os.dup2(null, fd)
