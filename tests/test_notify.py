@@ -458,3 +458,48 @@ def _recorder(received: list[Any]) -> type[BaseHTTPRequestHandler]:
             pass
 
     return Handler
+
+
+def test_the_daemon_delivers_what_earlier_ticks_left_in_the_outbox(
+    jobs_dir: Path, state_dir: Path
+) -> None:
+    import signal
+    import subprocess
+
+    from agentjobs.store import OutboxEvent
+    from agentjobs.store.files import FileStore
+    from tests.conftest import run_agentjobs, wait_for
+
+    write(jobs_dir / "idle.yaml", "command: ['true']\nschedule: {cron: '0 0 1 1 *'}\n")
+    assert run_agentjobs("--jobs-dir", J, "--state-dir", str(state_dir), "apply").returncode == 0
+    received: list[Any] = []
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _recorder(received))
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    stamp = datetime.now(UTC).isoformat(timespec="seconds")
+    left = OutboxEvent(
+        "01LEFTBYANEARLIERTICK00000",
+        "webhook",
+        f"http://127.0.0.1:{httpd.server_address[1]}/hook",
+        {"event": "failed", "job": "idle", "id": "01LEFTBYANEARLIERTICK00000"},
+        stamp,
+        stamp,
+        tries=1,
+    )
+    FileStore(state_dir).outbox_put([left])
+    daemon = subprocess.Popen(
+        [sys.executable, "-m", "agentjobs", "--state-dir", str(state_dir), "daemon"],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        wait_for(lambda: received, timeout=20)
+        assert [e["id"] for e in received] == [left.id]
+        wait_for(lambda: FileStore(state_dir).outbox_counts() == (0, 0))
+        daemon.send_signal(signal.SIGTERM)
+        daemon.communicate(timeout=15)
+    finally:
+        if daemon.poll() is None:
+            daemon.kill()
+            daemon.communicate()
+        httpd.shutdown()
+        httpd.server_close()
