@@ -836,7 +836,7 @@ def notifications(ctx: Context) -> None:
             r["state"],
             r["job"] or "-",
             r["event"],
-            r["kind"],
+            r["target"],
             _when(r["created_at"]),
             str(r["tries"]),
             _when(r["next_at"]) if r["next_at"] else "-",

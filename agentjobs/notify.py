@@ -64,11 +64,19 @@ def summary_text(event: Mapping[str, Any]) -> str:
     return f"agentjobs {event['job']} {what}{attempt}{detail} [run {event.get('run_id')}]"
 
 
+def target_of(event: OutboxEvent) -> str:
+    """Where an event goes, for people: a URL's scheme and host only (webhook and ping URLs
+    often hold a token in their path), a command's program."""
+    if isinstance(event.target, list):
+        return f"command {event.target[0] if event.target else '-'}"
+    parts = urllib.parse.urlsplit(event.target)
+    return f"{event.kind} {parts.scheme}://{parts.hostname}{f':{parts.port}' if parts.port else ''}"
+
+
 def describe(event: OutboxEvent) -> str:
     """`job event -> target` for messages."""
     what = event.payload.get("event") or "ping"
-    target = event.target if isinstance(event.target, str) else " ".join(event.target)
-    return f"{event.payload.get('job', '-')} {what} -> {event.kind} {target}"
+    return f"{event.payload.get('job', '-')} {what} -> {target_of(event)}"
 
 
 Outcome = tuple[OutboxEvent, str | None]  # the event and its error (None: delivered)
@@ -308,7 +316,7 @@ def undelivered_rows(store: Store, limit: int = 1000) -> list[dict[str, Any]]:
                     "job": entry.payload.get("job"),
                     "event": entry.payload.get("event") or "ping",
                     "kind": entry.kind,
-                    "target": entry.target,
+                    "target": target_of(entry),
                     "created_at": entry.created_at,
                     "tries": entry.tries,
                     "next_at": entry.next_at if state == "pending" else None,
