@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from agentjobs.engine import AttemptResult, Engine
     from agentjobs.reconcile import Plan
     from agentjobs.store import Store
+    from agentjobs.transcript import Transcript
     from agentjobs.validate import LoadResult
 
 EXIT_OK, EXIT_FAILED, EXIT_INVALID, EXIT_CHANGES, EXIT_BUG = 0, 1, 2, 3, 70
@@ -412,6 +413,10 @@ def status(ctx: Context, now_text: str | None) -> None:
             for h in hosts
         ]
         click.echo("hosts: " + ", ".join(seen))
+    from agentjobs.notify import pending_summary
+
+    for line in pending_summary(store):  # nothing is dropped silently (notify.py)
+        click.echo(line)
 
 
 def _ago(moment: str, now: datetime) -> str:
@@ -723,12 +728,31 @@ def _hosts_of_run(store: Store, run_id: str) -> list[str]:
 @click.option("--attempt", type=int, default=None, help="Only this attempt.")
 @click.option("--follow", "-f", is_flag=True, help="Keep printing while the run runs.")
 @click.option("--pretty", is_flag=True, help="Render agent JSON events as readable lines.")
+@click.option(
+    "--tail",
+    "tail_lines",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Only the last N lines of each attempt's log.",
+)
 @pass_ctx
-def logs(ctx: Context, run_id: str, attempt: int | None, follow: bool, pretty: bool) -> None:
-    """Print the output of RUN_ID's attempts."""
+def logs(
+    ctx: Context,
+    run_id: str,
+    attempt: int | None,
+    follow: bool,
+    pretty: bool,
+    tail_lines: int | None,
+) -> None:
+    """Print the output of RUN_ID's attempts (streamed: constant memory whatever their size)."""
     import time
+    from functools import partial
 
-    from agentjobs.transcript import Transcript, render
+    from agentjobs.logfile import chunks, copy_to, tail_start
+    from agentjobs.transcript import Transcript
+
+    def write(data: bytes) -> None:
+        sys.stdout.buffer.write(data)
 
     store = ctx.store()
     if not all(c.isalnum() for c in run_id):
@@ -745,31 +769,40 @@ def logs(ctx: Context, run_id: str, attempt: int | None, follow: bool, pretty: b
                 "`agentjobs history -o json`"
             )
         raise UserError(f"no logs for run {run_id}; see `agentjobs history`")
+
+    def start_of(path: Path) -> int:
+        return tail_start(path, tail_lines) if tail_lines else 0
+
     for path in existing[:-1] if follow else existing:
         if len(existing) > 1:
             click.echo(f"==> {path.name} <==")
+        sys.stdout.flush()
         if pretty:
-            for line in render(path.read_text(errors="replace"), color=sys.stdout.isatty()):
+            whole = Transcript(color=sys.stdout.isatty())
+            with open(path, "rb") as handle:
+                for chunk in chunks(handle, start_of(path)):
+                    for line in whole.feed(chunk):
+                        click.echo(line)
+            for line in whole.finish():
                 click.echo(line)
         else:
-            click.echo(path.read_text(errors="replace"), nl=False)
+            copy_to(path, write, start_of(path))
+            sys.stdout.buffer.flush()
     if not follow:
         return
     path = existing[-1] if existing else paths[0]
-    offset = 0
+    offset = start_of(path) if path.exists() else 0
     transcript = Transcript(color=sys.stdout.isatty()) if pretty else None
     while True:
         if path.exists():
-            with open(path, "rb") as handle:
-                handle.seek(offset)
-                data = handle.read()
-            offset += len(data)
+            # a capped log is trimmed now and then (logfile.CappedLog): go on from its end
+            offset = min(offset, path.stat().st_size)
             if transcript is None:
-                sys.stdout.buffer.write(data)
+                sys.stdout.flush()
+                offset = copy_to(path, write, offset)
                 sys.stdout.buffer.flush()
             else:
-                for line in transcript.feed(data):
-                    click.echo(line)
+                offset = copy_to(path, partial(_show_rendered, transcript), offset)
         running = any(
             i.run_id == run_id and i.state == "running" for i in store.runtime().queue.values()
         )
@@ -778,6 +811,42 @@ def logs(ctx: Context, run_id: str, attempt: int | None, follow: bool, pretty: b
                 click.echo(line)
             return
         time.sleep(0.2)
+
+
+def _show_rendered(transcript: Transcript, data: bytes) -> None:
+    for line in transcript.feed(data):
+        click.echo(line)
+
+
+@cli.command()
+@pass_ctx
+def notifications(ctx: Context) -> None:
+    """Notifications not delivered yet (pending a retry) or given up after their tries."""
+    from agentjobs.notify import undelivered_rows
+
+    rows = undelivered_rows(ctx.store())
+    if ctx.json:
+        _emit_json(rows)
+        return
+    if not rows:
+        click.echo("every notification was delivered")
+        return
+    table = [
+        [
+            r["state"],
+            r["job"] or "-",
+            r["event"],
+            r["target"],
+            _when(r["created_at"]),
+            str(r["tries"]),
+            _when(r["next_at"]) if r["next_at"] else "-",
+            r["error"] or "-",
+        ]
+        for r in rows
+    ]
+    click.echo(
+        _table(["STATE", "JOB", "EVENT", "TARGET", "CREATED", "TRIES", "NEXT", "ERROR"], table)
+    )
 
 
 @cli.command()

@@ -113,15 +113,18 @@ class Engine:
     # -- small helpers -------------------------------------------------------------------------
 
     def _notifier(self) -> Notifier:
+        """Events go to the store's outbox as they happen (with their records); `deliver()`
+        (the tick's end, `_deliver`) sends what is due, bounded in time (notify.py)."""
         if self.notifier is None:
             from agentjobs.notify import Notifier
 
-            def failed(message: str) -> None:
-                self._tell(f"notification not delivered: {message}")
-                self.store.count("notify_failures")
-
-            self.notifier = Notifier(failed)
+            self.notifier = Notifier(self.store, self.clock.now, self._tell)
         return self.notifier
+
+    def _deliver(self) -> None:
+        """Deliver due notifications: this pass's and those earlier passes left pending."""
+        if self.notifier is not None or self.store.outbox_counts()[0]:
+            self._notifier().deliver()
 
     def _notify(
         self, event: str, item: QueueItem, applied: AppliedJob | None, **fields: Any
@@ -231,7 +234,8 @@ class Engine:
     def tick(self) -> TickResult:
         runtime = self.store.runtime()
         if not self._has_work(runtime, self._now()):
-            return TickResult()
+            self._deliver()
+            return TickResult(messages=tuple(self._messages))
         shared = self._shared()
         recovered = enqueued = skipped = 0
         if shared is not None:
@@ -239,8 +243,6 @@ class Engine:
         if shared is None or self._must_prepare(shared, runtime):
             recovered, enqueued, skipped = self._prepare()
         attempts = self._run_queue()
-        if self.notifier is not None:
-            self.notifier.close()  # bounded: a few seconds per target at most
         from agentjobs import alerts, retention
 
         now = self.clock.now()
@@ -248,8 +250,7 @@ class Engine:
         for event in alerts.check(self.store, now):
             if targets:
                 self._notifier().event({**targets, "events": ["alert"]}, event)
-        if self.notifier is not None:
-            self.notifier.close()
+        self._deliver()  # bounded: a few seconds whatever the targets do
         if not self.stop.is_set() and retention.due(self.store, now):
             retention.collect(self.store, now)  # at most once a day
         return TickResult(
@@ -1220,8 +1221,7 @@ class Engine:
             claim = self._claim(only=item.id)
             if isinstance(claim, _Claim):
                 result = self._execute(claim)[0]
-                if self.notifier is not None:
-                    self.notifier.close()
+                self._deliver()  # the attempt's events, written to the outbox by its supervisor
                 return item, result
             if claim is None:
                 return item, "the run was taken by another tick"

@@ -276,6 +276,19 @@ def render(store: Store, now: datetime) -> str:
         "Notification deliveries that failed after their retries.",
     )
     out.sample("agentjobs_notification_failures_total", notification_failures(store))
+    pending, undelivered = store.outbox_counts() if store.exists() else (0, 0)
+    out.family(
+        "agentjobs_notifications_pending",
+        "gauge",
+        "Notifications in the outbox waiting for delivery (retried by each tick).",
+    )
+    out.sample("agentjobs_notifications_pending", pending)
+    out.family(
+        "agentjobs_notifications_undelivered",
+        "gauge",
+        "Notifications kept as undelivered after their tries (`agentjobs notifications`).",
+    )
+    out.sample("agentjobs_notifications_undelivered", undelivered)
     out.family("agentjobs_metrics_generated_timestamp_seconds", "gauge", "When this was written.")
     out.sample("agentjobs_metrics_generated_timestamp_seconds", round(now.timestamp(), 3))
     return "\n".join(out.lines) + "\n"

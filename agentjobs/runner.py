@@ -24,6 +24,8 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, Protocol
 
+from agentjobs.logfile import DEFAULT_MAX_LOG_SIZE, CappedLog
+
 OUTPUT_TAIL_BYTES = 4096
 _READ = 65536
 _DRAIN_AFTER_EXIT = 0.5  # seconds to keep reading after the main process exits
@@ -407,8 +409,10 @@ def run_process(
     stop: StopFlag | None = None,
     on_output: Callable[[bytes], None] | None = None,
     on_start: Callable[[int], None] | None = None,
+    max_log_size: int | None = DEFAULT_MAX_LOG_SIZE,
 ) -> ProcessResult:
-    """Run `argv` to completion under the watchdog; output goes to `log_path` (appended).
+    """Run `argv` to completion under the watchdog; output goes to `log_path` (appended),
+    at most `max_log_size` bytes of it: the head and the tail (logfile.CappedLog).
 
     `pass_fds` are inherited by the child (the lock descriptors: a lock stays held while any
     process of the attempt lives, even if this process is killed). `stop` ends the attempt as
@@ -447,12 +451,13 @@ def run_process(
         note = None
         sent: str | None = None
         exited_at: float | None = None
+        capped = CappedLog(log, log_path, max_log_size)
 
         def keep(data: bytes) -> None:
             nonlocal tail
             if not data:
                 return
-            log.write(data)
+            capped.write(data)  # the whole output still counts as output (silence, tail)
             if on_output is not None:
                 on_output(data)
             tail += data
@@ -515,6 +520,7 @@ def run_process(
         proc.stdout.close()
         if note:
             keep(f"\n[agentjobs] {note}; sent {sent or 'nothing'} to the process group\n".encode())
+        capped.finish()
     code = proc.returncode
     exit_code = code if code >= 0 else None
     sig = describe_signal(-code) if code < 0 else None

@@ -19,11 +19,14 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from agentjobs.durations import parse_duration
+from agentjobs.logfile import DEFAULT_MAX_LOG_SIZE
+from agentjobs.sizes import parse_size
 
 CONFIG_FILE_NAME = "agentjobs.yaml"
 DEFAULT_TIMEOUT = 3600.0
 DEFAULT_AGENT_SILENCE = 900.0
 DEFAULT_KILL_GRACE = 10.0
+MIN_MAX_LOG_SIZE = 4096
 DEFAULT_MAX_CONCURRENT = 2
 DEFAULT_LEASE = 30.0
 MIN_LEASE = 1.0
@@ -140,6 +143,7 @@ class JobSpec:
     timeout: float = DEFAULT_TIMEOUT
     silence_timeout: float | None = None
     kill_grace: float = DEFAULT_KILL_GRACE
+    max_log_size: int = DEFAULT_MAX_LOG_SIZE  # bytes
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     overlap: str = "skip"
     needs: tuple[str, ...] = ()
@@ -225,6 +229,7 @@ _JOB_DEFAULT_KEYS = (
     "timeout",
     "silence_timeout",
     "kill_grace",
+    "max_log_size",
     "overlap",
     "retry",
     "notify",
@@ -459,6 +464,7 @@ def build_job(raw: dict[str, Any], source: Path, config: GlobalConfig) -> JobSpe
         timeout=_dur(doc.get("timeout"), DEFAULT_TIMEOUT) or DEFAULT_TIMEOUT,
         silence_timeout=silence,
         kill_grace=_dur(doc.get("kill_grace"), DEFAULT_KILL_GRACE) or 0.0,
+        max_log_size=parse_size(doc.get("max_log_size", DEFAULT_MAX_LOG_SIZE)),
         retry=retry,
         overlap=doc.get("overlap", "skip"),
         needs=tuple(doc.get("needs", ())),

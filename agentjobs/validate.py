@@ -551,6 +551,14 @@ def _check_durations(
     for key in ("timeout", "silence_timeout", "kill_grace"):
         if key in raw and parse_duration(raw[key]) <= 0:
             check.error(key, f"{key} must be longer than zero")
+    if "max_log_size" in raw:
+        from agentjobs.sizes import parse_size
+        from agentjobs.spec import MIN_MAX_LOG_SIZE
+
+        if parse_size(raw["max_log_size"]) < MIN_MAX_LOG_SIZE:
+            check.error(
+                "max_log_size", f"max_log_size must be at least {MIN_MAX_LOG_SIZE} bytes (4KiB)"
+            )
     if (
         timeout
         and "silence_timeout" in raw

@@ -144,3 +144,47 @@ def test_redaction_holds_across_chunk_boundaries() -> None:
     redactor = Redactor(["abcdef"])
     out = redactor.feed(b"xx abc") + redactor.feed(b"def yy\nzz") + redactor.flush()
     assert out == b"xx *** yy\nzz"
+
+
+_SPEW = """
+import sys, time
+print("HEAD-MARK first line", flush=True)
+for n in range(40):  # 40 x 50 KiB over about 2 s: never silent for long
+    sys.stdout.write(f"line {n:04d} " + "x" * (50 * 1024 - 11) + "\\n")
+    sys.stdout.flush()
+    time.sleep(0.05)
+print("TAIL-MARK last line", flush=True)
+"""
+
+
+def test_a_log_over_max_log_size_keeps_its_head_a_marker_and_its_tail(tmp_path: Path) -> None:
+    cap = 256 * 1024
+    result = run_process(
+        [sys.executable, "-c", _SPEW],
+        cwd=str(tmp_path),
+        env=dict(os.environ),
+        log_path=tmp_path / "attempt.log",
+        timeout=60.0,
+        silence_timeout=1.0,  # output past the cap still counts as output
+        kill_grace=1.0,
+        max_log_size=cap,
+    )
+    assert (result.ending, result.exit_code) == (Ending.EXITED, 0)
+    data = (tmp_path / "attempt.log").read_bytes()
+    total = len("HEAD-MARK first line\n") + 40 * 50 * 1024 + len("TAIL-MARK last line\n")
+    assert cap <= len(data) <= cap + 200  # the cap and one marker line
+    assert data.startswith(b"HEAD-MARK first line\nline 0000 ")
+    assert data.endswith(b"TAIL-MARK last line\n")
+    omitted = total - cap
+    marker = f"[agentjobs] log capped at 256KiB (max_log_size): {omitted} bytes omitted here"
+    assert data.count(b"[agentjobs] log capped") == 1
+    assert marker.encode() in data
+    head, _, _ = data.partition(b"\n[agentjobs] log capped")
+    assert len(head) == cap // 2
+    assert result.output_tail.endswith("TAIL-MARK last line\n")
+
+
+def test_a_log_under_max_log_size_is_left_whole(tmp_path: Path) -> None:
+    result = _run(tmp_path, "print", "hello", max_log_size=4096)
+    assert result.exit_code == 0
+    assert (tmp_path / "attempt.log").read_text() == "hello\n"

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from agentjobs.errors import UserError
-from agentjobs.store import AppliedChange, AppliedJob, JobState, QueueItem, Store
+from agentjobs.store import AppliedChange, AppliedJob, JobState, OutboxEvent, QueueItem, Store
 
 
 @pytest.fixture(params=["files", "postgres"])
@@ -151,6 +151,55 @@ def test_counters_and_side_files(store: Store) -> None:
     store.write_json("gc.json", {"last": "2026-11-23"})
     assert store.read_json("gc.json") == {"last": "2026-11-23"}
     assert store.read_json("missing.json") is None
+
+
+def _event(n: int, key: str | None = None) -> OutboxEvent:
+    return OutboxEvent(
+        id=f"01OUTBOX{n:018d}",
+        kind="webhook",
+        target="http://127.0.0.1:9/hook",
+        payload={"event": "failed", "job": "a", "n": n},
+        created_at="2026-11-23T12:00:00+00:00",
+        next_at="2026-11-23T12:00:00+00:00",
+        key=key,
+    )
+
+
+def test_the_outbox_keeps_events_until_delivered_or_given_up(store: Store) -> None:
+    assert store.outbox_counts() == (0, 0)
+    assert store.outbox_pending(10) == [] and store.outbox_undelivered(10) == []
+    with store.transaction(5):
+        store.outbox_put([_event(3), _event(1, key="ping"), _event(2)])
+    assert store.outbox_pending(10) == [_event(1, key="ping"), _event(2), _event(3)]
+    assert store.outbox_pending(2) == [_event(1, key="ping"), _event(2)]  # oldest first
+    assert store.outbox_counts() == (3, 0)
+    store.outbox_retry(_event(2).id, "2026-11-23T12:01:00+00:00", "HTTP 500")
+    store.outbox_done(_event(1).id)
+    store.outbox_dead(_event(3).id, "connection refused")
+    retried = OutboxEvent.from_dict(
+        {**_event(2).to_dict(), "tries": 1, "next_at": "2026-11-23T12:01:00+00:00"}
+        | {"error": "HTTP 500"}
+    )
+    assert store.outbox_pending(10) == [retried]
+    dead = OutboxEvent.from_dict({**_event(3).to_dict(), "tries": 1, "error": "connection refused"})
+    assert store.outbox_undelivered(10) == [dead]
+    assert store.outbox_counts() == (1, 1)
+    # another process delivered it meanwhile: nothing comes back to life
+    store.outbox_done(_event(1).id)
+    store.outbox_retry(_event(1).id, "2026-11-23T12:01:00+00:00", "late")
+    store.outbox_dead(_event(1).id, "late")
+    store.outbox_done(_event(3).id)  # an undelivered event stays until a person acts
+    assert store.outbox_counts() == (1, 1)
+
+
+def test_outbox_events_written_in_a_failed_transaction_are_not_kept_on_postgres(
+    store: Store,
+) -> None:
+    with pytest.raises(RuntimeError), store.transaction(5):
+        store.outbox_put([_event(1)])
+        raise RuntimeError("boom")
+    # the file backend writes the event at once (a spare notification, never a lost one)
+    assert store.outbox_counts()[0] == (0 if store.shared else 1)
 
 
 def test_retention_keeps_what_it_is_told_to(store: Store) -> None:

@@ -179,6 +179,35 @@ class Runtime:
 
 
 @dataclass(frozen=True, slots=True)
+class OutboxEvent:
+    """One notification waiting in the outbox (notify.py delivers it).
+
+    `kind` is `webhook` (POST `payload` as JSON to `target`), `command` (run the argv `target`
+    with `payload` on stdin) or `ping` (GET `target`). Events with the same `key` (a ping URL)
+    are delivered one at a time in `id` order: a run's `/start` before its `/fail`. `tries` counts
+    failed deliveries; `next_at` (UTC ISO) is when the next one is due; `error` is the last one's.
+    """
+
+    id: str  # a ULID: ids sort in the order the events were written
+    kind: str
+    target: str | list[str]
+    payload: Mapping[str, Any]
+    created_at: str
+    next_at: str
+    key: str | None = None
+    tries: int = 0
+    error: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> OutboxEvent:
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+
+@dataclass(frozen=True, slots=True)
 class AppliedChange:
     """What one `apply` writes: jobs to put and names to remove."""
 
@@ -211,6 +240,16 @@ class Store(Protocol):
     - `count(name)` / `counters()`: monotonic counters (notification delivery failures...).
     - `prune_logs(older_than, keep)`, `archive_records(before_day)`: retention (retention.py
       decides what to keep); `read_json`/`write_json`: small side files (caches, markers).
+    - `outbox_put(events)`: add notifications to the durable outbox (inside a `transaction`, in
+      the same transaction as the records that caused them on PostgreSQL).
+    - `outbox_pending(limit)`: up to `limit` events waiting for delivery, oldest first, due or
+      not (the caller compares `next_at`, so events of one `key` keep their order).
+    - `outbox_done(id)`: delivered, forget it. `outbox_retry(id, next_at, error)`: one more
+      failed try, the next one due at `next_at`. `outbox_dead(id, error)`: one more failed try
+      and no more: kept as undelivered (never deleted by agentjobs). All three do nothing when
+      the event is gone (another process delivered it: delivery is at least once).
+    - `outbox_undelivered(limit)`: the undelivered events, oldest first.
+    - `outbox_counts()`: (pending, undelivered), cheap enough for every tick.
     - `describe()`: where the state lives, for messages.
     - `reopened()`: a new store object on the same state, sharing nothing with this one (no
       lock, descriptor or connection): what a forked attempt supervisor uses.
@@ -265,6 +304,20 @@ class Store(Protocol):
     def write_json(self, name: str, value: Any) -> None: ...
 
     def counters(self) -> dict[str, int]: ...
+
+    def outbox_put(self, events: Iterable[OutboxEvent]) -> None: ...
+
+    def outbox_pending(self, limit: int) -> list[OutboxEvent]: ...
+
+    def outbox_done(self, event_id: str) -> None: ...
+
+    def outbox_retry(self, event_id: str, next_at: str, error: str) -> None: ...
+
+    def outbox_dead(self, event_id: str, error: str) -> None: ...
+
+    def outbox_undelivered(self, limit: int) -> list[OutboxEvent]: ...
+
+    def outbox_counts(self) -> tuple[int, int]: ...
 
     def describe(self) -> str: ...
 

@@ -11,12 +11,15 @@ Layout (format 1):
     logs/            RUN_ID.ATTEMPT.log, one per attempt
     dlq/             ID.json, one per dead letter; never deleted by agentjobs
     locks/           lock-key and concurrency-slot lock files (locks.py)
+    outbox/          ID.json, one per notification waiting for delivery (notify.py);
+                     outbox/undelivered/ID.json: the ones that failed all their tries (kept)
 
 Every write is temp file + fsync + os.replace + fsync of the directory (DESIGN.md invariant 4).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import fcntl
 import json
@@ -31,7 +34,15 @@ from typing import Any
 
 from agentjobs import records as records_mod
 from agentjobs.errors import UserError
-from agentjobs.store import STATE_FORMAT, AppliedChange, AppliedJob, JobState, QueueItem, Runtime
+from agentjobs.store import (
+    STATE_FORMAT,
+    AppliedChange,
+    AppliedJob,
+    JobState,
+    OutboxEvent,
+    QueueItem,
+    Runtime,
+)
 
 # format N -> function turning a format-N state directory into format N+1 (none needed yet)
 MIGRATIONS: dict[int, Callable[[Path], None]] = {}
@@ -382,6 +393,81 @@ class FileStore:
         except ValueError:
             raise UserError(f"{path} is damaged; restore it from a backup") from None
         return loaded
+
+    # -- the notification outbox -----------------------------------------------------------
+
+    def outbox_put(self, events: Iterable[OutboxEvent]) -> None:
+        folder = self.root / "outbox"
+        for event in events:
+            if not folder.is_dir():
+                self._ensure()
+                folder.mkdir(mode=0o700, exist_ok=True)
+            atomic_write(folder / f"{event.id}.json", _dump(event.to_dict()))
+
+    def _outbox_read(self, folder: Path, limit: int) -> list[OutboxEvent]:
+        try:
+            names = sorted(n for n in os.listdir(folder) if n.endswith(".json"))
+        except FileNotFoundError:
+            return []
+        out = []
+        for name in names[:limit]:
+            try:
+                out.append(OutboxEvent.from_dict(json.loads((folder / name).read_bytes())))
+            except FileNotFoundError:
+                continue  # delivered by another process meanwhile
+            except (ValueError, TypeError) as exc:
+                raise UserError(
+                    f"{folder / name} is damaged ({exc}); move it out of the way"
+                ) from None
+        return out
+
+    def outbox_pending(self, limit: int) -> list[OutboxEvent]:
+        return self._outbox_read(self.root / "outbox", limit)
+
+    def outbox_undelivered(self, limit: int) -> list[OutboxEvent]:
+        return self._outbox_read(self.root / "outbox" / "undelivered", limit)
+
+    def _outbox_event(self, event_id: str) -> OutboxEvent | None:
+        if not event_id.isalnum():
+            raise ValueError(f"not an outbox event id: {event_id!r}")
+        try:
+            raw = (self.root / "outbox" / f"{event_id}.json").read_bytes()
+        except FileNotFoundError:
+            return None
+        return OutboxEvent.from_dict(json.loads(raw))
+
+    def outbox_done(self, event_id: str) -> None:
+        if not event_id.isalnum():
+            raise ValueError(f"not an outbox event id: {event_id!r}")
+        (self.root / "outbox" / f"{event_id}.json").unlink(missing_ok=True)
+
+    def outbox_retry(self, event_id: str, next_at: str, error: str) -> None:
+        event = self._outbox_event(event_id)
+        if event is not None:
+            changed = dataclasses.replace(
+                event, tries=event.tries + 1, next_at=next_at, error=error
+            )
+            atomic_write(self.root / "outbox" / f"{event_id}.json", _dump(changed.to_dict()))
+
+    def outbox_dead(self, event_id: str, error: str) -> None:
+        event = self._outbox_event(event_id)
+        if event is None:
+            return
+        folder = self.root / "outbox" / "undelivered"
+        folder.mkdir(mode=0o700, exist_ok=True)
+        dead = dataclasses.replace(event, tries=event.tries + 1, error=error)
+        atomic_write(folder / f"{event_id}.json", _dump(dead.to_dict()))  # kept before it goes
+        (self.root / "outbox" / f"{event_id}.json").unlink(missing_ok=True)
+
+    def outbox_counts(self) -> tuple[int, int]:
+        counts = []
+        for folder in (self.root / "outbox", self.root / "outbox" / "undelivered"):
+            try:
+                with os.scandir(folder) as entries:
+                    counts.append(sum(e.name.endswith(".json") for e in entries))
+            except FileNotFoundError:
+                counts.append(0)
+        return counts[0], counts[1]
 
     # -- side files and record days (metrics cache, notifier counters) ---------------------
 

@@ -45,6 +45,7 @@ from agentjobs.store import (
     AppliedChange,
     AppliedJob,
     JobState,
+    OutboxEvent,
     QueueItem,
     Runtime,
 )
@@ -162,6 +163,15 @@ MIGRATIONS: list[str] = [
         pid int,
         seen_at timestamptz NOT NULL DEFAULT now()
     );
+    """,
+    # 2: the notification outbox (notify.py): pending and undelivered events
+    f"""
+    CREATE TABLE {SCHEMA}.outbox (
+        id text PRIMARY KEY,
+        undelivered boolean NOT NULL DEFAULT false,
+        data jsonb NOT NULL
+    );
+    CREATE INDEX outbox_pending ON {SCHEMA}.outbox (id) WHERE NOT undelivered;
     """,
 ]
 
@@ -846,6 +856,66 @@ class PostgresStore:
                 "ON CONFLICT (name) DO UPDATE SET value = excluded.value",
                 (name, json.dumps(value)),
             )
+
+    # -- the notification outbox -----------------------------------------------------------
+
+    def outbox_put(self, events: Iterable[OutboxEvent]) -> None:
+        rows = [(e.id, json.dumps(e.to_dict())) for e in events]
+        if not rows:
+            return
+        with self._db() as conn, conn.cursor() as cur:  # this thread's transaction, if any
+            cur.executemany(
+                f"INSERT INTO {SCHEMA}.outbox (id, data) VALUES (%s, %s) "
+                "ON CONFLICT (id) DO NOTHING",
+                rows,
+            )
+
+    def _outbox_rows(self, undelivered: bool, limit: int) -> list[OutboxEvent]:
+        with self._db() as conn:
+            rows = conn.execute(
+                f"SELECT data FROM {SCHEMA}.outbox WHERE undelivered = %s ORDER BY id LIMIT %s",
+                (undelivered, limit),
+            ).fetchall()
+        return [OutboxEvent.from_dict(data) for (data,) in rows]
+
+    @_again_once
+    def outbox_pending(self, limit: int) -> list[OutboxEvent]:
+        return self._outbox_rows(False, limit)
+
+    @_again_once
+    def outbox_undelivered(self, limit: int) -> list[OutboxEvent]:
+        return self._outbox_rows(True, limit)
+
+    def outbox_done(self, event_id: str) -> None:
+        with self._db() as conn:
+            conn.execute(
+                f"DELETE FROM {SCHEMA}.outbox WHERE id = %s AND NOT undelivered", (event_id,)
+            )
+
+    def _outbox_fail(self, event_id: str, error: str, next_at: str | None) -> None:
+        with self._db() as conn:
+            conn.execute(
+                f"UPDATE {SCHEMA}.outbox SET undelivered = %s, data = data || jsonb_build_object("
+                "'tries', (data->>'tries')::int + 1, 'error', %s::text, "
+                "'next_at', coalesce(%s::text, data->>'next_at')) "
+                "WHERE id = %s AND NOT undelivered",
+                (next_at is None, error, next_at, event_id),
+            )
+
+    def outbox_retry(self, event_id: str, next_at: str, error: str) -> None:
+        self._outbox_fail(event_id, error, next_at)
+
+    def outbox_dead(self, event_id: str, error: str) -> None:
+        self._outbox_fail(event_id, error, None)
+
+    @_again_once
+    def outbox_counts(self) -> tuple[int, int]:
+        with self._db() as conn:
+            row = conn.execute(
+                f"SELECT count(*) FILTER (WHERE NOT undelivered), count(*) FILTER (WHERE "
+                f"undelivered) FROM {SCHEMA}.outbox"
+            ).fetchone()
+        return (int(row[0]), int(row[1])) if row else (0, 0)
 
     # -- leases ----------------------------------------------------------------------------
 
