@@ -114,6 +114,7 @@ def run_attempt(
         kill_grace=spec.kill_grace,
         secrets=secrets,
         pass_fds=pass_fds,
+        max_log_size=spec.max_log_size,
         stop=stop,
         on_output=on_output,
         on_start=on_start,
@@ -173,6 +174,7 @@ def run_attempt(
             kill_grace=spec.kill_grace,
             secrets=secrets,
             pass_fds=pass_fds,
+            max_log_size=spec.max_log_size,
             stop=stop,
             on_output=on_output,
         )

@@ -191,11 +191,6 @@ def test_logs_tail_prints_the_last_lines(cli, tmp_path: Path) -> None:
     assert (result.code, result.out) == (0, "997\n998\n999\n")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="attempt.py (being rewritten into the supervisor) must pass "
-    "max_log_size=spec.max_log_size to run_process; until then every log has the 64MiB default",
-)
 def test_a_job_printing_more_than_its_max_log_size_keeps_head_and_tail(
     cli, jobs_dir: Path, state_dir: Path
 ) -> None:
