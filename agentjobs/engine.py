@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any, Protocol, cast
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, cast
 
 from agentjobs import locks
 from agentjobs.clock import Clock, iso, parse
@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from agentjobs.notify import Notifier
     from agentjobs.store.postgres import Lease, PostgresStore
 
+_T = TypeVar("_T")
 DEFAULT_LOCK_TIMEOUT = 30.0
 ORPHAN_REASON = "the runner stopped before the attempt finished (killed or machine restarted)"
 
@@ -321,34 +322,18 @@ class Engine:
             count += 1
             recorded = self._recorded_finish(item, now)
             if recorded is not None:
-                # The attempt finished and was recorded; the runner died before saving the
-                # state. Finish it as recorded: never run it again, never call it lost.
-                self._finish(
-                    runtime,
-                    item,
-                    applied.get(item.job),
-                    parse(recorded["finished_at"]),
-                    records,
-                    outcome=recorded["outcome"],
-                    exit_code=recorded.get("exit_code"),
-                    signal=recorded.get("signal"),
-                    error=recorded.get("error"),
-                    output=recorded.get("output_tail", ""),
-                    started_at=recorded.get("started_at") or item.started_at or "",
-                    duration_s=recorded.get("duration_s"),
-                    log_path=recorded.get("log_path", ""),
-                    recorded=recorded,
-                )
+                # The attempt finished and was recorded; nobody settled it (its supervisor
+                # was killed in between). Settle it as recorded: never run it again, never
+                # call it lost.
+                self._settle(runtime, item, applied.get(item.job), recorded)
                 continue
             self._tell(
                 f"{item.job}: run {item.run_id} attempt {item.attempt} was lost: {ORPHAN_REASON}"
             )
-            self._finish(
-                runtime,
+            ended = self._decide(
                 item,
                 applied.get(item.job),
                 now,
-                records,
                 outcome="lost",
                 exit_code=None,
                 signal=None,
@@ -358,6 +343,8 @@ class Engine:
                 duration_s=None,
                 log_path=str(self.store.log_path(item.run_id, item.attempt)),
             )
+            records.extend(ended)
+            self._settle(runtime, item, applied.get(item.job), ended[0])
         return count
 
     def _recorded_finish(self, item: QueueItem, now: datetime) -> dict[str, Any] | None:
@@ -603,9 +590,15 @@ class Engine:
         return claimed
 
     def _claim_in(
-        self, runtime: Runtime, applied: Mapping[str, AppliedJob], only: str | None = None
+        self,
+        runtime: Runtime,
+        applied: Mapping[str, AppliedJob],
+        only: str | None = None,
+        slot: locks.HeldLock | None = None,
     ) -> _Claim | str | None:
-        """`_claim` inside a transaction that is already open."""
+        """`_claim` inside a transaction that is already open; with `slot`, a concurrency slot
+        this worker already holds (kept when nothing is claimed)."""
+        own_slot = slot
         now = self._now()
         busy = {i.lock_key for i in runtime.queue.values() if i.state == "running"}
         if only is not None:
@@ -629,7 +622,6 @@ class Engine:
                 and i.job not in held
             ]
             candidates = _in_order(eligible)
-        slot = None
         for item in candidates:
             if item.lock_key in busy and only is None:
                 continue
@@ -660,7 +652,7 @@ class Engine:
                     state, last_started=now, last_run_id=item.run_id
                 )
             return _Claim(running, applied[item.job], key, slot)
-        if slot is not None:
+        if slot is not None and slot is not own_slot:
             slot.release()
         return None
 
@@ -686,30 +678,45 @@ class Engine:
     def _execute(
         self, claim: _Claim, claim_next: bool = False
     ) -> tuple[AttemptResult, _Claim | None]:
-        """Run a claimed attempt under its own supervisor process, which outlives this tick and
-        records the attempt itself (supervisor.py); with `claim_next`, claim the next runnable
-        item once it is done."""
+        """Run a claimed attempt under its own supervisor process (supervisor.py) and settle it
+        from what the supervisor reports; with `claim_next`, claim the next runnable item (in
+        the same transaction when its key is free).
+
+        The supervisor outlives this tick: should the tick die or freeze before it settles,
+        the supervisor settles the attempt itself."""
         from agentjobs import supervisor
 
         item = claim.item
+        settled: list[tuple[AttemptResult, _Claim | None]] = []
 
         def let_go() -> None:
-            # the supervisor holds the attempt's flocks now (inherited descriptors): this
-            # process drops its copies at once, so a tick that is stopped (SIGSTOP) or slow
-            # never keeps a key held after its attempt is settled
+            # The supervisor holds the attempt's key now (an inherited descriptor): this
+            # process drops its copy at once, so a tick that is stopped (SIGSTOP) never keeps
+            # a key held once its attempt is settled. The concurrency slot stays this worker's
+            # (the next claim takes it over).
             if not self.store.shared:
                 claim.key.release()
-                claim.slot.release()
+
+        def settle(finished: dict[str, Any]) -> bool:
+            try:
+                settled.append(self._settle_claimed(claim, finished, claim_next))
+            except UserError as exc:
+                self._tell(
+                    f"{item.job}: run {item.run_id} attempt {item.attempt}: cannot record it "
+                    f"yet ({exc}); its supervisor keeps trying"
+                )
+                return False
+            return True
 
         try:
             raw = supervisor.supervise(
-                lambda channel: _result_dict(self._supervised(claim, channel)),
+                lambda channel: self._supervised(claim, channel),
                 keep_fds=tuple(fd for fd in (claim.key.fd, claim.slot.fd) if fd is not None),
                 after_fork=let_go,
+                settle=settle,
                 stop=self.stop,
                 say=self._tell,
                 on_output=self.on_output,
-                grace=float(claim.applied.spec.get("kill_grace", 10.0)),
             )
         except supervisor.FinishPending as exc:
             raise UserError(
@@ -737,17 +744,43 @@ class Engine:
                     log_path=str(self.store.log_path(item.run_id, item.attempt)),
                 )
             )
-        result = AttemptResult(**raw)
-        following = None
-        if claim_next and not self.stop.is_set():
+        result, following = settled[0] if settled else (AttemptResult(**raw), None)
+        if following is None and not self.store.shared:
+            claim.slot.release()
+            if claim_next and not self.stop.is_set():
+                candidate = self._claim()  # the key just freed, or one that was busy
+                following = candidate if isinstance(candidate, _Claim) else None
+        elif following is None and claim_next and not self.stop.is_set():
             candidate = self._claim()
             following = candidate if isinstance(candidate, _Claim) else None
         return result, following
 
-    def _supervised(self, claim: _Claim, channel: Any) -> AttemptResult:
+    def _settle_claimed(
+        self, claim: _Claim, finished: Mapping[str, Any], claim_next: bool
+    ) -> tuple[AttemptResult, _Claim | None]:
+        """Settle an attempt its supervisor recorded, unless somebody already did (its
+        supervisor, when this tick was frozen; another host, when the lease was lost); on the
+        file backend also claim the next item with this worker's slot, in the same write."""
+        item = claim.item
+        with self.store.transaction(self.lock_timeout) as runtime:
+            found = runtime.queue.get(item.id)
+            if found is None or not _still_ours(found, item):
+                return _as_recorded(item, finished), None
+            now = self.clock.now()
+            result = self._settle(runtime, found, claim.applied, finished)
+            applied = self.store.applied()
+            self._enqueue_needs(runtime, applied, now)
+            following = None
+            if claim_next and not self.stop.is_set() and not self.store.shared:
+                candidate = self._claim_in(runtime, applied, slot=cast(locks.HeldLock, claim.slot))
+                following = candidate if isinstance(candidate, _Claim) else None
+        return result, following
+
+    def _supervised(self, claim: _Claim, channel: Any) -> dict[str, Any]:
         """The supervisor's part (in its own process): run the attempt, stop what is left of
-        it, record it. Writes are retried until they land (a full disk), so the attempt's true
-        outcome is never lost while its supervisor lives."""
+        it, append its records, then have it settled: by the tick, or by itself when the tick
+        is gone or frozen. Writes are retried until they land (a full disk), so the attempt's
+        true outcome is never lost while its supervisor lives."""
         from agentjobs.supervisor import Channel
 
         assert isinstance(channel, Channel)
@@ -767,14 +800,12 @@ class Engine:
             _guard=threading.Lock(),
         )
         try:
-            return engine._attempt(claim, lease, channel.stalled)
+            return _result_dict(engine._attempt(claim, lease, channel))
         finally:
             if engine.notifier is not None:
                 engine.notifier.close()
 
-    def _attempt(
-        self, claim: _Claim, lease: Lease | None, stalled: Callable[[str], None]
-    ) -> AttemptResult:
+    def _attempt(self, claim: _Claim, lease: Lease | None, channel: Any) -> AttemptResult:
         from agentjobs.attempt import run_attempt
         from agentjobs.runner import AnyStop, StopFlag, kill_descendants
 
@@ -827,59 +858,57 @@ class Engine:
                 outcome = dataclasses.replace(
                     outcome, outcome="interrupted", error=fenced, permanent=False, reset_at=None
                 )
-        except BaseException:
+            ended = self._decide(
+                item,
+                claim.applied,
+                self.clock.now(),
+                outcome=outcome.outcome,
+                exit_code=outcome.exit_code,
+                signal=outcome.signal,
+                error=outcome.error,
+                output=outcome.output_tail,
+                started_at=started_at,
+                duration_s=outcome.duration_s,
+                log_path=str(log_path),
+                output_for_match=outcome.output_for_match,
+                agent=outcome.agent,
+                permanent=outcome.permanent,
+                reset_at=outcome.reset_at,
+            )
+
+            def append() -> None:
+                self.store.append_records(ended, parse(ended[0]["finished_at"]))
+
+            # the records first, whoever settles: the true outcome is on disk before anything
+            _until_written(append, channel.stalled, self.say)
+            if channel.settled_by_tick(ended[0]):
+                return _as_recorded(item, ended[0])
+
+            def settle() -> AttemptResult:
+                with self.store.transaction(self.lock_timeout) as runtime:
+                    found = runtime.queue.get(item.id)
+                    if found is None or not _still_ours(found, item):
+                        if lease is not None:
+                            self._tell(
+                                f"{item.job}: run {item.run_id} attempt {item.attempt} lost "
+                                f"its lease ({lease.reason or 'it expired'}); another host "
+                                "recorded it, this host records nothing"
+                            )
+                            return self._abandoned(item, outcome, str(log_path))
+                        return _as_recorded(item, ended[0])  # settled by its tick after all
+                    result = self._settle(runtime, found, claim.applied, ended[0])
+                    self._enqueue_needs(runtime, self.store.applied(), self.clock.now())
+                return result
+
+            if lease is None:
+                return _until_written(settle, channel.stalled, self.say)
+            # Across hosts the database may be briefly away (a restart, a failover): the
+            # transaction is retried for a lease (at least 10 s). Should another host have
+            # recorded the attempt `lost` meanwhile, `settle` sees that and records nothing.
+            return _retry_while_leased(settle, max(lease.duration, 10.0), self.say)
+        finally:
             if lease is not None:
                 lease.release()
-            raise
-
-        def finish() -> tuple[AttemptResult, _Claim | None, bool]:
-            with self.store.transaction(self.lock_timeout) as runtime:
-                now = self.clock.now()
-                records: list[dict[str, Any]] = []
-                found = runtime.queue.get(item.id)
-                current = item if found is None else found
-                if lease is not None and (found is None or not _still_ours(found, item)):
-                    # The lease expired and another host already recorded this attempt as lost
-                    # (and retried it): record nothing twice. Its processes are gone (fenced).
-                    self._tell(
-                        f"{item.job}: run {item.run_id} attempt {item.attempt} lost its lease "
-                        f"({lease.reason or 'it expired'}); another host recorded it, this host "
-                        "records nothing"
-                    )
-                    return self._abandoned(item, outcome, str(log_path)), None, True
-                result = self._finish(
-                    runtime,
-                    current,
-                    claim.applied,
-                    now,
-                    records,
-                    outcome=outcome.outcome,
-                    exit_code=outcome.exit_code,
-                    signal=outcome.signal,
-                    error=outcome.error,
-                    output=outcome.output_tail,
-                    started_at=started_at,
-                    duration_s=outcome.duration_s,
-                    log_path=str(log_path),
-                    output_for_match=outcome.output_for_match,
-                    agent=outcome.agent,
-                    permanent=outcome.permanent,
-                    reset_at=outcome.reset_at,
-                )
-                self._enqueue_needs(runtime, self.store.applied(), now)
-                self.store.append_records(records, now)
-            return result, None, False
-
-        if lease is None:
-            return _until_written(finish, stalled, self.say)[0]
-        # Across hosts the database may be briefly away (a restart, a failover): the attempt's
-        # result is kept in memory and its transaction retried for a lease (at least 10 s).
-        # Should another host have recorded the attempt `lost` meanwhile, `finish` sees that
-        # and records nothing, so waiting longer never records anything twice.
-        try:
-            return _retry_while_leased(finish, max(lease.duration, 10.0), self.say)[0]
-        finally:
-            lease.release()
 
     @staticmethod
     def _abandoned(item: QueueItem, outcome: AttemptOutcome, log_path: str) -> AttemptResult:
@@ -898,13 +927,11 @@ class Engine:
             log_path=log_path,
         )
 
-    def _finish(
+    def _decide(
         self,
-        runtime: Runtime,
         item: QueueItem,
         applied: AppliedJob | None,
         now: datetime,
-        records: list[dict[str, Any]],
         *,
         outcome: str,
         exit_code: int | None,
@@ -915,30 +942,25 @@ class Engine:
         duration_s: float | None,
         log_path: str,
         output_for_match: str | None = None,
-        recorded: Mapping[str, Any] | None = None,
         agent: dict[str, Any] | None = None,
         permanent: bool = False,
         reset_at: datetime | None = None,
-    ) -> AttemptResult:
-        """Record a finished attempt and apply the retry policy (inside a transaction).
-
-        With `recorded` (its `attempt_finished` record, found on recovery) the decision is the
-        one recorded and no record is written again."""
+    ) -> list[dict[str, Any]]:
+        """The records that end an attempt: its `attempt_finished` with the retry policy's
+        decision (next, when, why, a usage-limit hold) and, when it ends in the dead-letter
+        queue, `dead_lettered`. Reads no state: a supervisor appends these before anything
+        else, so the attempt's true outcome is on disk whoever settles it (`_settle`)."""
         from agentjobs.retry import Next, Outcome, decide
         from agentjobs.spec import RetryPolicy, job_from_dict
 
         stamp = iso(now) or ""
         policy = job_from_dict(dict(applied.spec)).retry if applied else RetryPolicy()
-        counts_as = Outcome(outcome)
-        failures = item.failures + (
-            0 if counts_as in (Outcome.INTERRUPTED, Outcome.RATE_LIMITED, Outcome.SUCCEEDED) else 1
-        )
         decision = decide(
             policy,
-            counts_as,
+            Outcome(outcome),
             exit_code=exit_code,
             output=output_for_match if output_for_match is not None else output,
-            attempts_used=failures,
+            attempts_used=_failures(item, outcome),
             now=now,
         )
         if permanent and decision.next == Next.RETRY:
@@ -949,7 +971,7 @@ class Engine:
                 reason=f"a retry cannot fix this: {error}",
             )
         hold = None
-        if counts_as == Outcome.RATE_LIMITED and decision.next == Next.RETRY and recorded is None:
+        if Outcome(outcome) == Outcome.RATE_LIMITED and decision.next == Next.RETRY:
             # Wait for the reset (plus up to a minute, so held jobs do not start at once), else
             # back off exponentially; other jobs sharing the limit are held as long.
             import random
@@ -964,65 +986,82 @@ class Engine:
                 decision, at=until, reason=f"usage limit: retry at {iso(until)}"
             )
             hold = self._limit_key(applied)
-            if hold:
-                runtime.holds[hold] = iso(until) or ""
-        if recorded is not None:
-            at = recorded.get("next_attempt_at")
-            decision = dataclasses.replace(
-                decision,
-                next=Next(recorded.get("next", decision.next.value)),
-                at=parse(at) if at else None,
-                reason=recorded.get("reason", decision.reason),
-            )
         if applied is None and decision.next == Next.RETRY:
             decision = dataclasses.replace(
                 decision, next=Next.DEAD_LETTER, reason="the job was deleted"
             )
         if duration_s is None:
             duration_s = max(0.0, (now - parse(started_at)).total_seconds())
-        summary = AttemptSummary(
-            attempt=item.attempt,
-            outcome=outcome,
+        finished = self._record(
+            "attempt_finished",
+            item,
+            applied,
             started_at=started_at,
             finished_at=stamp,
+            duration_s=round(duration_s, 3),
+            outcome=outcome,
             exit_code=exit_code,
             signal=signal,
             error=error,
+            output_tail=output,
             log_path=log_path,
-            output_tail=output[-1024:],
-            agent=agent if agent is not None else (recorded or {}).get("agent"),
+            next=decision.next.value,
+            next_attempt_at=iso(decision.at) if decision.at else None,
+            reason=decision.reason,
+            **({"agent": agent} if agent else {}),
+            **({"hold": hold} if hold else {}),
         )
-        next_at = iso(decision.at) if decision.at else None
-        finished_records = records if recorded is None else []  # a recorded one is not repeated
-        finished_records.append(
-            self._record(
-                "attempt_finished",
-                item,
-                applied,
-                started_at=started_at,
-                finished_at=stamp,
-                duration_s=round(duration_s, 3),
-                outcome=outcome,
-                exit_code=exit_code,
-                signal=signal,
-                error=error,
-                output_tail=output,
-                log_path=log_path,
-                next=decision.next.value,
-                next_attempt_at=next_at,
-                reason=decision.reason,
-                **({"agent": summary.agent} if summary.agent else {}),
-                **({"hold": hold} if hold else {}),
-            )
+        if decision.next != Next.DEAD_LETTER:
+            return [finished]
+        dead = self._record(
+            "dead_lettered",
+            item,
+            applied,
+            dlq_id=item.run_id,
+            reason=decision.reason,
+            outcome=outcome,
+        )
+        return [finished, dead]
+
+    def _settle(
+        self,
+        runtime: Runtime,
+        item: QueueItem,
+        applied: AppliedJob | None,
+        finished: Mapping[str, Any],
+    ) -> AttemptResult:
+        """Apply an attempt's `attempt_finished` record (`_decide`, already appended) to the
+        state, inside a transaction: the retry (the item queued again), or the end of the run
+        (a dead letter for the DLQ), a usage-limit hold, the job's summary, its notifications.
+        Whoever settles an attempt - its tick, its supervisor, recovery - does it this way."""
+        stamp = finished["finished_at"]
+        outcome = finished["outcome"]
+        error = finished.get("error")
+        next_step = finished.get("next", "done")
+        next_at = finished.get("next_attempt_at")
+        reason = finished.get("reason")
+        if finished.get("hold") and next_at:
+            runtime.holds[finished["hold"]] = next_at
+        summary = AttemptSummary(
+            attempt=item.attempt,
+            outcome=outcome,
+            started_at=finished.get("started_at") or item.started_at or stamp,
+            finished_at=stamp,
+            exit_code=finished.get("exit_code"),
+            signal=finished.get("signal"),
+            error=error,
+            log_path=finished.get("log_path"),
+            output_tail=(finished.get("output_tail") or "")[-1024:],
+            agent=finished.get("agent"),
         )
         dlq_id = None
-        if decision.next == Next.RETRY:
+        if next_step == "retry":
             corrective = bool(applied and applied.spec.get("retry", {}).get("corrective"))
             runtime.queue[item.id] = dataclasses.replace(
                 item,
                 state="queued",
                 attempt=item.attempt + 1,
-                failures=failures,
+                failures=_failures(item, outcome),
                 not_before=next_at or stamp,
                 trigger="retry",
                 corrective=corrective,
@@ -1033,53 +1072,42 @@ class Engine:
             )
             self._tell(
                 f"{item.job}: run {item.run_id} attempt {item.attempt} {outcome}"
-                f"{f' ({error})' if error else ''}; next attempt at {next_at} "
-                f"({decision.reason})"
+                f"{f' ({error})' if error else ''}; next attempt at {next_at} ({reason})"
             )
         else:
             runtime.queue.pop(item.id, None)
-            if decision.next == Next.DEAD_LETTER:
+            if next_step == "dead_letter":
                 dlq_id = item.run_id
-                entry = {
-                    "id": dlq_id,
-                    "job": item.job,
-                    "run_id": item.run_id,
-                    "slot": item.slot,
-                    "trigger": item.trigger,
-                    "created_at": stamp,
-                    "reason": decision.reason,
-                    "status": "open",
-                    "spec": dict(applied.spec) if applied else None,
-                    "spec_hash": applied.spec_hash if applied else None,
-                    "attempts": [h.to_dict() for h in (*item.history, summary)],
-                    "replays": [],
-                    "note": None,
-                    "replay_of": item.replay_of,
-                }
-                self.store.put_dead_letter(entry)
-                finished_records.append(
-                    self._record(
-                        "dead_lettered",
-                        item,
-                        applied,
-                        dlq_id=dlq_id,
-                        reason=decision.reason,
-                        outcome=outcome,
-                    )
+                self.store.put_dead_letter(
+                    {
+                        "id": dlq_id,
+                        "job": item.job,
+                        "run_id": item.run_id,
+                        "slot": item.slot,
+                        "trigger": item.trigger,
+                        "created_at": stamp,
+                        "reason": reason,
+                        "status": "open",
+                        "spec": dict(applied.spec) if applied else None,
+                        "spec_hash": applied.spec_hash if applied else None,
+                        "attempts": [h.to_dict() for h in (*item.history, summary)],
+                        "replays": [],
+                        "note": None,
+                        "replay_of": item.replay_of,
+                    }
                 )
                 self._tell(
                     f"{item.job}: run {item.run_id} dead-lettered after attempt "
-                    f"{item.attempt} ({decision.reason}); see `agentjobs dlq show "
-                    f"{dlq_id}`"
+                    f"{item.attempt} ({reason}); see `agentjobs dlq show {dlq_id}`"
                 )
         state = runtime.jobs.get(item.job)
-        if recorded is None and applied is not None and applied.spec.get("notify"):
+        if applied is not None and applied.spec.get("notify"):
             self._notify_finish(
                 item,
                 applied,
                 outcome,
                 error,
-                decision.next.value,
+                next_step,
                 next_at,
                 dlq_id,
                 state.last_outcome if state else None,
@@ -1090,8 +1118,8 @@ class Engine:
             )
             if outcome == "succeeded":
                 state = dataclasses.replace(state, last_success=stamp)
-            if decision.next != Next.RETRY and applied is not None:
-                state = self._after_run(state, applied, now)
+            if next_step != "retry" and applied is not None:
+                state = self._after_run(state, applied, parse(stamp))
             runtime.jobs[item.job] = state
         return AttemptResult(
             job=item.job,
@@ -1099,13 +1127,13 @@ class Engine:
             attempt=item.attempt,
             trigger=item.trigger,
             outcome=outcome,
-            exit_code=exit_code,
-            signal=signal,
+            exit_code=finished.get("exit_code"),
+            signal=finished.get("signal"),
             error=error,
-            duration_s=round(duration_s, 3),
-            next=decision.next.value,
+            duration_s=float(finished.get("duration_s") or 0.0),
+            next=next_step,
             next_at=next_at,
-            log_path=log_path,
+            log_path=finished.get("log_path") or "",
             dlq_id=dlq_id,
         )
 
@@ -1291,11 +1319,7 @@ class Engine:
         return entry
 
 
-def _retry_while_leased(
-    step: Callable[[], tuple[AttemptResult, _Claim | None, bool]],
-    window: float,
-    say: Callable[[str], None],
-) -> tuple[AttemptResult, _Claim | None, bool]:
+def _retry_while_leased(step: Callable[[], _T], window: float, say: Callable[[str], None]) -> _T:
     """`step()`, again on `UserError` (an unreachable database) for up to `window` seconds."""
     from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_exponential
 
@@ -1314,15 +1338,19 @@ def _retry_while_leased(
     raise AssertionError("unreachable")  # reraise=True: the last error propagates
 
 
+def _failures(item: QueueItem, outcome: str) -> int:
+    """The failed attempts of the run once this one is counted: an interrupted, rate-limited
+    or successful attempt uses up none of the policy's attempts."""
+    return item.failures + (0 if outcome in ("interrupted", "rate_limited", "succeeded") else 1)
+
+
 def _until_written(
-    step: Callable[[], tuple[AttemptResult, _Claim | None, bool]],
-    stalled: Callable[[str], None],
-    say: Callable[[str], None],
-) -> tuple[AttemptResult, _Claim | None, bool]:
+    step: Callable[[], _T], stalled: Callable[[str], None], say: Callable[[str], None]
+) -> _T:
     """`step()` until it succeeds: a write that fails (a full disk, a read-only remount, the
     state lock held for long) is tried again with backoff (at most a minute apart) for as long
-    as this supervisor lives. The attempt's outcome is one small value held in memory meanwhile;
-    the first failure is told to the tick (`stalled`), which stops waiting."""
+    as this supervisor lives. What it writes is one small value held in memory meanwhile; the
+    first failure is told to the tick (`stalled`), which stops waiting."""
     delay = 0.5
     told = False
     while True:
@@ -1335,6 +1363,25 @@ def _until_written(
                 say(f"cannot record the attempt yet ({exc}); retrying")
             time.sleep(delay)
             delay = min(delay * 2, 60.0)
+
+
+def _as_recorded(item: QueueItem, finished: Mapping[str, Any]) -> AttemptResult:
+    """What an attempt's `attempt_finished` record says, as a result."""
+    return AttemptResult(
+        job=item.job,
+        run_id=item.run_id,
+        attempt=item.attempt,
+        trigger=item.trigger,
+        outcome=finished["outcome"],
+        exit_code=finished.get("exit_code"),
+        signal=finished.get("signal"),
+        error=finished.get("error"),
+        duration_s=float(finished.get("duration_s") or 0.0),
+        next=finished.get("next", "done"),
+        next_at=finished.get("next_attempt_at"),
+        log_path=finished.get("log_path") or "",
+        dlq_id=item.run_id if finished.get("next") == "dead_letter" else None,
+    )
 
 
 def _identity() -> dict[str, Any]:

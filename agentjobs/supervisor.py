@@ -43,14 +43,20 @@ from agentjobs.runner import kill_descendants
 PR_SET_CHILD_SUBREAPER = 36  # <linux/prctl.h>
 
 
+ACK_WAIT = 5.0  # seconds a supervisor waits for its tick to settle the attempt
+
+
 @dataclass(frozen=True, slots=True)
 class Channel:
     """What the supervisor's attempt may tell its tick (each call is best effort: a dead or
-    stopped tick never blocks the supervisor)."""
+    stopped tick never blocks the supervisor for long)."""
 
     say: Callable[[str], None]
     output: Callable[[bytes], None] | None
     stalled: Callable[[str], None]
+    # hand the attempt's recorded end to the tick; True once the tick has settled it, False
+    # when the tick could not (gone, frozen for ACK_WAIT, or its write failed)
+    settled_by_tick: Callable[[dict[str, Any]], bool]
     stop: threading.Event
 
 
@@ -59,7 +65,7 @@ class SupervisorLost(Exception):
 
 
 class FinishPending(Exception):
-    """The supervisor could not write the attempt's finish yet (it keeps trying)."""
+    """The supervisor could not write the attempt's end yet (it keeps trying)."""
 
 
 def supervise(
@@ -67,46 +73,50 @@ def supervise(
     *,
     keep_fds: Sequence[int],
     after_fork: Callable[[], None],
+    settle: Callable[[dict[str, Any]], bool],
     stop: threading.Event,
     say: Callable[[str], None],
     on_output: Callable[[bytes], None] | None,
-    grace: float,
 ) -> dict[str, Any]:
     """Run `attempt(channel)` in a supervisor process; its returned dict (JSON) comes back.
-    `keep_fds` (the attempt's lock descriptors) stay open in the supervisor; `after_fork()` runs
-    in this process once the supervisor exists (to let go of this process's copies).
 
-    Raises `FinishPending` (the supervisor keeps trying to record) or `SupervisorLost`.
+    `keep_fds` (the attempt's lock descriptors) stay open in the supervisor; `after_fork()` runs
+    here once the supervisor exists (to let go of this process's copies); `settle(record)` is
+    called here with the attempt's `attempt_finished` record once the supervisor appended it,
+    and says whether it settled the attempt (else the supervisor does). Raises `FinishPending`
+    (the supervisor keeps trying to record) or `SupervisorLost`.
     """
     _warm()
     ctl_r, ctl_w = os.pipe2(os.O_CLOEXEC)
     go_r, go_w = os.pipe2(os.O_CLOEXEC)
     out_r, out_w = os.pipe2(os.O_CLOEXEC) if on_output is not None else (-1, -1)
+    tick = os.getpid()
     pid = os.fork()
     if pid == 0:  # pragma: no cover - the child never returns (coverage cannot see it)
-        _child(attempt, ctl_w, go_r, out_w, keep_fds, grace)
+        _child(attempt, tick, ctl_w, go_r, out_w, keep_fds)
     for fd in (ctl_w, go_r, out_w):
         if fd >= 0:
             os.close(fd)
     after_fork()
     # the attempt starts once this process has let go of what the supervisor now holds
     _write_all(go_w, b"g")
-    os.close(go_w)
     try:
-        return _wait(pid, ctl_r, out_r, stop, say, on_output)
+        return _wait(pid, ctl_r, go_w, out_r, stop, say, on_output, settle)
     finally:
-        os.close(ctl_r)
-        if out_r >= 0:
-            os.close(out_r)
+        for fd in (ctl_r, go_w, out_r):
+            if fd >= 0:
+                os.close(fd)
 
 
 def _wait(
     pid: int,
     ctl_r: int,
+    go_w: int,
     out_r: int,
     stop: threading.Event,
     say: Callable[[str], None],
     on_output: Callable[[bytes], None] | None,
+    settle: Callable[[dict[str, Any]], bool],
 ) -> dict[str, Any]:
     fds = [ctl_r] + ([out_r] if out_r >= 0 else [])
     pending = b""
@@ -134,6 +144,8 @@ def _wait(
                     message = json.loads(line)
                     if "say" in message:
                         say(message["say"])
+                    elif "finished" in message:
+                        _write_all(go_w, b"s" if settle(message["finished"]) else b"n")
                     elif "result" in message:
                         result = message["result"]
                     elif "stalled" in message:
@@ -172,11 +184,11 @@ def _reap(pid: int) -> None:
 
 def _child(
     attempt: Callable[[Channel], dict[str, Any]],
+    tick: int,
     ctl_w: int,
     go_r: int,
     out_w: int,
     keep_fds: Sequence[int],
-    grace: float,
 ) -> None:
     code = 0
     try:
@@ -186,8 +198,8 @@ def _child(
         os.setsid()
         _become_subreaper()
         _close_other_fds({ctl_w, go_r, out_w, *keep_fds})
-        select.select([go_r], [], [], 5.0)  # the tick let go (or died, or froze: go on anyway)
-        os.close(go_r)
+        if select.select([go_r], [], [], ACK_WAIT)[0]:  # the tick let go (or died, or froze)
+            os.read(go_r, 1)
         null = os.open(os.devnull, os.O_RDWR)
         for fd in (0, 1, 2):  # a cron mailer waiting on the tick's output must not wait for us
             os.dup2(null, fd)
@@ -211,14 +223,25 @@ def _child(
             with contextlib.suppress(OSError):  # a full pipe (a stopped tick) drops output
                 os.write(out_w, data)
 
+        def settled_by_tick(finished: dict[str, Any]) -> bool:
+            if os.getppid() != tick:  # the tick died: we were handed to a reaper
+                return False
+            send({"finished": finished})
+            try:
+                ready = select.select([go_r], [], [], ACK_WAIT)[0]
+                return bool(ready) and os.read(go_r, 1) == b"s"
+            except OSError:
+                return False
+
         channel = Channel(
             say=lambda line: send({"say": line}),
             output=output if out_w >= 0 else None,
             stalled=lambda why: send({"stalled": why}),
+            settled_by_tick=settled_by_tick,
             stop=stop,
         )
         result = attempt(channel)
-        kill_descendants(grace)  # normally none left: the attempt stopped them
+        kill_descendants(1.0)  # normally none left: the attempt stopped them
         send({"result": result})
     except BaseException as exc:  # a bug: say it; the next tick recovers the attempt
         code = 70
@@ -226,7 +249,7 @@ def _child(
             detail = "".join(traceback.format_exception_only(type(exc), exc)).strip()
             _write_all(ctl_w, (json.dumps({"crashed": detail}) + "\n").encode())
         with contextlib.suppress(BaseException):
-            kill_descendants(grace)
+            kill_descendants(1.0)
     finally:
         os._exit(code)
 

@@ -38,6 +38,10 @@ def _held_locks(state_dir: Path) -> list[str]:
     return held
 
 
+def _held_keys(state_dir: Path) -> list[str]:
+    return [name for name in _held_locks(state_dir) if name.startswith("key-")]
+
+
 def _started(state_dir: Path) -> dict[str, Any]:
     wait_for(lambda: records(state_dir, "attempt_started"))
     return records(state_dir, "attempt_started")[0]
@@ -100,9 +104,10 @@ def test_a_stopped_tick_does_not_stop_its_attempts_limits_and_resumes_cleanly(
         wait_for(lambda: records(state_dir, "attempt_finished"), timeout=10)
         assert records(state_dir, "attempt_finished")[0]["outcome"] == "timeout"
         wait_for(lambda: _dead(started["child_pid"]))
-        wait_for(lambda: runtime(state_dir)["queue"] == {}, timeout=5)  # record, then state
-        # a frozen tick holds no key: the supervisor's exit frees it
-        wait_for(lambda: _held_locks(state_dir) == [], timeout=5)
+        # the tick cannot settle it: its supervisor does (after ACK_WAIT)
+        wait_for(lambda: runtime(state_dir)["queue"] == {}, timeout=15)
+        # a frozen tick holds no key (it keeps its concurrency slot, as a stopped worker would)
+        wait_for(lambda: _held_keys(state_dir) == [], timeout=5)
     finally:
         os.kill(tick.pid, signal.SIGCONT)
     out, err = tick.communicate(timeout=15)
