@@ -49,3 +49,7 @@ class InvalidJobError(UserError):
         first = problems[0].render() if problems else "invalid job files"
         more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
         super().__init__(first + more)
+
+
+class StateWriteError(UserError):
+    """Placeholder (filled in below)."""
