@@ -20,7 +20,13 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from agentjobs import __version__
-from agentjobs.errors import InvalidJobError, Problem, UserError
+from agentjobs.errors import (
+    ENVIRONMENT_ERRNOS,
+    InvalidJobError,
+    Problem,
+    UserError,
+    environment_error,
+)
 
 if TYPE_CHECKING:
     from agentjobs.engine import AttemptResult, Engine
@@ -1372,17 +1378,29 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         return EXIT_OK
+    except OSError as exc:
+        if exc.errno not in ENVIRONMENT_ERRNOS or not exc.filename:
+            return _bug(args, exc)
+        # a failure of the environment outside the store (a lock file, a log, --textfile):
+        # the user's to fix, named by its path, not a bug (STYLE.md rule 5)
+        click.echo(f"agentjobs: error: {environment_error(exc.filename, exc)}", err=True)
+        return EXIT_INVALID
     except Exception as exc:
-        state_dir = _state_location(None)
-        for i, arg in enumerate(args):
-            if arg == "--state-dir" and i + 1 < len(args):
-                state_dir = args[i + 1]
-            elif arg.startswith("--state-dir="):
-                state_dir = arg.split("=", 1)[1]
-        report = _crash_report(state_dir)
-        click.echo(
-            f"agentjobs: internal error (a bug, please report it): {exc!r}; details in {report}",
-            err=True,
-        )
-        return EXIT_BUG
+        return _bug(args, exc)
     return EXIT_OK
+
+
+def _bug(args: Sequence[str], exc: BaseException) -> int:
+    """An unexpected exception: a crash report and exit 70 (called inside `except`)."""
+    state_dir = _state_location(None)
+    for i, arg in enumerate(args):
+        if arg == "--state-dir" and i + 1 < len(args):
+            state_dir = args[i + 1]
+        elif arg.startswith("--state-dir="):
+            state_dir = arg.split("=", 1)[1]
+    report = _crash_report(state_dir)
+    click.echo(
+        f"agentjobs: internal error (a bug, please report it): {exc!r}; details in {report}",
+        err=True,
+    )
+    return EXIT_BUG
