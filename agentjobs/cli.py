@@ -1271,6 +1271,44 @@ def db_migrate(ctx: Context) -> None:
         click.echo(f"{store.describe()} is up to date (schema version {len(MIGRATIONS)})")
 
 
+@cli.command()
+@click.option("--force", is_flag=True, help="Rebuild runtime.json even if it looks sound.")
+@click.option(
+    "--lock-timeout",
+    type=float,
+    envvar="AGENTJOBS_LOCK_TIMEOUT",
+    default=30.0,
+    show_default=True,
+    help="Seconds to wait for a running tick or apply.",
+)
+@click.option("--now", "now_text", default=None, hidden=True)
+@pass_ctx
+def repair(ctx: Context, force: bool, lock_timeout: float, now_text: str | None) -> None:
+    """Rebuild a missing or damaged runtime.json from the applied jobs and the run records."""
+    from agentjobs.repair import repair as rebuild_runtime
+
+    result = rebuild_runtime(ctx.store(), _now(now_text), force=force, lock_timeout=lock_timeout)
+    if ctx.json:
+        _emit_json(result.as_dict())
+        return
+    retries = len(result.retries)
+    click.echo(
+        f"rebuilt {result.path}: {len(result.jobs)} job{'s' * (len(result.jobs) != 1)}, "
+        f"{retries} pending retr{'ies' if retries != 1 else 'y'}, "
+        f"{len(result.recovering)} attempt{'s' * (len(result.recovering) != 1)} to recover"
+    )
+    for item in result.retries:
+        click.echo(f"  {item.job}: run {item.run_id} attempt {item.attempt} at {item.not_before}")
+    for item in result.recovering:
+        click.echo(
+            f"  {item.job}: run {item.run_id} attempt {item.attempt} started and never "
+            "finished: the next tick recovers it"
+        )
+    if result.kept:
+        click.echo(f"the old file is kept as {result.kept}")
+    click.echo("pauses are not in the run records: pause jobs again if needed", err=True)
+
+
 @cli.group()
 def state() -> None:
     """Move a deployment: export the state as JSONL, import it elsewhere."""

@@ -61,7 +61,12 @@ def _with_a_pending_retry(aj: Any) -> None:
 
 
 def _snapshot(state: Path) -> dict[str, bytes]:
-    return {str(p): p.read_bytes() for p in sorted(state.rglob("*")) if p.is_file()}
+    """Every state file but the lock file (which names the last process that locked)."""
+    return {
+        str(p): p.read_bytes()
+        for p in sorted(state.rglob("*"))
+        if p.is_file() and p.name != "state.lock"
+    }
 
 
 # -- damaged state is refused ------------------------------------------------------------

@@ -444,6 +444,36 @@ class FileStore:
             dict(current.jobs), dict(current.queue), current.applied_version, dict(current.holds)
         )
 
+    def runtime_problem(self) -> str | None:
+        """Why runtime.json cannot be used (missing after an apply, damaged), or None."""
+        self._runtime_cache = None
+        try:
+            self.runtime()
+        except StateDamagedError as exc:
+            return str(exc)
+        return None
+
+    @_guarded("write")
+    def replace_runtime(self, runtime: Runtime, now: datetime) -> Path | None:
+        """Write `runtime` as runtime.json (for `repair`; hold the state lock). The file it
+        replaces, if any, is kept as `runtime.json.damaged-<time>`; returns that path."""
+        path = self.root / "runtime.json"
+        kept: Path | None = path.with_name(f"runtime.json.damaged-{now:%Y%m%dT%H%M%SZ}")
+        if kept is not None and kept.exists():
+            kept = kept.with_name(f"{kept.name}-{os.getpid()}")
+        try:
+            os.link(path, kept)  # the old bytes under a second name: no copy
+        except FileNotFoundError:
+            kept = None
+        except OSError as exc:
+            if exc.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.EMLINK):
+                raise
+            atomic_write(kept, path.read_bytes())  # a file system without hard links
+        self._json.clear()
+        atomic_write(path, self._runtime_bytes(runtime))
+        self._runtime_cache = None
+        return kept
+
     # -- writes ----------------------------------------------------------------------------
 
     def _fragments(self, section: str, entries: dict[str, Any]) -> str:
