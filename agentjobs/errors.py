@@ -53,7 +53,6 @@ class InvalidJobError(UserError):
         super().__init__(first + more)
 
 
-
 # The errors of the environment a user must fix (STYLE.md rule 5): a full or read-only disk,
 # permissions, a failing device. Any other OSError is unexpected (a bug).
 ENVIRONMENT_ERRNOS = frozenset(

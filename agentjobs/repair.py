@@ -163,7 +163,15 @@ def rebuild(
     runtime = Runtime(holds=holds)
     for name, job in applied.items():
         spec = job_from_dict(dict(job.spec))
-        previous = JobState(schedule_hash="", **summaries.get(name, {}))
+        last = summaries.get(name, {})
+        previous = JobState(
+            schedule_hash="",
+            last_finished=last.get("last_finished"),
+            last_started=last.get("last_started"),
+            last_run_id=last.get("last_run_id"),
+            last_outcome=last.get("last_outcome"),
+            last_success=last.get("last_success"),
+        )
         runtime.jobs[name] = fresh_state(spec, now, previous)
     retries: list[Rebuilt] = []
     recovering: list[Rebuilt] = []
@@ -186,9 +194,7 @@ def _track(runs: dict[str, _Run], run_id: str, record: Mapping[str, Any]) -> _Ru
     return run
 
 
-def _queue_item(
-    run_id: str, run: _Run, applied: AppliedJob | None, stamp: str
-) -> QueueItem | None:
+def _queue_item(run_id: str, run: _Run, applied: AppliedJob | None, stamp: str) -> QueueItem | None:
     """The queue item a run's newest record implies; None for a deleted job (nothing to run)."""
     last = run.last
     if applied is None:

@@ -22,7 +22,7 @@ import pytest
 
 from agentjobs import records
 from agentjobs.errors import StateWriteError, UserError
-from agentjobs.store.files import FileStore, atomic_write
+from agentjobs.store.files import atomic_write
 from tests.conftest import REPO, run_agentjobs, write
 
 FAKE = str(Path(__file__).with_name("fake_agent.py"))
@@ -43,7 +43,9 @@ def tmpfs(tmp_path: Path) -> Iterator[Any]:
 
     def mount(path: Path, size: str = "256k") -> Path:
         path.mkdir(parents=True, exist_ok=True)
-        subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs", str(path)], check=True)
+        subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs", str(path)], check=True
+        )
         mounted.append(path)
         return path
 
@@ -230,9 +232,7 @@ def _snapshot(state: Path) -> dict[str, bytes]:
     return {str(p): p.read_bytes() for p in sorted(state.rglob("*")) if p.is_file()}
 
 
-def test_a_read_only_state_dir_is_one_line_exit_2_and_unchanged(
-    tmp_path: Path, tmpfs: Any
-) -> None:
+def test_a_read_only_state_dir_is_one_line_exit_2_and_unchanged(tmp_path: Path, tmpfs: Any) -> None:
     jobs = tmp_path / "jobs.d"
     state = tmpfs(tmp_path / "state", "1m")
     write(jobs / "hello.yaml", job("print", "hi", schedule={"every": "1h"}))
@@ -268,11 +268,12 @@ def test_a_state_dir_owned_by_another_user_is_one_line_exit_2_and_unchanged(
         assert aj(state, "apply", "--now", T0, jobs=jobs).returncode == 0
         state.chmod(0o700)
         before = _snapshot(state)
+        state_args = ["--state-dir", str(state)]
         nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
         for verb in (["tick"], ["status"], ["apply"], ["dlq", "list"], ["history"]):
+            argv = [sys.executable, "-m", "agentjobs", "--jobs-dir", str(jobs), *state_args]
             result = subprocess.run(
-                [*nobody, sys.executable, "-m", "agentjobs", "--jobs-dir", str(jobs)]
-                + ["--state-dir", str(state), *verb],
+                [*nobody, *argv, *verb],
                 cwd="/",
                 env={**os.environ, "PYTHONPATH": str(REPO), "HOME": "/"},
                 capture_output=True,

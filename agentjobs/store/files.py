@@ -17,6 +17,7 @@ Every write is temp file + fsync + os.replace + fsync of the directory (DESIGN.m
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import errno
 import fcntl
@@ -72,10 +73,8 @@ def atomic_write(path: Path, data: bytes) -> None:
             os.close(fd)
         os.replace(tmp, path)
     except BaseException as exc:
-        try:
+        with contextlib.suppress(OSError):  # never created (a read-only directory...)
             tmp.unlink(missing_ok=True)
-        except OSError:
-            pass  # never created (a read-only or inaccessible directory)
         if isinstance(exc, OSError) and exc.errno in ENVIRONMENT_ERRNOS:
             raise StateWriteError(path, exc) from None
         raise
@@ -102,8 +101,7 @@ def _guarded(
     def wrap(
         method: Callable[Concatenate[FileStore, _P], _R],
     ) -> Callable[Concatenate[FileStore, _P], _R]:
-        @functools.wraps(method)
-        def guarded(self: FileStore, *args: _P.args, **kwargs: _P.kwargs) -> _R:
+        def guarded(self: FileStore, /, *args: _P.args, **kwargs: _P.kwargs) -> _R:
             try:
                 return method(self, *args, **kwargs)
             except StateWriteError:
@@ -113,6 +111,7 @@ def _guarded(
                     raise
                 raise environment_error(self.root, exc, verb) from None
 
+        functools.update_wrapper(guarded, method)
         return guarded
 
     return wrap
@@ -132,7 +131,10 @@ _JSON_TYPES: dict[str, tuple[type, ...]] = {
 }
 
 
-def _fields(cls: type) -> tuple[tuple[str, tuple[type, ...], bool], ...]:
+_Shape = tuple[tuple[str, tuple[type, ...], bool], ...]
+
+
+def _fields(cls: type) -> _Shape:
     return tuple(
         (
             f.name,
@@ -143,7 +145,7 @@ def _fields(cls: type) -> tuple[tuple[str, tuple[type, ...], bool], ...]:
     )
 
 
-_SHAPES = {cls: _fields(cls) for cls in (JobState, QueueItem, AttemptSummary)}
+_SHAPES: dict[type, _Shape] = {cls: _fields(cls) for cls in (JobState, QueueItem, AttemptSummary)}
 
 
 def _shape(cls: type, value: Any, where: str, strict: bool) -> str | None:
@@ -458,17 +460,18 @@ class FileStore:
         """Write `runtime` as runtime.json (for `repair`; hold the state lock). The file it
         replaces, if any, is kept as `runtime.json.damaged-<time>`; returns that path."""
         path = self.root / "runtime.json"
-        kept: Path | None = path.with_name(f"runtime.json.damaged-{now:%Y%m%dT%H%M%SZ}")
-        if kept is not None and kept.exists():
-            kept = kept.with_name(f"{kept.name}-{os.getpid()}")
+        target = path.with_name(f"runtime.json.damaged-{now:%Y%m%dT%H%M%SZ}")
+        if target.exists():
+            target = target.with_name(f"{target.name}-{os.getpid()}")
+        kept: Path | None = target
         try:
-            os.link(path, kept)  # the old bytes under a second name: no copy
+            os.link(path, target)  # the old bytes under a second name: no copy
         except FileNotFoundError:
             kept = None
         except OSError as exc:
             if exc.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.EMLINK):
                 raise
-            atomic_write(kept, path.read_bytes())  # a file system without hard links
+            atomic_write(target, path.read_bytes())  # a file system without hard links
         self._json.clear()
         atomic_write(path, self._runtime_bytes(runtime))
         self._runtime_cache = None
@@ -584,9 +587,7 @@ class FileStore:
             loaded: dict[str, int] = json.loads(path.read_bytes())
         except (FileNotFoundError, ValueError):
             return {}
-        if not isinstance(loaded, dict) or not all(
-            isinstance(v, int) for v in loaded.values()
-        ):
+        if not isinstance(loaded, dict) or not all(isinstance(v, int) for v in loaded.values()):
             raise StateDamagedError(
                 f"{path} is damaged (not an object of counts); delete it to count from zero "
                 "again, or restore it from a backup"
