@@ -131,37 +131,39 @@ _JSON_TYPES: dict[str, tuple[type, ...]] = {
 }
 
 
-_Shape = tuple[tuple[str, tuple[type, ...], bool], ...]
+_Shape = tuple[dict[str, tuple[type, ...]], tuple[str, ...]]  # field types, required fields
 
 
 def _fields(cls: type) -> _Shape:
-    return tuple(
-        (
-            f.name,
-            _JSON_TYPES.get(str(f.type), (object,)),
-            f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING,
-        )
-        for f in dataclasses.fields(cls)
+    fields = dataclasses.fields(cls)
+    types = {f.name: _JSON_TYPES.get(str(f.type), (object,)) for f in fields}
+    required = tuple(
+        f.name
+        for f in fields
+        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
     )
+    return types, required
 
 
 _SHAPES: dict[type, _Shape] = {cls: _fields(cls) for cls in (JobState, QueueItem, AttemptSummary)}
 
 
 def _shape(cls: type, value: Any, where: str, strict: bool) -> str | None:
-    """What is wrong with `value` as the JSON of a `cls`, or None. `strict`: unknown keys too."""
+    """What is wrong with `value` as the JSON of a `cls`, or None. `strict`: unknown keys too.
+    (On the tick's path: one pass over the keys present.)"""
     if not isinstance(value, dict):
         return f"{where} is a {type(value).__name__}, not an object"
-    for name, types, required in _SHAPES[cls]:
-        if name in value:
-            if not isinstance(value[name], types):
-                return f"{where}.{name} is a {type(value[name]).__name__}"
-        elif required:
+    types, required = _SHAPES[cls]
+    for name, field_value in value.items():
+        allowed = types.get(name)
+        if allowed is None:
+            if strict:
+                return f"{where} has an unknown key {name!r}"
+        elif not isinstance(field_value, allowed):
+            return f"{where}.{name} is a {type(field_value).__name__}"
+    for name in required:
+        if name not in value:
             return f"{where} has no {name!r}"
-    if strict:
-        unknown = value.keys() - {name for name, _, _ in _SHAPES[cls]}
-        if unknown:
-            return f"{where} has an unknown key {sorted(unknown)[0]!r}"
     return None
 
 
@@ -278,6 +280,8 @@ class FileStore:
             except FileExistsError:
                 pass
             except OSError as exc:
+                if exc.errno in ENVIRONMENT_ERRNOS:
+                    raise environment_error(self.root, exc) from None
                 raise UserError(
                     f"cannot create state directory {self.root}: {exc.strerror}"
                 ) from None
