@@ -311,13 +311,12 @@ class Engine:
                 # across hosts the lease is the only truth: renewed, the attempt lives
                 if shared.attempt_leased(item.run_id, item.attempt):
                     continue
-            else:
-                if not locks.is_free(locks.key_file(self.store.locks_dir, item.lock_key)):
-                    continue  # its tick, or a process it started, still holds the key
-                if item.host not in (None, self.host):
-                    continue  # another host's attempt: not ours to judge without leases
-                if item.pid is not None and item.pid != os.getpid() and _alive(item.pid):
-                    continue  # the tick lives: it is between claim and lock (never for long)
+            elif not locks.is_free(locks.key_file(self.store.locks_dir, item.lock_key)):
+                # The key is held from the claim until the attempt is settled, by the claiming
+                # tick and then by the attempt's supervisor (and the attempt's processes): a
+                # free key means nobody is left to finish it, whatever host name or pid the
+                # item names (a container restarted under a new name, a reused pid).
+                continue
             count += 1
             recorded = self._recorded_finish(item, now)
             if recorded is not None:
@@ -686,16 +685,101 @@ class Engine:
     def _execute(
         self, claim: _Claim, claim_next: bool = False
     ) -> tuple[AttemptResult, _Claim | None]:
-        """Run a claimed attempt and record it; with `claim_next`, claim the next runnable item
-        in the same transaction (one state write per attempt instead of two)."""
+        """Run a claimed attempt under its own supervisor process, which outlives this tick and
+        records the attempt itself (supervisor.py); with `claim_next`, claim the next runnable
+        item once it is done."""
+        from agentjobs import supervisor
+
+        item = claim.item
+
+        def let_go() -> None:
+            # the supervisor holds the attempt's flocks now (inherited descriptors): this
+            # process drops its copies at once, so a tick that is stopped (SIGSTOP) or slow
+            # never keeps a key held after its attempt is settled
+            if not self.store.shared:
+                claim.key.release()
+                claim.slot.release()
+
+        try:
+            raw = supervisor.supervise(
+                lambda channel: _result_dict(self._supervised(claim, channel)),
+                keep_fds=tuple(fd for fd in (claim.key.fd, claim.slot.fd) if fd is not None),
+                after_fork=let_go,
+                stop=self.stop,
+                say=self._tell,
+                on_output=self.on_output,
+                grace=float(claim.applied.spec.get("kill_grace", 10.0)),
+            )
+        except supervisor.FinishPending as exc:
+            raise UserError(
+                f"{exc}; the attempt's supervisor keeps trying to record run {item.run_id} "
+                "and does so once the problem is fixed"
+            ) from None
+        except supervisor.SupervisorLost as exc:
+            self._tell(
+                f"{item.job}: run {item.run_id} attempt {item.attempt}: {exc}; the next tick "
+                "recovers it"
+            )
+            raw = _result_dict(
+                AttemptResult(
+                    job=item.job,
+                    run_id=item.run_id,
+                    attempt=item.attempt,
+                    trigger=item.trigger,
+                    outcome="lost",
+                    exit_code=None,
+                    signal=None,
+                    error=str(exc),
+                    duration_s=0.0,
+                    next="recover",
+                    next_at=None,
+                    log_path=str(self.store.log_path(item.run_id, item.attempt)),
+                )
+            )
+        result = AttemptResult(**raw)
+        following = None
+        if claim_next and not self.stop.is_set():
+            candidate = self._claim()
+            following = candidate if isinstance(candidate, _Claim) else None
+        return result, following
+
+    def _supervised(self, claim: _Claim, channel: Any) -> AttemptResult:
+        """The supervisor's part (in its own process): run the attempt, stop what is left of
+        it, record it. Writes are retried until they land (a full disk), so the attempt's true
+        outcome is never lost while its supervisor lives."""
+        from agentjobs.supervisor import Channel
+
+        assert isinstance(channel, Channel)
+        store = self.store.reopened()  # nothing the tick's other threads may have locked
+        lease: Lease | None = None
+        if store.shared:
+            lease = cast("Lease", claim.key).moved(cast("PostgresStore", store))
+        engine = dataclasses.replace(
+            self,
+            store=store,
+            stop=channel.stop,
+            on_output=channel.output,
+            say=channel.say,
+            notifier=None,
+            _messages=[],
+            _failures=[],
+            _guard=threading.Lock(),
+        )
+        try:
+            return engine._attempt(claim, lease, channel.stalled)
+        finally:
+            if engine.notifier is not None:
+                engine.notifier.close()
+
+    def _attempt(
+        self, claim: _Claim, lease: Lease | None, stalled: Callable[[str], None]
+    ) -> AttemptResult:
         from agentjobs.attempt import run_attempt
-        from agentjobs.runner import AnyStop, StopFlag
+        from agentjobs.runner import AnyStop, StopFlag, kill_descendants
 
         item = claim.item
         log_path = self.store.log_path(item.run_id, item.attempt)
         started_at = self._now()
-        # a shared store's claims hold leases (postgres.Lease), a file store's hold flocks
-        lease = cast("Lease", claim.key) if self.store.shared else None
         stop: StopFlag = self.stop
         if lease is not None:  # a lost lease stops the attempt like a shutdown would
             stop = AnyStop(
@@ -715,6 +799,7 @@ class Engine:
                         claim.applied,
                         started_at=started_at,
                         child_pid=pid,
+                        supervisor=_identity(),
                         log_path=str(log_path),
                     )
                 ],
@@ -733,6 +818,7 @@ class Engine:
                 pass_fds=tuple(fd for fd in (claim.key.fd, claim.slot.fd) if fd is not None),
                 worktrees=self.store.local_dir / "worktrees",
             )
+            kill_descendants(float(claim.applied.spec.get("kill_grace", 10.0)))
             fenced = lease.fenced_reason() if lease is not None else None
             if fenced is not None and outcome.outcome != "succeeded":
                 # stopped (by the runner or by its fence) because the lease was lost: the
@@ -744,14 +830,6 @@ class Engine:
             if lease is not None:
                 lease.release()
             raise
-        finally:
-            # The attempt's processes are gone (the runner kills the whole group), so the
-            # locks can go; the kernel would drop them with this process anyway. Leases are
-            # kept until the attempt is recorded: a running item without a live lease is an
-            # orphan to every other host.
-            if lease is None:
-                claim.key.release()
-                claim.slot.release()
 
         def finish() -> tuple[AttemptResult, _Claim | None, bool]:
             with self.store.transaction(self.lock_timeout) as runtime:
@@ -787,32 +865,20 @@ class Engine:
                     permanent=outcome.permanent,
                     reset_at=outcome.reset_at,
                 )
-                applied = self.store.applied()
-                self._enqueue_needs(runtime, applied, now)
+                self._enqueue_needs(runtime, self.store.applied(), now)
                 self.store.append_records(records, now)
-                following = None
-                if claim_next and not self.stop.is_set() and lease is None:
-                    candidate = self._claim_in(runtime, applied)
-                    following = candidate if isinstance(candidate, _Claim) else None
-            return result, following, False
+            return result, None, False
 
         if lease is None:
-            result, following, _ = finish()
-            return result, following
+            return _until_written(finish, stalled, self.say)[0]
         # Across hosts the database may be briefly away (a restart, a failover): the attempt's
         # result is kept in memory and its transaction retried for a lease (at least 10 s).
         # Should another host have recorded the attempt `lost` meanwhile, `finish` sees that
         # and records nothing, so waiting longer never records anything twice.
         try:
-            result, following, abandoned = _retry_while_leased(
-                finish, max(lease.duration, 10.0), self.say
-            )
+            return _retry_while_leased(finish, max(lease.duration, 10.0), self.say)[0]
         finally:
             lease.release()
-        if claim_next and not self.stop.is_set() and not abandoned:
-            candidate = self._claim_shared(None)
-            following = candidate if isinstance(candidate, _Claim) else None
-        return result, following
 
     @staticmethod
     def _abandoned(item: QueueItem, outcome: AttemptOutcome, log_path: str) -> AttemptResult:
@@ -1248,6 +1314,41 @@ def _retry_while_leased(
     raise AssertionError("unreachable")  # reraise=True: the last error propagates
 
 
+def _until_written(
+    step: Callable[[], tuple[AttemptResult, _Claim | None, bool]],
+    stalled: Callable[[str], None],
+    say: Callable[[str], None],
+) -> tuple[AttemptResult, _Claim | None, bool]:
+    """`step()` until it succeeds: a write that fails (a full disk, a read-only remount, the
+    state lock held for long) is tried again with backoff (at most a minute apart) for as long
+    as this supervisor lives. The attempt's outcome is one small value held in memory meanwhile;
+    the first failure is told to the tick (`stalled`), which stops waiting."""
+    delay = 0.5
+    told = False
+    while True:
+        try:
+            return step()
+        except UserError as exc:
+            if not told:
+                told = True
+                stalled(str(exc))
+                say(f"cannot record the attempt yet ({exc}); retrying")
+            time.sleep(delay)
+            delay = min(delay * 2, 60.0)
+
+
+def _identity() -> dict[str, Any]:
+    """This process as (pid, start time in clock ticks since boot, boot id): unlike a pid alone,
+    never the same for two processes, even after a pid is reused or the machine restarts."""
+    from agentjobs.runner import process_identity
+
+    return process_identity(os.getpid())
+
+
+def _result_dict(result: AttemptResult) -> dict[str, Any]:
+    return {f.name: getattr(result, f.name) for f in dataclasses.fields(result)}
+
+
 def _still_ours(current: QueueItem, item: QueueItem) -> bool:
     return (
         current.state == "running"
@@ -1281,12 +1382,6 @@ def _needs_met(runtime: Runtime, name: str, state: JobState) -> bool:
         if state.last_started is not None and other.last_success <= state.last_started:
             return False
     return True
-
-
-def _alive(pid: int) -> bool:
-    from agentjobs.runner import process_alive  # not on the no-op path
-
-    return process_alive(pid)
 
 
 def _order(item: QueueItem) -> tuple[int, str, str]:

@@ -89,6 +89,14 @@ def _torn_tail(fd: int) -> bool:
     return size > 0 and os.pread(fd, 1, size - 1) != b"\n"
 
 
+def after_fork() -> None:
+    """In a forked supervisor: forget the descriptors and the lock of the process it came
+    from (another thread may have held the lock at the fork; the descriptors are closed)."""
+    global _open_lock
+    _open.clear()
+    _open_lock = threading.Lock()
+
+
 def append(records_dir: Path, records: Iterable[Mapping[str, Any]], moment: datetime) -> None:
     """Append whole lines to the day's file in one write, then fdatasync.
 

@@ -22,11 +22,16 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 OUTPUT_TAIL_BYTES = 4096
 _READ = 65536
 _DRAIN_AFTER_EXIT = 0.5  # seconds to keep reading after the main process exits
+# Set in an attempt's supervisor (a child subreaper, supervisor.py): every orphaned descendant
+# of the attempt becomes its child, so "stop the attempt" can mean every descendant, even one
+# that left the process group with setsid().
+SUBREAPER = False
+PROTECTED: set[int] = set()  # this process's helpers that outlive an attempt (the lease fence)
 
 
 class StopFlag(Protocol):
@@ -121,6 +126,7 @@ class Fence:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
+        PROTECTED.discard(self.proc.pid)
 
 
 def start_fence(pgid: int, window: float) -> Fence:
@@ -151,6 +157,7 @@ def start_fence(pgid: int, window: float) -> Fence:
         start_new_session=True,
         close_fds=True,
     )
+    PROTECTED.add(proc.pid)  # not one of the attempt's processes: the supervisor keeps it
     return Fence(proc)
 
 
@@ -278,6 +285,96 @@ def process_alive(pid: int) -> bool:
     return _proc_state(pid) not in (None, b"Z")
 
 
+def descendants(root: int) -> list[int]:
+    """Every live (not zombie) process below `root`, from /proc's parent links."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as handle:
+                fields = handle.read().rsplit(b")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[0] != b"Z":
+            children.setdefault(int(fields[1]), []).append(int(entry))
+    found: list[int] = []
+    todo = [root]
+    while todo:
+        for child in children.get(todo.pop(), ()):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def kill_descendants(grace: float) -> None:
+    """Stop every process left below this one (TERM, `grace`, KILL) and reap what becomes our
+    child. In a subreaper that reaps every descendant: "none left" means none at all. The
+    processes in `PROTECTED` (the lease fence) are left alone."""
+    me = os.getpid()
+    deadline: float | None = None
+    while True:
+        _reap_children()
+        alive = [pid for pid in descendants(me) if pid not in PROTECTED]
+        if not alive:
+            return
+        if deadline is None:
+            deadline = time.monotonic() + grace
+            for pid in alive:
+                with contextlib.suppress(OSError):
+                    os.kill(pid, signal.SIGTERM)
+        elif time.monotonic() >= deadline:
+            for pid in alive:
+                with contextlib.suppress(OSError):
+                    os.kill(pid, signal.SIGKILL)
+        time.sleep(0.01)
+
+
+def _reap_children() -> None:
+    """Reap exited children that are not a helper's (a subreaper inherits zombies)."""
+    if not SUBREAPER:
+        return
+    for pid in descendants_zombies(os.getpid()):
+        if pid not in PROTECTED:
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, os.WNOHANG)
+
+
+def descendants_zombies(parent: int) -> list[int]:
+    """The zombie children of `parent`."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as handle:
+                fields = handle.read().rsplit(b")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[0] == b"Z" and int(fields[1]) == parent:
+            found.append(int(entry))
+    return found
+
+
+def process_identity(pid: int) -> dict[str, Any]:
+    """`pid` as (pid, start time in clock ticks since boot, boot id): never the same for two
+    processes, even after the pid is reused or the machine restarted."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            start = int(handle.read().rsplit(b")", 1)[1].split()[19])
+    except (OSError, IndexError, ValueError):
+        start = None
+    return {"pid": pid, "start": start, "boot_id": boot_id()}
+
+
+def boot_id() -> str | None:
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as handle:
+            return handle.read().strip()
+    except OSError:
+        return None
+
+
 def describe_signal(number: int) -> str:
     try:
         return signal.Signals(number).name
@@ -396,6 +493,8 @@ def run_process(
         # is drained of what is already in it without waiting for escaped writers.
         if _group_alive(pgid):
             kill_group(pgid, kill_grace)
+        if SUBREAPER:  # and whatever left the group (setsid) is stopped with the attempt
+            kill_descendants(kill_grace)
         while pipe_open and select.select([fd], [], [], 0)[0]:
             chunk = os.read(fd, _READ)
             if not chunk:

@@ -10,6 +10,8 @@ grandchild SECONDS    start a grandchild that keeps stdout open, ignores SIGTERM
 fail-until N FILE     exit 1 until this is the N-th call (counted in FILE), then go on
 env NAME              print NAME=value of an environment variable
 append FILE TEXT      append TEXT and a newline to FILE (one write)
+daemonize SECONDS FILE  fork a grandchild that calls setsid(), closes every descriptor it
+                      inherited (the lock keys too), writes its pid to FILE and sleeps SECONDS
 """
 
 from __future__ import annotations
@@ -47,6 +49,20 @@ def main(args: list[str]) -> int:
             child = subprocess.Popen([sys.executable, "-c", code])  # inherits stdout
             print(f"grandchild {child.pid}", flush=True)
             i += 2
+        elif action == "daemonize":
+            seconds, path = float(args[i + 1]), args[i + 2]
+            if os.fork() == 0:
+                os.setsid()
+                if os.fork() == 0:  # the classic double fork: parented by init, or a subreaper
+                    os.closerange(0, 1024)
+                    with open(path, "w") as handle:
+                        handle.write(str(os.getpid()))
+                    time.sleep(seconds)
+                os._exit(0)
+            os.wait()
+            while not os.path.exists(path) or not os.path.getsize(path):
+                time.sleep(0.01)
+            i += 3
         elif action == "fail-until":
             wanted, path = int(args[i + 1]), args[i + 2]
             count = 1

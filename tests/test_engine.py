@@ -505,7 +505,7 @@ def test_sigterm_records_interrupted_and_the_run_resumes_next_tick(
     assert "long: attempt 2 succeeded" in again.stdout
 
 
-def test_kill_9_of_a_tick_is_recovered_as_lost_and_retried(
+def test_kill_9_of_a_tick_and_its_supervisor_is_recovered_as_lost_and_retried(
     jobs_dir: Path, state_dir: Path, tmp_path: Path
 ) -> None:
     marker = tmp_path / "started"
@@ -536,8 +536,11 @@ def test_kill_9_of_a_tick_is_recovered_as_lost_and_retried(
     meanwhile = run_agentjobs("--state-dir", str(state_dir), "tick")
     assert (meanwhile.returncode, meanwhile.stdout, meanwhile.stderr) == (0, "", "")
     assert records(state_dir, "attempt_finished") == []
-    os.killpg(child, signal.SIGKILL)  # now the machine "reboots": the job is gone too
-    wait_for(lambda: _dead(child))
+    # now the machine "reboots": the attempt's supervisor and its job are gone too
+    supervisor = records(state_dir, "attempt_started")[0]["supervisor"]["pid"]
+    os.kill(supervisor, signal.SIGKILL)
+    os.killpg(child, signal.SIGKILL)
+    wait_for(lambda: _dead(child) and _dead(supervisor))
     recovered = run_agentjobs("--state-dir", str(state_dir), "tick")
     assert "victim: run " in recovered.stderr and "attempt 1 was lost" in recovered.stderr
     finished = records(state_dir, "attempt_finished")

@@ -212,6 +212,8 @@ class Store(Protocol):
     - `prune_logs(older_than, keep)`, `archive_records(before_day)`: retention (retention.py
       decides what to keep); `read_json`/`write_json`: small side files (caches, markers).
     - `describe()`: where the state lives, for messages.
+    - `reopened()`: a new store object on the same state, sharing nothing with this one (no
+      lock, descriptor or connection): what a forked attempt supervisor uses.
     - `shared`: whether several hosts share this state (PostgreSQL: leases instead of flocks);
       `local_dir`: this host's own directory (attempt logs, worktrees, the daemon's lock).
     """
@@ -265,6 +267,8 @@ class Store(Protocol):
     def counters(self) -> dict[str, int]: ...
 
     def describe(self) -> str: ...
+
+    def reopened(self) -> Store: ...
 
 
 def open_store(location: str) -> Store:

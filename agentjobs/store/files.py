@@ -240,6 +240,9 @@ class FileStore:
     def describe(self) -> str:
         return str(self.root)
 
+    def reopened(self) -> FileStore:
+        return FileStore(self.root)
+
     @_guarded("read")
     def exists(self) -> bool:
         return (self.root / "format.json").is_file()

@@ -283,6 +283,11 @@ class Lease:
         self._released = False
         self._last_ok = time.monotonic()  # when the last renewal that succeeded was sent
 
+    def moved(self, store: PostgresStore) -> Lease:
+        """The same lease, renewed through `store` (an attempt's supervisor, in its own process,
+        renews and releases the lease its tick claimed)."""
+        return Lease(store, self.token, self.duration)
+
     def start(self, pgid: int) -> None:
         from agentjobs.runner import start_fence
 
@@ -376,6 +381,9 @@ class PostgresStore:
 
     def describe(self) -> str:
         return redact(self.url)
+
+    def reopened(self) -> PostgresStore:
+        return PostgresStore(self.url, self.local_dir)
 
     # -- connections -----------------------------------------------------------------------
 

@@ -1,0 +1,254 @@
+"""The per-attempt supervisor under real faults (issue 10): a tick killed with -9 or stopped with
+SIGSTOP, a supervisor killed with -9, a grandchild that escapes with setsid(), a container that
+comes back under a new host name, a pid that now belongs to someone else."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import run_agentjobs, wait_for, write
+from tests.test_engine import _dead, _spawn, job, records, runtime
+
+
+def _apply(jobs_dir: Path, state_dir: Path) -> None:
+    done = run_agentjobs("--jobs-dir", str(jobs_dir), "--state-dir", str(state_dir), "apply")
+    assert done.returncode == 0, done.stderr
+
+
+def _held_locks(state_dir: Path) -> list[str]:
+    held = []
+    for lock in (state_dir / "locks").glob("*.lock"):
+        fd = os.open(lock, os.O_RDWR)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            held.append(lock.name)
+        finally:
+            os.close(fd)
+    return held
+
+
+def _started(state_dir: Path) -> dict[str, Any]:
+    wait_for(lambda: records(state_dir, "attempt_started"))
+    return records(state_dir, "attempt_started")[0]
+
+
+@pytest.mark.parametrize("verb", ["tick", "daemon"])
+def test_a_killed_tick_leaves_its_attempt_supervised_the_timeout_enforced_and_recorded(
+    jobs_dir: Path, state_dir: Path, verb: str
+) -> None:
+    # the promise: a runner that dies never leaves its agent unsupervised (timeout 3 s, the
+    # job would sleep 60 s), and the attempt's real outcome is recorded, settled, not `lost`
+    write(
+        jobs_dir / "slow.yaml",
+        job(
+            "print",
+            "working",
+            "sleep",
+            "60",
+            schedule={"every": "1d"},
+            timeout="3s",
+            kill_grace="1s",
+            retry={"attempts": 1},
+        ),
+    )
+    _apply(jobs_dir, state_dir)
+    runner = _spawn(state_dir, verb)
+    started = _started(state_dir)
+    os.killpg(runner.pid, signal.SIGKILL)  # the tick (or daemon) and its whole group
+    runner.communicate(timeout=10)
+    wait_for(lambda: records(state_dir, "attempt_finished"), timeout=15)
+    finished = records(state_dir, "attempt_finished")
+    assert [(r["outcome"], r["next"]) for r in finished] == [("timeout", "dead_letter")]
+    assert finished[0]["duration_s"] < 6, finished[0]
+    assert finished[0]["pid"] == started["supervisor"]["pid"] != runner.pid
+    wait_for(lambda: _dead(started["child_pid"]) and _dead(started["supervisor"]["pid"]))
+    assert runtime(state_dir)["queue"] == {}  # settled by the supervisor, no later tick needed
+    wait_for(lambda: _held_locks(state_dir) == [], timeout=5)
+    assert [p.stem for p in (state_dir / "dlq").glob("*.json")] == [started["run_id"]]
+
+
+def test_a_stopped_tick_does_not_stop_its_attempts_limits_and_resumes_cleanly(
+    jobs_dir: Path, state_dir: Path
+) -> None:
+    write(
+        jobs_dir / "slow.yaml",
+        job(
+            "sleep",
+            "60",
+            schedule={"every": "1d"},
+            timeout="2s",
+            kill_grace="1s",
+            retry={"attempts": 1},
+        ),
+    )
+    _apply(jobs_dir, state_dir)
+    tick = _spawn(state_dir, "tick")
+    started = _started(state_dir)
+    os.kill(tick.pid, signal.SIGSTOP)
+    try:
+        wait_for(lambda: records(state_dir, "attempt_finished"), timeout=10)
+        assert records(state_dir, "attempt_finished")[0]["outcome"] == "timeout"
+        wait_for(lambda: _dead(started["child_pid"]))
+        wait_for(lambda: runtime(state_dir)["queue"] == {}, timeout=5)  # record, then state
+        # a frozen tick holds no key: the supervisor's exit frees it
+        wait_for(lambda: _held_locks(state_dir) == [], timeout=5)
+    finally:
+        os.kill(tick.pid, signal.SIGCONT)
+    out, err = tick.communicate(timeout=15)
+    assert tick.returncode == 1, err  # it reports the attempt its supervisor recorded
+    assert "slow: attempt 1 timeout" in out
+    assert len(records(state_dir, "attempt_finished")) == 1  # recorded once
+
+
+def test_work_that_finished_after_its_tick_died_is_recorded_as_it_ended_and_never_rerun(
+    jobs_dir: Path, state_dir: Path, tmp_path: Path
+) -> None:
+    marker = tmp_path / "runs"
+    write(
+        jobs_dir / "fine.yaml",
+        job(
+            "append", str(marker), "ran", "sleep", "1.5", "print", "done", schedule={"every": "1d"}
+        ),
+    )
+    _apply(jobs_dir, state_dir)
+    tick = _spawn(state_dir, "tick")
+    _started(state_dir)
+    os.killpg(tick.pid, signal.SIGKILL)
+    tick.communicate(timeout=10)
+    wait_for(lambda: records(state_dir, "attempt_finished"), timeout=15)
+    later = run_agentjobs("--state-dir", str(state_dir), "tick")
+    assert (later.returncode, later.stdout) == (0, ""), later.stderr
+    finished = records(state_dir, "attempt_finished")
+    assert [(r["outcome"], r["next"]) for r in finished] == [("succeeded", "done")]
+    assert marker.read_text() == "ran\n"  # ran once: nothing retried a success
+    assert runtime(state_dir)["jobs"]["fine"]["last_outcome"] == "succeeded"
+
+
+def test_a_killed_supervisor_is_recovered_as_lost_and_retried(
+    jobs_dir: Path, state_dir: Path
+) -> None:
+    write(
+        jobs_dir / "victim.yaml",
+        job(
+            "sleep",
+            "60",
+            schedule={"every": "1d"},
+            retry={"attempts": 2, "backoff": {"initial": "1h", "max": "1h", "jitter": "0s"}},
+        ),
+    )
+    _apply(jobs_dir, state_dir)
+    tick = _spawn(state_dir, "tick")
+    started = _started(state_dir)
+    os.kill(started["supervisor"]["pid"], signal.SIGKILL)
+    out, err = tick.communicate(timeout=15)
+    assert tick.returncode == 1 and "ended without a result" in err, (out, err)
+    # its job still holds the key (inherited descriptor): nobody runs beside it
+    meanwhile = run_agentjobs("--state-dir", str(state_dir), "tick")
+    assert (meanwhile.returncode, meanwhile.stdout) == (0, ""), meanwhile.stderr
+    os.killpg(started["child_pid"], signal.SIGKILL)
+    wait_for(lambda: _dead(started["child_pid"]))
+    recovered = run_agentjobs("--state-dir", str(state_dir), "tick")
+    assert "attempt 1 was lost" in recovered.stderr, recovered.stderr
+    finished = records(state_dir, "attempt_finished")
+    assert [(r["outcome"], r["next"]) for r in finished] == [("lost", "retry")]
+    item = next(iter(runtime(state_dir)["queue"].values()))
+    assert (item["state"], item["attempt"]) == ("queued", 2)
+
+
+def test_a_grandchild_that_escapes_with_setsid_keeps_the_key_and_dies_with_its_attempt(
+    jobs_dir: Path, state_dir: Path, tmp_path: Path
+) -> None:
+    # two jobs in one checkout (one lock key); the first leaves a daemon that calls setsid()
+    # and closes every descriptor it inherited, the lock key's among them
+    pidfile = tmp_path / "daemon.pid"
+    probe = f"kill -0 $(cat {pidfile}) 2>/dev/null && echo OVERLAP || echo alone"
+    write(
+        jobs_dir / "a.yaml",
+        job(
+            "daemonize", "30", str(pidfile), "print", "a done",
+            schedule={"every": "1d"}, lock="repo", priority="high",
+        ),
+    )  # fmt: skip
+    write(
+        jobs_dir / "b.yaml",
+        json.dumps({"command": probe, "shell": True, "schedule": {"every": "1d"}, "lock": "repo"}),
+    )
+    _apply(jobs_dir, state_dir)
+    done = run_agentjobs("--state-dir", str(state_dir), "tick", "--max-concurrent", "2")
+    assert done.returncode == 0, done.stderr
+    daemon = int(pidfile.read_text())
+    assert _dead(daemon)  # stopped with the attempt that started it
+    finished = {r["job"]: r for r in records(state_dir, "attempt_finished")}
+    assert finished["b"]["output_tail"] == "alone\n"
+    assert finished["a"]["finished_at"] <= finished["b"]["started_at"]
+
+
+def _orphan(state_dir: Path, wrap: list[str]) -> dict[str, Any]:
+    """Start a tick inside `wrap` (a namespace), wait for its attempt, then end everything in it
+    at once (a container that goes away)."""
+    env = {k: v for k, v in os.environ.items() if k != "AGENTJOBS_HOST"}
+    outer = subprocess.Popen(
+        [*wrap, sys.executable, "-m", "agentjobs", "--state-dir", str(state_dir), "tick"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+        env=env,
+    )
+    started = _started(state_dir)
+    return {"started": started, "outer": outer}
+
+
+def _kill_everything(started: dict[str, Any], outer: subprocess.Popen[str]) -> None:
+    os.killpg(outer.pid, signal.SIGKILL)
+    outer.communicate(timeout=10)
+
+
+def test_an_attempt_of_a_container_that_came_back_under_a_new_host_name_is_recovered(
+    jobs_dir: Path, state_dir: Path
+) -> None:
+    write(jobs_dir / "work.yaml", job("sleep", "60", schedule={"every": "1d"}))
+    _apply(jobs_dir, state_dir)
+    got = _orphan(state_dir, ["unshare", "--uts", "--pid", "--fork", "--mount-proc", "sh", "-c",
+                              'hostname old-container && exec "$@"', "sh"])  # fmt: skip
+    assert got["started"]["host"] == "old-container"
+    _kill_everything(got["started"], got["outer"])  # the namespace's init dies: all of it
+    wait_for(lambda: _held_locks(state_dir) == [])
+    env = {k: v for k, v in os.environ.items() if k != "AGENTJOBS_HOST"}
+    recovered = subprocess.run(
+        [sys.executable, "-m", "agentjobs", "--state-dir", str(state_dir), "tick"],
+        capture_output=True, text=True, timeout=60, env=env,
+    )  # fmt: skip
+    assert "attempt 1 was lost" in recovered.stderr, recovered.stderr
+    finished = records(state_dir, "attempt_finished")
+    assert (finished[0]["outcome"], finished[0]["host"]) == ("lost", os.uname().nodename)
+
+
+def test_an_attempt_whose_tick_pid_now_belongs_to_another_process_is_recovered(
+    jobs_dir: Path, state_dir: Path
+) -> None:
+    # in a new pid namespace the tick is pid 1 (or 2): outside, that pid is init, alive for as
+    # long as the machine runs
+    write(jobs_dir / "work.yaml", job("sleep", "60", schedule={"every": "1d"}))
+    _apply(jobs_dir, state_dir)
+    got = _orphan(state_dir, ["unshare", "--pid", "--fork", "--mount-proc"])
+    queued = next(iter(runtime(state_dir)["queue"].values()))
+    assert queued["pid"] in (1, 2) and os.path.exists(f"/proc/{queued['pid']}")
+    _kill_everything(got["started"], got["outer"])
+    wait_for(lambda: _held_locks(state_dir) == [])
+    began = time.monotonic()
+    recovered = run_agentjobs("--state-dir", str(state_dir), "tick")
+    assert "attempt 1 was lost" in recovered.stderr, recovered.stderr
+    assert time.monotonic() - began < 30
+    assert records(state_dir, "attempt_finished")[0]["outcome"] == "lost"
