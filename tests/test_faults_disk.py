@@ -23,7 +23,7 @@ import pytest
 from agentjobs import records
 from agentjobs.errors import StateWriteError, UserError
 from agentjobs.store.files import atomic_write
-from tests.conftest import REPO, run_agentjobs, write
+from tests.conftest import REPO, run_agentjobs, wait_for, write
 
 FAKE = str(Path(__file__).with_name("fake_agent.py"))
 T0 = "2026-11-23T12:00:00Z"
@@ -110,7 +110,7 @@ def test_an_append_after_a_torn_last_line_leaves_every_other_line_readable(tmp_p
     path = records.day_file(folder, DAY)
     with open(path, "ab") as handle:  # a crash in the middle of an append
         handle.write(b'{"event":"attempt_finished","run_id":"X","out')
-    records._open.clear()  # a new process: nothing of the day file open yet
+    records._forget()  # as in a new process: nothing of the day file open yet
     records.append(folder, [{"event": "b", "n": 2}], DAY)
     lines = path.read_bytes().split(b"\n")
     good = [json.loads(line) for line in lines if line and not line.endswith(b'"out')]
@@ -204,25 +204,44 @@ def test_a_full_disk_is_one_line_exit_2_and_loses_nothing(tmp_path: Path, tmpfs:
     assert temp_files(state) == []
 
 
-def test_a_disk_that_fills_while_a_job_runs_is_one_line_exit_2(tmp_path: Path, tmpfs: Any) -> None:
+def test_a_disk_that_fills_while_jobs_run_is_one_line_exit_2_and_keeps_the_real_outcomes(
+    tmp_path: Path, tmpfs: Any
+) -> None:
     jobs = tmp_path / "jobs.d"
     state = tmpfs(tmp_path / "state", "512k")
     filler = state / "filler"
-    fill_cmd = f"import os; f=open({str(filler)!r},'wb')\ntry:\n while True: f.write(b'x'*4096); f.flush()\nexcept OSError: pass"
-    doc = {"command": [sys.executable, "-c", fill_cmd], "schedule": {"every": "1h"}}
+    fill = (
+        f"f = open({str(filler)!r}, 'wb')\n"
+        "try:\n    while True: f.write(b'x' * 4096); f.flush()\n"
+        "except OSError: pass\n"  # silent: see below
+    )
+    # Not yet held: a job that prints while the disk is full (a second job printing a lot,
+    # or this one printing after its write failed) makes the supervisor's log writer fail
+    # with ENOSPC and end without a result, so the attempt is recorded `lost` (issue 10 item 3,
+    # the runner and the supervisor).
+    doc = {"command": [sys.executable, "-c", fill], "schedule": {"every": "1h"}}
     write(jobs / "filler.yaml", json.dumps(doc))
     assert aj(state, "apply", "--now", T0, jobs=jobs).returncode == 0
     result = aj(state, "tick", "--now", T0, jobs=jobs)
     one_line_error(result, str(state), "free space")
     assert temp_files(state) == []
     filler.unlink()
-    for line in record_lines(state):
-        json.loads(line)
-    result = aj(state, "tick", "--now", "2026-11-23T12:01:00Z", jobs=jobs)
-    assert result.returncode in (0, 1), result.stderr
+
+    def settled() -> bool:
+        started = {
+            (r["run_id"], r["attempt"]) for r in parsed(state) if r["event"] == "attempt_started"
+        }
+        done = {
+            (r["run_id"], r["attempt"]) for r in parsed(state) if r["event"] == "attempt_finished"
+        }
+        return bool(started) and started == done
+
+    wait_for(settled, timeout=30)  # the attempts' own finish records land once space is back
+    assert aj(state, "tick", "--now", "2026-11-23T12:01:00Z", jobs=jobs).returncode == 0
     finished = [r for r in parsed(state) if r["event"] == "attempt_finished"]
-    started = [r for r in parsed(state) if r["event"] == "attempt_started"]
-    assert len(finished) == len({(r["run_id"], r["attempt"]) for r in started}) >= 1
+    assert len(finished) == len({(r["run_id"], r["attempt"]) for r in finished})  # one each
+    assert "lost" not in {r["outcome"] for r in finished}
+    assert temp_files(state) == []
 
 
 # -- read-only file system, another user -------------------------------------------------
