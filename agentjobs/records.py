@@ -59,21 +59,20 @@ _open: dict[str, tuple[int, int]] = {}  # path -> (descriptor, inode)
 _open_lock = threading.Lock()
 
 
-def _descriptor(path: Path) -> tuple[int, bool]:
-    """The open descriptor of the day file, and whether it was opened just now (then its tail
-    has not been checked by this process yet)."""
+def _descriptor(path: Path) -> int:
+    """The open descriptor of the day file (read and append: the tail is checked)."""
     key = str(path)
     cached = _open.get(key)
     if cached is not None:
         try:
             if os.stat(path).st_ino == cached[1]:
-                return cached[0], False
+                return cached[0]
         except FileNotFoundError:
             pass  # removed (retention, a person): open it anew
     _forget()  # one day's file at a time
     fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
     _open[key] = (fd, os.fstat(fd).st_ino)
-    return fd, True
+    return fd
 
 
 def _forget() -> None:
@@ -100,9 +99,10 @@ def after_fork() -> None:
 def append(records_dir: Path, records: Iterable[Mapping[str, Any]], moment: datetime) -> None:
     """Append whole lines to the day's file in one write, then fdatasync.
 
-    Never after a torn tail (issue 10, item 1): the first append of this process to a day file
-    (and the first after a failed one) checks that the file ends with a newline and otherwise
-    starts its write with one, so the fragment stays a line of its own that readers skip.
+    Never after a torn tail (issue 10, item 1): each append checks that the file ends with a
+    newline (one fstat and a one-byte pread; another process may have died mid-append since
+    our last one) and otherwise starts its write with one, so the fragment stays a line of
+    its own that readers skip.
     (Ending the fragment is safe against a concurrent appender; cutting it off is not: it
     could be the first part of another process's write in progress.) A short write (a full
     disk) is cut back to where it began, so it leaves no fragment, and raises
@@ -116,8 +116,8 @@ def append(records_dir: Path, records: Iterable[Mapping[str, Any]], moment: date
         try:
             if str(path) not in _open:
                 records_dir.mkdir(parents=True, exist_ok=True)
-            fd, fresh = _descriptor(path)
-            if fresh and _torn_tail(fd):
+            fd = _descriptor(path)
+            if _torn_tail(fd):
                 data = b"\n" + data
             try:
                 written = os.write(fd, data)
