@@ -62,7 +62,9 @@ def check(store: Store, now: datetime) -> list[dict[str, Any]]:
     alerts = config.get("alerts") or {}
     if not alerts:
         return []
-    before = store.read_json(STATE) or {}
+    before = store.read_json(STATE)
+    if not isinstance(before, dict):  # missing, or damaged: a side file is rebuilt
+        before = {}
     current = measure(store, alerts, now)
     events = [
         {

@@ -20,7 +20,13 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from agentjobs import __version__
-from agentjobs.errors import InvalidJobError, Problem, UserError
+from agentjobs.errors import (
+    ENVIRONMENT_ERRNOS,
+    InvalidJobError,
+    Problem,
+    UserError,
+    environment_error,
+)
 
 if TYPE_CHECKING:
     from agentjobs.engine import AttemptResult, Engine
@@ -1334,6 +1340,44 @@ def db_migrate(ctx: Context) -> None:
         click.echo(f"{store.describe()} is up to date (schema version {len(MIGRATIONS)})")
 
 
+@cli.command()
+@click.option("--force", is_flag=True, help="Rebuild runtime.json even if it looks sound.")
+@click.option(
+    "--lock-timeout",
+    type=float,
+    envvar="AGENTJOBS_LOCK_TIMEOUT",
+    default=30.0,
+    show_default=True,
+    help="Seconds to wait for a running tick or apply.",
+)
+@click.option("--now", "now_text", default=None, hidden=True)
+@pass_ctx
+def repair(ctx: Context, force: bool, lock_timeout: float, now_text: str | None) -> None:
+    """Rebuild a missing or damaged runtime.json from the applied jobs and the run records."""
+    from agentjobs.repair import repair as rebuild_runtime
+
+    result = rebuild_runtime(ctx.store(), _now(now_text), force=force, lock_timeout=lock_timeout)
+    if ctx.json:
+        _emit_json(result.as_dict())
+        return
+    retries = len(result.retries)
+    click.echo(
+        f"rebuilt {result.path}: {len(result.jobs)} job{'s' * (len(result.jobs) != 1)}, "
+        f"{retries} pending retr{'ies' if retries != 1 else 'y'}, "
+        f"{len(result.recovering)} attempt{'s' * (len(result.recovering) != 1)} to recover"
+    )
+    for item in result.retries:
+        click.echo(f"  {item.job}: run {item.run_id} attempt {item.attempt} at {item.not_before}")
+    for item in result.recovering:
+        click.echo(
+            f"  {item.job}: run {item.run_id} attempt {item.attempt} started and never "
+            "finished: the next tick recovers it"
+        )
+    if result.kept:
+        click.echo(f"the old file is kept as {result.kept}")
+    click.echo("pauses are not in the run records: pause jobs again if needed", err=True)
+
+
 @cli.group()
 def state() -> None:
     """Move a deployment: export the state as JSONL, import it elsewhere."""
@@ -1441,17 +1485,29 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         return EXIT_OK
+    except OSError as exc:
+        if exc.errno not in ENVIRONMENT_ERRNOS or not exc.filename:
+            return _bug(args, exc)
+        # a failure of the environment outside the store (a lock file, a log, --textfile):
+        # the user's to fix, named by its path, not a bug (STYLE.md rule 5)
+        click.echo(f"agentjobs: error: {environment_error(exc.filename, exc)}", err=True)
+        return EXIT_INVALID
     except Exception as exc:
-        state_dir = _state_location(None)
-        for i, arg in enumerate(args):
-            if arg == "--state-dir" and i + 1 < len(args):
-                state_dir = args[i + 1]
-            elif arg.startswith("--state-dir="):
-                state_dir = arg.split("=", 1)[1]
-        report = _crash_report(state_dir)
-        click.echo(
-            f"agentjobs: internal error (a bug, please report it): {exc!r}; details in {report}",
-            err=True,
-        )
-        return EXIT_BUG
+        return _bug(args, exc)
     return EXIT_OK
+
+
+def _bug(args: Sequence[str], exc: BaseException) -> int:
+    """An unexpected exception: a crash report and exit 70 (called inside `except`)."""
+    state_dir = _state_location(None)
+    for i, arg in enumerate(args):
+        if arg == "--state-dir" and i + 1 < len(args):
+            state_dir = args[i + 1]
+        elif arg.startswith("--state-dir="):
+            state_dir = arg.split("=", 1)[1]
+    report = _crash_report(state_dir)
+    click.echo(
+        f"agentjobs: internal error (a bug, please report it): {exc!r}; details in {report}",
+        err=True,
+    )
+    return EXIT_BUG

@@ -6,7 +6,9 @@ in one file; the validator collects all of them before failing (rule 6).
 
 from __future__ import annotations
 
+import errno
 from dataclasses import dataclass
+from pathlib import Path
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,3 +51,56 @@ class InvalidJobError(UserError):
         first = problems[0].render() if problems else "invalid job files"
         more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
         super().__init__(first + more)
+
+
+# The errors of the environment a user must fix (STYLE.md rule 5): a full or read-only disk,
+# permissions, a failing device. Any other OSError is unexpected (a bug).
+ENVIRONMENT_ERRNOS = frozenset(
+    {errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS, errno.EACCES, errno.EPERM}
+)
+
+_ADVICE = {
+    errno.ENOSPC: "free space on that file system and run the command again",
+    errno.EDQUOT: "free space (or raise the disk quota) and run the command again",
+    errno.EIO: "the device reported an I/O error: check it (dmesg) and run the command again",
+    errno.EROFS: "the file system is read-only: remount it read-write or use another --state-dir",
+    errno.EACCES: "run agentjobs as the user that owns the state directory, or fix its permissions",
+    errno.EPERM: "run agentjobs as the user that owns the state directory, or fix its permissions",
+}
+
+
+class StateWriteError(UserError, OSError):
+    """A state file could not be written (or read) because of its environment: one line naming
+    the path and what to do, exit 2. Also an `OSError` with the original errno, so code that
+    tolerates a failed optional write (a cache) keeps tolerating it."""
+
+    def __init__(self, path: Path | str, cause: OSError, verb: str = "write") -> None:
+        strerror = cause.strerror or str(cause)
+        advice = _ADVICE.get(cause.errno or 0, "fix the problem and run the command again")
+        message = f"cannot {verb} {path}: {strerror}; {advice}"
+        OSError.__init__(self, cause.errno, message)
+        self.path = str(path)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class StateReadError(StateWriteError):
+    """A state file could not be read (permission denied, an I/O error)."""
+
+    def __init__(self, path: Path | str, cause: OSError) -> None:
+        super().__init__(path, cause, "read")
+
+
+class StateDamagedError(UserError):
+    """A state file exists but is not what agentjobs wrote (damaged, wrong shape, missing)."""
+
+
+def environment_error(path: Path | str, exc: OSError, verb: str = "write") -> OSError:
+    """`exc` as a `StateWriteError` (or `StateReadError`) naming `path` when it is an error of
+    the environment; otherwise `exc` itself (a bug stays a bug)."""
+    if isinstance(exc, StateWriteError) or exc.errno not in ENVIRONMENT_ERRNOS:
+        return exc
+    where = exc.filename if isinstance(exc.filename, str) and exc.filename else path
+    return StateReadError(where, exc) if verb == "read" else StateWriteError(where, exc)

@@ -8,6 +8,7 @@ documented in `schema/run-record.schema.json`.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import secrets
@@ -18,6 +19,8 @@ from collections.abc import Iterable, Iterator, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+from agentjobs.errors import environment_error
 
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 EVENTS = (
@@ -57,6 +60,7 @@ _open_lock = threading.Lock()
 
 
 def _descriptor(path: Path) -> int:
+    """The open descriptor of the day file (read and append: the tail is checked)."""
     key = str(path)
     cached = _open.get(key)
     if cached is not None:
@@ -65,12 +69,23 @@ def _descriptor(path: Path) -> int:
                 return cached[0]
         except FileNotFoundError:
             pass  # removed (retention, a person): open it anew
-    for fd, _ in _open.values():  # one day's file at a time
-        os.close(fd)
-    _open.clear()
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    _forget()  # one day's file at a time
+    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
     _open[key] = (fd, os.fstat(fd).st_ino)
     return fd
+
+
+def _forget() -> None:
+    for fd, _ in _open.values():
+        os.close(fd)
+    _open.clear()
+
+
+def _torn_tail(fd: int) -> bool:
+    """Whether the file does not end with a newline: a crash (or a full disk another process
+    did not clean up) left a torn last line that the next record must not be glued onto."""
+    size = os.fstat(fd).st_size
+    return size > 0 and os.pread(fd, 1, size - 1) != b"\n"
 
 
 def after_fork() -> None:
@@ -82,19 +97,48 @@ def after_fork() -> None:
 
 
 def append(records_dir: Path, records: Iterable[Mapping[str, Any]], moment: datetime) -> None:
-    """Append whole lines to the day's file in one write, then fdatasync."""
+    """Append whole lines to the day's file in one write, then fdatasync.
+
+    Never after a torn tail (issue 10, item 1): each append checks that the file ends with a
+    newline (one fstat and a one-byte pread; another process may have died mid-append since
+    our last one) and otherwise starts its write with one, so the fragment stays a line of
+    its own that readers skip.
+    (Ending the fragment is safe against a concurrent appender; cutting it off is not: it
+    could be the first part of another process's write in progress.) A short write (a full
+    disk) is cut back to where it began, so it leaves no fragment, and raises
+    `StateWriteError`, as does any write failure of the environment (ENOSPC, EIO, EROFS...).
+    """
     data = b"".join(encode(r) for r in records)
     if not data:
         return
     path = day_file(records_dir, moment)
     with _open_lock:
-        if str(path) not in _open:
-            records_dir.mkdir(parents=True, exist_ok=True)
-        fd = _descriptor(path)
-        written = os.write(fd, data)
-        if written != len(data):  # a short write on a regular file means the disk is full
-            raise OSError(f"short write to {path}: {written} of {len(data)} bytes")
-        os.fdatasync(fd)  # data and file size (metadata such as mtime may lag: harmless)
+        try:
+            if str(path) not in _open:
+                records_dir.mkdir(parents=True, exist_ok=True)
+            fd = _descriptor(path)
+            if _torn_tail(fd):
+                data = b"\n" + data
+            try:
+                written = os.write(fd, data)
+            except OSError:
+                _forget()  # check the tail again next time
+                raise
+            if written != len(data):  # a short write on a regular file: the disk is full
+                _cut_back(fd, written)
+                _forget()
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+            os.fdatasync(fd)  # data and file size (metadata such as mtime may lag: harmless)
+        except OSError as exc:
+            raise environment_error(path, exc) from None
+
+
+def _cut_back(fd: int, written: int) -> None:
+    """Remove the `written` bytes of a short write from the end of the file, unless another
+    process has appended since (then the end is not ours to cut)."""
+    end = os.lseek(fd, 0, os.SEEK_CUR)  # O_APPEND: our write ended here
+    if os.fstat(fd).st_size == end:
+        os.ftruncate(fd, end - written)
 
 
 def read_file(path: Path, warn: bool = True) -> Iterator[dict[str, Any]]:
@@ -103,6 +147,8 @@ def read_file(path: Path, warn: bool = True) -> Iterator[dict[str, Any]]:
         data = path.read_bytes()
     except FileNotFoundError:
         return
+    except OSError as exc:
+        raise environment_error(path, exc, "read") from None
     for number, line in enumerate(data.split(b"\n"), start=1):
         if not line.strip():
             continue
@@ -120,9 +166,12 @@ def read_file(path: Path, warn: bool = True) -> Iterator[dict[str, Any]]:
 
 
 def day_files(records_dir: Path) -> list[Path]:
-    if not records_dir.is_dir():
-        return []
-    return sorted(p for p in records_dir.iterdir() if p.suffix == ".jsonl")
+    try:
+        if not records_dir.is_dir():
+            return []
+        return sorted(p for p in records_dir.iterdir() if p.suffix == ".jsonl")
+    except OSError as exc:
+        raise environment_error(records_dir, exc, "read") from None
 
 
 def read_all(

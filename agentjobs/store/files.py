@@ -19,25 +19,35 @@ Every write is temp file + fsync + os.replace + fsync of the directory (DESIGN.m
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import errno
 import fcntl
+import functools
 import json
 import os
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from agentjobs import records as records_mod
-from agentjobs.errors import UserError
+from agentjobs.errors import (
+    ENVIRONMENT_ERRNOS,
+    StateDamagedError,
+    StateWriteError,
+    UserError,
+    environment_error,
+)
 from agentjobs.store import (
     STATE_FORMAT,
     AppliedChange,
     AppliedJob,
+    AttemptSummary,
     JobState,
     OutboxEvent,
     QueueItem,
@@ -49,27 +59,154 @@ MIGRATIONS: dict[int, Callable[[Path], None]] = {}
 
 
 def atomic_write(path: Path, data: bytes) -> None:
-    """Replace `path` with `data` so readers see the old or the new file, never a mix."""
+    """Replace `path` with `data` so readers see the old or the new file, never a mix.
+
+    Any failure leaves no temp file behind; a failure of the environment (a full or read-only
+    disk, permissions, an I/O error) raises `StateWriteError` naming `path`."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-        os.fdatasync(fd)  # the data and its size; the rename below is made durable by the
-        # directory fsync
-    finally:
-        os.close(fd)
-    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fdatasync(fd)  # the data and its size; the rename below is made durable by
+            # the directory fsync
+        finally:
+            os.close(fd)
         os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
+    except BaseException as exc:
+        with contextlib.suppress(OSError):  # never created (a read-only directory...)
+            tmp.unlink(missing_ok=True)
+        if isinstance(exc, OSError) and exc.errno in ENVIRONMENT_ERRNOS:
+            raise StateWriteError(path, exc) from None
         raise
-    dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
     try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+        dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except OSError as exc:
+        raise environment_error(path, exc) from None
+
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def _guarded(
+    verb: str,
+) -> Callable[[Callable[Concatenate[FileStore, _P], _R]], Callable[Concatenate[FileStore, _P], _R]]:
+    """A method whose failures of the environment (EACCES, EROFS, ENOSPC, EIO...) become one
+    `StateWriteError`/`StateReadError` naming the path (STYLE.md rule 5), not a crash."""
+
+    def wrap(
+        method: Callable[Concatenate[FileStore, _P], _R],
+    ) -> Callable[Concatenate[FileStore, _P], _R]:
+        def guarded(self: FileStore, /, *args: _P.args, **kwargs: _P.kwargs) -> _R:
+            try:
+                return method(self, *args, **kwargs)
+            except StateWriteError:
+                raise
+            except OSError as exc:
+                if exc.errno not in ENVIRONMENT_ERRNOS:
+                    raise
+                raise environment_error(self.root, exc, verb) from None
+
+        functools.update_wrapper(guarded, method)
+        return guarded
+
+    return wrap
+
+
+_NONE = type(None)
+# The JSON types of each stored field, by its annotation (the dataclasses in store/__init__.py)
+_JSON_TYPES: dict[str, tuple[type, ...]] = {
+    "str": (str,),
+    "str | None": (str, _NONE),
+    "int": (int,),
+    "int | None": (int, _NONE),
+    "bool": (bool,),
+    "dict[str, Any] | None": (dict, _NONE),
+    "tuple[str, ...]": (list,),
+    "tuple[AttemptSummary, ...]": (list,),
+}
+
+
+_Shape = tuple[dict[str, tuple[type, ...]], tuple[str, ...]]  # field types, required fields
+
+
+def _fields(cls: type) -> _Shape:
+    fields = dataclasses.fields(cls)
+    types = {f.name: _JSON_TYPES.get(str(f.type), (object,)) for f in fields}
+    required = tuple(
+        f.name
+        for f in fields
+        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    )
+    return types, required
+
+
+_SHAPES: dict[type, _Shape] = {cls: _fields(cls) for cls in (JobState, QueueItem, AttemptSummary)}
+
+
+def _shape(cls: type, value: Any, where: str, strict: bool) -> str | None:
+    """What is wrong with `value` as the JSON of a `cls`, or None. `strict`: unknown keys too.
+    (On the tick's path: one pass over the keys present.)"""
+    if not isinstance(value, dict):
+        return f"{where} is a {type(value).__name__}, not an object"
+    types, required = _SHAPES[cls]
+    for name, field_value in value.items():
+        allowed = types.get(name)
+        if allowed is None:
+            if strict:
+                return f"{where} has an unknown key {name!r}"
+        elif not isinstance(field_value, allowed):
+            return f"{where}.{name} is a {type(field_value).__name__}"
+    for name in required:
+        if name not in value:
+            return f"{where} has no {name!r}"
+    return None
+
+
+def _runtime_problem(data: Any) -> str | None:
+    """What makes `data` not the JSON of a runtime (runtime.json), or None."""
+    if not isinstance(data, dict):
+        return f"it is a {type(data).__name__}, not an object"
+    for section in ("jobs", "queue"):
+        if section not in data:
+            return f"it has no {section!r}"
+        if not isinstance(data[section], dict):
+            return f"{section} is a {type(data[section]).__name__}, not an object"
+    for name, state in data["jobs"].items():
+        problem = _shape(JobState, state, f"jobs.{name}", strict=False)
+        if problem is not None:
+            return problem
+    for key, item in data["queue"].items():
+        where = f"queue.{key}"
+        problem = _shape(QueueItem, item, where, strict=True)
+        if problem is not None:
+            return problem
+        if item.get("state", "queued") not in ("queued", "running"):
+            return f"{where}.state is {item['state']!r}"
+        for number, summary in enumerate(item.get("history", ())):
+            problem = _shape(AttemptSummary, summary, f"{where}.history[{number}]", strict=True)
+            if problem is not None:
+                return problem
+    if not isinstance(data.get("applied_version", ""), str):
+        return "applied_version is not a string"
+    holds = data.get("holds", {})
+    if not isinstance(holds, dict) or not all(isinstance(v, str) for v in holds.values()):
+        return "holds is not an object of times"
+    return None
+
+
+def _repair_hint(path: Path) -> str:
+    return (
+        f"run `agentjobs --state-dir {path.parent} repair` to rebuild it from the run records "
+        "(or restore it from a backup)"
+    )
 
 
 def _dump(value: Any) -> bytes:
@@ -109,11 +246,13 @@ class FileStore:
     def reopened(self) -> FileStore:
         return FileStore(self.root)
 
+    @_guarded("read")
     def exists(self) -> bool:
         return (self.root / "format.json").is_file()
 
     # -- format ----------------------------------------------------------------------------
 
+    @_guarded("read")
     def _check_format(self) -> None:
         if self._checked:
             return
@@ -139,6 +278,7 @@ class FileStore:
             atomic_write(self.root / "format.json", _dump({"format": version}))
         self._checked = True
 
+    @_guarded("write")
     def _ensure(self) -> None:
         if not self.root.exists():
             try:
@@ -146,6 +286,8 @@ class FileStore:
             except FileExistsError:
                 pass
             except OSError as exc:
+                if exc.errno in ENVIRONMENT_ERRNOS:
+                    raise environment_error(self.root, exc) from None
                 raise UserError(
                     f"cannot create state directory {self.root}: {exc.strerror}"
                 ) from None
@@ -167,9 +309,11 @@ class FileStore:
         with self._mutex:
             self._ensure()
             if self._lock_fd is None:
-                self._lock_fd = os.open(
-                    self.root / "state.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600
-                )
+                path = self.root / "state.lock"
+                try:
+                    self._lock_fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+                except OSError as exc:
+                    raise environment_error(path, exc) from None
             fd = self._lock_fd
             deadline = time.monotonic() + timeout
             delay = 0.0005
@@ -189,7 +333,10 @@ class FileStore:
                     time.sleep(delay)
                     delay = min(delay * 2, 0.02)
             try:
-                os.pwrite(fd, f"{os.getpid():>12}\n".encode(), 0)  # fixed width: no truncate
+                try:
+                    os.pwrite(fd, f"{os.getpid():>12}\n".encode(), 0)  # fixed width
+                except OSError as exc:
+                    raise environment_error(self.root / "state.lock", exc) from None
                 yield
             finally:
                 fcntl.flock(fd, fcntl.LOCK_UN)
@@ -205,10 +352,27 @@ class FileStore:
             return {}
         try:
             data: dict[str, Any] = json.loads(raw)
-            data["jobs"].items()
-        except (ValueError, KeyError, TypeError, AttributeError) as exc:
-            raise UserError(f"{path} is damaged ({exc}); restore it from a backup") from None
+        except ValueError as exc:
+            raise StateDamagedError(f"{path} is damaged ({exc}); {self._advice(path)}") from None
+        if name == "runtime.json":
+            problem = _runtime_problem(data)
+        elif not isinstance(data, dict):
+            problem = f"it is a {type(data).__name__}, not an object"
+        elif not isinstance(data.get("jobs", {}), dict):
+            problem = "jobs is not an object"
+        elif not isinstance(data.get("config", {}), dict):
+            problem = "config is not an object"
+        else:
+            problem = None
+        if problem is not None:
+            raise StateDamagedError(f"{path} is damaged ({problem}); {self._advice(path)}")
         return data
+
+    @staticmethod
+    def _advice(path: Path) -> str:
+        if path.name == "runtime.json":
+            return _repair_hint(path)
+        return "restore it from a backup"
 
     def _read_jobs(self, name: str) -> dict[str, Any]:
         jobs: dict[str, Any] = self._read(name).get("jobs", {})
@@ -233,29 +397,51 @@ class FileStore:
             self._applied_cache = (signature, data)
         return data
 
+    @_guarded("read")
     def applied(self) -> dict[str, AppliedJob]:
         data = self._applied_file()
         cached = self._applied_jobs
         if cached is None or cached[0] is not data:
-            jobs = {n: AppliedJob.from_dict(n, d) for n, d in data.get("jobs", {}).items()}
+            try:
+                jobs = {n: AppliedJob.from_dict(n, d) for n, d in data.get("jobs", {}).items()}
+                for job in jobs.values():
+                    if not isinstance(job.spec, dict):
+                        raise TypeError(f"the spec of {job.name!r} is not an object")
+            except (KeyError, TypeError, AttributeError) as exc:
+                path = self.root / "applied.json"
+                raise StateDamagedError(
+                    f"{path} is damaged (a job {exc}); restore it from a backup, or apply the "
+                    "job files again in a new state directory"
+                ) from None
             cached = self._applied_jobs = (data, jobs)
         return dict(cached[1])
 
+    @_guarded("read")
     def config(self) -> dict[str, Any]:
         config: dict[str, Any] = self._applied_file().get("config", {})
         return config
 
+    @_guarded("read")
     def applied_version(self) -> str:
         signature = self._signature(self.root / "applied.json")
         return "" if signature is None else "-".join(map(str, signature))
 
+    @_guarded("read")
     def runtime(self) -> Runtime:
+        """The job states and the queue. A missing runtime.json after an apply, or one of the
+        wrong shape, is refused (`StateDamagedError`): starting over from nothing would drop
+        pending retries and run every job again at once (issue 10, item 9)."""
         path = self.root / "runtime.json"
         signature = self._signature(path)
         cached = self._runtime_cache
         if signature is not None and cached is not None and cached[0] == signature:
             current = cached[1]
         else:
+            if signature is None and (self.root / "applied.json").exists():
+                raise StateDamagedError(
+                    f"{path} is missing, but jobs were applied to this state directory; "
+                    f"{_repair_hint(path)}"
+                )
             data = self._read("runtime.json")
             current = Runtime(
                 jobs={n: JobState.from_dict(d) for n, d in data.get("jobs", {}).items()},
@@ -269,6 +455,37 @@ class FileStore:
         return Runtime(
             dict(current.jobs), dict(current.queue), current.applied_version, dict(current.holds)
         )
+
+    def runtime_problem(self) -> str | None:
+        """Why runtime.json cannot be used (missing after an apply, damaged), or None."""
+        self._runtime_cache = None
+        try:
+            self.runtime()
+        except StateDamagedError as exc:
+            return str(exc)
+        return None
+
+    @_guarded("write")
+    def replace_runtime(self, runtime: Runtime, now: datetime) -> Path | None:
+        """Write `runtime` as runtime.json (for `repair`; hold the state lock). The file it
+        replaces, if any, is kept as `runtime.json.damaged-<time>`; returns that path."""
+        path = self.root / "runtime.json"
+        target = path.with_name(f"runtime.json.damaged-{now:%Y%m%dT%H%M%SZ}")
+        if target.exists():
+            target = target.with_name(f"{target.name}-{os.getpid()}")
+        kept: Path | None = target
+        try:
+            os.link(path, target)  # the old bytes under a second name: no copy
+        except FileNotFoundError:
+            kept = None
+        except OSError as exc:
+            if exc.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.EMLINK):
+                raise
+            atomic_write(target, path.read_bytes())  # a file system without hard links
+        self._json.clear()
+        atomic_write(path, self._runtime_bytes(runtime))
+        self._runtime_cache = None
+        return kept
 
     # -- writes ----------------------------------------------------------------------------
 
@@ -323,8 +540,15 @@ class FileStore:
                     )
                     self._runtime_cache = (signature, kept)
 
+    @_guarded("write")
     def write_applied(self, change: AppliedChange) -> None:
         self._ensure()
+        runtime_path = self.root / "runtime.json"
+        if not runtime_path.exists():
+            # Before the first applied.json: a runtime.json exists whenever applied.json does
+            # (a missing one means damage). The transaction around this call writes the real
+            # one; a crash in between leaves an empty one, which the next tick reconciles.
+            atomic_write(runtime_path, self._runtime_bytes(Runtime()))
         applied_file = self._read("applied.json")
         applied = applied_file.get("jobs", {})
         config = applied_file.get("config", {}) if change.config is None else dict(change.config)
@@ -348,8 +572,17 @@ class FileStore:
         return records_mod.read_all(self.root / "records", since, newest_first)
 
     def log_path(self, run_id: str, attempt: int) -> Path:
-        return records_mod.log_path(self.root / "logs", run_id, attempt)
+        """Where the attempt's log goes; the logs directory is created here, so a full or
+        read-only disk is one `StateWriteError` before the attempt starts."""
+        folder = self.root / "logs"
+        try:
+            if not folder.is_dir() and self.root.is_dir():
+                folder.mkdir(mode=0o700, exist_ok=True)
+        except OSError as exc:
+            raise environment_error(folder, exc) from None
+        return records_mod.log_path(folder, run_id, attempt)
 
+    @_guarded("write")
     def count(self, name: str, by: int = 1) -> None:
         """Add to a counter in counters.json (under the state lock: read, add, replace)."""
         with self.lock(30.0):
@@ -357,45 +590,81 @@ class FileStore:
             values[name] = values.get(name, 0) + by
             atomic_write(self.root / "counters.json", _dump(values))
 
+    @_guarded("read")
     def counters(self) -> dict[str, int]:
+        path = self.root / "counters.json"
         try:
-            loaded: dict[str, int] = json.loads((self.root / "counters.json").read_bytes())
+            loaded: dict[str, int] = json.loads(path.read_bytes())
         except (FileNotFoundError, ValueError):
             return {}
+        if not isinstance(loaded, dict) or not all(isinstance(v, int) for v in loaded.values()):
+            raise StateDamagedError(
+                f"{path} is damaged (not an object of counts); delete it to count from zero "
+                "again, or restore it from a backup"
+            )
         return loaded
 
+    @_guarded("write")
     def put_dead_letter(self, entry: Mapping[str, Any]) -> None:
         self._ensure()
         folder = self.root / "dlq"
         folder.mkdir(mode=0o700, exist_ok=True)
         atomic_write(folder / f"{entry['id']}.json", _dump(dict(entry)))
 
+    @_guarded("read")
     def dead_letters(self) -> list[dict[str, Any]]:
+        """Every dead letter; one that cannot be read or is damaged is skipped with a warning
+        naming it, so the others still list (issue 10, item 10)."""
         folder = self.root / "dlq"
         if not folder.is_dir():
             return []
         out = []
         for path in sorted(folder.glob("*.json")):
             try:
-                out.append(json.loads(path.read_bytes()))
-            except ValueError:
-                raise UserError(f"{path} is damaged; restore it from a backup") from None
+                out.append(self._load_dead_letter(path))
+            except FileNotFoundError:
+                continue  # replaced or removed meanwhile
+            except (StateDamagedError, StateWriteError) as exc:
+                print(f"agentjobs: warning: skipped a dead letter: {exc}", file=sys.stderr)
         return out
 
+    @_guarded("read")
     def dead_letter(self, entry_id: str) -> dict[str, Any] | None:
         if not entry_id or "/" in entry_id or entry_id.startswith("."):
             return None
-        path = self.root / "dlq" / f"{entry_id}.json"
         try:
-            loaded: dict[str, Any] = json.loads(path.read_bytes())
+            return self._load_dead_letter(self.root / "dlq" / f"{entry_id}.json")
         except FileNotFoundError:
             return None
-        except ValueError:
-            raise UserError(f"{path} is damaged; restore it from a backup") from None
-        return loaded
+
+    @staticmethod
+    def _load_dead_letter(path: Path) -> dict[str, Any]:
+        try:
+            loaded: Any = json.loads(path.read_bytes())
+        except ValueError as exc:
+            raise StateDamagedError(
+                f"{path} is damaged ({exc or 'empty'}); restore it from a backup"
+            ) from None
+        except FileNotFoundError:
+            raise
+        except OSError as exc:
+            raise environment_error(path, exc, "read") from None
+        required = {"id": str, "job": str, "run_id": str, "status": str, "attempts": list}
+        problem = None
+        if not isinstance(loaded, dict):
+            problem = f"it is a {type(loaded).__name__}, not an object"
+        else:
+            for key, kind in required.items():
+                if not isinstance(loaded.get(key), kind):
+                    problem = f"{key!r} is missing or not a {kind.__name__}"
+                    break
+        if problem is not None:
+            raise StateDamagedError(f"{path} is damaged ({problem}); restore it from a backup")
+        return dict(loaded)
 
     # -- the notification outbox -----------------------------------------------------------
 
+    @_guarded("write")
     def outbox_put(self, events: Iterable[OutboxEvent]) -> None:
         folder = self.root / "outbox"
         for event in events:
@@ -436,11 +705,13 @@ class FileStore:
             return None
         return OutboxEvent.from_dict(json.loads(raw))
 
+    @_guarded("write")
     def outbox_done(self, event_id: str) -> None:
         if not event_id.isalnum():
             raise ValueError(f"not an outbox event id: {event_id!r}")
         (self.root / "outbox" / f"{event_id}.json").unlink(missing_ok=True)
 
+    @_guarded("write")
     def outbox_retry(self, event_id: str, next_at: str, error: str) -> None:
         event = self._outbox_event(event_id)
         if event is not None:
@@ -449,6 +720,7 @@ class FileStore:
             )
             atomic_write(self.root / "outbox" / f"{event_id}.json", _dump(changed.to_dict()))
 
+    @_guarded("write")
     def outbox_dead(self, event_id: str, error: str) -> None:
         event = self._outbox_event(event_id)
         if event is None:
@@ -471,9 +743,11 @@ class FileStore:
 
     # -- side files and record days (metrics cache, notifier counters) ---------------------
 
+    @_guarded("write")
     def prune_logs(self, older_than: float, keep: set[str]) -> int:
         return records_mod.prune_logs(self.root / "logs", older_than, keep)
 
+    @_guarded("write")
     def archive_records(self, before_day: str) -> int:
         """Move record files of days before `before_day` (YYYY-MM-DD) into
         records/archive/DAY.jsonl.gz (written atomically before the original goes)."""
@@ -490,6 +764,7 @@ class FileStore:
             moved += 1
         return moved
 
+    @_guarded("read")
     def read_json(self, name: str) -> Any:
         """The JSON side file `name` in the state directory; None when it is missing or damaged
         (side files are caches and counters: a damaged one is rebuilt, not an error)."""
@@ -500,12 +775,14 @@ class FileStore:
         except (FileNotFoundError, NotADirectoryError, ValueError):
             return None
 
+    @_guarded("write")
     def write_json(self, name: str, value: Any) -> None:
         """Replace the side file `name` atomically (the state directory must exist)."""
         if not name or "/" in name or name.startswith("."):
             raise ValueError(f"not a side file name: {name!r}")
         atomic_write(self.root / name, _dump(value))
 
+    @_guarded("read")
     def record_days(self) -> dict[str, tuple[int, int]]:
         """Each UTC day that has a record file -> (size, mtime_ns) of that file."""
         days = {}
