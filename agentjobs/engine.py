@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar, cast
 
 from agentjobs import locks
@@ -29,6 +30,7 @@ if TYPE_CHECKING:
     from agentjobs.attempt import AttemptOutcome
     from agentjobs.notify import Notifier
     from agentjobs.store.postgres import Lease, PostgresStore
+    from agentjobs.supervisor import ForkServer
 
 _T = TypeVar("_T")
 DEFAULT_LOCK_TIMEOUT = 30.0
@@ -110,6 +112,7 @@ class Engine:
     _messages: list[str] = field(default_factory=list)
     _failures: list[UserError] = field(default_factory=list)
     _guard: threading.Lock = field(default_factory=threading.Lock)
+    _server: ForkServer | None = None  # where this engine's supervisors are forked from
 
     # -- small helpers -------------------------------------------------------------------------
 
@@ -243,7 +246,10 @@ class Engine:
             shared.see_host(self.host, self.labels)
         if shared is None or self._must_prepare(shared, runtime):
             recovered, enqueued, skipped = self._prepare()
-        attempts = self._run_queue()
+        try:
+            attempts = self._run_queue()
+        finally:
+            self._close_fork_server()
         from agentjobs import alerts, retention
 
         now = self.clock.now()
@@ -708,9 +714,19 @@ class Engine:
                 return False
             return True
 
+        lease = cast("Lease", claim.key) if self.store.shared else None
+        request = {
+            "item": item.to_dict(),
+            "job": claim.applied.name,
+            "applied": claim.applied.to_dict(),
+            "key": None if lease else str(cast(locks.HeldLock, claim.key).path),
+            "slot": None if lease else str(cast(locks.HeldLock, claim.slot).path),
+            "lease": {"token": lease.token, "duration": lease.duration} if lease else None,
+        }
         try:
             raw = supervisor.supervise(
-                lambda channel: self._supervised(claim, channel),
+                self._fork_server(),
+                request,
                 keep_fds=tuple(fd for fd in (claim.key.fd, claim.slot.fd) if fd is not None),
                 after_fork=let_go,
                 settle=settle,
@@ -776,7 +792,20 @@ class Engine:
                 following = candidate if isinstance(candidate, _Claim) else None
         return result, following
 
-    def _supervised(self, claim: _Claim, channel: Any) -> dict[str, Any]:
+    def _fork_server(self) -> ForkServer:
+        with self._guard:
+            if self._server is None:
+                from agentjobs.supervisor import ForkServer
+
+                self._server = ForkServer(self._supervised)
+            return self._server
+
+    def _close_fork_server(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            self._server = None
+
+    def _supervised(self, request: dict[str, Any], fds: list[int], channel: Any) -> dict[str, Any]:
         """The supervisor's part (in its own process): run the attempt, stop what is left of
         it, append its records, then have it settled: by the tick, or by itself when the tick
         is gone or frozen. Writes are retried until they land (a full disk), so the attempt's
@@ -785,9 +814,17 @@ class Engine:
 
         assert isinstance(channel, Channel)
         store = self.store.reopened()  # nothing the tick's other threads may have locked
+        item = QueueItem.from_dict(request["item"])
+        applied = AppliedJob.from_dict(request["job"], request["applied"])
         lease: Lease | None = None
-        if store.shared:
-            lease = cast("Lease", claim.key).moved(cast("PostgresStore", store))
+        if request["lease"]:
+            from agentjobs.store.postgres import Lease
+
+            lease = Lease(cast("PostgresStore", store), **request["lease"])
+            claim = _Claim(item, applied, lease, lease)
+        else:
+            key = locks.HeldLock(Path(request["key"]), fds[0])
+            claim = _Claim(item, applied, key, locks.HeldLock(Path(request["slot"]), fds[1]))
         engine = dataclasses.replace(
             self,
             store=store,
@@ -798,6 +835,7 @@ class Engine:
             _messages=[],
             _failures=[],
             _guard=threading.Lock(),
+            _server=None,
         )
         try:
             return _result_dict(engine._attempt(claim, lease, channel))
@@ -1248,7 +1286,10 @@ class Engine:
         while True:
             claim = self._claim(only=item.id)
             if isinstance(claim, _Claim):
-                result = self._execute(claim)[0]
+                try:
+                    result = self._execute(claim)[0]
+                finally:
+                    self._close_fork_server()
                 self._deliver()  # the attempt's events, written to the outbox by its supervisor
                 return item, result
             if claim is None:
