@@ -27,6 +27,7 @@ from agentjobs.store import AppliedJob, AttemptSummary, JobState, QueueItem, Run
 
 if TYPE_CHECKING:
     from agentjobs.attempt import AttemptOutcome
+    from agentjobs.schedule import SlotPlan
     from agentjobs.notify import Notifier
     from agentjobs.store.postgres import Lease, PostgresStore
 
@@ -413,9 +414,9 @@ class Engine:
             )
             if plan.warning:
                 self._tell(f"{name}: {plan.warning}")
-            for slot, reason in plan.skip:
-                records.append(self._skip_record(name, job, slot, reason, now))
-                skipped += 1
+            if plan.skipped is not None:  # one record however many slots (issue 10, item 7)
+                records.append(self._skip_record(name, job, plan.skipped.last, "", now, plan))
+                skipped += plan.skipped.count
             # Overlap is judged against runs in flight before this tick: the slots of one
             # catch-up batch (catchup: all) all queue up.
             before = {i.id for i in runtime.items_of(name)}
@@ -454,8 +455,23 @@ class Engine:
         return enqueued, skipped
 
     def _skip_record(
-        self, name: str, job: AppliedJob, slot: datetime, reason: str, now: datetime
+        self,
+        name: str,
+        job: AppliedJob,
+        slot: datetime,
+        reason: str,
+        now: datetime,
+        plan: SlotPlan | None = None,
     ) -> dict[str, Any]:
+        """A `slot_skipped` record: of one slot, or (with `plan`) the summary of its skipped
+        slots, `count` of them from `first` to `last` (`slot` is the last)."""
+        fields: dict[str, Any] = {"count": 1, "first": iso(slot), "last": iso(slot)}
+        if plan is not None and plan.skipped is not None:
+            summary = plan.skipped
+            reason = summary.reason
+            fields = {"count": summary.count, "first": iso(summary.first), "last": iso(slot)}
+            if not summary.exact:
+                fields["count_exact"] = False
         stub = QueueItem(
             id=f"{name}@{iso(slot)}",
             run_id=new_ulid(),
@@ -468,7 +484,9 @@ class Engine:
             slot=iso(slot),
             attempt=0,
         )
-        return self._record("slot_skipped", stub, job, reason=reason, outcome="skipped")
+        return self._record(
+            "slot_skipped", stub, job, reason=reason, outcome="skipped", **fields
+        )
 
     def _enqueue_slot(
         self,

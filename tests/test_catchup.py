@@ -98,7 +98,8 @@ def test_a_200_day_gap_runs_exactly_one_slot_quickly_and_next_is_in_the_future(
     now = at(timedelta(days=200, seconds=20))
     started = time.monotonic()
     assert aj("tick", "--now", now).code == 0
-    assert time.monotonic() - started < 2
+    if policy != "all":  # `all` starts 100 real job processes
+        assert time.monotonic() - started < 2
     done = [r for r in records(state_dir, "attempt_finished") if r["time"] > T0]
     expected = 100 if policy == "all" else 1  # all: the newest CATCHUP_CAP slots
     assert len([r for r in done if r["job"] == "m"]) == expected
