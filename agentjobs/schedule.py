@@ -237,6 +237,34 @@ def next_slot(
     return None
 
 
+_DAY = 86400.0
+
+
+def max_gap(job: str, schedule: Schedule) -> float | None:
+    """Seconds a plausible next-due time can lie ahead of now: an `every` interval plus the
+    job's jitter; for cron, a bound read off the expression's coarsest restricted field (a
+    minute list: an hour; an hour list: a day; weekdays: a week; days of the month: two
+    months; months: eight years, for 29 February), plus jitter and two hours for DST. None for
+    `at`, whose one slot is where it is. Cheap: no croniter."""
+    jitter = jitter_offset(job, schedule.jitter)
+    if schedule.every is not None:
+        return schedule.every + jitter
+    if schedule.cron is None:
+        return None
+    minute, hour, dom, month, dow = (expand_macro(schedule.cron).split() + ["*"] * 5)[:5]
+    if month != "*":
+        bound = 8 * 366 * _DAY
+    elif dom != "*":
+        bound = 62 * _DAY
+    elif dow != "*":
+        bound = 7 * _DAY
+    elif hour != "*":
+        bound = _DAY
+    else:
+        return (3600.0 if minute != "*" else 60.0) + jitter
+    return bound + 2 * 3600 + jitter
+
+
 def fire_time(job: str, schedule: Schedule, slot: datetime) -> datetime:
     """When a slot actually starts: the slot plus the job's deterministic jitter."""
     return slot + timedelta(seconds=jitter_offset(job, schedule.jitter))

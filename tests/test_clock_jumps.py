@@ -91,7 +91,7 @@ def test_a_tick_two_days_ahead_does_not_silence_cron_every_or_a_retry(
     # the clock is right again: the next tick brings every time back within its schedule
     done = faked(None, state_dir, jobs_dir, "tick")
     assert done.returncode in (0, 1), done.stderr
-    assert "Traceback" not in done.stderr
+    assert "the clock is behind times stored in the state" in done.stderr
     state = runtime(state_dir)
     assert ahead(state["jobs"]["minutely"]["next_due"]) <= 61
     assert ahead(state["jobs"]["hourly"]["next_due"]) <= 3601
@@ -99,10 +99,11 @@ def test_a_tick_two_days_ahead_does_not_silence_cron_every_or_a_retry(
     retries = [i for i in state["queue"].values() if i["trigger"] == "retry"]
     assert len(retries) == 1 and ahead(retries[0]["not_before"]) <= 301
     # and they run on time: five minutes later, not two days later
-    before = len(finished(state_dir))
+    before = {(r["run_id"], r["attempt"]) for r in finished(state_dir)}
     done = faked("+5m", state_dir, jobs_dir, "tick")
     assert done.returncode == 0, done.stderr
-    ran = {(r["job"], r["outcome"]) for r in finished(state_dir)[before:]}
+    new = [r for r in finished(state_dir) if (r["run_id"], r["attempt"]) not in before]
+    ran = {(r["job"], r["outcome"]) for r in new}
     assert ran >= {("minutely", "succeeded"), ("often", "succeeded"), ("flaky", "succeeded")}
 
 
@@ -123,7 +124,8 @@ def test_a_three_hour_backward_jump_does_not_silence_an_every_job(
         left = (datetime.fromisoformat(state["jobs"][name]["next_due"]) - back).total_seconds()
         assert left <= interval, (name, state["jobs"][name])
     # three minutes on (still three hours behind the old time) both run
-    before = len(finished(state_dir))
+    before = {(r["run_id"], r["attempt"]) for r in finished(state_dir)}
     done = faked("-177m", state_dir, jobs_dir, "tick")
     assert done.returncode == 0, done.stderr
-    assert sorted(r["job"] for r in finished(state_dir)[before:]) == ["minutely", "often"]
+    new = [r for r in finished(state_dir) if (r["run_id"], r["attempt"]) not in before]
+    assert sorted(r["job"] for r in new) == ["minutely", "often"]
