@@ -1373,10 +1373,10 @@ def _horizon(now: str, seconds: float, cache: dict[float, str]) -> str:
 
 
 def _implausible_due(state: JobState, now: str, horizons: dict[float, str]) -> bool:
-    """A next-due time (or the slot marker) further ahead than the schedule allows from now."""
+    """A next-due time further ahead than the schedule allows from now: some slot between now
+    and it would be silenced. (A slot marker ahead of now alone silences nothing: the slots up
+    to it ran, in what was then the present.)"""
     assert state.next_due is not None
-    if state.last_slot is not None and state.last_slot > now:
-        return True
     gap = state.next_due_max_gap
     return gap is not None and state.next_due > now and state.next_due > _horizon(now, gap, horizons)
 

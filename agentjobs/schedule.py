@@ -242,27 +242,32 @@ _DAY = 86400.0
 
 def max_gap(job: str, schedule: Schedule) -> float | None:
     """Seconds a plausible next-due time can lie ahead of now: an `every` interval plus the
-    job's jitter; for cron, a bound read off the expression's coarsest restricted field (a
-    minute list: an hour; an hour list: a day; weekdays: a week; days of the month: two
-    months; months: eight years, for 29 February), plus jitter and two hours for DST. None for
-    `at`, whose one slot is where it is. Cheap: no croniter."""
+    job's jitter; for cron, the longest interval between two slots (exact for expressions that
+    restrict only minutes and hours, two hours more when the hour is fixed, for DST), else a
+    bound read off the coarsest restricted field (weekdays: a week; days of the month: two
+    months; months: eight years, for 29 February), plus jitter. None for `at`, whose one slot
+    is where it is. Computed at apply; the no-op tick only compares against it."""
     jitter = jitter_offset(job, schedule.jitter)
     if schedule.every is not None:
         return schedule.every + jitter
     if schedule.cron is None:
         return None
-    minute, hour, dom, month, dow = (expand_macro(schedule.cron).split() + ["*"] * 5)[:5]
-    if month != "*":
-        bound = 8 * 366 * _DAY
-    elif dom != "*":
-        bound = 62 * _DAY
-    elif dow != "*":
-        bound = 7 * _DAY
-    elif hour != "*":
-        bound = _DAY
-    else:
-        return (3600.0 if minute != "*" else 60.0) + jitter
-    return bound + 2 * 3600 + jitter
+    from croniter import croniter
+
+    fields = croniter(expand_macro(schedule.cron)).expanded
+    minutes, hours, dom, month, dow = (list(f) for f in fields[:5])
+    if month != ["*"]:
+        return 8 * 366 * _DAY + jitter
+    if dom != ["*"]:
+        return 62 * _DAY + jitter
+    if dow != ["*"]:
+        return 7 * _DAY + 2 * 3600 + jitter
+    every_hour = hours == ["*"]
+    hours = list(range(24)) if every_hour else hours
+    minutes = list(range(60)) if minutes == ["*"] else minutes
+    times = sorted({int(h) * 60 + int(m) for h in hours for m in minutes})
+    gaps = [b - a for a, b in zip(times, [*times[1:], times[0] + 1440], strict=True)]
+    return max(gaps) * 60.0 + (0.0 if every_hour else 2 * 3600) + jitter
 
 
 def fire_time(job: str, schedule: Schedule, slot: datetime) -> datetime:
