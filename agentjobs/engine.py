@@ -27,8 +27,8 @@ from agentjobs.store import AppliedJob, AttemptSummary, JobState, QueueItem, Run
 
 if TYPE_CHECKING:
     from agentjobs.attempt import AttemptOutcome
-    from agentjobs.schedule import SlotPlan
     from agentjobs.notify import Notifier
+    from agentjobs.schedule import SlotPlan
     from agentjobs.store.postgres import Lease, PostgresStore
 
 DEFAULT_LOCK_TIMEOUT = 30.0
@@ -413,7 +413,8 @@ class Engine:
             longest = 0.0  # a scheduled, manual or replayed run was due when it was queued
             if item.trigger == "retry":
                 longest = _longest_wait(item, applied.get(item.job))
-            if origin <= stamp and item.not_before <= iso(now + timedelta(seconds=longest)):
+            latest = iso(now + timedelta(seconds=longest)) or stamp
+            if origin <= stamp and item.not_before <= latest:
                 continue
             meant = max(0.0, (parse(item.not_before) - parse(origin)).total_seconds())
             wait = min(meant, longest) if origin > stamp else longest
@@ -547,9 +548,7 @@ class Engine:
             slot=iso(slot),
             attempt=0,
         )
-        return self._record(
-            "slot_skipped", stub, job, reason=reason, outcome="skipped", **fields
-        )
+        return self._record("slot_skipped", stub, job, reason=reason, outcome="skipped", **fields)
 
     def _enqueue_slot(
         self,
@@ -1378,7 +1377,9 @@ def _implausible_due(state: JobState, now: str, horizons: dict[float, str]) -> b
     to it ran, in what was then the present.)"""
     assert state.next_due is not None
     gap = state.next_due_max_gap
-    return gap is not None and state.next_due > now and state.next_due > _horizon(now, gap, horizons)
+    return (
+        gap is not None and state.next_due > now and state.next_due > _horizon(now, gap, horizons)
+    )
 
 
 def _recompute_due(name: str, state: JobState, job: AppliedJob, now: datetime) -> JobState:

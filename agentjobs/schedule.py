@@ -147,7 +147,7 @@ def next_fire(expr: str, tz_name: str, after: datetime) -> datetime:
 
     tz = zone(tz_name)
     local = after.astimezone(tz).replace(tzinfo=None)
-    naive = croniter(expand_macro(expr), local).get_next(datetime)
+    naive: datetime = croniter(expand_macro(expr), local).get_next(datetime)
     moment = naive.replace(tzinfo=tz).astimezone(UTC)
     if moment > after and _quiet(tz, after, moment):
         return moment
@@ -161,7 +161,7 @@ def prev_fire(expr: str, tz_name: str, at: datetime) -> datetime | None:
 
     tz = zone(tz_name)
     local = at.astimezone(tz).replace(tzinfo=None, microsecond=0) + timedelta(seconds=1)
-    naive = croniter(expand_macro(expr), local).get_prev(datetime)
+    naive: datetime = croniter(expand_macro(expr), local).get_prev(datetime)
     moment = naive.replace(tzinfo=tz).astimezone(UTC)
     if moment <= at and _quiet(tz, moment, at):
         return moment
@@ -331,9 +331,7 @@ def _before(schedule: Schedule, slot: datetime) -> datetime | None:
     return prev_fire(schedule.cron, schedule.timezone, slot - timedelta(seconds=1))
 
 
-def _plan_cron(
-    job: str, schedule: Schedule, last_slot: datetime | None, now: datetime
-) -> SlotPlan:
+def _plan_cron(job: str, schedule: Schedule, last_slot: datetime | None, now: datetime) -> SlotPlan:
     assert schedule.cron is not None
     expr, tz = schedule.cron, schedule.timezone
     jitter = timedelta(seconds=jitter_offset(job, schedule.jitter))
