@@ -23,7 +23,7 @@ from tests.conftest import REPO, write
 
 FAKE = str(Path(__file__).with_name("fake_agent.py"))
 
-pytestmark = pytest.mark.skipif(
+needs_faketime = pytest.mark.skipif(
     shutil.which("faketime") is None, reason="needs libfaketime (Debian package faketime)"
 )
 
@@ -61,6 +61,7 @@ def ahead(stamp: str) -> float:
     return (datetime.fromisoformat(stamp) - datetime.now(UTC)).total_seconds()
 
 
+@needs_faketime
 def test_a_tick_two_days_ahead_does_not_silence_cron_every_or_a_retry(
     jobs_dir: Path, state_dir: Path, tmp_path: Path
 ) -> None:
@@ -107,6 +108,7 @@ def test_a_tick_two_days_ahead_does_not_silence_cron_every_or_a_retry(
     assert ran >= {("minutely", "succeeded"), ("often", "succeeded"), ("flaky", "succeeded")}
 
 
+@needs_faketime
 def test_a_three_hour_backward_jump_does_not_silence_an_every_job(
     jobs_dir: Path, state_dir: Path
 ) -> None:
@@ -129,3 +131,69 @@ def test_a_three_hour_backward_jump_does_not_silence_an_every_job(
     assert done.returncode == 0, done.stderr
     new = [r for r in finished(state_dir) if (r["run_id"], r["attempt"]) not in before]
     assert sorted(r["job"] for r in new) == ["minutely", "often"]
+
+
+def test_usage_limit_holds_and_their_retries_come_back_with_the_clock(
+    jobs_dir: Path, state_dir: Path
+) -> None:
+    """A rate-limited retry and its hold, set while the clock was two days ahead, wait what
+    they were meant to wait from now (5 hours), not two days more; a hold with nothing to say
+    how it was set is cut to the longest an agent's usage limit lasts (MAX_HOLD_S)."""
+    from agentjobs.clock import Clock, iso
+    from agentjobs.engine import MAX_HOLD_S, Engine
+    from agentjobs.store import AttemptSummary, QueueItem
+    from agentjobs.store.files import FileStore
+
+    write(jobs_dir / "agent.yaml", job("print", "x", schedule={"cron": "0 3 * * *"}))
+    assert faked(None, state_dir, jobs_dir, "apply").returncode == 0
+    now = datetime.now(UTC).replace(microsecond=0)
+    then = now + timedelta(days=2)  # when the clock was wrong
+    store = FileStore(state_dir)
+    with store.transaction(10) as state:
+        finished_at = iso(then) or ""
+        reset = iso(then + timedelta(hours=5)) or ""
+        state.holds["claude"] = reset
+        state.holds["other"] = iso(now + timedelta(days=30)) or ""
+        state.queue["agent@x"] = QueueItem(
+            id="agent@x",
+            run_id="01M8S24RTJFZAGTTKEF1RQBH4A",
+            job="agent",
+            trigger="retry",
+            priority="normal",
+            lock_key="agent",
+            queued_at=finished_at,
+            not_before=reset,
+            attempt=2,
+            history=(AttemptSummary(1, "rate_limited", finished_at, finished_at),),
+        )
+    Engine(store, clock=Clock(start=now)).tick()
+    state = store.runtime()
+    left = (datetime.fromisoformat(state.holds["claude"]) - now).total_seconds()
+    assert 5 * 3600 <= left <= 5 * 3600 + 60
+    assert state.queue["agent@x"].not_before == state.holds["claude"]
+    left = (datetime.fromisoformat(state.holds["other"]) - now).total_seconds()
+    assert MAX_HOLD_S <= left <= MAX_HOLD_S + 60
+
+
+def test_a_state_written_before_the_bound_existed_is_still_checked(
+    jobs_dir: Path, state_dir: Path
+) -> None:
+    """runtime.json without `next_due_max_gap` loads; the first tick that prepares fills it in
+    and brings a next-due time two days ahead back."""
+    from agentjobs.clock import Clock
+    from agentjobs.engine import Engine
+    from agentjobs.store.files import FileStore
+
+    write(jobs_dir / "often.yaml", job("print", "e", schedule={"every": "2m"}))
+    write(jobs_dir / "now.yaml", job("print", "n", schedule={"every": "1h"}))
+    assert faked(None, state_dir, jobs_dir, "apply").returncode == 0
+    data = runtime(state_dir)
+    ahead_2d = (datetime.now(UTC) + timedelta(days=2)).isoformat(timespec="seconds")
+    for name in data["jobs"]:
+        del data["jobs"][name]["next_due_max_gap"]
+    data["jobs"]["often"]["next_due"] = ahead_2d
+    (state_dir / "runtime.json").write_text(json.dumps(data))
+    Engine(FileStore(state_dir), clock=Clock()).tick()  # `now` is due: the tick prepares
+    state = runtime(state_dir)["jobs"]
+    assert state["often"]["next_due_max_gap"] == 120
+    assert ahead(state["often"]["next_due"]) <= 121
