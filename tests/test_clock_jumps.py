@@ -197,3 +197,25 @@ def test_a_state_written_before_the_bound_existed_is_still_checked(
     state = runtime(state_dir)["jobs"]
     assert state["often"]["next_due_max_gap"] == 120
     assert ahead(state["often"]["next_due"]) <= 121
+
+
+def test_the_no_op_tick_checks_the_clock_without_schedule_machinery(
+    jobs_dir: Path, state_dir: Path
+) -> None:
+    """STYLE.md rule 14: with every stored time plausible, a tick imports neither croniter nor
+    agentjobs.schedule (the check compares strings against the stored bound)."""
+    write(jobs_dir / "yearly.yaml", job("print", "y", schedule={"cron": "0 3 1 1 *"}))
+    write(jobs_dir / "daily.yaml", job("print", "d", schedule={"every": "1d"}))
+    write(jobs_dir / "sixhourly.yaml", job("print", "m", schedule={"cron": "15 */6 * * *"}))
+    assert faked(None, state_dir, jobs_dir, "apply").returncode == 0
+    assert faked(None, state_dir, jobs_dir, "tick").returncode == 0  # daily runs
+    code = (
+        "import sys; from agentjobs.cli import main; "
+        f"code = main(['--state-dir', {str(state_dir)!r}, 'tick']); "
+        "print(sorted(m for m in sys.modules if m in ('croniter', 'agentjobs.schedule')), code)"
+    )
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=False
+    )
+    assert done.stdout.strip() == "[] 0", done.stderr
