@@ -129,3 +129,11 @@ def test_skip_runs_nothing_when_the_newest_slot_is_late(
     assert (skip["reason"], skip["count"]) == ("missed", 72)
     assert (skip["first"], skip["last"]) == (at(timedelta(hours=1)), at(timedelta(days=3)))
     assert next_due(state_dir, "h") == at(timedelta(days=3, hours=1))
+
+
+def test_history_shows_what_a_skip_record_stands_for(aj, jobs_dir: Path, state_dir: Path) -> None:
+    write(jobs_dir / "m.yaml", job(schedule={"cron": "* * * * *"}))
+    assert aj("apply", "--now", T0).code == 0
+    assert aj("tick", "--now", at(timedelta(days=30, seconds=10))).code == 0
+    shown = aj("history").out
+    assert "coalesced: about 43199 slots, 2026-11-23T12:01:00+00:00 to " in shown
