@@ -216,7 +216,7 @@ class Engine:
         """Whether a tick must do anything at all: compares stored strings only."""
         if runtime.applied_version != self.store.applied_version():
             return True
-        return bool(runtime.queue) or _any_due(runtime, now)
+        return bool(runtime.queue) or _any_due(runtime, now, check_clock=not self.store.shared)
 
     def _must_prepare(self, shared: PostgresStore, runtime: Runtime) -> bool:
         """Across hosts, whether this tick needs the exclusive whole-state transaction (due
@@ -225,7 +225,8 @@ class Engine:
         now = self._now()
         if runtime.applied_version != shared.applied_version():
             return True
-        if any(until <= now for until in runtime.holds.values()) or _any_due(runtime, now):
+        held = any(until <= now for until in runtime.holds.values())
+        if held or _any_due(runtime, now, check_clock=False):
             return True
         running = [i for i in runtime.queue.values() if i.state == "running"]
         return bool(running) and shared.unleased_running() > 0
@@ -388,7 +389,13 @@ class Engine:
         jitter) away. Queued runs: a retry waits at most its policy's max backoff (MAX_HOLD_S
         for a usage limit) from now, and no longer than it was meant to wait if it was set in
         what is now the future; any other queued run may start now. Holds: the retry that set
-        it decides, else MAX_HOLD_S. Cheap when nothing is off: compares strings."""
+        it decides, else MAX_HOLD_S. Cheap when nothing is off: compares strings.
+
+        Not on a store shared by hosts: there a time ahead of this host's clock is as likely
+        another host's clock running ahead (skew), and bringing it back would run its slots
+        again; the hosts whose clocks are right keep the schedules going."""
+        if self.store.shared:
+            return
         stamp = iso(now) or ""
         fixed = {"next-run times": 0, "queued runs": 0, "usage-limit holds": 0}
         for name, state in list(runtime.jobs.items()):
@@ -1338,12 +1345,13 @@ def _still_ours(current: QueueItem, item: QueueItem) -> bool:
     )
 
 
-def _any_due(runtime: Runtime, now: str) -> bool:
-    """Whether a job not paused is due: its slot has come, or its `needs` are met anew; or a
-    stored time is further ahead than its schedule allows (the clock went back)."""
+def _any_due(runtime: Runtime, now: str, check_clock: bool = True) -> bool:
+    """Whether a job not paused is due: its slot has come, or its `needs` are met anew; or
+    (`check_clock`) a stored time is further ahead than its schedule allows (the clock went
+    back: `Engine._check_clock`)."""
     horizons: dict[float, str] = {}
     for name, state in runtime.jobs.items():
-        if state.next_due is not None and _implausible_due(state, now, horizons):
+        if check_clock and state.next_due is not None and _implausible_due(state, now, horizons):
             return True
         if state.paused:
             continue
@@ -1351,11 +1359,13 @@ def _any_due(runtime: Runtime, now: str) -> bool:
             return True
         if state.needs and _needs_met(runtime, name, state):
             return True
+    if not check_clock:
+        return False
     if runtime.holds:
         horizon = _horizon(now, MAX_HOLD_S, horizons)
         if any(until > horizon for until in runtime.holds.values()):
             return True
-    for item in runtime.queue.values():  # across hosts a queue alone is not work
+    for item in runtime.queue.values():
         if item.state == "queued" and item.not_before > now:
             origin = item.history[-1].finished_at if item.history else item.queued_at
             if origin > now or item.not_before > _horizon(now, MAX_HOLD_S, horizons):
