@@ -1351,13 +1351,16 @@ def _any_due(runtime: Runtime, now: str, check_clock: bool = True) -> bool:
     back: `Engine._check_clock`)."""
     horizons: dict[float, str] = {}
     for name, state in runtime.jobs.items():
-        if check_clock and state.next_due is not None and _implausible_due(state, now, horizons):
-            return True
-        if state.paused:
-            continue
-        if state.next_due is not None and state.next_due <= now:
-            return True
-        if state.needs and _needs_met(runtime, name, state):
+        due = state.next_due
+        if due is not None:
+            if due <= now:
+                if not state.paused:
+                    return True
+            elif check_clock and state.next_due_max_gap is not None:  # inlined: a hot loop
+                gap = state.next_due_max_gap
+                if due > (horizons.get(gap) or _horizon(now, gap, horizons)):
+                    return True
+        if state.needs and not state.paused and _needs_met(runtime, name, state):
             return True
     if not check_clock:
         return False
