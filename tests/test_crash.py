@@ -185,6 +185,17 @@ def _write_jobs(trial: Trial, jobs_dir: Path, probe: Path, *, random_jobs: bool 
         )
 
 
+def _slots_of(record: dict[str, Any]) -> list[str]:
+    """The slots a record stands for: one skip record summarises every hourly slot from
+    `first` to `last` (issue 10: one `slot_skipped` record per job per tick)."""
+    if record["event"] != "slot_skipped" or record.get("first", record["slot"]) == record["slot"]:
+        return [record["slot"]]
+    first, last = datetime.fromisoformat(record["first"]), datetime.fromisoformat(record["last"])
+    hours = int((last - first) / timedelta(hours=1))
+    assert record["count"] == hours + 1, record
+    return [(first + timedelta(hours=h)).isoformat() for h in range(hours + 1)]
+
+
 def _expected_slots() -> dict[tuple[str, str], str | None]:
     """(job, slot) -> the skip reason, or None for a slot that runs."""
     expected: dict[tuple[str, str], str | None] = {}
@@ -358,7 +369,8 @@ def _check(trial: Trial, cli: Any) -> dict[str, int]:
     by_slot: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
     for record in records:
         assert record["event"] in (*TERMINAL, "attempt_started", "attempt_finished"), record
-        by_slot[(record["job"], record["slot"])].append(record)
+        for slot in _slots_of(record):
+            by_slot[(record["job"], slot)].append(record)
     # exactly the slots due by the first tick; the next ones are 1h later, beyond the trial
     expected = _expected_slots()
     assert sorted(by_slot) == sorted(expected), f"{sorted(by_slot)}; {where}"
