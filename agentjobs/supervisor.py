@@ -95,23 +95,36 @@ class ForkServer:
         """Fork a supervisor for `request` with `fds` (closed here by the caller); its pid."""
         data = json.dumps(request).encode()
         with self._lock:
-            if self._sock is None:
-                self._start()
-            assert self._sock is not None
-            socket.send_fds(self._sock, [data], list(fds))
-            reply = self._sock.recv(64)
-        if not reply:
+            for again in (False, True):
+                if self._sock is None:
+                    self._start()
+                assert self._sock is not None
+                try:
+                    socket.send_fds(self._sock, [data], list(fds))
+                    break
+                except OSError:  # the server died (killed): nothing was sent; a new one
+                    self._stop()
+                    if again:
+                        raise SupervisorLost("the supervisors' fork server cannot start") from None
+            try:
+                reply = self._sock.recv(64)
+            except OSError:
+                reply = b""
+        if not reply:  # the request may or may not have been forked: never send it twice
             raise SupervisorLost("the supervisors' fork server ended")
         return int(reply)
 
     def close(self) -> None:
         with self._lock:
-            if self._sock is None:
-                return
-            self._sock.close()
-            self._sock = None
-            with contextlib.suppress(ChildProcessError):
-                os.waitpid(self._pid, 0)
+            self._stop()
+
+    def _stop(self) -> None:
+        if self._sock is None:
+            return
+        self._sock.close()
+        self._sock = None
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(self._pid, 0)
 
     def _start(self) -> None:
         _warm()
