@@ -13,11 +13,15 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 from agentjobs import locks
+from agentjobs.clock import iso, parse
 from agentjobs.errors import UserError
 from agentjobs.store import Runtime, Store
+
+if TYPE_CHECKING:
+    from agentjobs.engine import Engine
 
 MAX_SLEEP = 30.0  # seconds; also how often a held lock or a paused job is looked at again
 WAKE_CHECK = 0.05  # seconds between checks for an apply while sleeping
@@ -33,7 +37,7 @@ def next_wake(runtime: Runtime, now: str) -> str | None:
 
 def run(
     store: Store,
-    make_engine: Callable[[threading.Event], Callable[[], object]],
+    make_engine: Callable[[threading.Event], Engine],
     stop: threading.Event,
     say: Callable[[str], None],
 ) -> None:
@@ -47,16 +51,19 @@ def run(
     say(f"daemon started for {store.describe()}")
     try:
         while not stop.is_set():
-            make_engine(stop)()
+            engine = make_engine(stop)
+            engine.tick()
             if stop.is_set():
                 break
             version = store.applied_version()
             runtime = store.runtime()
-            now = datetime.now(UTC)
-            wake = next_wake(runtime, now.isoformat(timespec="seconds"))
+            now = engine.clock.now()
+            wake = next_wake(runtime, iso(now) or "")
             seconds = MAX_SLEEP
             if wake is not None:
-                seconds = min(MAX_SLEEP, (datetime.fromisoformat(wake) - now).total_seconds())
+                seconds = min(
+                    MAX_SLEEP, engine.clock.real_seconds((parse(wake) - now).total_seconds())
+                )
             deadline = time.monotonic() + max(0.0, seconds)
             while not stop.is_set() and time.monotonic() < deadline:
                 if store.applied_version() != version:
