@@ -112,12 +112,12 @@ def test_daemon_with_watch_applies_saved_files_by_itself(
 
 # -- the daemon and cron ticks decide alike (issue 10 item 12) ---------------------------------
 #
-# The clock runs 20 times faster (`--now` with AGENTJOBS_CLOCK_RATE): a minute of schedule
-# passes in 3 real seconds, and the job's 7.5 s (150 s of the clock) outlast two of its minutely
-# slots. Each process starts its clock at the time it is given, so minute ticks started 3 real
+# The clock runs 15 times faster (`--now` with AGENTJOBS_CLOCK_RATE): a minute of schedule
+# passes in 4 real seconds, and the job's 10 s (150 s of the clock) outlast two of its minutely
+# slots. Each process starts its clock at the time it is given, so minute ticks started 4 real
 # seconds apart each see "their" minute.
 
-SPEED = 20
+SPEED = 15
 FAKE_START = datetime(2026, 11, 23, 11, 59, 50, tzinfo=UTC)
 
 
@@ -265,3 +265,52 @@ def test_daemon_decides_overlap_as_minute_ticks_do(
     ticks = _under_minute_ticks(tmp_path / "b" / "jobs.d", tmp_path / "b" / "state", overlap)
     assert ticks == EXPECTED[overlap]
     assert daemon == EXPECTED[overlap]
+
+
+def test_daemon_runs_no_more_attempts_at_once_than_max_concurrent(
+    jobs_dir: Path, state_dir: Path, tmp_path: Path, bytecode_cache: None
+) -> None:
+    slot = (datetime.now(UTC) + timedelta(seconds=3)).replace(microsecond=0)
+    spans = tmp_path / "spans"
+    for name in ("a", "b", "c"):  # three lock keys, all due at once; two may run
+        script = (
+            f"echo start $(date +%s.%N) >> {spans}; sleep 1.5; echo end $(date +%s.%N) >> {spans}"
+        )
+        write(
+            jobs_dir / f"{name}.yaml",
+            json.dumps(
+                {
+                    "command": ["sh", "-c", script],
+                    "lock": name,
+                    "schedule": {"at": slot.isoformat()},
+                }
+            ),
+        )
+    # applied as of a minute before the slot: a slow start-up makes the slot late, never past
+    earlier = (slot - timedelta(minutes=1)).isoformat()
+    applied = run_agentjobs(
+        "--jobs-dir", str(jobs_dir), "--state-dir", str(state_dir), "apply", "--now", earlier
+    )
+    assert applied.returncode == 0, applied.stderr
+    daemon = subprocess.Popen(
+        [sys.executable, "-m", "agentjobs", "--state-dir", str(state_dir), "daemon"],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        wait_for(lambda: spans.exists() and spans.read_text().count("end") == 3, timeout=15)
+        err = _stop(daemon)
+        assert daemon.returncode == 0, err
+    finally:
+        if daemon.poll() is None:
+            daemon.kill()
+            daemon.communicate()
+    events = sorted(
+        (float(stamp), 1 if kind == "start" else -1)
+        for kind, stamp in (line.split() for line in spans.read_text().splitlines())
+    )
+    running = peak = 0
+    for _, change in sorted(events, key=lambda e: (e[0], e[1])):
+        running += change
+        peak = max(peak, running)
+    assert peak == 2  # the default max_concurrent, with the third run after one of them
