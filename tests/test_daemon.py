@@ -314,3 +314,46 @@ def test_daemon_runs_no_more_attempts_at_once_than_max_concurrent(
         running += change
         peak = max(peak, running)
     assert peak == 2  # the default max_concurrent, with the third run after one of them
+
+
+def test_a_queued_run_waiting_for_its_lock_key_does_not_spin_the_daemon(
+    jobs_dir: Path, state_dir: Path, bytecode_cache: None
+) -> None:
+    from agentjobs import locks
+
+    slot = datetime.now(UTC).replace(microsecond=0)
+    write(
+        jobs_dir / "held.yaml",
+        json.dumps({"command": ["true"], "lock": "k", "schedule": {"at": slot.isoformat()}}),
+    )
+    earlier = (slot - timedelta(minutes=1)).isoformat()
+    applied = run_agentjobs(
+        "--jobs-dir", str(jobs_dir), "--state-dir", str(state_dir), "apply", "--now", earlier
+    )
+    assert applied.returncode == 0, applied.stderr
+    # another process (a cron tick's attempt) holds the key: the run waits in the queue
+    key = locks.try_lock(locks.key_file(state_dir / "locks", "k"))
+    assert key is not None
+    daemon = subprocess.Popen(
+        [sys.executable, "-m", "agentjobs", "--state-dir", str(state_dir), "daemon"],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        wait_for(lambda: '"state":"queued"' in (state_dir / "runtime.json").read_text())
+
+        def cpu() -> float:
+            fields = Path(f"/proc/{daemon.pid}/stat").read_text().rsplit(")", 1)[1].split()
+            return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+        before = cpu()
+        time.sleep(2)
+        assert cpu() - before < 0.1  # asleep until the key is looked at again, not polling
+        key.release()
+        err = _stop(daemon)
+        assert daemon.returncode == 0, err
+    finally:
+        key.release()
+        if daemon.poll() is None:
+            daemon.kill()
+            daemon.communicate()
