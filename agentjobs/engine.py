@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar, cast
 
 from agentjobs import locks
@@ -26,12 +27,16 @@ from agentjobs.records import new_ulid
 from agentjobs.store import AppliedJob, AttemptSummary, JobState, QueueItem, Runtime, Store
 
 if TYPE_CHECKING:
-    from agentjobs.attempt import AttemptOutcome
     from agentjobs.notify import Notifier
+    from agentjobs.schedule import SlotPlan
     from agentjobs.store.postgres import Lease, PostgresStore
+    from agentjobs.supervisor import ForkServer
 
 _T = TypeVar("_T")
 DEFAULT_LOCK_TIMEOUT = 30.0
+# The longest a usage-limit hold (and its retry) may lie ahead: agents' weekly limits reset within
+# a week; the hold adds up to a minute (engine._finish). Further ahead, the clock went back.
+MAX_HOLD_S = 7 * 86400.0 + 60.0
 ORPHAN_REASON = "the runner stopped before the attempt finished (killed or machine restarted)"
 
 
@@ -110,6 +115,7 @@ class Engine:
     _messages: list[str] = field(default_factory=list)
     _failures: list[UserError] = field(default_factory=list)
     _guard: threading.Lock = field(default_factory=threading.Lock)
+    _server: ForkServer | None = None  # where this engine's supervisors are forked from
 
     # -- small helpers -------------------------------------------------------------------------
 
@@ -216,7 +222,7 @@ class Engine:
         """Whether a tick must do anything at all: compares stored strings only."""
         if runtime.applied_version != self.store.applied_version():
             return True
-        return bool(runtime.queue) or _any_due(runtime, now)
+        return bool(runtime.queue) or _any_due(runtime, now, check_clock=not self.store.shared)
 
     def _must_prepare(self, shared: PostgresStore, runtime: Runtime) -> bool:
         """Across hosts, whether this tick needs the exclusive whole-state transaction (due
@@ -225,7 +231,8 @@ class Engine:
         now = self._now()
         if runtime.applied_version != shared.applied_version():
             return True
-        if any(until <= now for until in runtime.holds.values()) or _any_due(runtime, now):
+        held = any(until <= now for until in runtime.holds.values())
+        if held or _any_due(runtime, now, check_clock=False):
             return True
         running = [i for i in runtime.queue.values() if i.state == "running"]
         return bool(running) and shared.unleased_running() > 0
@@ -237,7 +244,10 @@ class Engine:
         if prepared is None:
             return TickResult(messages=tuple(self._messages))
         recovered, enqueued, skipped = prepared
-        attempts = self._run_queue()
+        try:
+            attempts = self._run_queue()
+        finally:
+            self._close_fork_server()
         self._end_pass()
         return TickResult(
             attempts=tuple(attempts),
@@ -290,6 +300,8 @@ class Engine:
         if self._begin_pass() is None:
             return
         if not self.stop.is_set():
+            # one fork server for the daemon's life (each pass has its own engine)
+            self._server = workers.fork_server = workers.fork_server or self._fork_server()
             for _ in range(self._workers() - workers.running()):
                 workers.start(self._background_worker)
         self._end_pass()
@@ -313,6 +325,7 @@ class Engine:
             if runtime.applied_version != self.store.applied_version():
                 self._reconcile_states(runtime, applied, now)
             stamp = iso(now) or ""
+            self._check_clock(runtime, applied, now)
             for key in [k for k, until in runtime.holds.items() if until <= stamp]:
                 del runtime.holds[key]  # the usage limit has lifted
             recovered = self._recover_orphans(runtime, applied, now, records)
@@ -401,6 +414,72 @@ class Engine:
                 return record
         return None
 
+    def _check_clock(
+        self, runtime: Runtime, applied: Mapping[str, AppliedJob], now: datetime
+    ) -> None:
+        """Bring back any stored time further ahead than its schedule allows from `now` (issue
+        10, item 5: after a tick while the clock was ahead, or a step back, nothing stays
+        silent for the size of the jump). Next-due times: a cron job's is the next slot after
+        now (its marker comes back to now), an `every` job's at most one interval (plus
+        jitter) away. Queued runs: a retry waits at most its policy's max backoff (MAX_HOLD_S
+        for a usage limit) from now, and no longer than it was meant to wait if it was set in
+        what is now the future; any other queued run may start now. Holds: the retry that set
+        it decides, else MAX_HOLD_S. Cheap when nothing is off: compares strings.
+
+        Not on a store shared by hosts: there a time ahead of this host's clock is as likely
+        another host's clock running ahead (skew), and bringing it back would run its slots
+        again; the hosts whose clocks are right keep the schedules going."""
+        if self.store.shared:
+            return
+        stamp = iso(now) or ""
+        fixed = {"next-run times": 0, "queued runs": 0, "usage-limit holds": 0}
+        for name, state in list(runtime.jobs.items()):
+            job = applied.get(name)
+            if job is None or not job.spec.get("schedule") or state.next_due is None:
+                continue
+            if state.next_due_max_gap is None:  # a state written before the field existed
+                from agentjobs.schedule import max_gap
+                from agentjobs.spec import Schedule
+
+                gap = max_gap(name, Schedule(**job.spec["schedule"]))
+                state = runtime.jobs[name] = dataclasses.replace(state, next_due_max_gap=gap)
+            if not _implausible_due(state, stamp, {}):
+                continue
+            runtime.jobs[name] = _recompute_due(name, state, job, now)
+            fixed["next-run times"] += 1
+        moved: dict[str, str] = {}  # a retry's old not_before -> its new one (for its hold)
+        for item in list(runtime.queue.values()):
+            if item.state != "queued" or item.not_before <= stamp:
+                continue
+            origin = item.history[-1].finished_at if item.history else item.queued_at
+            longest = 0.0  # a scheduled, manual or replayed run was due when it was queued
+            if item.trigger == "retry":
+                longest = _longest_wait(item, applied.get(item.job))
+            latest = iso(now + timedelta(seconds=longest)) or stamp
+            if origin <= stamp and item.not_before <= latest:
+                continue
+            meant = max(0.0, (parse(item.not_before) - parse(origin)).total_seconds())
+            wait = min(meant, longest) if origin > stamp else longest
+            new = iso(now + timedelta(seconds=wait)) or stamp
+            moved[item.not_before] = new
+            runtime.queue[item.id] = dataclasses.replace(item, not_before=new)
+            fixed["queued runs"] += 1
+        horizon = iso(now + timedelta(seconds=MAX_HOLD_S)) or ""
+        for key, until in list(runtime.holds.items()):
+            if until in moved and moved[until] < until:
+                runtime.holds[key] = moved[until]
+            elif until > horizon:
+                runtime.holds[key] = horizon
+            else:
+                continue
+            fixed["usage-limit holds"] += 1
+        if any(fixed.values()):
+            what = ", ".join(f"{n} {kind}" for kind, n in fixed.items() if n)
+            self._tell(
+                f"the clock is behind times stored in the state (a tick ran while it was ahead, "
+                f"or it was set back); brought back within their schedules from {stamp}: {what}"
+            )
+
     def _drop_deleted(
         self, runtime: Runtime, applied: Mapping[str, AppliedJob], records: list[dict[str, Any]]
     ) -> None:
@@ -441,9 +520,9 @@ class Engine:
             )
             if plan.warning:
                 self._tell(f"{name}: {plan.warning}")
-            for slot, reason in plan.skip:
-                records.append(self._skip_record(name, job, slot, reason, now))
-                skipped += 1
+            if plan.skipped is not None:  # one record however many slots (issue 10, item 7)
+                records.append(self._skip_record(name, job, plan.skipped.last, "", now, plan))
+                skipped += plan.skipped.count
             # Overlap is judged against runs in flight before this tick: the slots of one
             # catch-up batch (catchup: all) all queue up.
             before = {i.id for i in runtime.items_of(name)}
@@ -482,8 +561,23 @@ class Engine:
         return enqueued, skipped
 
     def _skip_record(
-        self, name: str, job: AppliedJob, slot: datetime, reason: str, now: datetime
+        self,
+        name: str,
+        job: AppliedJob,
+        slot: datetime,
+        reason: str,
+        now: datetime,
+        plan: SlotPlan | None = None,
     ) -> dict[str, Any]:
+        """A `slot_skipped` record: of one slot, or (with `plan`) the summary of its skipped
+        slots, `count` of them from `first` to `last` (`slot` is the last)."""
+        fields: dict[str, Any] = {"count": 1, "first": iso(slot), "last": iso(slot)}
+        if plan is not None and plan.skipped is not None:
+            summary = plan.skipped
+            reason = summary.reason
+            fields = {"count": summary.count, "first": iso(summary.first), "last": iso(slot)}
+            if not summary.exact:
+                fields["count_exact"] = False
         stub = QueueItem(
             id=f"{name}@{iso(slot)}",
             run_id=new_ulid(),
@@ -496,7 +590,7 @@ class Engine:
             slot=iso(slot),
             attempt=0,
         )
-        return self._record("slot_skipped", stub, job, reason=reason, outcome="skipped")
+        return self._record("slot_skipped", stub, job, reason=reason, outcome="skipped", **fields)
 
     def _enqueue_slot(
         self,
@@ -749,9 +843,19 @@ class Engine:
                 return False
             return True
 
+        lease = cast("Lease", claim.key) if self.store.shared else None
+        request = {
+            "item": item.to_dict(),
+            "job": claim.applied.name,
+            "applied": claim.applied.to_dict(),
+            "key": None if lease else str(cast(locks.HeldLock, claim.key).path),
+            "slot": None if lease else str(cast(locks.HeldLock, claim.slot).path),
+            "lease": {"token": lease.token, "duration": lease.duration} if lease else None,
+        }
         try:
             raw = supervisor.supervise(
-                lambda channel: self._supervised(claim, channel),
+                self._fork_server(),
+                request,
                 keep_fds=tuple(fd for fd in (claim.key.fd, claim.slot.fd) if fd is not None),
                 after_fork=let_go,
                 settle=settle,
@@ -797,18 +901,30 @@ class Engine:
         return result, following
 
     def _settle_claimed(
-        self, claim: _Claim, finished: Mapping[str, Any], claim_next: bool
+        self, claim: _Claim, finished: Mapping[str, Any], claim_next: bool = False
     ) -> tuple[AttemptResult, _Claim | None]:
-        """Settle an attempt its supervisor recorded, unless somebody already did (its
-        supervisor, when this tick was frozen; another host, when the lease was lost); on the
-        file backend also claim the next item with this worker's slot, in the same write."""
+        """Settle an attempt from what its supervisor reports (`records`, its `_decide`, and
+        whether they are `appended` yet), unless somebody already did: its supervisor, when
+        the tick was frozen; another host, when the lease was lost. Records not yet appended
+        (a shared store: records and state in one transaction) go in with the state. The tick
+        and the supervisor both settle this way; on the file backend the tick also claims the
+        next item with this worker's slot, in the same write."""
         item = claim.item
+        ended: list[dict[str, Any]] = list(finished["records"])
         with self.store.transaction(self.lock_timeout) as runtime:
             found = runtime.queue.get(item.id)
             if found is None or not _still_ours(found, item):
-                return _as_recorded(item, finished), None
+                if finished["appended"]:
+                    return _as_recorded(item, ended[0]), None  # settled by the other side
+                self._tell(
+                    f"{item.job}: run {item.run_id} attempt {item.attempt} lost its lease; "
+                    "another host recorded it, this host records nothing"
+                )
+                return _abandoned(item, ended[0]), None
             now = self.clock.now()
-            result = self._settle(runtime, found, claim.applied, finished)
+            if not finished["appended"]:
+                self.store.append_records(ended, now)
+            result = self._settle(runtime, found, claim.applied, ended[0])
             applied = self.store.applied()
             self._enqueue_needs(runtime, applied, now)
             following = None
@@ -817,7 +933,20 @@ class Engine:
                 following = candidate if isinstance(candidate, _Claim) else None
         return result, following
 
-    def _supervised(self, claim: _Claim, channel: Any) -> dict[str, Any]:
+    def _fork_server(self) -> ForkServer:
+        with self._guard:
+            if self._server is None:
+                from agentjobs.supervisor import ForkServer
+
+                self._server = ForkServer(self._supervised)
+            return self._server
+
+    def _close_fork_server(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            self._server = None
+
+    def _supervised(self, request: dict[str, Any], fds: list[int], channel: Any) -> dict[str, Any]:
         """The supervisor's part (in its own process): run the attempt, stop what is left of
         it, append its records, then have it settled: by the tick, or by itself when the tick
         is gone or frozen. Writes are retried until they land (a full disk), so the attempt's
@@ -826,9 +955,17 @@ class Engine:
 
         assert isinstance(channel, Channel)
         store = self.store.reopened()  # nothing the tick's other threads may have locked
+        item = QueueItem.from_dict(request["item"])
+        applied = AppliedJob.from_dict(request["job"], request["applied"])
         lease: Lease | None = None
-        if store.shared:
-            lease = cast("Lease", claim.key).moved(cast("PostgresStore", store))
+        if request["lease"]:
+            from agentjobs.store.postgres import Lease
+
+            lease = Lease(cast("PostgresStore", store), **request["lease"])
+            claim = _Claim(item, applied, lease, lease)
+        else:
+            key = locks.HeldLock(Path(request["key"]), fds[0])
+            claim = _Claim(item, applied, key, locks.HeldLock(Path(request["slot"]), fds[1]))
         engine = dataclasses.replace(
             self,
             store=store,
@@ -839,6 +976,7 @@ class Engine:
             _messages=[],
             _failures=[],
             _guard=threading.Lock(),
+            _server=None,
         )
         try:
             return _result_dict(engine._attempt(claim, lease, channel))
@@ -917,29 +1055,19 @@ class Engine:
                 reset_at=outcome.reset_at,
             )
 
-            def append() -> None:
-                self.store.append_records(ended, parse(ended[0]["finished_at"]))
+            report = {"records": ended, "appended": lease is None}
+            if lease is None:
+                # the records first, whoever settles: the true outcome is on disk before
+                # anything else (on a shared store they go in with the state, atomically)
+                def append() -> None:
+                    self.store.append_records(ended, parse(ended[0]["finished_at"]))
 
-            # the records first, whoever settles: the true outcome is on disk before anything
-            _until_written(append, channel.stalled, self.say)
-            if channel.settled_by_tick(ended[0]):
+                _until_written(append, channel.stalled, self.say)
+            if channel.settled_by_tick(report):
                 return _as_recorded(item, ended[0])
 
             def settle() -> AttemptResult:
-                with self.store.transaction(self.lock_timeout) as runtime:
-                    found = runtime.queue.get(item.id)
-                    if found is None or not _still_ours(found, item):
-                        if lease is not None:
-                            self._tell(
-                                f"{item.job}: run {item.run_id} attempt {item.attempt} lost "
-                                f"its lease ({lease.reason or 'it expired'}); another host "
-                                "recorded it, this host records nothing"
-                            )
-                            return self._abandoned(item, outcome, str(log_path))
-                        return _as_recorded(item, ended[0])  # settled by its tick after all
-                    result = self._settle(runtime, found, claim.applied, ended[0])
-                    self._enqueue_needs(runtime, self.store.applied(), self.clock.now())
-                return result
+                return self._settle_claimed(claim, report)[0]
 
             if lease is None:
                 return _until_written(settle, channel.stalled, self.say)
@@ -950,23 +1078,6 @@ class Engine:
         finally:
             if lease is not None:
                 lease.release()
-
-    @staticmethod
-    def _abandoned(item: QueueItem, outcome: AttemptOutcome, log_path: str) -> AttemptResult:
-        return AttemptResult(
-            job=item.job,
-            run_id=item.run_id,
-            attempt=item.attempt,
-            trigger=item.trigger,
-            outcome="interrupted",
-            exit_code=outcome.exit_code,
-            signal=outcome.signal,
-            error="the lease was lost; another host recorded this attempt",
-            duration_s=outcome.duration_s,
-            next="done",
-            next_at=None,
-            log_path=log_path,
-        )
 
     def _decide(
         self,
@@ -1292,7 +1403,10 @@ class Engine:
         while True:
             claim = self._claim(only=item.id)
             if isinstance(claim, _Claim):
-                result = self._execute(claim)[0]
+                try:
+                    result = self._execute(claim)[0]
+                finally:
+                    self._close_fork_server()
                 self._deliver()  # the attempt's events, written to the outbox by its supervisor
                 return item, result
             if claim is None:
@@ -1371,6 +1485,7 @@ class Workers:
 
     def __init__(self) -> None:
         self._threads: list[threading.Thread] = []
+        self.fork_server: ForkServer | None = None  # where every supervisor is forked from
         self._failures: list[UserError] = []
         self._guard = threading.Lock()
         self._running = 0
@@ -1410,11 +1525,15 @@ class Workers:
                 raise self._failures.pop(0)
 
     def join(self) -> None:
-        """Wait for every worker (after a stop: their attempts are being interrupted)."""
+        """Wait for every worker (after a stop: their attempts are being interrupted), then
+        close the fork server (the supervisors it forked live on)."""
         for worker in self._threads:
             while worker.is_alive():
                 worker.join(0.1)  # short joins keep the main thread free for signals
         self._threads = []
+        if self.fork_server is not None:
+            self.fork_server.close()
+            self.fork_server = None
 
 
 def _retry_while_leased(step: Callable[[], _T], window: float, say: Callable[[str], None]) -> _T:
@@ -1463,6 +1582,19 @@ def _until_written(
             delay = min(delay * 2, 60.0)
 
 
+def _abandoned(item: QueueItem, finished: Mapping[str, Any]) -> AttemptResult:
+    """An attempt whose lease was lost and which another host recorded: this host reports it
+    as interrupted and records nothing."""
+    return dataclasses.replace(
+        _as_recorded(item, finished),
+        outcome="interrupted",
+        error="the lease was lost; another host recorded this attempt",
+        next="done",
+        next_at=None,
+        dlq_id=None,
+    )
+
+
 def _as_recorded(item: QueueItem, finished: Mapping[str, Any]) -> AttemptResult:
     """What an attempt's `attempt_finished` record says, as a result."""
     return AttemptResult(
@@ -1504,16 +1636,81 @@ def _still_ours(current: QueueItem, item: QueueItem) -> bool:
     )
 
 
-def _any_due(runtime: Runtime, now: str) -> bool:
-    """Whether a job not paused is due: its slot has come, or its `needs` are met anew."""
+def _any_due(runtime: Runtime, now: str, check_clock: bool = True) -> bool:
+    """Whether a job not paused is due: its slot has come, or its `needs` are met anew; or
+    (`check_clock`) a stored time is further ahead than its schedule allows (the clock went
+    back: `Engine._check_clock`)."""
+    horizons: dict[float, str] = {}
     for name, state in runtime.jobs.items():
-        if state.paused:
-            continue
-        if state.next_due is not None and state.next_due <= now:
+        due = state.next_due
+        if due is not None:
+            if due <= now:
+                if not state.paused:
+                    return True
+            elif check_clock and state.next_due_max_gap is not None:  # inlined: a hot loop
+                gap = state.next_due_max_gap
+                if due > (horizons.get(gap) or _horizon(now, gap, horizons)):
+                    return True
+        if state.needs and not state.paused and _needs_met(runtime, name, state):
             return True
-        if state.needs and _needs_met(runtime, name, state):
+    if not check_clock:
+        return False
+    if runtime.holds:
+        horizon = _horizon(now, MAX_HOLD_S, horizons)
+        if any(until > horizon for until in runtime.holds.values()):
             return True
+    for item in runtime.queue.values():
+        if item.state == "queued" and item.not_before > now:
+            origin = item.history[-1].finished_at if item.history else item.queued_at
+            if origin > now or item.not_before > _horizon(now, MAX_HOLD_S, horizons):
+                return True
     return False
+
+
+def _horizon(now: str, seconds: float, cache: dict[float, str]) -> str:
+    """`now` plus `seconds`, as a stored time string (one parse per distinct interval)."""
+    found = cache.get(seconds)
+    if found is None:
+        found = cache[seconds] = iso(parse(now) + timedelta(seconds=seconds)) or ""
+    return found
+
+
+def _implausible_due(state: JobState, now: str, horizons: dict[float, str]) -> bool:
+    """A next-due time further ahead than the schedule allows from now: some slot between now
+    and it would be silenced. (A slot marker ahead of now alone silences nothing: the slots up
+    to it ran, in what was then the present.)"""
+    assert state.next_due is not None
+    gap = state.next_due_max_gap
+    return (
+        gap is not None and state.next_due > now and state.next_due > _horizon(now, gap, horizons)
+    )
+
+
+def _recompute_due(name: str, state: JobState, job: AppliedJob, now: datetime) -> JobState:
+    """The job's next-due time from `now`: the next cron slot after the marker (brought back to
+    now), or at most one `every` interval away."""
+    from agentjobs.schedule import fire_time, next_fire
+    from agentjobs.spec import Schedule
+
+    schedule = Schedule(**job.spec["schedule"])
+    stamp = iso(now) or ""
+    marker = state.last_slot if state.last_slot is None or state.last_slot <= stamp else stamp
+    due = parse(state.next_due) if state.next_due else now
+    if schedule.cron is not None:
+        slot = next_fire(schedule.cron, schedule.timezone, parse(marker) if marker else now)
+        due = fire_time(name, schedule, slot)
+    elif schedule.every is not None:
+        due = min(due, now + timedelta(seconds=state.next_due_max_gap or schedule.every))
+    return dataclasses.replace(state, last_slot=marker, next_due=iso(due))
+
+
+def _longest_wait(item: QueueItem, job: AppliedJob | None) -> float:
+    """The longest a retry of `item` can be meant to wait: its policy's max backoff, or for a
+    usage limit (the reset time an agent reported) MAX_HOLD_S."""
+    if item.history and item.history[-1].outcome == "rate_limited":
+        return MAX_HOLD_S
+    backoff = dict((job.spec.get("retry") or {}).get("backoff") or {}) if job else {}
+    return float(backoff.get("max", 1800.0))
 
 
 def _needs_met(runtime: Runtime, name: str, state: JobState) -> bool:
