@@ -116,6 +116,7 @@ class Engine:
     _failures: list[UserError] = field(default_factory=list)
     _guard: threading.Lock = field(default_factory=threading.Lock)
     _server: ForkServer | None = None  # where this engine's supervisors are forked from
+    _background: int = 0  # a daemon pass's workers still running (`daemon_pass`)
 
     # -- small helpers -------------------------------------------------------------------------
 
@@ -300,20 +301,27 @@ class Engine:
         if self._begin_pass() is None:
             return
         if not self.stop.is_set():
-            # one fork server for the daemon's life (each pass has its own engine)
-            self._server = workers.fork_server = workers.fork_server or self._fork_server()
-            for _ in range(self._workers() - workers.running()):
+            count = max(0, self._workers() - workers.running())
+            with self._guard:
+                self._background += count  # counted first: the last one closes the fork server
+            for _ in range(count):
                 workers.start(self._background_worker)
         self._end_pass()
 
     def _background_worker(self, workers: Workers) -> None:
-        """A daemon's worker: `_worker`, telling `workers` of each attempt's end."""
+        """A daemon's worker: `_worker`, telling `workers` of each attempt's end. The pass's
+        last worker closes the pass's fork server (the supervisors it forked live on), as a
+        tick closes its own: a server that died takes no later pass's attempts with it."""
         results: list[AttemptResult] = []  # the records say what ran; nobody reads these
         try:
             self._worker(results, workers.attempt_ended)
         finally:
             with self._guard:
                 failures, self._failures = list(self._failures), []
+                self._background -= 1
+                last = self._background == 0
+            if last:
+                self._close_fork_server()
             workers.done(failures, worked=bool(results))
 
     def _prepare(self) -> tuple[int, int, int]:
@@ -1485,7 +1493,6 @@ class Workers:
 
     def __init__(self) -> None:
         self._threads: list[threading.Thread] = []
-        self.fork_server: ForkServer | None = None  # where every supervisor is forked from
         self._failures: list[UserError] = []
         self._guard = threading.Lock()
         self._running = 0
@@ -1525,15 +1532,11 @@ class Workers:
                 raise self._failures.pop(0)
 
     def join(self) -> None:
-        """Wait for every worker (after a stop: their attempts are being interrupted), then
-        close the fork server (the supervisors it forked live on)."""
+        """Wait for every worker (after a stop: their attempts are being interrupted)."""
         for worker in self._threads:
             while worker.is_alive():
                 worker.join(0.1)  # short joins keep the main thread free for signals
         self._threads = []
-        if self.fork_server is not None:
-            self.fork_server.close()
-            self.fork_server = None
 
 
 def _retry_while_leased(step: Callable[[], _T], window: float, say: Callable[[str], None]) -> _T:
