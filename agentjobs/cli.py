@@ -29,6 +29,7 @@ from agentjobs.errors import (
 )
 
 if TYPE_CHECKING:
+    from agentjobs.clock import Clock
     from agentjobs.engine import AttemptResult, Engine
     from agentjobs.reconcile import Plan
     from agentjobs.store import Store
@@ -443,7 +444,6 @@ def _engine(
     host: str | None = None,
     labels: str = "",
 ) -> Engine:
-    from agentjobs.clock import Clock
     from agentjobs.engine import Engine, default_host
 
     def say(line: str) -> None:
@@ -455,7 +455,7 @@ def _engine(
 
     return Engine(
         ctx.store(),
-        clock=Clock(_now(now_text) if now_text else None),
+        clock=_clock(now_text),
         lock_timeout=float(os.environ.get("AGENTJOBS_LOCK_TIMEOUT", "30")),
         max_concurrent=max_concurrent,
         say=say,
@@ -463,6 +463,16 @@ def _engine(
         host=host or default_host(),
         labels=frozenset(part.strip() for part in labels.split(",") if part.strip()),
     )
+
+
+def _clock(now_text: str | None) -> Clock:
+    """Real time; or, with `--now`, time from then on (at the real rate, or for tests
+    AGENTJOBS_CLOCK_RATE times faster: the same for every process that is given it)."""
+    from agentjobs.clock import Clock
+
+    if not now_text:
+        return Clock()
+    return Clock(_now(now_text), rate=float(os.environ.get("AGENTJOBS_CLOCK_RATE", "1")))
 
 
 class _Shutdown:
@@ -1235,6 +1245,7 @@ def install_systemd(
     help="Also validate and apply the jobs directory on every change.",
 )
 @click.option("--prune", is_flag=True, help="With --watch: delete jobs whose file is gone.")
+@click.option("--now", "now_text", default=None, hidden=True)
 @_host_options
 @pass_ctx
 def daemon(
@@ -1242,6 +1253,7 @@ def daemon(
     max_concurrent: int | None,
     watch_files: bool,
     prune: bool,
+    now_text: str | None,
     host_id: str | None,
     labels: str,
 ) -> None:
@@ -1261,12 +1273,15 @@ def daemon(
     old[signal.SIGHUP] = signal.signal(signal.SIGHUP, lambda _n, _f: None)
     try:
         store = ctx.store()
+        clock = _clock(now_text)
 
-        def one_pass(event: threading.Event) -> Callable[[], object]:
+        def one_pass(event: threading.Event) -> Engine:
+            # an engine per pass: each pass reads the global config anew
             engine = _engine(ctx, max_concurrent=max_concurrent, host=host_id, labels=labels)
             engine.stop = event  # a signal stops the running attempts too
             engine.store = store
-            return engine.tick
+            engine.clock = clock
+            return engine
 
         if watch_files:
             from agentjobs import watch as watching

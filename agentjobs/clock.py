@@ -24,12 +24,18 @@ def parse(text: str) -> datetime:
 @dataclass(frozen=True, slots=True)
 class Clock:
     """Real time, or time that starts at `start` (tests, `--now` replays) and runs on from there
-    at the real rate, so durations of real processes stay real."""
+    at the real rate, so durations of real processes stay real; or `rate` times faster (tests
+    that watch a daemon through minutes of schedule in seconds)."""
 
     start: datetime | None = None
     _origin: float = field(default_factory=time.monotonic)
+    rate: float = 1.0
 
     def now(self) -> datetime:
         if self.start is None:
             return datetime.now(UTC)
-        return self.start + timedelta(seconds=time.monotonic() - self._origin)
+        return self.start + timedelta(seconds=(time.monotonic() - self._origin) * self.rate)
+
+    def real_seconds(self, seconds: float) -> float:
+        """How long `seconds` of this clock's time take (to sleep until a stored time)."""
+        return seconds / self.rate if self.start is not None else seconds

@@ -1,10 +1,15 @@
 """`agentjobs daemon`: ticks in a loop for people who prefer a service to a crontab line.
 
-Each pass is an ordinary `Engine.tick()`, so cron ticks alongside a daemon stay safe (all
-coordination is in the locks and the state). Between passes it sleeps until the next due slot,
-retry or usage-limit reset - not a fixed poll - and wakes at once when `apply` changes the
-applied jobs. One daemon per state directory (a lock). SIGTERM/SIGINT: stop claiming, stop running
-attempts gracefully, exit.
+Each pass makes the decisions a `tick` makes from the same state (`Engine.daemon_pass`: recover,
+enqueue what is due or skip it with a recorded reason), so cron ticks alongside a daemon stay safe
+(all coordination is in the locks and the state) and `overlap` means the same under both. Unlike a
+tick, a pass does not wait for the attempts it starts: they run on worker threads (each waiting on
+its attempt's supervisor) while the loop keeps passing on time - a slot due while its job's
+previous run is still in flight is skipped (or queued) at its time, not run late (issue 10 item
+12). Between passes it sleeps until the next due slot, retry or usage-limit reset - not a fixed
+poll - and wakes at once when `apply` changes the applied jobs or an attempt ends (a slot is
+free). One daemon per state directory (a lock). SIGTERM/SIGINT: stop claiming, stop running
+attempts gracefully (their workers forward the stop to the supervisors), wait for them, exit.
 """
 
 from __future__ import annotations
@@ -13,31 +18,40 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 from agentjobs import locks
+from agentjobs.clock import iso, parse
+from agentjobs.engine import Workers
 from agentjobs.errors import UserError
 from agentjobs.store import Runtime, Store
+
+if TYPE_CHECKING:
+    from agentjobs.engine import Engine
 
 MAX_SLEEP = 30.0  # seconds; also how often a held lock or a paused job is looked at again
 WAKE_CHECK = 0.05  # seconds between checks for an apply while sleeping
 
 
 def next_wake(runtime: Runtime, now: str) -> str | None:
-    """The earliest stored time at which a pass could have work (UTC ISO strings)."""
+    """The earliest stored time at which a pass could have work (UTC ISO strings). A queued
+    item already due waits for a lock key or a slot: the end of one of this daemon's attempts
+    wakes it (`run`), another process's is looked at again within MAX_SLEEP."""
     times = [s.next_due for s in runtime.jobs.values() if s.next_due and not s.paused]
-    times += [i.not_before for i in runtime.queue.values() if i.state == "queued"]
+    times += [
+        i.not_before for i in runtime.queue.values() if i.state == "queued" and i.not_before > now
+    ]
     times += [until for until in runtime.holds.values() if until > now]
     return min(times) if times else None
 
 
 def run(
     store: Store,
-    make_engine: Callable[[threading.Event], Callable[[], object]],
+    make_engine: Callable[[threading.Event], Engine],
     stop: threading.Event,
     say: Callable[[str], None],
 ) -> None:
-    """Loop until `stop` is set. `make_engine(stop)` returns one pass (an Engine's tick)."""
+    """Loop until `stop` is set. `make_engine(stop)` returns the engine of one pass."""
     # one daemon per state directory; with a shared database, one per host (its local dir)
     held = locks.try_lock(store.local_dir / "locks" / "daemon.lock")
     if held is None:
@@ -45,23 +59,34 @@ def run(
         raise UserError(f"a daemon already runs for {store.describe()} ({holder or 'unknown'})")
     held.note(f"daemon pid {os.getpid()}")
     say(f"daemon started for {store.describe()}")
+    workers = Workers()
     try:
         while not stop.is_set():
-            make_engine(stop)()
+            # what the pass saw: an apply or an attempt's end after this looks again at once
+            version, ended = store.applied_version(), workers.ended()
+            engine = make_engine(stop)
+            engine.daemon_pass(workers)
             if stop.is_set():
                 break
-            version = store.applied_version()
             runtime = store.runtime()
-            now = datetime.now(UTC)
-            wake = next_wake(runtime, now.isoformat(timespec="seconds"))
+            now = engine.clock.now()
+            wake = next_wake(runtime, iso(now) or "")
             seconds = MAX_SLEEP
             if wake is not None:
-                seconds = min(MAX_SLEEP, (datetime.fromisoformat(wake) - now).total_seconds())
+                seconds = min(
+                    MAX_SLEEP, engine.clock.real_seconds((parse(wake) - now).total_seconds())
+                )
             deadline = time.monotonic() + max(0.0, seconds)
             while not stop.is_set() and time.monotonic() < deadline:
                 if store.applied_version() != version:
                     break  # an apply changed the jobs: plan again now
+                if workers.ended() != ended:
+                    break  # an attempt ended: a slot may be free, a retry queued
                 stop.wait(min(WAKE_CHECK, max(0.0, deadline - time.monotonic())))
+        # stopped: the workers forward the stop to their attempts' supervisors (graceful:
+        # interrupted and recorded); wait for them, then end as a stopped tick ends
+        workers.join()
+        make_engine(stop).daemon_pass(workers)
     finally:
         held.release()
         say("daemon stopped")

@@ -116,6 +116,7 @@ class Engine:
     _failures: list[UserError] = field(default_factory=list)
     _guard: threading.Lock = field(default_factory=threading.Lock)
     _server: ForkServer | None = None  # where this engine's supervisors are forked from
+    _background: int = 0  # a daemon pass's workers still running (`daemon_pass`)
 
     # -- small helpers -------------------------------------------------------------------------
 
@@ -240,20 +241,39 @@ class Engine:
     # -- one tick ------------------------------------------------------------------------------
 
     def tick(self) -> TickResult:
-        runtime = self.store.runtime()
-        if not self._has_work(runtime, self._now()):
-            self._deliver()
+        prepared = self._begin_pass()
+        if prepared is None:
             return TickResult(messages=tuple(self._messages))
-        shared = self._shared()
-        recovered = enqueued = skipped = 0
-        if shared is not None:
-            shared.see_host(self.host, self.labels)
-        if shared is None or self._must_prepare(shared, runtime):
-            recovered, enqueued, skipped = self._prepare()
+        recovered, enqueued, skipped = prepared
         try:
             attempts = self._run_queue()
         finally:
             self._close_fork_server()
+        self._end_pass()
+        return TickResult(
+            attempts=tuple(attempts),
+            enqueued=enqueued,
+            skipped=skipped,
+            recovered=recovered,
+            interrupted=self.stop.is_set(),
+            messages=tuple(self._messages),
+        )
+
+    def _begin_pass(self) -> tuple[int, int, int] | None:
+        """A pass's decisions (recovered, enqueued, skipped), or None when it has no work."""
+        runtime = self.store.runtime()
+        if not self._has_work(runtime, self._now()):
+            self._deliver()
+            return None
+        shared = self._shared()
+        if shared is not None:
+            shared.see_host(self.host, self.labels)
+        if shared is None or self._must_prepare(shared, runtime):
+            return self._prepare()
+        return 0, 0, 0
+
+    def _end_pass(self) -> None:
+        """Alerts, notifications, retention: what every pass does once it has decided."""
         from agentjobs import alerts, retention
 
         now = self.clock.now()
@@ -264,14 +284,45 @@ class Engine:
         self._deliver()  # bounded: a few seconds whatever the targets do
         if not self.stop.is_set() and retention.due(self.store, now):
             retention.collect(self.store, now)  # at most once a day
-        return TickResult(
-            attempts=tuple(attempts),
-            enqueued=enqueued,
-            skipped=skipped,
-            recovered=recovered,
-            interrupted=self.stop.is_set(),
-            messages=tuple(self._messages),
-        )
+
+    def daemon_pass(self, workers: Workers) -> None:
+        """One pass of the daemon: the decisions `tick()` makes from the same state (recover,
+        enqueue what is due, or skip it with reason `overlap` while a run of its job is in
+        flight), then workers for what can be claimed, started in the background up to this
+        host's limit (`max_concurrent`, `max_concurrent_per_host`) counting those of earlier
+        passes still running. Unlike `tick()` it does not wait for the attempts: a pass must
+        happen when a slot is due even while attempts run (issue 10 item 12). Claims go
+        through `_claim`, as a tick's do; a stop (`self.stop`) reaches running attempts through
+        their workers' `_execute`."""
+        workers.raise_failure()
+        if self.stop.is_set():  # the last pass, once the workers are done: as a stopped tick
+            self._end_pass()
+            return
+        if self._begin_pass() is None:
+            return
+        if not self.stop.is_set():
+            count = max(0, self._workers() - workers.running())
+            with self._guard:
+                self._background += count  # counted first: the last one closes the fork server
+            for _ in range(count):
+                workers.start(self._background_worker)
+        self._end_pass()
+
+    def _background_worker(self, workers: Workers) -> None:
+        """A daemon's worker: `_worker`, telling `workers` of each attempt's end. The pass's
+        last worker closes the pass's fork server (the supervisors it forked live on), as a
+        tick closes its own: a server that died takes no later pass's attempts with it."""
+        results: list[AttemptResult] = []  # the records say what ran; nobody reads these
+        try:
+            self._worker(results, workers.attempt_ended)
+        finally:
+            with self._guard:
+                failures, self._failures = list(self._failures), []
+                self._background -= 1
+                last = self._background == 0
+            if last:
+                self._close_fork_server()
+            workers.done(failures, worked=bool(results))
 
     def _prepare(self) -> tuple[int, int, int]:
         """Recover orphans, reconcile states with specs, enqueue what is due (one transaction)."""
@@ -1287,7 +1338,9 @@ class Engine:
         due = fire_time(applied.name, schedule, now + timedelta(seconds=schedule.every or 0))
         return dataclasses.replace(state, next_due=iso(due))
 
-    def _worker(self, results: list[AttemptResult]) -> None:
+    def _worker(
+        self, results: list[AttemptResult], ended: Callable[[], None] = lambda: None
+    ) -> None:
         try:
             if self.stop.is_set():
                 return
@@ -1296,6 +1349,7 @@ class Engine:
                 result, claim = self._execute(claim, claim_next=True)
                 with self._guard:
                     results.append(result)
+                ended()
         except UserError as exc:  # the state became unreachable (a database restart...)
             with self._guard:
                 self._failures.append(exc)  # raised by _run_queue once every worker is done
@@ -1429,6 +1483,60 @@ class Engine:
         if entry is None:
             raise UserError(f"no dead letter {entry_id!r}; see `agentjobs dlq list`")
         return entry
+
+
+class Workers:
+    """A daemon's worker threads, kept across its passes (each pass has its own engine): how
+    many run, a count of attempt ends (each may free a slot or queue a retry: the daemon's
+    loop passes again), and the first failure a worker hit (raised by the next pass, as a tick
+    raises its workers' failure)."""
+
+    def __init__(self) -> None:
+        self._threads: list[threading.Thread] = []
+        self._failures: list[UserError] = []
+        self._guard = threading.Lock()
+        self._running = 0
+        self._ended = 0
+
+    def start(self, target: Callable[[Workers], None]) -> None:
+        self._threads = [w for w in self._threads if w.is_alive()]
+        with self._guard:
+            self._running += 1
+        worker = threading.Thread(target=target, args=(self,), daemon=True)
+        worker.start()
+        self._threads.append(worker)
+        time.sleep(0.005)  # let this worker claim before the next one looks
+
+    def running(self) -> int:
+        with self._guard:
+            return self._running
+
+    def ended(self) -> int:
+        with self._guard:
+            return self._ended
+
+    def attempt_ended(self) -> None:
+        with self._guard:
+            self._ended += 1
+
+    def done(self, failures: list[UserError], worked: bool) -> None:
+        """A worker is done (nothing more to claim); one that ran attempts freed its slot."""
+        with self._guard:
+            self._failures.extend(failures)
+            self._running -= 1
+            self._ended += 1 if worked else 0
+
+    def raise_failure(self) -> None:
+        with self._guard:
+            if self._failures:
+                raise self._failures.pop(0)
+
+    def join(self) -> None:
+        """Wait for every worker (after a stop: their attempts are being interrupted)."""
+        for worker in self._threads:
+            while worker.is_alive():
+                worker.join(0.1)  # short joins keep the main thread free for signals
+        self._threads = []
 
 
 def _retry_while_leased(step: Callable[[], _T], window: float, say: Callable[[str], None]) -> _T:
