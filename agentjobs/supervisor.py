@@ -107,7 +107,7 @@ class ForkServer:
                     if again:
                         raise SupervisorLost("the supervisors' fork server cannot start") from None
             try:
-                reply = self._sock.recv(64)
+                reply = self._sock.recv(64) if self._sock is not None else b""
             except OSError:
                 reply = b""
         if not reply:  # the request may or may not have been forked: never send it twice
