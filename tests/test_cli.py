@@ -219,7 +219,7 @@ def test_a_job_printing_more_than_its_max_log_size_keeps_head_and_tail(
     [
         ("lots", "max_log_size"),
         ("100", "at least 4096 bytes"),
-        (12, "at least 4096 bytes"),
+        (12, "must be at least 4096, got 12"),
     ],
 )
 def test_max_log_size_is_validated(cli, jobs_dir: Path, value: object, problem: str) -> None:
