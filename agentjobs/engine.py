@@ -324,6 +324,10 @@ class Engine:
         orphans = [item for item in running if self._orphaned(item)]
         if not orphans:
             return {}
+        # what settling them imports, imported before the state lock is taken
+        import agentjobs.retry
+        import agentjobs.spec  # noqa: F401
+
         finished = self.store.finished_records(orphans, self.clock.now())
         return {i.id: (i, finished.get((i.run_id, i.attempt))) for i in orphans}
 

@@ -226,7 +226,8 @@ def find_finished(
 
 def _lines_matching(path: Path, offset: int, pattern: re.Pattern[bytes]) -> Iterator[bytes]:
     """The lines of `path` from `offset` on (the first one possibly partial) that `pattern`
-    matches, read in chunks; only the lines that match are cut out."""
+    matches, read in chunks and searched in place (no copy of a chunk); only the lines that
+    match are cut out."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except FileNotFoundError:
@@ -234,27 +235,36 @@ def _lines_matching(path: Path, offset: int, pattern: re.Pattern[bytes]) -> Iter
     except OSError as exc:
         raise environment_error(path, exc, "read") from None
     try:
-        carry = b""
+        carry = b""  # the start of a line the previous chunk ended in
         while True:
             try:
                 chunk = os.pread(fd, _CHUNK, offset)
             except OSError as exc:
                 raise environment_error(path, exc, "read") from None
             offset += len(chunk)
-            data = carry + chunk if carry else chunk
-            if chunk:
-                cut = data.rfind(b"\n") + 1
-                block, carry = data[:cut], data[cut:]
-            else:
-                block, carry = data, b""  # the end: a last line without its newline
-            for match in pattern.finditer(block):
-                begin = block.rfind(b"\n", 0, match.start()) + 1
-                end = block.find(b"\n", match.end())
-                yield block[begin : end if end >= 0 else len(block)]
-            if not chunk:
+            if not chunk:  # the end: a last line without its newline (torn)
+                yield from _matching(carry, 0, len(carry), pattern)
                 return
+            first = chunk.find(b"\n") + 1
+            if first == 0:  # no line ends in this chunk
+                carry += chunk
+                continue
+            yield from _matching(carry + chunk[:first], 0, len(carry) + first, pattern)
+            last = chunk.rfind(b"\n") + 1
+            yield from _matching(chunk, first, last, pattern)
+            carry = chunk[last:]
     finally:
         os.close(fd)
+
+
+def _matching(data: bytes, begin: int, end: int, pattern: re.Pattern[bytes]) -> Iterator[bytes]:
+    """The whole lines of `data[begin:end]` (which starts and ends at line boundaries) that
+    `pattern` matches."""
+    for match in pattern.finditer(data, begin, end):
+        newline = data.rfind(b"\n", begin, match.start())
+        start = newline + 1 if newline >= 0 else begin
+        stop = data.find(b"\n", match.end(), end)
+        yield data[start : stop if stop >= 0 else end]
 
 
 def day_files(records_dir: Path) -> list[Path]:
