@@ -22,7 +22,7 @@ leaves an orphan that the next tick records `lost` and retries once its job has 
 one killed after recording leaves one that is settled as recorded.
 
 AGENTJOBS_CRASH_TRIALS (default 50) sets the number of trials, AGENTJOBS_CRASH_SEED the seed;
-AGENTJOBS_SUPERVISOR_CRASH_TRIALS (default 12) the number of supervisor trials.
+AGENTJOBS_SUPERVISOR_CRASH_TRIALS (default 24) the number of supervisor trials.
 """
 
 from __future__ import annotations
@@ -589,7 +589,7 @@ def test_kill_9_at_the_worst_moments_loses_nothing_and_runs_nothing_twice(
     assert outcomes["succeeded"] == 4 and outcomes["lost attempts"] == expected[1], dict(outcomes)
 
 
-SUPERVISOR_TRIALS = int(os.environ.get("AGENTJOBS_SUPERVISOR_CRASH_TRIALS", "12"))
+SUPERVISOR_TRIALS = int(os.environ.get("AGENTJOBS_SUPERVISOR_CRASH_TRIALS", "24"))
 SUPERVISOR_KILL_CHANCE = 0.6  # each supervisor seen is killed with this chance...
 SUPERVISOR_KILL_WITHIN = 0.4  # ... this many seconds (at most) after it was first seen
 
