@@ -666,13 +666,23 @@ def history(
             r.get("trigger", ""),
             r.get("outcome", ""),
             f"{r['duration_s']:.1f}s" if r.get("duration_s") is not None else "-",
-            r.get("error") or r.get("reason") or "",
+            r.get("error") or _skip_detail(r) or r.get("reason") or "",
         ]
         for r in rows
     ]
     click.echo(
         _table(["TIME", "JOB", "RUN", "ATTEMPT", "TRIGGER", "OUTCOME", "DURATION", "DETAIL"], table)
     )
+
+
+def _skip_detail(record: dict[str, Any]) -> str | None:
+    """A skip record that stands for several slots: the reason, how many, from when to when."""
+    count = record.get("count")
+    if record.get("event") != "slot_skipped" or not isinstance(count, int) or count < 2:
+        return None
+    about = "" if record.get("count_exact", True) else "about "
+    span = f"{record.get('first')} to {record.get('last')}"
+    return f"{record.get('reason')}: {about}{count} slots, {span}"
 
 
 def _export_records(

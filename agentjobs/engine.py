@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar, cast
 
 from agentjobs import locks
@@ -28,10 +29,15 @@ from agentjobs.store import AppliedJob, AttemptSummary, JobState, QueueItem, Run
 if TYPE_CHECKING:
     from agentjobs.attempt import AttemptOutcome
     from agentjobs.notify import Notifier
+    from agentjobs.schedule import SlotPlan
     from agentjobs.store.postgres import Lease, PostgresStore
+    from agentjobs.supervisor import ForkServer
 
 _T = TypeVar("_T")
 DEFAULT_LOCK_TIMEOUT = 30.0
+# The longest a usage-limit hold (and its retry) may lie ahead: agents' weekly limits reset within
+# a week; the hold adds up to a minute (engine._finish). Further ahead, the clock went back.
+MAX_HOLD_S = 7 * 86400.0 + 60.0
 ORPHAN_REASON = "the runner stopped before the attempt finished (killed or machine restarted)"
 
 
@@ -110,6 +116,7 @@ class Engine:
     _messages: list[str] = field(default_factory=list)
     _failures: list[UserError] = field(default_factory=list)
     _guard: threading.Lock = field(default_factory=threading.Lock)
+    _server: ForkServer | None = None  # where this engine's supervisors are forked from
 
     # -- small helpers -------------------------------------------------------------------------
 
@@ -216,7 +223,7 @@ class Engine:
         """Whether a tick must do anything at all: compares stored strings only."""
         if runtime.applied_version != self.store.applied_version():
             return True
-        return bool(runtime.queue) or _any_due(runtime, now)
+        return bool(runtime.queue) or _any_due(runtime, now, check_clock=not self.store.shared)
 
     def _must_prepare(self, shared: PostgresStore, runtime: Runtime) -> bool:
         """Across hosts, whether this tick needs the exclusive whole-state transaction (due
@@ -225,7 +232,8 @@ class Engine:
         now = self._now()
         if runtime.applied_version != shared.applied_version():
             return True
-        if any(until <= now for until in runtime.holds.values()) or _any_due(runtime, now):
+        held = any(until <= now for until in runtime.holds.values())
+        if held or _any_due(runtime, now, check_clock=False):
             return True
         running = [i for i in runtime.queue.values() if i.state == "running"]
         return bool(running) and shared.unleased_running() > 0
@@ -243,7 +251,10 @@ class Engine:
             shared.see_host(self.host, self.labels)
         if shared is None or self._must_prepare(shared, runtime):
             recovered, enqueued, skipped = self._prepare()
-        attempts = self._run_queue()
+        try:
+            attempts = self._run_queue()
+        finally:
+            self._close_fork_server()
         from agentjobs import alerts, retention
 
         now = self.clock.now()
@@ -276,6 +287,7 @@ class Engine:
             if runtime.applied_version != self.store.applied_version():
                 self._reconcile_states(runtime, applied, now)
             stamp = iso(now) or ""
+            self._check_clock(runtime, applied, now)
             for key in [k for k, until in runtime.holds.items() if until <= stamp]:
                 del runtime.holds[key]  # the usage limit has lifted
             recovered = self._recover_orphans(runtime, applied, now, records, orphans)
@@ -374,6 +386,72 @@ class Engine:
             self._settle(runtime, item, applied.get(item.job), ended[0])
         return count
 
+    def _check_clock(
+        self, runtime: Runtime, applied: Mapping[str, AppliedJob], now: datetime
+    ) -> None:
+        """Bring back any stored time further ahead than its schedule allows from `now` (issue
+        10, item 5: after a tick while the clock was ahead, or a step back, nothing stays
+        silent for the size of the jump). Next-due times: a cron job's is the next slot after
+        now (its marker comes back to now), an `every` job's at most one interval (plus
+        jitter) away. Queued runs: a retry waits at most its policy's max backoff (MAX_HOLD_S
+        for a usage limit) from now, and no longer than it was meant to wait if it was set in
+        what is now the future; any other queued run may start now. Holds: the retry that set
+        it decides, else MAX_HOLD_S. Cheap when nothing is off: compares strings.
+
+        Not on a store shared by hosts: there a time ahead of this host's clock is as likely
+        another host's clock running ahead (skew), and bringing it back would run its slots
+        again; the hosts whose clocks are right keep the schedules going."""
+        if self.store.shared:
+            return
+        stamp = iso(now) or ""
+        fixed = {"next-run times": 0, "queued runs": 0, "usage-limit holds": 0}
+        for name, state in list(runtime.jobs.items()):
+            job = applied.get(name)
+            if job is None or not job.spec.get("schedule") or state.next_due is None:
+                continue
+            if state.next_due_max_gap is None:  # a state written before the field existed
+                from agentjobs.schedule import max_gap
+                from agentjobs.spec import Schedule
+
+                gap = max_gap(name, Schedule(**job.spec["schedule"]))
+                state = runtime.jobs[name] = dataclasses.replace(state, next_due_max_gap=gap)
+            if not _implausible_due(state, stamp, {}):
+                continue
+            runtime.jobs[name] = _recompute_due(name, state, job, now)
+            fixed["next-run times"] += 1
+        moved: dict[str, str] = {}  # a retry's old not_before -> its new one (for its hold)
+        for item in list(runtime.queue.values()):
+            if item.state != "queued" or item.not_before <= stamp:
+                continue
+            origin = item.history[-1].finished_at if item.history else item.queued_at
+            longest = 0.0  # a scheduled, manual or replayed run was due when it was queued
+            if item.trigger == "retry":
+                longest = _longest_wait(item, applied.get(item.job))
+            latest = iso(now + timedelta(seconds=longest)) or stamp
+            if origin <= stamp and item.not_before <= latest:
+                continue
+            meant = max(0.0, (parse(item.not_before) - parse(origin)).total_seconds())
+            wait = min(meant, longest) if origin > stamp else longest
+            new = iso(now + timedelta(seconds=wait)) or stamp
+            moved[item.not_before] = new
+            runtime.queue[item.id] = dataclasses.replace(item, not_before=new)
+            fixed["queued runs"] += 1
+        horizon = iso(now + timedelta(seconds=MAX_HOLD_S)) or ""
+        for key, until in list(runtime.holds.items()):
+            if until in moved and moved[until] < until:
+                runtime.holds[key] = moved[until]
+            elif until > horizon:
+                runtime.holds[key] = horizon
+            else:
+                continue
+            fixed["usage-limit holds"] += 1
+        if any(fixed.values()):
+            what = ", ".join(f"{n} {kind}" for kind, n in fixed.items() if n)
+            self._tell(
+                f"the clock is behind times stored in the state (a tick ran while it was ahead, "
+                f"or it was set back); brought back within their schedules from {stamp}: {what}"
+            )
+
     def _drop_deleted(
         self, runtime: Runtime, applied: Mapping[str, AppliedJob], records: list[dict[str, Any]]
     ) -> None:
@@ -414,9 +492,9 @@ class Engine:
             )
             if plan.warning:
                 self._tell(f"{name}: {plan.warning}")
-            for slot, reason in plan.skip:
-                records.append(self._skip_record(name, job, slot, reason, now))
-                skipped += 1
+            if plan.skipped is not None:  # one record however many slots (issue 10, item 7)
+                records.append(self._skip_record(name, job, plan.skipped.last, "", now, plan))
+                skipped += plan.skipped.count
             # Overlap is judged against runs in flight before this tick: the slots of one
             # catch-up batch (catchup: all) all queue up.
             before = {i.id for i in runtime.items_of(name)}
@@ -455,8 +533,23 @@ class Engine:
         return enqueued, skipped
 
     def _skip_record(
-        self, name: str, job: AppliedJob, slot: datetime, reason: str, now: datetime
+        self,
+        name: str,
+        job: AppliedJob,
+        slot: datetime,
+        reason: str,
+        now: datetime,
+        plan: SlotPlan | None = None,
     ) -> dict[str, Any]:
+        """A `slot_skipped` record: of one slot, or (with `plan`) the summary of its skipped
+        slots, `count` of them from `first` to `last` (`slot` is the last)."""
+        fields: dict[str, Any] = {"count": 1, "first": iso(slot), "last": iso(slot)}
+        if plan is not None and plan.skipped is not None:
+            summary = plan.skipped
+            reason = summary.reason
+            fields = {"count": summary.count, "first": iso(summary.first), "last": iso(slot)}
+            if not summary.exact:
+                fields["count_exact"] = False
         stub = QueueItem(
             id=f"{name}@{iso(slot)}",
             run_id=new_ulid(),
@@ -469,7 +562,7 @@ class Engine:
             slot=iso(slot),
             attempt=0,
         )
-        return self._record("slot_skipped", stub, job, reason=reason, outcome="skipped")
+        return self._record("slot_skipped", stub, job, reason=reason, outcome="skipped", **fields)
 
     def _enqueue_slot(
         self,
@@ -728,9 +821,19 @@ class Engine:
                 return False
             return True
 
+        lease = cast("Lease", claim.key) if self.store.shared else None
+        request = {
+            "item": item.to_dict(),
+            "job": claim.applied.name,
+            "applied": claim.applied.to_dict(),
+            "key": None if lease else str(cast(locks.HeldLock, claim.key).path),
+            "slot": None if lease else str(cast(locks.HeldLock, claim.slot).path),
+            "lease": {"token": lease.token, "duration": lease.duration} if lease else None,
+        }
         try:
             raw = supervisor.supervise(
-                lambda channel: self._supervised(claim, channel),
+                self._fork_server(),
+                request,
                 keep_fds=tuple(fd for fd in (claim.key.fd, claim.slot.fd) if fd is not None),
                 after_fork=let_go,
                 settle=settle,
@@ -796,7 +899,20 @@ class Engine:
                 following = candidate if isinstance(candidate, _Claim) else None
         return result, following
 
-    def _supervised(self, claim: _Claim, channel: Any) -> dict[str, Any]:
+    def _fork_server(self) -> ForkServer:
+        with self._guard:
+            if self._server is None:
+                from agentjobs.supervisor import ForkServer
+
+                self._server = ForkServer(self._supervised)
+            return self._server
+
+    def _close_fork_server(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            self._server = None
+
+    def _supervised(self, request: dict[str, Any], fds: list[int], channel: Any) -> dict[str, Any]:
         """The supervisor's part (in its own process): run the attempt, stop what is left of
         it, append its records, then have it settled: by the tick, or by itself when the tick
         is gone or frozen. Writes are retried until they land (a full disk), so the attempt's
@@ -805,9 +921,17 @@ class Engine:
 
         assert isinstance(channel, Channel)
         store = self.store.reopened()  # nothing the tick's other threads may have locked
+        item = QueueItem.from_dict(request["item"])
+        applied = AppliedJob.from_dict(request["job"], request["applied"])
         lease: Lease | None = None
-        if store.shared:
-            lease = cast("Lease", claim.key).moved(cast("PostgresStore", store))
+        if request["lease"]:
+            from agentjobs.store.postgres import Lease
+
+            lease = Lease(cast("PostgresStore", store), **request["lease"])
+            claim = _Claim(item, applied, lease, lease)
+        else:
+            key = locks.HeldLock(Path(request["key"]), fds[0])
+            claim = _Claim(item, applied, key, locks.HeldLock(Path(request["slot"]), fds[1]))
         engine = dataclasses.replace(
             self,
             store=store,
@@ -818,6 +942,7 @@ class Engine:
             _messages=[],
             _failures=[],
             _guard=threading.Lock(),
+            _server=None,
         )
         try:
             return _result_dict(engine._attempt(claim, lease, channel))
@@ -1268,7 +1393,10 @@ class Engine:
         while True:
             claim = self._claim(only=item.id)
             if isinstance(claim, _Claim):
-                result = self._execute(claim)[0]
+                try:
+                    result = self._execute(claim)[0]
+                finally:
+                    self._close_fork_server()
                 self._deliver()  # the attempt's events, written to the outbox by its supervisor
                 return item, result
             if claim is None:
@@ -1426,16 +1554,81 @@ def _still_ours(current: QueueItem, item: QueueItem) -> bool:
     )
 
 
-def _any_due(runtime: Runtime, now: str) -> bool:
-    """Whether a job not paused is due: its slot has come, or its `needs` are met anew."""
+def _any_due(runtime: Runtime, now: str, check_clock: bool = True) -> bool:
+    """Whether a job not paused is due: its slot has come, or its `needs` are met anew; or
+    (`check_clock`) a stored time is further ahead than its schedule allows (the clock went
+    back: `Engine._check_clock`)."""
+    horizons: dict[float, str] = {}
     for name, state in runtime.jobs.items():
-        if state.paused:
-            continue
-        if state.next_due is not None and state.next_due <= now:
+        due = state.next_due
+        if due is not None:
+            if due <= now:
+                if not state.paused:
+                    return True
+            elif check_clock and state.next_due_max_gap is not None:  # inlined: a hot loop
+                gap = state.next_due_max_gap
+                if due > (horizons.get(gap) or _horizon(now, gap, horizons)):
+                    return True
+        if state.needs and not state.paused and _needs_met(runtime, name, state):
             return True
-        if state.needs and _needs_met(runtime, name, state):
+    if not check_clock:
+        return False
+    if runtime.holds:
+        horizon = _horizon(now, MAX_HOLD_S, horizons)
+        if any(until > horizon for until in runtime.holds.values()):
             return True
+    for item in runtime.queue.values():
+        if item.state == "queued" and item.not_before > now:
+            origin = item.history[-1].finished_at if item.history else item.queued_at
+            if origin > now or item.not_before > _horizon(now, MAX_HOLD_S, horizons):
+                return True
     return False
+
+
+def _horizon(now: str, seconds: float, cache: dict[float, str]) -> str:
+    """`now` plus `seconds`, as a stored time string (one parse per distinct interval)."""
+    found = cache.get(seconds)
+    if found is None:
+        found = cache[seconds] = iso(parse(now) + timedelta(seconds=seconds)) or ""
+    return found
+
+
+def _implausible_due(state: JobState, now: str, horizons: dict[float, str]) -> bool:
+    """A next-due time further ahead than the schedule allows from now: some slot between now
+    and it would be silenced. (A slot marker ahead of now alone silences nothing: the slots up
+    to it ran, in what was then the present.)"""
+    assert state.next_due is not None
+    gap = state.next_due_max_gap
+    return (
+        gap is not None and state.next_due > now and state.next_due > _horizon(now, gap, horizons)
+    )
+
+
+def _recompute_due(name: str, state: JobState, job: AppliedJob, now: datetime) -> JobState:
+    """The job's next-due time from `now`: the next cron slot after the marker (brought back to
+    now), or at most one `every` interval away."""
+    from agentjobs.schedule import fire_time, next_fire
+    from agentjobs.spec import Schedule
+
+    schedule = Schedule(**job.spec["schedule"])
+    stamp = iso(now) or ""
+    marker = state.last_slot if state.last_slot is None or state.last_slot <= stamp else stamp
+    due = parse(state.next_due) if state.next_due else now
+    if schedule.cron is not None:
+        slot = next_fire(schedule.cron, schedule.timezone, parse(marker) if marker else now)
+        due = fire_time(name, schedule, slot)
+    elif schedule.every is not None:
+        due = min(due, now + timedelta(seconds=state.next_due_max_gap or schedule.every))
+    return dataclasses.replace(state, last_slot=marker, next_due=iso(due))
+
+
+def _longest_wait(item: QueueItem, job: AppliedJob | None) -> float:
+    """The longest a retry of `item` can be meant to wait: its policy's max backoff, or for a
+    usage limit (the reset time an agent reported) MAX_HOLD_S."""
+    if item.history and item.history[-1].outcome == "rate_limited":
+        return MAX_HOLD_S
+    backoff = dict((job.spec.get("retry") or {}).get("backoff") or {}) if job else {}
+    return float(backoff.get("max", 1800.0))
 
 
 def _needs_met(runtime: Runtime, name: str, state: JobState) -> bool:

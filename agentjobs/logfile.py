@@ -14,6 +14,7 @@ memory as one of 2 KiB.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -46,10 +47,21 @@ class CappedLog:
         self.written = 0  # bytes of output so far
         self.omitted = 0
         self.marker_len = 0  # the marker in the file now (0: none yet)
+        self.dropped = 0  # bytes the file system refused (a full disk)
+        self.drop_error = ""
 
     def write(self, data: bytes) -> None:
-        self.log.write(data)
-        self.written += len(data)
+        """Append `data`. A log the disk cannot take (ENOSPC, EIO) never ends the attempt:
+        what could not be written is counted and said at the end (the attempt's watchdog, its
+        output tail and its record do not depend on the file)."""
+        view = memoryview(data)
+        try:
+            while view:
+                view = view[self.log.write(view) or 0 :]
+        except OSError as exc:
+            self.dropped += len(view)
+            self.drop_error = exc.strerror or str(exc)
+        self.written += len(data) - len(view)
         if self.cap and self._after_head() >= 2 * self.tail:
             self._compact()
 
@@ -57,6 +69,13 @@ class CappedLog:
         """Trim to the head, the marker and the last `tail` bytes (when over the cap)."""
         if self.cap and self._after_head() > self.tail:
             self._compact()
+        if self.dropped:
+            note = (
+                f"\n[agentjobs] {self.dropped} bytes of output could not be written to this "
+                f"log ({self.drop_error})\n"
+            ).encode()
+            with contextlib.suppress(OSError):
+                self.log.write(note)
 
     def _after_head(self) -> int:
         """Bytes in the file after the head and the marker."""
@@ -64,6 +83,10 @@ class CappedLog:
         return max(0, kept - self.head)
 
     def _compact(self) -> None:
+        with contextlib.suppress(OSError):  # a full disk: the log stays longer than its cap
+            self._trim()
+
+    def _trim(self) -> None:
         start = self.base + self.head  # where the marker goes
         end = start + self.marker_len + self._after_head()
         drop = self._after_head() - self.tail

@@ -138,12 +138,18 @@ def fresh_state(spec: JobSpec, now: datetime, previous: JobState | None) -> JobS
     finished = datetime.fromisoformat(last_finished) if last_finished else None
     due = initial_due(spec, now, finished)
     base = previous or JobState(schedule_hash="")
+    gap = None
+    if spec.schedule is not None and due is not None:
+        from agentjobs.schedule import max_gap
+
+        gap = max_gap(spec.name, spec.schedule)
     return dataclasses.replace(
         base,
         schedule_hash=spec.schedule_hash(),
         next_due=iso(due),
         last_slot=iso(now) if due else None,
         needs=spec.needs,
+        next_due_max_gap=gap,
     )
 
 

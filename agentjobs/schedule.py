@@ -126,10 +126,87 @@ def cron_fires(expr: str, tz_name: str, after: datetime) -> Iterator[datetime]:
                 yield moment
 
 
+# Within a week and away from any UTC-offset change, local wall-clock time maps one to one onto
+# UTC, so croniter's own next/previous answer is exact; elsewhere `cron_fires` applies the DST
+# policy. This keeps a next or previous slot O(1) even for `* * * * *` (issue 10, item 7).
+_QUIET_SPAN = timedelta(days=7)
+_DST_MARGIN = timedelta(hours=3)
+
+
+def _quiet(tz: ZoneInfo, lo: datetime, hi: datetime) -> bool:
+    """No UTC-offset change within 3 hours of [lo, hi] (a span of at most a week)."""
+    if hi - lo > _QUIET_SPAN:
+        return False
+    before = (lo - _DST_MARGIN).astimezone(tz).utcoffset()
+    return before == (hi + _DST_MARGIN).astimezone(tz).utcoffset()
+
+
+def next_fire(expr: str, tz_name: str, after: datetime) -> datetime:
+    """The first UTC instant strictly after `after` at which `expr` fires (as `cron_fires`)."""
+    from croniter import croniter
+
+    tz = zone(tz_name)
+    local = after.astimezone(tz).replace(tzinfo=None)
+    naive: datetime = croniter(expand_macro(expr), local).get_next(datetime)
+    moment = naive.replace(tzinfo=tz).astimezone(UTC)
+    if moment > after and _quiet(tz, after, moment):
+        return moment
+    return next(cron_fires(expr, tz_name, after))
+
+
+def prev_fire(expr: str, tz_name: str, at: datetime) -> datetime | None:
+    """The newest UTC instant at or before `at` at which `expr` fires (as `cron_fires`), found
+    from `at` backwards: no enumeration of the slots since some older time."""
+    from croniter import croniter
+
+    tz = zone(tz_name)
+    local = at.astimezone(tz).replace(tzinfo=None, microsecond=0) + timedelta(seconds=1)
+    naive: datetime = croniter(expand_macro(expr), local).get_prev(datetime)
+    moment = naive.replace(tzinfo=tz).astimezone(UTC)
+    if moment <= at and _quiet(tz, moment, at):
+        return moment
+    span = max(at - moment, timedelta(0)) + timedelta(hours=4)  # near a DST change
+    for _ in range(6):
+        newest = None
+        for fire in cron_fires(expr, tz_name, at - span):
+            if fire > at:
+                break
+            newest = fire
+        if newest is not None:
+            return newest
+        span *= 4
+    return None
+
+
+def count_fires(
+    expr: str, tz_name: str, after: datetime, upto: datetime, limit: int = 48
+) -> tuple[int, bool]:
+    """How many times `expr` fires in (`after`, `upto`], and whether that is exact: the first
+    `limit` are counted, the rest estimated from their average spacing (a 30-day gap of a
+    minutely job is not enumerated)."""
+    count = 0
+    cursor = after
+    first = None
+    near_dst = not _quiet(zone(tz_name), after, after + timedelta(days=1))
+    fires = cron_fires(expr, tz_name, after) if near_dst else None  # one iterator, not `limit`
+    while count < limit:
+        fire = next(fires) if fires is not None else next_fire(expr, tz_name, cursor)
+        if fire > upto:
+            return count, True
+        count += 1
+        first = first or fire
+        cursor = fire
+    assert first is not None
+    spacing = (cursor - first) / max(1, count - 1)
+    if spacing <= timedelta(0):
+        return count, False
+    return count + int((upto - cursor) / spacing), False
+
+
 @lru_cache(maxsize=1024)
 def _next_cron(expr: str, tz: str, after: datetime) -> datetime:
     """The first fire after `after` (cached: an apply asks it of many jobs for one `now`)."""
-    return next(cron_fires(expr, tz, after))
+    return next_fire(expr, tz, after)
 
 
 def jitter_offset(job: str, jitter: float) -> float:
@@ -160,6 +237,39 @@ def next_slot(
     return None
 
 
+_DAY = 86400.0
+
+
+def max_gap(job: str, schedule: Schedule) -> float | None:
+    """Seconds a plausible next-due time can lie ahead of now: an `every` interval plus the
+    job's jitter; for cron, the longest interval between two slots (exact for expressions that
+    restrict only minutes and hours, two hours more when the hour is fixed, for DST), else a
+    bound read off the coarsest restricted field (weekdays: a week; days of the month: two
+    months; months: eight years, for 29 February), plus jitter. None for `at`, whose one slot
+    is where it is. Computed at apply; the no-op tick only compares against it."""
+    jitter = jitter_offset(job, schedule.jitter)
+    if schedule.every is not None:
+        return schedule.every + jitter
+    if schedule.cron is None:
+        return None
+    from croniter import croniter
+
+    fields = croniter(expand_macro(schedule.cron)).expanded
+    minutes, hours, dom, month, dow = (list(f) for f in fields[:5])
+    if month != ["*"]:
+        return 8 * 366 * _DAY + jitter
+    if dom != ["*"]:
+        return 62 * _DAY + jitter
+    if dow != ["*"]:
+        return 7 * _DAY + 2 * 3600 + jitter
+    every_hour = hours == ["*"]
+    hours = list(range(24)) if every_hour else hours
+    minutes = list(range(60)) if minutes == ["*"] else minutes
+    times = sorted({int(h) * 60 + int(m) for h in hours for m in minutes})
+    gaps = [b - a for a, b in zip(times, [*times[1:], times[0] + 1440], strict=True)]
+    return max(gaps) * 60.0 + (0.0 if every_hour else 2 * 3600) + jitter
+
+
 def fire_time(job: str, schedule: Schedule, slot: datetime) -> datetime:
     """When a slot actually starts: the slot plus the job's deterministic jitter."""
     return slot + timedelta(seconds=jitter_offset(job, schedule.jitter))
@@ -169,46 +279,106 @@ def fire_time(job: str, schedule: Schedule, slot: datetime) -> datetime:
 
 CATCHUP_GRACE = 300.0  # a slot started within 5 minutes of its time is on time, not "missed"
 CATCHUP_CAP = 100  # catchup: all runs at most this many missed slots
-_ENUMERATION_LIMIT = 200_000
+
+
+@dataclass(frozen=True, slots=True)
+class Skipped:
+    """The slots of one job a tick skips, summarised (one `slot_skipped` record, not one per
+    slot): `count` of them from `first` to `last`, all for `reason` (missed | coalesced |
+    catchup_cap). `exact` is False when the count of a long gap is estimated."""
+
+    reason: str
+    count: int
+    first: datetime
+    last: datetime
+    exact: bool = True
 
 
 @dataclass(frozen=True, slots=True)
 class SlotPlan:
-    """What a tick does with a job's slots: enqueue some, record some as skipped."""
+    """What a tick does with a job's slots: enqueue some, record the others as skipped."""
 
     run: tuple[tuple[datetime, str], ...] = ()  # (slot, trigger: schedule | catchup)
-    skip: tuple[tuple[datetime, str], ...] = ()  # (slot, reason: missed | coalesced | catchup_cap)
+    skipped: Skipped | None = None
     last_slot: datetime | None = None  # the marker once these are enqueued or recorded
     next_due: datetime | None = None  # fire time of the next slot; None: none, or after a run
     warning: str | None = None
 
 
-def _late(job: str, schedule: Schedule, slot: datetime, now: datetime) -> bool:
-    return (now - fire_time(job, schedule, slot)).total_seconds() > CATCHUP_GRACE
+def on_time(job: str, schedule: Schedule, slot: datetime, now: datetime) -> bool:
+    """A slot is on time while its fire time is at most CATCHUP_GRACE (5 minutes) behind `now`;
+    later it is missed (catchup: skip does not run it)."""
+    return (now - fire_time(job, schedule, slot)).total_seconds() <= CATCHUP_GRACE
 
 
-def _apply_catchup(
-    job: str, schedule: Schedule, slots: list[datetime], now: datetime
-) -> tuple[list[tuple[datetime, str]], list[tuple[datetime, str]], str | None]:
-    late = [s for s in slots if _late(job, schedule, s, now)]
-    on_time = [(s, "schedule") for s in slots if not _late(job, schedule, s, now)]
-    if not late:
-        return on_time, [], None
-    if schedule.catchup == "skip":
-        return on_time, [(s, "missed") for s in late], None
-    if schedule.catchup == "once":
-        if on_time:  # the newest slot runs on time; the missed ones are covered by it
-            return on_time, [(s, "coalesced") for s in late], None
-        return [(late[-1], "catchup")], [(s, "coalesced") for s in late[:-1]], None
-    kept = late[-CATCHUP_CAP:]
-    dropped = late[:-CATCHUP_CAP]
+def _skipped(
+    schedule: Schedule, reason: str, after: datetime, upto: datetime | None
+) -> Skipped | None:
+    """The summary of the cron slots in (`after`, `upto`]: two look-ups and a bounded count."""
+    assert schedule.cron is not None
+    if upto is None or upto <= after:
+        return None
+    first = next_fire(schedule.cron, schedule.timezone, after)
+    if first > upto:
+        return None
+    count, exact = count_fires(schedule.cron, schedule.timezone, after, upto)
+    return Skipped(reason, count, first, upto, exact)
+
+
+def _before(schedule: Schedule, slot: datetime) -> datetime | None:
+    """The cron slot before `slot` (slots are whole minutes)."""
+    assert schedule.cron is not None
+    return prev_fire(schedule.cron, schedule.timezone, slot - timedelta(seconds=1))
+
+
+def _plan_cron(job: str, schedule: Schedule, last_slot: datetime | None, now: datetime) -> SlotPlan:
+    assert schedule.cron is not None
+    expr, tz = schedule.cron, schedule.timezone
+    jitter = timedelta(seconds=jitter_offset(job, schedule.jitter))
+    # Slots up to the marker are done. A marker after `now` means the clock went back: slots
+    # after `now` are not done in this timeline, so the marker comes back to `now`.
+    after = now if last_slot is None or last_slot > now else last_slot
+    marker = last_slot if last_slot is None or last_slot <= now else after
+    newest = prev_fire(expr, tz, now - jitter)  # the newest slot whose fire time has come
+    if newest is None or newest <= after:
+        upcoming = next_fire(expr, tz, after)
+        return SlotPlan(last_slot=marker, next_due=fire_time(job, schedule, upcoming))
+    due = fire_time(job, schedule, next_fire(expr, tz, newest))  # after `now`, whatever the gap
+    if schedule.catchup == "all":
+        return _plan_all(job, schedule, after, newest, now, due)
+    punctual = on_time(job, schedule, newest, now)
+    if schedule.catchup == "skip" and not punctual:
+        skipped = _skipped(schedule, "missed", after, newest)
+        return SlotPlan((), skipped, newest, due)
+    reason = "coalesced" if schedule.catchup == "once" else "missed"
+    skipped = _skipped(schedule, reason, after, _before(schedule, newest))
+    trigger = "schedule" if punctual else "catchup"
+    return SlotPlan(((newest, trigger),), skipped, newest, due)
+
+
+def _plan_all(
+    job: str, schedule: Schedule, after: datetime, newest: datetime, now: datetime, due: datetime
+) -> SlotPlan:
+    """catchup: all: every due slot runs, the on-time ones and the newest CATCHUP_CAP missed
+    ones; older ones are skipped (catchup_cap). Walks back from the newest: O(cap)."""
+    runs: list[tuple[datetime, str]] = []
+    late = 0
+    slot: datetime | None = newest
+    while slot is not None and slot > after and late < CATCHUP_CAP:
+        punctual = on_time(job, schedule, slot, now)
+        late += 0 if punctual else 1
+        runs.append((slot, "schedule" if punctual else "catchup"))
+        slot = _before(schedule, slot)
+    runs.reverse()
+    skipped = _skipped(schedule, "catchup_cap", after, _before(schedule, runs[0][0]))
     warning = None
-    if dropped:
+    if skipped is not None:
+        count = f"{skipped.count}" if skipped.exact else f"about {skipped.count}"
         warning = (
-            f"{len(late)} missed slots; catchup: all runs the newest {CATCHUP_CAP} and skips "
-            f"{len(dropped)} (reason catchup_cap)"
+            f"{count} more missed slots; catchup: all runs the newest {CATCHUP_CAP} and skips "
+            f"the older ones from {skipped.first.isoformat()} (reason catchup_cap)"
         )
-    return [(s, "catchup") for s in kept] + on_time, [(s, "catchup_cap") for s in dropped], warning
+    return SlotPlan(tuple(runs), skipped, newest, due, warning)
 
 
 def plan_slots(
@@ -219,22 +389,16 @@ def plan_slots(
     next_due: datetime | None,
     now: datetime,
 ) -> SlotPlan:
-    """The slots of `job` due at `now` after the marker `last_slot`. Pure."""
+    """The slots of `job` due at `now` after the marker `last_slot`. Pure.
+
+    At most one slot runs under `catchup: once` (the newest due one; the older ones are
+    coalesced into it) and `skip` (the newest, and only when it is on time, see `on_time`;
+    the others are missed); `all` runs each (capped at CATCHUP_CAP). The cost does not grow
+    with the gap: the newest slot is found backwards from `now`, the skipped ones are counted
+    up to a bound and estimated beyond it, and `next_due` is always after `now`.
+    """
     if schedule.cron is not None:
-        after = last_slot or now
-        slots: list[datetime] = []
-        upcoming = None
-        for slot in cron_fires(schedule.cron, schedule.timezone, after):
-            if fire_time(job, schedule, slot) > now or len(slots) >= _ENUMERATION_LIMIT:
-                upcoming = slot
-                break
-            slots.append(slot)
-        if not slots:
-            due = fire_time(job, schedule, upcoming) if upcoming else None
-            return SlotPlan(last_slot=last_slot, next_due=due)
-        run, skip, warning = _apply_catchup(job, schedule, slots, now)
-        due = fire_time(job, schedule, upcoming) if upcoming else None
-        return SlotPlan(tuple(run), tuple(skip), slots[-1], due, warning)
+        return _plan_cron(job, schedule, last_slot, now)
     if schedule.every is not None:
         if next_due is None or next_due > now:
             return SlotPlan(last_slot=last_slot, next_due=next_due)
@@ -246,6 +410,9 @@ def plan_slots(
             return SlotPlan(last_slot=last_slot, next_due=None)
         if fire_time(job, schedule, slot) > now:
             return SlotPlan(last_slot=last_slot, next_due=fire_time(job, schedule, slot))
-        run, skip, warning = _apply_catchup(job, schedule, [slot], now)
-        return SlotPlan(tuple(run), tuple(skip), slot, None, warning)
+        if on_time(job, schedule, slot, now):
+            return SlotPlan(run=((slot, "schedule"),), last_slot=slot)
+        if schedule.catchup == "skip":
+            return SlotPlan(skipped=Skipped("missed", 1, slot, slot), last_slot=slot)
+        return SlotPlan(run=((slot, "catchup"),), last_slot=slot)
     return SlotPlan(last_slot=last_slot)

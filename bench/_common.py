@@ -608,7 +608,7 @@ _THREAD_WAITS = re.compile(
 
 
 def profile_engine_tick(
-    state: Path, *, max_concurrent: int | None = None, top: int = 20
+    state: Path, *, max_concurrent: int | None = None, top: int = 20, now: str | None = None
 ) -> dict[str, Any]:
     """One `Engine(FileStore(state)).tick()` in this process under cProfile, worker threads
     included (each worker profiles itself; the stats are merged).
@@ -633,7 +633,10 @@ def profile_engine_tick(
                 prof.disable()
                 worker_profiles.append(prof)
 
-    engine = ProfiledEngine(FileStore(state), max_concurrent=max_concurrent)
+    from agentjobs.clock import Clock
+
+    clock = Clock(start=datetime.fromisoformat(now)) if now else Clock()  # `now`: as `--now`
+    engine = ProfiledEngine(FileStore(state), clock=clock, max_concurrent=max_concurrent)
     main_thread = cProfile.Profile()
     start = time.perf_counter()
     main_thread.enable()

@@ -1,8 +1,10 @@
 """A `tick` with nothing due over 10,000 applied jobs: the CLI and `Engine(FileStore(S)).tick()`.
 
 The jobs are the varied ones `_common.write_jobs` generates (cron, `every`, `at`, manual, needs,
-disabled ...), applied with `apply --now` a few years ahead, so every precomputed due time lies in
-the future and a real-time tick has nothing to do. Checks that the tick ran and recorded nothing,
+disabled ...), applied with `apply --now` a few years ahead; every tick runs as if ten seconds
+before that apply (`tick --now`, `Clock(start=...)`), so each precomputed due time lies just ahead,
+within what its schedule allows (a tick at the real time would see a clock four years behind the
+state and bring every due time back: issue 10, item 5), and the tick has nothing to do. Checks that the tick ran and recorded nothing,
 times it as a subprocess (`python -m agentjobs tick`) and in this process, breaks the in-process
 time into the store reads and the `_has_work` scan, and profiles one in-process tick.
 Target: one tick (CLI, median) <= 1 s.
@@ -45,25 +47,34 @@ NAME = "tick_10k"
 TARGET_SECONDS = 1.0
 # Apply "at" this time: every job's first due time is after it (generated `at` times are
 # 2031-2035; `every` jobs are due at the apply time itself).
-APPLY_AT = "2030-06-01T00:00:00Z"
+APPLY_AT = "2030-06-01T00:00:30Z"
+# Ticks run at this time: before every due time, and no due time is further ahead than its
+# schedule allows (an `every: 90s` job is due 10 s after it plus jitter).
+TICK_AT = "2030-06-01T00:00:20+00:00"
 
 
 def in_process(state: Path, repeats: int) -> dict[str, Any]:
     """`Engine(FileStore(state)).tick()` in this process (modules already imported), and its parts."""
+    from datetime import datetime
+
+    from agentjobs.clock import Clock
     from agentjobs.engine import Engine
     from agentjobs.store.files import FileStore
+
+    def clock() -> Clock:
+        return Clock(start=datetime.fromisoformat(TICK_AT))
 
     def timed(fn: Any) -> float:
         start = time.perf_counter()
         fn()
         return time.perf_counter() - start
 
-    Engine(FileStore(state)).tick()  # warm: imports, page cache
+    Engine(FileStore(state), clock=clock()).tick()  # warm: imports, page cache
     ticks, runtime_reads, applied_reads, scans = [], [], [], []
     for _ in range(repeats):
-        ticks.append(timed(lambda: Engine(FileStore(state)).tick()))
+        ticks.append(timed(lambda: Engine(FileStore(state), clock=clock()).tick()))
         store = FileStore(state)
-        engine = Engine(store)
+        engine = Engine(store, clock=clock())
         runtime_reads.append(timed(store.runtime))
         applied_reads.append(timed(store.applied))
         runtime = store.runtime()
@@ -80,10 +91,10 @@ def in_process(state: Path, repeats: int) -> dict[str, Any]:
 
     what_if = []
     for _ in range(repeats):
-        what_if.append(timed(lambda: Engine(RemembersVersion(state)).tick()))
+        what_if.append(timed(lambda: Engine(RemembersVersion(state), clock=clock()).tick()))
     store = FileStore(state)
     runtime = store.runtime()
-    has_work = Engine(store)._has_work(runtime, Engine(store)._now())
+    has_work = Engine(store, clock=clock())._has_work(runtime, Engine(store, clock=clock())._now())
     # why `_has_work` says yes, if it does: the first condition that holds
     reason = None
     if has_work:
@@ -95,7 +106,8 @@ def in_process(state: Path, repeats: int) -> dict[str, Any]:
         elif runtime.queue:
             reason = f"{len(runtime.queue)} queued items"
         else:
-            reason = "a job is due or its needs are met"
+            reason = "a job is due, its needs are met, or a stored time is further ahead than "
+            reason += "its schedule allows"
     return {
         "Engine(FileStore(S)).tick()": summarize(ticks),
         "FileStore.runtime()": summarize(runtime_reads),
@@ -124,7 +136,7 @@ def main() -> int:
         summary = apply_jobs(jobs_dir, state, now=APPLY_AT)
         print(f"applied in {time.perf_counter() - start:.1f} s: {summary}")
 
-        tick = ["--state-dir", str(state), "tick"]
+        tick = ["--state-dir", str(state), "tick", "--now", TICK_AT]
         before = snapshot(state)
         shown = run([*AGENTJOBS_MODULE, *tick], cwd=root)
         written = changed_files(before, snapshot(state))
@@ -141,7 +153,7 @@ def main() -> int:
             cwd=root,
         )
         inproc = in_process(state, args.repeats)
-        where = profile_engine_tick(state)
+        where = profile_engine_tick(state, now=TICK_AT)
         state_bytes = {p.name: p.stat().st_size for p in state.iterdir() if p.is_file()}
         if changed_files(before, snapshot(state)) != written:
             written = changed_files(before, snapshot(state))

@@ -130,8 +130,10 @@ def test_catchup_all_is_capped_at_100_with_a_warning() -> None:
     plan = plan_slots("j", schedule, last_slot=start, next_due=None, now=start + timedelta(days=7))
     # the newest 100 missed ones, plus the 6 within the 5-minute grace (on time, not missed)
     assert len(plan.run) == CATCHUP_CAP + 6
-    assert len(plan.skip) == 7 * 1440 - 6 - CATCHUP_CAP
-    assert {reason for _, reason in plan.skip} == {"catchup_cap"}
+    assert plan.skipped is not None and plan.skipped.reason == "catchup_cap"
+    assert plan.skipped.count == 7 * 1440 - 6 - CATCHUP_CAP  # estimated, and exactly right
+    assert plan.skipped.first == start + timedelta(minutes=1)
+    assert plan.skipped.last == plan.run[0][0] - timedelta(minutes=1)
     assert plan.warning is not None and "catchup: all runs the newest 100" in plan.warning
     assert plan.last_slot == start + timedelta(days=7)
 
@@ -150,3 +152,75 @@ def test_plan_slots_is_a_pure_function_of_now() -> None:
     due = plan_slots("j", schedule, last_slot=last, next_due=None, now=early.next_due)
     assert due.run == ((datetime(2026, 11, 24, 2, tzinfo=UTC), "schedule"),)
     assert due == plan_slots("j", schedule, last_slot=last, next_due=None, now=early.next_due)
+
+
+@pytest.mark.parametrize(
+    ("expr", "tz"),
+    [
+        ("* * * * *", "Europe/Berlin"),
+        ("*/15 * * * *", "Europe/Berlin"),
+        ("0 * * * *", "Europe/Berlin"),
+        ("30 2 * * *", "Europe/Berlin"),
+        ("30 1 * * *", "America/New_York"),
+        ("0 6 * * 0", "Australia/Sydney"),
+        ("0 0 29 2 *", "UTC"),
+        ("15 3 1 * *", "Asia/Tokyo"),
+    ],
+)
+def test_next_and_previous_fire_agree_with_cron_fires_across_dst(expr: str, tz: str) -> None:
+    """The O(1) look-ups (issue 10, item 7) give the slots the DST policy gives."""
+    from agentjobs.schedule import next_fire, prev_fire
+
+    for start in (
+        datetime(2026, 3, 29, 0, 7, 13, tzinfo=UTC),  # Europe: spring forward at 01:00 UTC
+        datetime(2026, 10, 24, 21, 59, tzinfo=UTC),  # Europe: fall back, 25 October 01:00 UTC
+        datetime(2026, 10, 25, 0, 29, tzinfo=UTC),
+        datetime(2026, 11, 1, 3, 31, tzinfo=UTC),  # US: fall back, 1 November
+        datetime(2026, 4, 4, 14, 0, tzinfo=UTC),  # Sydney: 5 April
+        datetime(2026, 7, 1, 0, 0, tzinfo=UTC),
+    ):
+        fires = list(itertools.islice(cron_fires(expr, tz, start), 60 if "*" in expr[:2] else 6))
+        got, cursor = [], start
+        for _ in fires:
+            cursor = next_fire(expr, tz, cursor)
+            got.append(cursor)
+        assert got == fires
+        for a, b in list(itertools.pairwise(fires))[::7]:
+            assert prev_fire(expr, tz, b - timedelta(seconds=1)) == a
+            assert prev_fire(expr, tz, b) == b
+
+
+def test_plan_slots_cost_does_not_grow_with_the_gap() -> None:
+    """A 200-day gap of a minutely job: one run, one summary, NEXT after now, in milliseconds."""
+    import time
+
+    from agentjobs.schedule import plan_slots
+
+    start = datetime(2026, 1, 1, tzinfo=UTC)
+    for policy in ("once", "skip"):
+        schedule = Schedule(cron="* * * * *", catchup=policy, timezone="Europe/Berlin")
+        now = start + timedelta(days=200, seconds=30)
+        began = time.perf_counter()
+        plan = plan_slots("j", schedule, last_slot=start, next_due=None, now=now)
+        assert time.perf_counter() - began < 0.2
+        assert plan.run == ((start + timedelta(days=200), "schedule"),)
+        assert plan.skipped is not None and not plan.skipped.exact
+        assert plan.skipped.first == start + timedelta(minutes=1)
+        assert plan.skipped.last == start + timedelta(days=200, minutes=-1)
+        # about one per minute (the estimate is off by the hour the DST changes take)
+        assert abs(plan.skipped.count - 200 * 1440) <= 61
+        assert plan.next_due == start + timedelta(days=200, minutes=1)
+        assert plan.last_slot == start + timedelta(days=200)
+
+
+def test_a_marker_after_now_means_the_clock_went_back() -> None:
+    """Slots after `now` are not done in the corrected timeline: NEXT is the next one from now."""
+    from agentjobs.schedule import plan_slots
+
+    now = datetime(2026, 11, 23, 12, 0, 30, tzinfo=UTC)
+    schedule = Schedule(cron="*/10 * * * *")
+    ahead = now + timedelta(days=2)
+    plan = plan_slots("j", schedule, last_slot=ahead, next_due=ahead, now=now)
+    assert plan.run == () and plan.skipped is None
+    assert plan.next_due == datetime(2026, 11, 23, 12, 10, tzinfo=UTC)
+    assert plan.last_slot == now

@@ -74,6 +74,10 @@ class JobState:
     last_success: str | None = None
     paused: bool = False
     needs: tuple[str, ...] = ()  # copied from the spec so a tick can check triggers cheaply
+    # How far ahead of now `next_due` can be while the schedule holds (seconds; None: no
+    # bound, an `at` job). Further ahead means the clock went back, or a tick ran while it was
+    # ahead: the tick recomputes it (issue 10, item 5), noticed with string compares only.
+    next_due_max_gap: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         data = {
