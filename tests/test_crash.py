@@ -16,10 +16,11 @@ points (just after a claim; between an attempt's record and the state write).
 The probe appends `start`/`end` lines with `time.monotonic_ns()` and the run id and attempt the
 engine gave it, so the test sees what really ran, independently of what the records claim.
 
-A third test SIGKILLs the attempts' supervisors (the tick's forks, which outlive it) at random
-moments, and in some trials the tick too: a supervisor killed before it recorded its attempt's end
-leaves an orphan that the next tick records `lost` and retries once its job has let go of the key;
-one killed after recording leaves one that is settled as recorded.
+A third test SIGKILLs the attempts' supervisors (forks of the tick's fork server that outlive the
+tick, each the leader of a session of its own) at random moments, and in some trials the tick too:
+a supervisor killed before it recorded its attempt's end leaves an orphan that the next tick
+records `lost` and retries once its job has let go of the key; one killed after recording leaves
+one that is settled as recorded.
 
 AGENTJOBS_CRASH_TRIALS (default 50) sets the number of trials, AGENTJOBS_CRASH_SEED the seed;
 AGENTJOBS_SUPERVISOR_CRASH_TRIALS (default 24) the number of supervisor trials.
@@ -608,7 +609,8 @@ SUPERVISOR_KILL_WITHIN = 0.4  # ... this many seconds (at most) after it was fir
 
 
 def _supervisors(trial: Trial, tick_pid: int) -> list[int]:
-    """The trial's live attempt supervisors: forks of a tick (its command line) but the tick."""
+    """The trial's live attempt supervisors: forks of a tick (its command line), each the leader
+    of a session of its own (the tick's fork server, which forks them, is not)."""
     found = []
     for pid in _live_processes(trial.marker):
         if pid == tick_pid:
@@ -616,9 +618,11 @@ def _supervisors(trial: Trial, tick_pid: int) -> list[int]:
         try:
             with open(f"/proc/{pid}/cmdline", "rb") as handle:
                 argv = handle.read().split(b"\0")
-        except OSError:
+            with open(f"/proc/{pid}/stat", "rb") as handle:
+                session = int(handle.read().rsplit(b")", 1)[1].split()[3])
+        except (OSError, ValueError, IndexError):
             continue
-        if b"tick" in argv:
+        if b"tick" in argv and session == pid:
             found.append(pid)
     return found
 
