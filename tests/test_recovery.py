@@ -192,3 +192,48 @@ def test_find_finished_reads_from_each_mark_in_one_pass_and_parses_only_matching
         ("R2", 1): "failed",
     }
     assert records_mod.find_finished(folder, {}) == {}
+
+
+def test_postgres_finds_every_orphans_finish_record_in_one_query(
+    pg_url: str, tmp_path: Path
+) -> None:
+    from agentjobs.store.postgres import PostgresStore
+
+    store = PostgresStore(pg_url, local_dir=tmp_path / "local")
+    try:
+        store.migrate()
+
+        def item(run_id: str, attempt: int) -> QueueItem:
+            return QueueItem(
+                id=f"{run_id}-item",
+                run_id=run_id,
+                job="j",
+                trigger="schedule",
+                priority="normal",
+                lock_key="k",
+                queued_at=iso(T0) or "",
+                not_before=iso(T0) or "",
+                attempt=attempt,
+                state="running",
+                started_at=iso(T0),
+            )
+
+        def rec(event: str, run_id: str, attempt: int, outcome: str) -> dict[str, Any]:
+            return {"event": event, "run_id": run_id, "attempt": attempt, "outcome": outcome}
+
+        store.append_records(
+            [
+                rec("attempt_finished", "R1", 1, "failed"),
+                rec("attempt_started", "R1", 2, ""),
+                rec("attempt_finished", "R1", 2, "succeeded"),
+                rec("attempt_started", "R2", 1, ""),
+                rec("attempt_finished", "OTHER", 1, "succeeded"),
+            ],
+            T0 + timedelta(hours=1),
+        )
+        assert store.records_mark(T0) is None
+        found = store.finished_records([item("R1", 2), item("R2", 1)], T0)
+        assert {k: v["outcome"] for k, v in found.items()} == {("R1", 2): "succeeded"}
+        assert store.finished_records([], T0) == {}
+    finally:
+        store.close()
