@@ -336,8 +336,12 @@ class Engine:
         orphans = [item for item in running if self._orphaned(item)]
         if not orphans:
             return {}
-        # what settling them imports, imported before the state lock is taken
+        # what settling them imports (the retry policy's backoff, the next `every` slot),
+        # imported before the state lock is taken: ~0.1 s that would hold it otherwise
+        import tenacity  # noqa: F401
+
         import agentjobs.retry
+        import agentjobs.schedule
         import agentjobs.spec  # noqa: F401
 
         finished = self.store.finished_records(orphans, self.clock.now())
