@@ -201,8 +201,10 @@ def find_finished(
         return {}
     start_day, start_offset = min(wanted.values())
     ids = sorted({run_id for run_id, _ in wanted})
+    # no leading quote: a pattern that starts with a rarer byte than `"` is scanned for faster
+    # (~25%); a line it matches is parsed and checked anyway
     pattern = re.compile(
-        rb'"run_id":\s*"(?:' + b"|".join(re.escape(i.encode()) for i in ids) + rb')"'
+        rb'run_id":\s*"(?:' + b"|".join(re.escape(i.encode()) for i in ids) + rb')"'
     )
     found: dict[tuple[str, int], dict[str, Any]] = {}
     for path in day_files(records_dir):
