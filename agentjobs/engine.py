@@ -27,7 +27,6 @@ from agentjobs.records import new_ulid
 from agentjobs.store import AppliedJob, AttemptSummary, JobState, QueueItem, Runtime, Store
 
 if TYPE_CHECKING:
-    from agentjobs.attempt import AttemptOutcome
     from agentjobs.notify import Notifier
     from agentjobs.schedule import SlotPlan
     from agentjobs.store.postgres import Lease, PostgresStore
@@ -883,18 +882,30 @@ class Engine:
         return result, following
 
     def _settle_claimed(
-        self, claim: _Claim, finished: Mapping[str, Any], claim_next: bool
+        self, claim: _Claim, finished: Mapping[str, Any], claim_next: bool = False
     ) -> tuple[AttemptResult, _Claim | None]:
-        """Settle an attempt its supervisor recorded, unless somebody already did (its
-        supervisor, when this tick was frozen; another host, when the lease was lost); on the
-        file backend also claim the next item with this worker's slot, in the same write."""
+        """Settle an attempt from what its supervisor reports (`records`, its `_decide`, and
+        whether they are `appended` yet), unless somebody already did: its supervisor, when
+        the tick was frozen; another host, when the lease was lost. Records not yet appended
+        (a shared store: records and state in one transaction) go in with the state. The tick
+        and the supervisor both settle this way; on the file backend the tick also claims the
+        next item with this worker's slot, in the same write."""
         item = claim.item
+        ended: list[dict[str, Any]] = list(finished["records"])
         with self.store.transaction(self.lock_timeout) as runtime:
             found = runtime.queue.get(item.id)
             if found is None or not _still_ours(found, item):
-                return _as_recorded(item, finished), None
+                if finished["appended"]:
+                    return _as_recorded(item, ended[0]), None  # settled by the other side
+                self._tell(
+                    f"{item.job}: run {item.run_id} attempt {item.attempt} lost its lease; "
+                    "another host recorded it, this host records nothing"
+                )
+                return _abandoned(item, ended[0]), None
             now = self.clock.now()
-            result = self._settle(runtime, found, claim.applied, finished)
+            if not finished["appended"]:
+                self.store.append_records(ended, now)
+            result = self._settle(runtime, found, claim.applied, ended[0])
             applied = self.store.applied()
             self._enqueue_needs(runtime, applied, now)
             following = None
@@ -1025,29 +1036,19 @@ class Engine:
                 reset_at=outcome.reset_at,
             )
 
-            def append() -> None:
-                self.store.append_records(ended, parse(ended[0]["finished_at"]))
+            report = {"records": ended, "appended": lease is None}
+            if lease is None:
+                # the records first, whoever settles: the true outcome is on disk before
+                # anything else (on a shared store they go in with the state, atomically)
+                def append() -> None:
+                    self.store.append_records(ended, parse(ended[0]["finished_at"]))
 
-            # the records first, whoever settles: the true outcome is on disk before anything
-            _until_written(append, channel.stalled, self.say)
-            if channel.settled_by_tick(ended[0]):
+                _until_written(append, channel.stalled, self.say)
+            if channel.settled_by_tick(report):
                 return _as_recorded(item, ended[0])
 
             def settle() -> AttemptResult:
-                with self.store.transaction(self.lock_timeout) as runtime:
-                    found = runtime.queue.get(item.id)
-                    if found is None or not _still_ours(found, item):
-                        if lease is not None:
-                            self._tell(
-                                f"{item.job}: run {item.run_id} attempt {item.attempt} lost "
-                                f"its lease ({lease.reason or 'it expired'}); another host "
-                                "recorded it, this host records nothing"
-                            )
-                            return self._abandoned(item, outcome, str(log_path))
-                        return _as_recorded(item, ended[0])  # settled by its tick after all
-                    result = self._settle(runtime, found, claim.applied, ended[0])
-                    self._enqueue_needs(runtime, self.store.applied(), self.clock.now())
-                return result
+                return self._settle_claimed(claim, report)[0]
 
             if lease is None:
                 return _until_written(settle, channel.stalled, self.say)
@@ -1058,23 +1059,6 @@ class Engine:
         finally:
             if lease is not None:
                 lease.release()
-
-    @staticmethod
-    def _abandoned(item: QueueItem, outcome: AttemptOutcome, log_path: str) -> AttemptResult:
-        return AttemptResult(
-            job=item.job,
-            run_id=item.run_id,
-            attempt=item.attempt,
-            trigger=item.trigger,
-            outcome="interrupted",
-            exit_code=outcome.exit_code,
-            signal=outcome.signal,
-            error="the lease was lost; another host recorded this attempt",
-            duration_s=outcome.duration_s,
-            next="done",
-            next_at=None,
-            log_path=log_path,
-        )
 
     def _decide(
         self,
@@ -1515,6 +1499,19 @@ def _until_written(
                 say(f"cannot record the attempt yet ({exc}); retrying")
             time.sleep(delay)
             delay = min(delay * 2, 60.0)
+
+
+def _abandoned(item: QueueItem, finished: Mapping[str, Any]) -> AttemptResult:
+    """An attempt whose lease was lost and which another host recorded: this host reports it
+    as interrupted and records nothing."""
+    return dataclasses.replace(
+        _as_recorded(item, finished),
+        outcome="interrupted",
+        error="the lease was lost; another host recorded this attempt",
+        next="done",
+        next_at=None,
+        dlq_id=None,
+    )
 
 
 def _as_recorded(item: QueueItem, finished: Mapping[str, Any]) -> AttemptResult:

@@ -18,7 +18,7 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -253,17 +253,19 @@ def _group_alive(pgid: int) -> bool:
     except PermissionError:
         return True
     # Zombies still count for killpg; look for a live member.
+    return any(int(fields[2]) == pgid and fields[0] != b"Z" for _, fields in _processes())
+
+
+def _processes() -> Iterator[tuple[int, list[bytes]]]:
+    """Every process as (pid, the fields of /proc/PID/stat after its name: state, ppid, pgrp...)."""
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
         try:
             with open(f"/proc/{entry}/stat", "rb") as handle:
-                fields = handle.read().rsplit(b")", 1)[1].split()
+                yield int(entry), handle.read().rsplit(b")", 1)[1].split()
         except OSError:
             continue
-        if int(fields[2]) == pgid and fields[0] != b"Z":
-            return True
-    return False
 
 
 def _proc_state(pid: int) -> bytes | None:
@@ -290,16 +292,9 @@ def process_alive(pid: int) -> bool:
 def descendants(root: int) -> list[int]:
     """Every live (not zombie) process below `root`, from /proc's parent links."""
     children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", "rb") as handle:
-                fields = handle.read().rsplit(b")", 1)[1].split()
-        except OSError:
-            continue
+    for pid, fields in _processes():
         if fields[0] != b"Z":
-            children.setdefault(int(fields[1]), []).append(int(entry))
+            children.setdefault(int(fields[1]), []).append(pid)
     found: list[int] = []
     todo = [root]
     while todo:
@@ -355,18 +350,7 @@ def _reap_children() -> None:
 
 def descendants_zombies(parent: int) -> list[int]:
     """The zombie children of `parent`."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", "rb") as handle:
-                fields = handle.read().rsplit(b")", 1)[1].split()
-        except OSError:
-            continue
-        if fields[0] == b"Z" and int(fields[1]) == parent:
-            found.append(int(entry))
-    return found
+    return [pid for pid, fields in _processes() if fields[0] == b"Z" and int(fields[1]) == parent]
 
 
 def process_identity(pid: int) -> dict[str, Any]:

@@ -292,10 +292,12 @@ def test_a_host_killed_mid_run_loses_its_lease_and_another_host_retries(
     started = _wait_started(pg_url, "slow", 1)
     child = int(started["child_pid"])
     assert _alive(child)
+    # the host dies: its tick and the attempt's supervisor (which renews the lease)
     first.send_signal(signal.SIGKILL)
+    os.kill(started["supervisor"]["pid"], signal.SIGKILL)
     first.communicate()
     killed_at = time.monotonic()
-    # the fence saw its runner die and killed the attempt's process group at once
+    # the fence saw its supervisor die and killed the attempt's process group at once
     wait_for(lambda: not _alive(child), timeout=5)
     assert time.monotonic() - killed_at < 3
 
@@ -338,7 +340,10 @@ def test_a_frozen_host_is_fenced_before_another_host_takes_the_key(
     started = _wait_started(pg_url, "slow", 1)
     child = int(started["child_pid"])
     wait_for(lambda: len(_lines(Path(f"{out}.beats"), "beat")) >= 3)
+    # the host freezes (a VM paused, but not its fence): its tick and the attempt's supervisor
+    supervisor = int(started["supervisor"]["pid"])
     frozen.send_signal(signal.SIGSTOP)
+    os.kill(supervisor, signal.SIGSTOP)
     try:
         wait_for(lambda: not _alive(child), timeout=LEASE + 2)  # fenced within lease*2/3
         write(jobs_dir / "slow.yaml", (jobs_dir / "slow.yaml").read_text().replace('"30"]', '"1"]'))
@@ -351,6 +356,7 @@ def test_a_frozen_host_is_fenced_before_another_host_takes_the_key(
 
         _tick_until(pg_url, jobs_dir, "b", retried)
     finally:
+        os.kill(supervisor, signal.SIGCONT)
         frozen.send_signal(signal.SIGCONT)
     _stdout, stderr = frozen.communicate(timeout=30)
     assert "lost its lease" in stderr, stderr

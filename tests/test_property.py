@@ -134,8 +134,17 @@ def _without_nul(value: Any) -> Any:
 
 def satisfy_cross_field_rules(job: dict[str, Any]) -> dict[str, Any]:
     """What the schema cannot say: `shell` pairs with a string command and never with an agent;
-    a name listed in `secrets` has no value in `env`; no string holds a NUL character."""
+    a name listed in `secrets` has no value in `env`; no string holds a NUL character; a
+    `max_log_size` written with a unit is at least 4KiB."""
     job = dict(_without_nul(job))
+    if isinstance(job.get("max_log_size"), str):
+        from agentjobs.sizes import parse_size
+
+        try:
+            if parse_size(job["max_log_size"]) < 4096:
+                job["max_log_size"] = "4KiB"
+        except ValueError:
+            job.pop("max_log_size")
     if "agent" in job:
         job.pop("shell", None)
         agent = dict(job["agent"])

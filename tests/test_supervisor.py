@@ -4,7 +4,6 @@ comes back under a new host name, a pid that now belongs to someone else."""
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import signal
@@ -16,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import run_agentjobs, wait_for, write
+from tests.conftest import held_locks, run_agentjobs, wait_for, write
 from tests.test_engine import _dead, _spawn, job, records, runtime
 
 
@@ -25,21 +24,8 @@ def _apply(jobs_dir: Path, state_dir: Path) -> None:
     assert done.returncode == 0, done.stderr
 
 
-def _held_locks(state_dir: Path) -> list[str]:
-    held = []
-    for lock in (state_dir / "locks").glob("*.lock"):
-        fd = os.open(lock, os.O_RDWR)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            held.append(lock.name)
-        finally:
-            os.close(fd)
-    return held
-
-
 def _held_keys(state_dir: Path) -> list[str]:
-    return [name for name in _held_locks(state_dir) if name.startswith("key-")]
+    return [name for name in held_locks(state_dir) if name.startswith("key-")]
 
 
 def _started(state_dir: Path) -> dict[str, Any]:
@@ -78,7 +64,7 @@ def test_a_killed_tick_leaves_its_attempt_supervised_the_timeout_enforced_and_re
     assert finished[0]["pid"] == started["supervisor"]["pid"] != runner.pid
     wait_for(lambda: _dead(started["child_pid"]) and _dead(started["supervisor"]["pid"]))
     assert runtime(state_dir)["queue"] == {}  # settled by the supervisor, no later tick needed
-    wait_for(lambda: _held_locks(state_dir) == [], timeout=5)
+    wait_for(lambda: held_locks(state_dir) == [], timeout=5)
     assert [p.stem for p in (state_dir / "dlq").glob("*.json")] == [started["run_id"]]
 
 
@@ -229,7 +215,7 @@ def test_an_attempt_of_a_container_that_came_back_under_a_new_host_name_is_recov
                               'hostname old-container && exec "$@"', "sh"])  # fmt: skip
     assert got["started"]["host"] == "old-container"
     _kill_everything(got["started"], got["outer"])  # the namespace's init dies: all of it
-    wait_for(lambda: _held_locks(state_dir) == [])
+    wait_for(lambda: held_locks(state_dir) == [])
     env = {k: v for k, v in os.environ.items() if k != "AGENTJOBS_HOST"}
     recovered = subprocess.run(
         [sys.executable, "-m", "agentjobs", "--state-dir", str(state_dir), "tick"],
@@ -251,7 +237,7 @@ def test_an_attempt_whose_tick_pid_now_belongs_to_another_process_is_recovered(
     queued = next(iter(runtime(state_dir)["queue"].values()))
     assert queued["pid"] in (1, 2) and os.path.exists(f"/proc/{queued['pid']}")
     _kill_everything(got["started"], got["outer"])
-    wait_for(lambda: _held_locks(state_dir) == [])
+    wait_for(lambda: held_locks(state_dir) == [])
     began = time.monotonic()
     recovered = run_agentjobs("--state-dir", str(state_dir), "tick")
     assert "attempt 1 was lost" in recovered.stderr, recovered.stderr
