@@ -325,7 +325,11 @@ class Engine:
             workers.done(failures, worked=bool(results))
 
     def _prepare(self) -> tuple[int, int, int]:
-        """Recover orphans, reconcile states with specs, enqueue what is due (one transaction)."""
+        """Recover orphans, reconcile states with specs, enqueue what is due (one transaction).
+
+        The orphans and their finish records are found first, without the state lock (the
+        lookup reads records); the transaction only re-checks and settles them."""
+        orphans = self._orphans()
         with self.store.transaction(self.lock_timeout) as runtime:
             applied = self.store.applied()
             now = self.clock.now()
@@ -336,7 +340,7 @@ class Engine:
             self._check_clock(runtime, applied, now)
             for key in [k for k, until in runtime.holds.items() if until <= stamp]:
                 del runtime.holds[key]  # the usage limit has lifted
-            recovered = self._recover_orphans(runtime, applied, now, records)
+            recovered = self._recover_orphans(runtime, applied, now, records, orphans)
             self._drop_deleted(runtime, applied, records)
             enqueued, skipped = self._enqueue_due(runtime, applied, now, records)
             enqueued += self._enqueue_needs(runtime, applied, now)
@@ -359,30 +363,57 @@ class Engine:
                 del runtime.jobs[name]
         runtime.applied_version = self.store.applied_version()
 
+    def _orphaned(self, item: QueueItem) -> bool:
+        """Whether a running item's attempt has nobody left to finish it."""
+        shared = self._shared()
+        if shared is not None:
+            # across hosts the lease is the only truth: renewed, the attempt lives
+            return not shared.attempt_leased(item.run_id, item.attempt)
+        # The key is held from the claim until the attempt is settled, by the claiming tick
+        # and then by the attempt's supervisor (and the attempt's processes): a free key means
+        # nobody is left to finish it, whatever host name or pid the item names (a container
+        # restarted under a new name, a reused pid).
+        return locks.is_free(locks.key_file(self.store.locks_dir, item.lock_key))
+
+    def _orphans(self) -> dict[str, tuple[QueueItem, dict[str, Any] | None]]:
+        """The orphans in a snapshot of the runtime, each with its `attempt_finished` record if
+        one was written, all looked up in one pass from where the records ended at their claims
+        (issue 10, item 7): no state lock is held, and the cost does not grow with history.
+        A key is found free before the records are read: a supervisor appends the finish before
+        it lets go of the key, so a finish written at all is found."""
+        snapshot = self.store.runtime()
+        running = [i for i in snapshot.queue.values() if i.state == "running"]
+        orphans = [item for item in running if self._orphaned(item)]
+        if not orphans:
+            return {}
+        # what settling them imports (the retry policy's backoff, the next `every` slot),
+        # imported before the state lock is taken: ~0.1 s that would hold it otherwise
+        import tenacity  # noqa: F401
+
+        import agentjobs.retry
+        import agentjobs.schedule
+        import agentjobs.spec  # noqa: F401
+
+        finished = self.store.finished_records(orphans, self.clock.now())
+        return {i.id: (i, finished.get((i.run_id, i.attempt))) for i in orphans}
+
     def _recover_orphans(
         self,
         runtime: Runtime,
         applied: Mapping[str, AppliedJob],
         now: datetime,
         records: list[dict[str, Any]],
+        orphans: Mapping[str, tuple[QueueItem, dict[str, Any] | None]],
     ) -> int:
+        """Settle the orphans `_orphans()` found that still are (inside the transaction: the
+        same attempt still running, its key still free). One that became an orphan since is
+        left to the next tick."""
         count = 0
-        shared = self._shared()
-        for item in list(runtime.queue.values()):
-            if item.state != "running":
-                continue
-            if shared is not None:
-                # across hosts the lease is the only truth: renewed, the attempt lives
-                if shared.attempt_leased(item.run_id, item.attempt):
-                    continue
-            elif not locks.is_free(locks.key_file(self.store.locks_dir, item.lock_key)):
-                # The key is held from the claim until the attempt is settled, by the claiming
-                # tick and then by the attempt's supervisor (and the attempt's processes): a
-                # free key means nobody is left to finish it, whatever host name or pid the
-                # item names (a container restarted under a new name, a reused pid).
-                continue
+        for item_id, (seen, recorded) in orphans.items():
+            item = runtime.queue.get(item_id)
+            if item is None or not _still_ours(item, seen) or not self._orphaned(item):
+                continue  # settled meanwhile (its supervisor, another tick)
             count += 1
-            recorded = self._recorded_finish(item, now)
             if recorded is not None:
                 # The attempt finished and was recorded; nobody settled it (its supervisor
                 # was killed in between). Settle it as recorded: never run it again, never
@@ -408,19 +439,6 @@ class Engine:
             records.extend(ended)
             self._settle(runtime, item, applied.get(item.job), ended[0])
         return count
-
-    def _recorded_finish(self, item: QueueItem, now: datetime) -> dict[str, Any] | None:
-        """The `attempt_finished` record of this attempt, if it was written (records go to disk
-        before the state that follows them). Reads the days since the attempt started only."""
-        started = parse(item.started_at) if item.started_at else now
-        for record in self.store.records(started - timedelta(days=1)):
-            if (
-                record.get("event") == "attempt_finished"
-                and record.get("run_id") == item.run_id
-                and record.get("attempt") == item.attempt
-            ):
-                return record
-        return None
 
     def _check_clock(
         self, runtime: Runtime, applied: Mapping[str, AppliedJob], now: datetime
@@ -786,7 +804,13 @@ class Engine:
                 f"pid {os.getpid()}, host {self.host})"
             )
             running = dataclasses.replace(
-                item, state="running", started_at=now, host=self.host, pid=os.getpid()
+                item,
+                state="running",
+                started_at=now,
+                host=self.host,
+                pid=os.getpid(),
+                # where this attempt's records will be: recovery reads from here (a stat)
+                records_at=self.store.records_mark(self.clock.now()),
             )
             runtime.queue[item.id] = running
             state = runtime.jobs.get(item.job)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 import secrets
 import sys
 import threading
@@ -163,6 +164,109 @@ def read_file(path: Path, warn: bool = True) -> Iterator[dict[str, Any]]:
             continue
         if isinstance(record, dict):
             yield record
+
+
+def mark(records_dir: Path, moment: datetime) -> tuple[str, int]:
+    """Where a record appended at `moment` goes: its day and the day file's size now (one
+    `stat`). Every record appended later for that moment or after lies at or after it."""
+    day = f"{moment.astimezone(UTC):%Y-%m-%d}"
+    try:
+        return day, os.stat(day_file(records_dir, moment)).st_size
+    except FileNotFoundError:
+        return day, 0
+    except OSError as exc:
+        raise environment_error(records_dir, exc, "read") from None
+
+
+# A short write cut back by another process (`_cut_back`) may move the end of a day file back
+# below a mark taken while that write stood: searches start this much earlier.
+MARK_SLACK = 1 << 20
+_CHUNK = 8 << 20
+
+
+def find_finished(
+    records_dir: Path, wanted: Mapping[tuple[str, int], tuple[str, int]]
+) -> dict[tuple[str, int], dict[str, Any]]:
+    """The `attempt_finished` records of the attempts in `wanted` ((run id, attempt) -> the
+    `mark()` taken when the attempt was claimed), found in ONE pass over the bytes written
+    since the earliest mark (issue 10, item 7): the bytes are searched for the run ids with
+    one regular expression, in chunks (constant memory), and only the lines that name one
+    are parsed. Its cost grows with what was written while these attempts ran, never with
+    the day's or the store's history.
+
+    Records of a day before a mark's day are not searched: an attempt's records are appended
+    after its claim with the clock of the moment (a clock set back across midnight while an
+    attempt runs is the one case this misses; recovery then records the attempt `lost`)."""
+    if not wanted:
+        return {}
+    start_day, start_offset = min(wanted.values())
+    ids = sorted({run_id for run_id, _ in wanted})
+    # no leading quote: a pattern that starts with a rarer byte than `"` is scanned for faster
+    # (~25%); a line it matches is parsed and checked anyway
+    pattern = re.compile(
+        rb'run_id":\s*"(?:' + b"|".join(re.escape(i.encode()) for i in ids) + rb')"'
+    )
+    found: dict[tuple[str, int], dict[str, Any]] = {}
+    for path in day_files(records_dir):
+        if path.stem < start_day:
+            continue
+        offset = max(0, start_offset - MARK_SLACK) if path.stem == start_day else 0
+        for line in _lines_matching(path, offset, pattern):
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue  # a torn line (a crash mid-append)
+            if not isinstance(record, dict) or record.get("event") != "attempt_finished":
+                continue
+            run_id, attempt = record.get("run_id"), record.get("attempt")
+            if not isinstance(run_id, str) or not isinstance(attempt, int):
+                continue
+            if (run_id, attempt) in wanted:
+                found.setdefault((run_id, attempt), record)  # duplicates agree (a crash)
+    return found
+
+
+def _lines_matching(path: Path, offset: int, pattern: re.Pattern[bytes]) -> Iterator[bytes]:
+    """The lines of `path` from `offset` on (the first one possibly partial) that `pattern`
+    matches, read in chunks and searched in place (no copy of a chunk); only the lines that
+    match are cut out."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return  # removed meanwhile (retention)
+    except OSError as exc:
+        raise environment_error(path, exc, "read") from None
+    try:
+        carry = b""  # the start of a line the previous chunk ended in
+        while True:
+            try:
+                chunk = os.pread(fd, _CHUNK, offset)
+            except OSError as exc:
+                raise environment_error(path, exc, "read") from None
+            offset += len(chunk)
+            if not chunk:  # the end: a last line without its newline (torn)
+                yield from _matching(carry, 0, len(carry), pattern)
+                return
+            first = chunk.find(b"\n") + 1
+            if first == 0:  # no line ends in this chunk
+                carry += chunk
+                continue
+            yield from _matching(carry + chunk[:first], 0, len(carry) + first, pattern)
+            last = chunk.rfind(b"\n") + 1
+            yield from _matching(chunk, first, last, pattern)
+            carry = chunk[last:]
+    finally:
+        os.close(fd)
+
+
+def _matching(data: bytes, begin: int, end: int, pattern: re.Pattern[bytes]) -> Iterator[bytes]:
+    """The whole lines of `data[begin:end]` (which starts and ends at line boundaries) that
+    `pattern` matches."""
+    for match in pattern.finditer(data, begin, end):
+        newline = data.rfind(b"\n", begin, match.start())
+        start = newline + 1 if newline >= 0 else begin
+        stop = data.find(b"\n", match.end(), end)
+        yield data[start : stop if stop >= 0 else end]
 
 
 def day_files(records_dir: Path) -> list[Path]:

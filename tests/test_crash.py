@@ -16,7 +16,14 @@ points (just after a claim; between an attempt's record and the state write).
 The probe appends `start`/`end` lines with `time.monotonic_ns()` and the run id and attempt the
 engine gave it, so the test sees what really ran, independently of what the records claim.
 
-AGENTJOBS_CRASH_TRIALS (default 50) sets the number of trials, AGENTJOBS_CRASH_SEED the seed.
+A third test SIGKILLs the attempts' supervisors (forks of the tick's fork server that outlive the
+tick, each the leader of a session of its own) at random moments, and in some trials the tick too:
+a supervisor killed before it recorded its attempt's end leaves an orphan that the next tick
+records `lost` and retries once its job has let go of the key; one killed after recording leaves
+one that is settled as recorded.
+
+AGENTJOBS_CRASH_TRIALS (default 50) sets the number of trials, AGENTJOBS_CRASH_SEED the seed;
+AGENTJOBS_SUPERVISOR_CRASH_TRIALS (default 24) the number of supervisor trials.
 """
 
 from __future__ import annotations
@@ -85,6 +92,7 @@ class Trial:
     first_exit: int = 0
     ticks: int = 0
     orphan_checks: int = 0  # job processes seen outliving a later tick
+    supervisors_killed: int = 0
     log: list[str] = field(default_factory=list)
 
     @property
@@ -101,7 +109,8 @@ class Trial:
         return self.root / "probe.txt"
 
     def where(self) -> str:
-        seed = f"AGENTJOBS_CRASH_SEED={SEED}, " if self.crash in ("runner", "host") else ""
+        exact = self.crash in ("after-claim", "before-state-write")
+        seed = "" if exact else f"AGENTJOBS_CRASH_SEED={SEED}, "
         return (
             f"trial {self.number} ({seed}crash={self.crash}, delay={self.delay:.3f}s, "
             f"dir {self.root}); log: {self.log}"
@@ -592,3 +601,107 @@ def test_kill_9_at_the_worst_moments_loses_nothing_and_runs_nothing_twice(
     _recover(trial, wait_first=True)
     outcomes = _check(trial, cli)
     assert outcomes["succeeded"] == 4 and outcomes["lost attempts"] == expected[1], dict(outcomes)
+
+
+SUPERVISOR_TRIALS = int(os.environ.get("AGENTJOBS_SUPERVISOR_CRASH_TRIALS", "24"))
+SUPERVISOR_KILL_CHANCE = 0.6  # each supervisor seen is killed with this chance...
+SUPERVISOR_KILL_WITHIN = 0.4  # ... this many seconds (at most) after it was first seen
+
+
+def _supervisors(trial: Trial, tick_pid: int) -> list[int]:
+    """The trial's live attempt supervisors: forks of a tick (its command line), each the leader
+    of a session of its own (the tick's fork server, which forks them, is not)."""
+    found = []
+    for pid in _live_processes(trial.marker):
+        if pid == tick_pid:
+            continue
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as handle:
+                argv = handle.read().split(b"\0")
+            with open(f"/proc/{pid}/stat", "rb") as handle:
+                session = int(handle.read().rsplit(b")", 1)[1].split()[3])
+        except (OSError, ValueError, IndexError):
+            continue
+        if b"tick" in argv and session == pid:
+            found.append(pid)
+    return found
+
+
+def _kill_supervisors_and_recover(trial: Trial, kill_range: float) -> None:
+    """The first tick runs; each of its supervisors is SIGKILLed at a random moment (or spared),
+    and in 30% of the trials the tick itself too (its supervisors then carry on alone)."""
+    rng = trial.rng
+    also_tick = rng.random() < 0.3
+    trial.crash = "supervisor+tick" if also_tick else "supervisor"
+    trial.delay = rng.uniform(0, kill_range) if also_tick else 0.0
+    tick = subprocess.Popen(
+        _tick_argv(trial, T0),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    trial.tick_pid = tick.pid
+    began = time.monotonic()
+    deadline = began + 60
+    due: dict[int, float | None] = {}  # supervisor pid -> when it is killed (None: spared)
+    while time.monotonic() < deadline:
+        now = time.monotonic()
+        if also_tick and tick.returncode is None and now - began >= trial.delay:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(tick.pid, signal.SIGKILL)  # the tick alone: its supervisors live on
+            trial.log.append(f"tick killed at {now - began:.3f}s")
+        exited = tick.poll() is not None
+        alive = _supervisors(trial, tick.pid)
+        for pid in alive:
+            if pid not in due:
+                spared = rng.random() >= SUPERVISOR_KILL_CHANCE
+                due[pid] = None if spared else now + rng.uniform(0, SUPERVISOR_KILL_WITHIN)
+            when = due[pid]
+            if when is not None and now >= when:
+                due[pid] = None
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+                trial.supervisors_killed += 1
+                trial.log.append(f"supervisor {pid} killed at {now - began:.3f}s")
+        if exited and not alive:
+            break
+        time.sleep(0.005)
+    else:
+        raise AssertionError(f"the first tick or its supervisors ran 60 s; {trial.where()}")
+    code = trial.first_exit = tick.wait(timeout=10)
+    trial.log.append(f"first tick: {'exit ' + str(code) if code >= 0 else 'killed'}")
+    # a tick whose supervisor was killed says so and exits 1; it never crashes (70)
+    assert code in ((0, 1, -signal.SIGKILL) if also_tick else (0, 1)), trial.where()
+    trial.killed_at_ns = time.monotonic_ns()
+    _recover(trial, wait_first=rng.random() < 0.5)
+
+
+def test_kill_9_of_supervisors_at_random_moments_loses_nothing_and_runs_nothing_twice(
+    cli, tmp_path: Path
+) -> None:
+    began = time.monotonic()
+    probe = tmp_path / "probe.py"
+    probe.write_text(PROBE)
+    kill_range = 0.8 * _calibrate(cli, tmp_path, probe)
+    master = random.Random(SEED + 1)
+    trials = [
+        _new_trial(cli, n, tmp_path / f"t{n}", random.Random(master.randrange(2**32)), probe)
+        for n in range(SUPERVISOR_TRIALS)
+    ]
+    with ThreadPoolExecutor(PARALLEL) as pool:
+        for future in [pool.submit(_kill_supervisors_and_recover, t, kill_range) for t in trials]:
+            future.result()
+
+    totals: dict[str, int] = defaultdict(int)
+    for trial in trials:
+        for outcome, count in _check(trial, cli).items():
+            if not outcome.startswith("killed "):
+                totals[outcome] += count
+        totals[f"crash={trial.crash}"] += 1
+        totals["supervisors killed"] += trial.supervisors_killed
+    print(
+        f"\n{SUPERVISOR_TRIALS} supervisor crash trials (seed {SEED}) in "
+        f"{time.monotonic() - began:.1f}s: {dict(totals)}"
+    )
+    # the kills landed: some attempts were cut short (lost, then retried)
+    assert totals["supervisors killed"] > 0 and totals["lost attempts"] > 0, dict(totals)

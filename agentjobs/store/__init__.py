@@ -144,6 +144,9 @@ class QueueItem:
     host: str | None = None
     pid: int | None = None  # the tick process that runs it
     child_pid: int | None = None
+    # where the records ended when this attempt was claimed (`Store.records_mark`): recovery
+    # looks for the attempt's end from there (None: an older state, or a shared store)
+    records_at: str | None = None
 
     @property
     def order(self) -> tuple[int, str, str]:
@@ -238,6 +241,10 @@ class Store(Protocol):
       the two writes, the engine sees a spec whose `schedule_hash` differs from its job state
       and recomputes the state, as apply would have.
     - `append_records(records, moment)` / `records(since)`: the JSONL run records.
+    - `records_mark(moment)`: an opaque, cheap mark of where the records end now (stored in a
+      claimed item's `records_at`), or None. `finished_records(items, now)`: the
+      `attempt_finished` records of these running items' attempts, by (run id, attempt), looked
+      up in one pass from their marks (or the day before they started), without the state lock.
     - `put_dead_letter(entry)` / `dead_letters()` / `dead_letter(id)`: the dead-letter queue;
       entries are never deleted by agentjobs.
     - `log_path(run_id, attempt)`, `locks_dir`: where attempt logs and lock files live.
@@ -288,6 +295,12 @@ class Store(Protocol):
     def records(
         self, since: datetime | None = None, newest_first: bool = False
     ) -> Iterator[dict[str, Any]]: ...
+
+    def records_mark(self, moment: datetime) -> str | None: ...
+
+    def finished_records(
+        self, items: Iterable[QueueItem], now: datetime
+    ) -> dict[tuple[str, int], dict[str, Any]]: ...
 
     def put_dead_letter(self, entry: Mapping[str, Any]) -> None: ...
 

@@ -31,7 +31,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
@@ -570,6 +570,32 @@ class FileStore:
         self, since: datetime | None = None, newest_first: bool = False
     ) -> Iterator[dict[str, Any]]:
         return records_mod.read_all(self.root / "records", since, newest_first)
+
+    @_guarded("read")
+    def records_mark(self, moment: datetime) -> str | None:
+        """`day:size` of the day file a record appended at `moment` goes to (one `stat`)."""
+        day, size = records_mod.mark(self.root / "records", moment)
+        return f"{day}:{size}"
+
+    @_guarded("read")
+    def finished_records(
+        self, items: Iterable[QueueItem], now: datetime
+    ) -> dict[tuple[str, int], dict[str, Any]]:
+        """One pass over the records written since the earliest claim (issue 10, item 7);
+        an item without a mark (a state from before marks) is looked for from the day before
+        it started."""
+        wanted: dict[tuple[str, int], tuple[str, int]] = {}
+        for item in items:
+            day, _, size = (item.records_at or "").partition(":")
+            if day and size.isdigit():
+                wanted[(item.run_id, item.attempt)] = (day, int(size))
+            else:
+                started = datetime.fromisoformat(item.started_at) if item.started_at else now
+                wanted[(item.run_id, item.attempt)] = (
+                    f"{(started - timedelta(days=1)).astimezone(UTC):%Y-%m-%d}",
+                    0,
+                )
+        return records_mod.find_finished(self.root / "records", wanted)
 
     def log_path(self, run_id: str, attempt: int) -> Path:
         """Where the attempt's log goes; the logs directory is created here, so a full or

@@ -34,7 +34,7 @@ import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -766,6 +766,33 @@ class PostgresStore:
             for seq, data in rows:
                 last = seq
                 yield data
+
+    def records_mark(self, moment: datetime) -> str | None:
+        return None  # leases decide recovery here; the lookup below needs no mark
+
+    def finished_records(
+        self, items: Iterable[QueueItem], now: datetime
+    ) -> dict[tuple[str, int], dict[str, Any]]:
+        """One query for every item (not a scan of the days' records per orphan)."""
+        wanted = {(item.run_id, item.attempt): item for item in items}
+        if not wanted:
+            return {}
+        floor = min(
+            (datetime.fromisoformat(i.started_at) if i.started_at else now) for i in wanted.values()
+        ) - timedelta(days=1)
+        with self._db() as conn:
+            rows = conn.execute(
+                f"SELECT data FROM {SCHEMA}.records WHERE day >= %s "
+                "AND data->>'event' = 'attempt_finished' AND data->>'run_id' = ANY(%s) "
+                "ORDER BY seq",
+                (f"{floor.astimezone(UTC):%Y-%m-%d}", sorted({r for r, _ in wanted})),
+            ).fetchall()
+        found: dict[tuple[str, int], dict[str, Any]] = {}
+        for (data,) in rows:
+            ident = (data.get("run_id"), data.get("attempt"))
+            if ident in wanted:
+                found.setdefault((str(ident[0]), int(ident[1])), data)
+        return found
 
     @_again_once
     def record_days(self) -> dict[str, tuple[int, int]]:
