@@ -260,10 +260,7 @@ def plan(ctx: Context, prune: bool) -> None:
         raise Exit(EXIT_CHANGES)
 
 
-@cli.command()
-@click.option("--prune", is_flag=True, help="Delete applied jobs whose file is gone.")
-@click.option("--dry-run", is_flag=True, help="Show the plan, change nothing.")
-@click.option(
+_lock_timeout_option = click.option(
     "--lock-timeout",
     type=float,
     envvar="AGENTJOBS_LOCK_TIMEOUT",
@@ -271,6 +268,12 @@ def plan(ctx: Context, prune: bool) -> None:
     show_default=True,
     help="Seconds to wait for another apply or tick.",
 )
+
+
+@cli.command()
+@click.option("--prune", is_flag=True, help="Delete applied jobs whose file is gone.")
+@click.option("--dry-run", is_flag=True, help="Show the plan, change nothing.")
+@_lock_timeout_option
 @click.option("--now", "now_text", default=None, hidden=True)
 @pass_ctx
 def apply(
@@ -1367,14 +1370,7 @@ def db_migrate(ctx: Context) -> None:
 
 @cli.command()
 @click.option("--force", is_flag=True, help="Rebuild runtime.json even if it looks sound.")
-@click.option(
-    "--lock-timeout",
-    type=float,
-    envvar="AGENTJOBS_LOCK_TIMEOUT",
-    default=30.0,
-    show_default=True,
-    help="Seconds to wait for a running tick or apply.",
-)
+@_lock_timeout_option
 @click.option("--now", "now_text", default=None, hidden=True)
 @pass_ctx
 def repair(ctx: Context, force: bool, lock_timeout: float, now_text: str | None) -> None:

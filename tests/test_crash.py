@@ -38,6 +38,7 @@ import subprocess
 import sys
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -513,6 +514,25 @@ def _new_trial(
     return trial
 
 
+def _run_trials(
+    cli: Any, root: Path, seed: int, count: int, crash: Callable[[Trial, float], None]
+) -> tuple[list[Trial], float]:
+    """`count` trials (jobs applied, each with its own seeded rng), crashed and recovered by
+    `crash(trial, kill_range)` in parallel; the kill range comes from an undisturbed tick."""
+    probe = root / "probe.py"
+    probe.write_text(PROBE)
+    kill_range = 0.8 * _calibrate(cli, root, probe)
+    master = random.Random(seed)
+    trials = [
+        _new_trial(cli, n, root / f"t{n}", random.Random(master.randrange(2**32)), probe)
+        for n in range(count)
+    ]
+    with ThreadPoolExecutor(PARALLEL) as pool:
+        for future in [pool.submit(crash, t, kill_range) for t in trials]:
+            future.result()
+    return trials, kill_range
+
+
 def _calibrate(cli: Any, root: Path, probe: Path) -> float:
     """How long an undisturbed first tick takes here: kills land anywhere in it (and after)."""
     trial = _new_trial(cli, -1, root / "calibration", random.Random(SEED), probe)
@@ -528,17 +548,7 @@ def test_kill_9_of_a_tick_at_random_moments_loses_nothing_and_runs_nothing_twice
     cli, tmp_path: Path
 ) -> None:
     began = time.monotonic()
-    probe = tmp_path / "probe.py"
-    probe.write_text(PROBE)
-    kill_range = 0.8 * _calibrate(cli, tmp_path, probe)
-    master = random.Random(SEED)
-    trials = [
-        _new_trial(cli, n, tmp_path / f"t{n}", random.Random(master.randrange(2**32)), probe)
-        for n in range(TRIALS)
-    ]
-    with ThreadPoolExecutor(PARALLEL) as pool:
-        for future in [pool.submit(_crash_and_recover, t, kill_range) for t in trials]:
-            future.result()
+    trials, kill_range = _run_trials(cli, tmp_path, SEED, TRIALS, _crash_and_recover)
 
     totals: dict[str, int] = defaultdict(int)
     for trial in trials:
@@ -680,17 +690,9 @@ def test_kill_9_of_supervisors_at_random_moments_loses_nothing_and_runs_nothing_
     cli, tmp_path: Path
 ) -> None:
     began = time.monotonic()
-    probe = tmp_path / "probe.py"
-    probe.write_text(PROBE)
-    kill_range = 0.8 * _calibrate(cli, tmp_path, probe)
-    master = random.Random(SEED + 1)
-    trials = [
-        _new_trial(cli, n, tmp_path / f"t{n}", random.Random(master.randrange(2**32)), probe)
-        for n in range(SUPERVISOR_TRIALS)
-    ]
-    with ThreadPoolExecutor(PARALLEL) as pool:
-        for future in [pool.submit(_kill_supervisors_and_recover, t, kill_range) for t in trials]:
-            future.result()
+    trials, _ = _run_trials(
+        cli, tmp_path, SEED + 1, SUPERVISOR_TRIALS, _kill_supervisors_and_recover
+    )
 
     totals: dict[str, int] = defaultdict(int)
     for trial in trials:
