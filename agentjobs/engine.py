@@ -29,6 +29,7 @@ from agentjobs.store import AppliedJob, AttemptSummary, JobState, QueueItem, Run
 if TYPE_CHECKING:
     from agentjobs.notify import Notifier
     from agentjobs.schedule import SlotPlan
+    from agentjobs.spec import RetryPolicy
     from agentjobs.store.postgres import Lease, PostgresStore
     from agentjobs.supervisor import ForkServer
 
@@ -1156,20 +1157,11 @@ class Engine:
             )
         hold = None
         if Outcome(outcome) == Outcome.RATE_LIMITED and decision.next == Next.RETRY:
-            # Wait for the reset (plus up to a minute, so held jobs do not start at once), else
-            # back off exponentially; other jobs sharing the limit are held as long.
-            import random
-
-            if reset_at is not None and reset_at > now:
-                until = reset_at + timedelta(seconds=random.uniform(0, 60))
-            else:
-                from agentjobs.retry import delay
-
-                until = now + timedelta(seconds=delay(policy, max(1, item.attempt)))
+            until = _usage_limit_lifts(policy, item, reset_at, now)
             decision = dataclasses.replace(
                 decision, at=until, reason=f"usage limit: retry at {iso(until)}"
             )
-            hold = self._limit_key(applied)
+            hold = self._limit_key(applied)  # other jobs sharing the limit wait as long
         if applied is None and decision.next == Next.RETRY:
             decision = dataclasses.replace(
                 decision, next=Next.DEAD_LETTER, reason="the job was deleted"
@@ -1262,24 +1254,7 @@ class Engine:
             runtime.queue.pop(item.id, None)
             if next_step == "dead_letter":
                 dlq_id = item.run_id
-                self.store.put_dead_letter(
-                    {
-                        "id": dlq_id,
-                        "job": item.job,
-                        "run_id": item.run_id,
-                        "slot": item.slot,
-                        "trigger": item.trigger,
-                        "created_at": stamp,
-                        "reason": reason,
-                        "status": "open",
-                        "spec": dict(applied.spec) if applied else None,
-                        "spec_hash": applied.spec_hash if applied else None,
-                        "attempts": [h.to_dict() for h in (*item.history, summary)],
-                        "replays": [],
-                        "note": None,
-                        "replay_of": item.replay_of,
-                    }
-                )
+                self.store.put_dead_letter(_dead_letter(item, applied, summary, reason))
                 self._tell(
                     f"{item.job}: run {item.run_id} dead-lettered after attempt "
                     f"{item.attempt} ({reason}); see `agentjobs dlq show {dlq_id}`"
@@ -1580,6 +1555,43 @@ def _retry_while_leased(step: Callable[[], _T], window: float, say: Callable[[st
         with attempt:
             return step()
     raise AssertionError("unreachable")  # reraise=True: the last error propagates
+
+
+def _usage_limit_lifts(
+    policy: RetryPolicy, item: QueueItem, reset_at: datetime | None, now: datetime
+) -> datetime:
+    """When a rate-limited attempt is tried again: at the reset the agent named (plus up to a
+    minute, so the jobs held with it do not all start at once), else after the backoff."""
+    import random
+
+    if reset_at is not None and reset_at > now:
+        return reset_at + timedelta(seconds=random.uniform(0, 60))
+    from agentjobs.retry import delay
+
+    return now + timedelta(seconds=delay(policy, max(1, item.attempt)))
+
+
+def _dead_letter(
+    item: QueueItem, applied: AppliedJob | None, last: AttemptSummary, reason: str | None
+) -> dict[str, Any]:
+    """The dead-letter entry of a run that ended with `last`: the spec as it was, every
+    attempt."""
+    return {
+        "id": item.run_id,
+        "job": item.job,
+        "run_id": item.run_id,
+        "slot": item.slot,
+        "trigger": item.trigger,
+        "created_at": last.finished_at,
+        "reason": reason,
+        "status": "open",
+        "spec": dict(applied.spec) if applied else None,
+        "spec_hash": applied.spec_hash if applied else None,
+        "attempts": [h.to_dict() for h in (*item.history, last)],
+        "replays": [],
+        "note": None,
+        "replay_of": item.replay_of,
+    }
 
 
 def _failures(item: QueueItem, outcome: str) -> int:
