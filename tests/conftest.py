@@ -90,6 +90,16 @@ def state_dir(tmp_path: Path) -> Path:
     return tmp_path / "state"
 
 
+@pytest.fixture
+def aj(cli, state_dir: Path):  # type: ignore[no-untyped-def]
+    """`agentjobs --jobs-dir repo/jobs.d --state-dir STATE ...` in-process (the `cli` fixture)."""
+
+    def run(*args: str):  # type: ignore[no-untyped-def]
+        return cli("--jobs-dir", "repo/jobs.d", "--state-dir", str(state_dir), *args)
+
+    return run
+
+
 @pytest.fixture(scope="session")
 def _pycache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("pycache")

@@ -47,14 +47,6 @@ def fake(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-un
     return set_modes, calls
 
 
-@pytest.fixture
-def aj(cli, state_dir: Path):  # type: ignore[no-untyped-def]
-    def run(*args: str):  # type: ignore[no-untyped-def]
-        return cli("--jobs-dir", J, "--state-dir", str(state_dir), *args)
-
-    return run
-
-
 def finished(state_dir: Path) -> list[dict[str, Any]]:
     out = []
     for path in sorted((state_dir / "records").glob("*.jsonl")):

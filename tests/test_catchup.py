@@ -28,14 +28,6 @@ def job(**fields: Any) -> str:
     return json.dumps(doc)
 
 
-@pytest.fixture
-def aj(cli, state_dir: Path):  # type: ignore[no-untyped-def]
-    def run(*args: str):  # type: ignore[no-untyped-def]
-        return cli("--jobs-dir", J, "--state-dir", str(state_dir), *args)
-
-    return run
-
-
 def records(state_dir: Path, event: str | None = None) -> list[dict[str, Any]]:
     out = []
     for path in sorted((state_dir / "records").glob("*.jsonl")):

@@ -25,14 +25,6 @@ def job(*actions: str, **fields: Any) -> str:
     return json.dumps(doc)
 
 
-@pytest.fixture
-def aj(cli, state_dir: Path):  # type: ignore[no-untyped-def]
-    def run(*args: str):  # type: ignore[no-untyped-def]
-        return cli("--jobs-dir", J, "--state-dir", str(state_dir), *args)
-
-    return run
-
-
 def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     """Every sample of the exposition, keyed by (name, sorted labels)."""
     out = {}
