@@ -10,6 +10,7 @@ slot's enqueue and its job's marker advance are one atomic write (exactly-once f
 from __future__ import annotations
 
 import dataclasses
+import operator
 import os
 import socket
 import threading
@@ -31,7 +32,7 @@ if TYPE_CHECKING:
     from agentjobs.schedule import SlotPlan
     from agentjobs.spec import RetryPolicy
     from agentjobs.store.postgres import Lease, PostgresStore
-    from agentjobs.supervisor import ForkServer
+    from agentjobs.supervisor import ForkServer, Lane
 
 _T = TypeVar("_T")
 DEFAULT_LOCK_TIMEOUT = 30.0
@@ -844,16 +845,23 @@ class Engine:
         return f"lock key {key} is held by {holder or 'another process'}"
 
     def _execute(
-        self, claim: _Claim, claim_next: bool = False
+        self, claim: _Claim, claim_next: bool = False, lane: Lane | None = None
     ) -> tuple[AttemptResult, _Claim | None]:
-        """Run a claimed attempt under its own supervisor process (supervisor.py) and settle it
-        from what the supervisor reports; with `claim_next`, claim the next runnable item (in
-        the same transaction when its key is free).
+        """Run a claimed attempt under a supervisor process of `lane` (supervisor.py; a lane of
+        its own when none is given) and settle it from what the supervisor reports; with
+        `claim_next`, claim the next runnable item (in the same transaction when its key is
+        free).
 
         The supervisor outlives this tick: should the tick die or freeze before it settles,
         the supervisor settles the attempt itself."""
         from agentjobs import supervisor
 
+        if lane is None:
+            own = supervisor.Lane(self._fork_server())
+            try:
+                return self._execute(claim, claim_next, own)
+            finally:
+                own.close()
         item = claim.item
         settled: list[tuple[AttemptResult, _Claim | None]] = []
 
@@ -887,7 +895,7 @@ class Engine:
         }
         try:
             raw = supervisor.supervise(
-                self._fork_server(),
+                lane,
                 request,
                 keep_fds=tuple(fd for fd in (claim.key.fd, claim.slot.fd) if fd is not None),
                 after_fork=let_go,
@@ -987,7 +995,7 @@ class Engine:
         from agentjobs.supervisor import Channel
 
         assert isinstance(channel, Channel)
-        store = self.store.reopened()  # nothing the tick's other threads may have locked
+        store = _reopened(self.store)  # nothing the tick's other threads may have locked
         item = QueueItem.from_dict(request["item"])
         applied = AppliedJob.from_dict(request["job"], request["applied"])
         lease: Lease | None = None
@@ -1344,11 +1352,20 @@ class Engine:
             if self.stop.is_set():
                 return
             claim = self._claim()
-            while isinstance(claim, _Claim):
-                result, claim = self._execute(claim, claim_next=True)
-                with self._guard:
-                    results.append(result)
-                ended()
+            lane = None
+            if isinstance(claim, _Claim):
+                from agentjobs.supervisor import Lane
+
+                lane = Lane(self._fork_server())
+            try:
+                while isinstance(claim, _Claim):
+                    result, claim = self._execute(claim, claim_next=True, lane=lane)
+                    with self._guard:
+                        results.append(result)
+                    ended()
+            finally:
+                if lane is not None:
+                    lane.close()  # its idle supervisor ends
         except UserError as exc:  # the state became unreachable (a database restart...)
             with self._guard:
                 self._failures.append(exc)  # raised by _run_queue once every worker is done
@@ -1653,12 +1670,33 @@ def _as_recorded(item: QueueItem, finished: Mapping[str, Any]) -> AttemptResult:
     )
 
 
+_REOPENED: dict[tuple[int, int], Store] = {}
+
+
+def _reopened(store: Store) -> Store:
+    """`store` reopened once per supervisor process (a supervisor runs attempt after attempt):
+    the copy a fork inherited may hold a lock or a connection of the tick's other threads."""
+    mine = (os.getpid(), id(store))
+    if mine not in _REOPENED:
+        _REOPENED.clear()  # what an ancestor process reopened is not ours
+        _REOPENED[mine] = store.reopened()
+    return _REOPENED[mine]
+
+
+_IDENTITY: dict[int, dict[str, Any]] = {}
+
+
 def _identity() -> dict[str, Any]:
     """This process as (pid, start time in clock ticks since boot, boot id): unlike a pid alone,
-    never the same for two processes, even after a pid is reused or the machine restarts."""
+    never the same for two processes, even after a pid is reused or the machine restarts. (Read
+    once per process: a supervisor runs attempt after attempt.)"""
     from agentjobs.runner import process_identity
 
-    return process_identity(os.getpid())
+    pid = os.getpid()
+    if pid not in _IDENTITY:
+        _IDENTITY.clear()
+        _IDENTITY[pid] = process_identity(pid)
+    return dict(_IDENTITY[pid])
 
 
 def _result_dict(result: AttemptResult) -> dict[str, Any]:
@@ -1765,8 +1803,7 @@ def _needs_met(runtime: Runtime, name: str, state: JobState) -> bool:
     return True
 
 
-def _order(item: QueueItem) -> tuple[int, str, str]:
-    return item.order
+_ORDER = operator.attrgetter("order")
 
 
 def _in_order(items: list[QueueItem]) -> Iterator[QueueItem]:
@@ -1774,9 +1811,9 @@ def _in_order(items: list[QueueItem]) -> Iterator[QueueItem]:
     and the rest are sorted only when it cannot."""
     if not items:
         return
-    first = min(items, key=_order)
+    first = min(items, key=_ORDER)
     yield first
-    yield from sorted((i for i in items if i is not first), key=_order)
+    yield from sorted((i for i in items if i is not first), key=_ORDER)
 
 
 def _lock_key(spec: Mapping[str, Any], run_id: str) -> str:

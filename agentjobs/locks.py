@@ -11,10 +11,12 @@ Nothing here blocks: every acquisition is LOCK_NB. Waiting (`run --wait`) is a l
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import hashlib
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -76,6 +78,18 @@ def holder(path: Path) -> str:
         return path.read_text(errors="replace").strip()
     except OSError:
         return ""
+
+
+def prepare_keys(locks_dir: Path, keys: Iterable[str]) -> None:
+    """Create the lock files of `keys` ahead of their first claim (`apply` does it), so a tick
+    that claims many new jobs does not create a file per claim under the state lock. Best
+    effort: a claim creates a missing one itself."""
+    with contextlib.suppress(OSError):
+        locks_dir.mkdir(parents=True, exist_ok=True)
+        for key in keys:
+            path = key_file(locks_dir, key)
+            if not path.exists():
+                os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600))
 
 
 def try_key(locks_dir: Path, key: str) -> HeldLock | None:

@@ -1,6 +1,7 @@
 """The per-attempt supervisor: an attempt survives its tick (containerd-shim, conmon).
 
-`supervise()` forks a small process for one claimed attempt. The child starts a new session, makes
+`supervise()` runs a claimed attempt in a small process of its own (forked, or an idle one reused:
+one attempt at a time, see `Lane`). The process starts a new session, makes
 itself a child subreaper (`prctl(PR_SET_CHILD_SUBREAPER)`: every descendant of the attempt, even
 one that calls `setsid()` and closes its descriptors, stays a descendant of the supervisor), keeps
 the attempt's lock key and slot (inherited descriptors, or the lease on a shared store) for the
@@ -17,16 +18,25 @@ backoff, so the true outcome lands once space is back; the tick stops waiting an
 problem as one line.
 
 Fork, not exec: the tick already has everything imported, so a supervisor costs a fork
-(~1 ms) instead of a Python start-up (~50 ms); see bench/throughput.py. After a fork only the
-forking thread exists, so the child never touches a lock another thread may have held: it uses a
-fresh store (`Store.reopened()`), fresh engine fields and a fresh record-file descriptor.
+(~1 ms) instead of a Python start-up (~50 ms). And a supervisor is reused: once its tick settled
+its attempt, it closes the attempt's descriptors and waits on its link for the worker's next
+attempt (`Lane`), which so costs no fork, no exit and no page copies at all; see
+bench/throughput.py. After a fork only the forking thread exists, so the child never touches a
+lock another thread may have held: it uses a fresh store (`Store.reopened()`), fresh engine
+fields and a fresh record-file descriptor.
+
+The link between a tick's worker and its supervisor is one `SOCK_SEQPACKET` socket pair:
+datagrams, so each message arrives whole, and descriptors travel with a request. The tick says
+b"g" (go: it let go of its copies), b"s"/b"n" (it settled the attempt, or could not) and b"r"
++ a request (the next attempt, with its descriptors); the supervisor sends JSON messages (say,
+finished, stalled, crashed, result). The end of the link is how either side learns the other
+is gone.
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
-import functools
 import gc
 import json
 import os
@@ -143,6 +153,16 @@ class ForkServer:
 MAX_REQUEST = 4 << 20  # bytes: an attempt's description (its spec, its item's history)
 
 
+def _pair() -> tuple[socket.socket, socket.socket]:
+    """A tick-supervisor link: datagrams (one message each, never split or merged) that carry
+    descriptors, with room for the largest request."""
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    for end in (ours, theirs):
+        end.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, MAX_REQUEST)
+        end.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, MAX_REQUEST)
+    return ours, theirs
+
+
 def _serve(sock: socket.socket, handler: Handler) -> None:
     code = 0
     try:
@@ -155,20 +175,11 @@ def _serve(sock: socket.socket, handler: Handler) -> None:
             data, fds, _, _ = socket.recv_fds(sock, MAX_REQUEST, 8)
             if not data:
                 break  # the tick closed the socket or died
-            request = json.loads(data)
             pid = os.fork()
             if pid == 0:  # pragma: no cover - a supervisor never returns
                 sock.close()
                 signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # it waits for its children
-                ctl_w, go_r, out_w, *keep = fds
-
-                _child(
-                    functools.partial(handler, request, keep),
-                    ctl_w,
-                    go_r,
-                    out_w if request.get("output") else -1,
-                    keep,
-                )
+                _child(handler, json.loads(data), fds)
             for fd in fds:
                 os.close(fd)
             sock.send(str(pid).encode())
@@ -178,8 +189,51 @@ def _serve(sock: socket.socket, handler: Handler) -> None:
         os._exit(code)
 
 
+class Lane:
+    """One worker's supervisors, in sequence: the supervisor that ran the worker's last attempt
+    (now idle, its descriptors closed) takes the next one, so an attempt costs no fork, no
+    process exit and no copy of the pages a new supervisor would write to (bench/throughput.py).
+    A supervisor that settled an attempt itself (its tick was frozen), crashed or was killed is
+    never reused: the next attempt gets a new one from the fork server. `close()` lets the idle
+    one go (it exits on the end of its link, as it would on the tick's death)."""
+
+    def __init__(self, server: ForkServer) -> None:
+        self.server = server
+        self._idle: tuple[int, socket.socket] | None = None
+
+    def start(self, request: dict[str, Any], fds: Sequence[int]) -> tuple[int, socket.socket]:
+        """Hand `request` and `fds` (closed here by the caller) to a supervisor: its pid and
+        link. The attempt starts once the link says b"g" (go)."""
+        if self._idle is not None:
+            pid, link = self._idle
+            self._idle = None
+            try:  # an idle supervisor waits for exactly this; a dead one refuses it (EPIPE)
+                socket.send_fds(link, [b"r" + json.dumps(request).encode()], list(fds))
+                return pid, link
+            except OSError:
+                link.close()
+        ours, theirs = _pair()
+        try:
+            pid = self.server.spawn(request, [theirs.fileno(), *fds])
+        except BaseException:
+            ours.close()
+            raise
+        finally:
+            theirs.close()
+        return pid, ours
+
+    def keep(self, pid: int, link: socket.socket) -> None:
+        self.close()
+        self._idle = (pid, link)
+
+    def close(self) -> None:
+        if self._idle is not None:
+            self._idle[1].close()
+            self._idle = None
+
+
 def supervise(
-    server: ForkServer,
+    lane: Lane,
     request: dict[str, Any],
     *,
     keep_fds: Sequence[int],
@@ -189,48 +243,54 @@ def supervise(
     say: Callable[[str], None],
     on_output: Callable[[bytes], None] | None,
 ) -> dict[str, Any]:
-    """Run `request` in a supervisor process forked by `server`; its result dict comes back.
+    """Run `request` in a supervisor process of `lane`; its result dict comes back.
 
     `keep_fds` (the attempt's lock descriptors) stay open in the supervisor; `after_fork()` runs
-    here once the supervisor exists (to let go of this process's copies); `settle(record)` is
-    called here with the attempt's `attempt_finished` record once the supervisor appended it,
-    and says whether it settled the attempt (else the supervisor does). Raises `FinishPending`
-    (the supervisor keeps trying to record) or `SupervisorLost`.
+    here once the supervisor holds them (to let go of this process's copies); `settle(record)`
+    is called here with the attempt's `attempt_finished` record once the supervisor appended
+    it, and says whether it settled the attempt (else the supervisor does). Raises
+    `FinishPending` (the supervisor keeps trying to record) or `SupervisorLost`.
     """
-    ctl_r, ctl_w = os.pipe2(os.O_CLOEXEC)
-    go_r, go_w = os.pipe2(os.O_CLOEXEC)
     out_r, out_w = os.pipe2(os.O_CLOEXEC) if on_output is not None else (-1, -1)
     request = {**request, "output": on_output is not None}
     try:
-        pid = server.spawn(request, [ctl_w, go_r, out_w if out_w >= 0 else go_r, *keep_fds])
+        pid, link = lane.start(request, [*([out_w] if out_w >= 0 else []), *keep_fds])
     finally:
-        for fd in (ctl_w, go_r, out_w):
-            if fd >= 0:
-                os.close(fd)
+        if out_w >= 0:
+            os.close(out_w)
     after_fork()
     # the attempt starts once this process has let go of what the supervisor now holds
-    _write_all(go_w, b"g")
+    reuse = False
     try:
-        return _wait(pid, ctl_r, go_w, out_r, stop, say, on_output, settle)
+        _tell(link, b"g")
+        result = _wait(pid, link, out_r, stop, say, on_output, settle)
+        reuse = bool(result.pop("idle", False)) and not stop.is_set()
+        return result
     finally:
-        for fd in (ctl_r, go_w, out_r):
-            if fd >= 0:
-                os.close(fd)
+        if reuse:
+            lane.keep(pid, link)
+        else:
+            link.close()
+        if out_r >= 0:
+            os.close(out_r)
+
+
+def _tell(link: socket.socket, data: bytes) -> None:
+    """A message to the supervisor; dropped when it is gone (it then needs none)."""
+    with contextlib.suppress(OSError):
+        link.send(data)
 
 
 def _wait(
     pid: int,
-    ctl_r: int,
-    go_w: int,
+    link: socket.socket,
     out_r: int,
     stop: threading.Event,
     say: Callable[[str], None],
     on_output: Callable[[bytes], None] | None,
     settle: Callable[[dict[str, Any]], bool],
 ) -> dict[str, Any]:
-    fds = [ctl_r] + ([out_r] if out_r >= 0 else [])
-    pending = b""
-    result: dict[str, Any] | None = None
+    fds = [link.fileno()] + ([out_r] if out_r >= 0 else [])
     stopped = False
     try:
         while fds:
@@ -240,35 +300,45 @@ def _wait(
                     os.kill(pid, signal.SIGTERM)  # graceful: the supervisor interrupts
             ready, _, _ = select.select(fds, [], [], 0.1)
             for fd in ready:
-                data = os.read(fd, 65536)
+                if fd == out_r:
+                    assert on_output is not None
+                    data = os.read(fd, 65536)
+                    if data:
+                        on_output(data)
+                    else:
+                        fds.remove(fd)
+                    continue
+                try:
+                    data = link.recv(MAX_REQUEST)
+                except OSError:
+                    data = b""
                 if not data:
                     fds.remove(fd)
                     continue
-                if fd == out_r:
-                    assert on_output is not None
-                    on_output(data)
-                    continue
-                pending += data
-                *lines, pending = pending.split(b"\n")
-                for line in lines:
-                    message = json.loads(line)
-                    if "say" in message:
-                        say(message["say"])
-                    elif "finished" in message:
-                        _write_all(go_w, b"s" if settle(message["finished"]) else b"n")
-                    elif "result" in message:
-                        result = message["result"]
-                    elif "stalled" in message:
-                        raise FinishPending(message["stalled"])
-                    elif "crashed" in message:
-                        say(f"the attempt's supervisor failed: {message['crashed']}")
+                message = json.loads(data)
+                if "say" in message:
+                    say(message["say"])
+                elif "finished" in message:
+                    _tell(link, b"s" if settle(message["finished"]) else b"n")
+                elif "result" in message:
+                    if out_r >= 0:  # its output is all in the pipe, which it closed
+                        _drain(out_r, on_output)
+                    return {**message["result"], "idle": message.get("idle", False)}
+                elif "stalled" in message:
+                    raise FinishPending(message["stalled"])
+                elif "crashed" in message:
+                    say(f"the attempt's supervisor failed: {message['crashed']}")
     except KeyboardInterrupt:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGTERM)
         raise
-    if result is None:
-        raise SupervisorLost(f"the supervisor (pid {pid}) ended without a result")
-    return result
+    raise SupervisorLost(f"the supervisor (pid {pid}) ended without a result")
+
+
+def _drain(fd: int, on_output: Callable[[bytes], None] | None) -> None:
+    while data := os.read(fd, 65536):
+        if on_output is not None:
+            on_output(data)
 
 
 def _warm() -> None:
@@ -284,82 +354,134 @@ def _warm() -> None:
 # -- the child -----------------------------------------------------------------------------------
 
 
-def _child(
-    attempt: Callable[[Channel], dict[str, Any]],
-    ctl_w: int,
-    go_r: int,
-    out_w: int,
-    keep_fds: Sequence[int],
-) -> None:
+class _Stop:
+    """The current attempt's stop flag; SIGTERM and SIGINT set it (between attempts: the
+    supervisor ends)."""
+
+    event = threading.Event()
+
+    @classmethod
+    def signalled(cls, _number: int, _frame: object) -> None:
+        cls.event.set()
+
+
+def _child(handler: Handler, request: dict[str, Any], fds: list[int]) -> None:
+    """A supervisor: attempts, one after the other, as its tick hands them over its link."""
     code = 0
+    link_fd, *fds = fds
+    link = socket.socket(fileno=link_fd)
     try:
         # what the tick allocated is never garbage here: the collector skips it (and so does
         # not copy every page it would have touched)
         gc.freeze()
         os.setsid()
         _become_subreaper()
-        _close_other_fds({ctl_w, go_r, out_w, *keep_fds})
-        if select.select([go_r], [], [], ACK_WAIT)[0]:  # the tick let go (or died, or froze)
-            os.read(go_r, 1)
+        _close_other_fds({link_fd, *fds})
         null = os.open(os.devnull, os.O_RDWR)
         for fd in (0, 1, 2):  # a cron mailer waiting on the tick's output must not wait for us
             os.dup2(null, fd)
         os.close(null)
-        if out_w >= 0:
-            os.set_blocking(out_w, False)
-        os.set_blocking(ctl_w, False)
-        stop = threading.Event()
         for number in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(number, lambda _n, _f: stop.set())
+            signal.signal(number, _Stop.signalled)
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
         signal.signal(signal.SIGPIPE, signal.SIG_IGN)
         from agentjobs import records
 
         records.after_fork()
-
-        def send(message: dict[str, Any]) -> None:
-            _write_all(ctl_w, (json.dumps(message) + "\n").encode())
-
-        def output(data: bytes) -> None:
-            with contextlib.suppress(OSError):  # a full pipe (a stopped tick) drops output
-                os.write(out_w, data)
-
-        def settled_by_tick(finished: dict[str, Any]) -> bool:
-            send({"finished": finished})
-            try:  # b"s": settled; b"n": it could not; b"" (the tick died); nothing: frozen
-                ready = select.select([go_r], [], [], ACK_WAIT)[0]
-                return bool(ready) and os.read(go_r, 1) == b"s"
-            except OSError:
-                return False
-
-        channel = Channel(
-            say=lambda line: send({"say": line}),
-            output=output if out_w >= 0 else None,
-            stalled=lambda why: send({"stalled": why}),
-            settled_by_tick=settled_by_tick,
-            stop=stop,
-        )
-        result = attempt(channel)
-        kill_descendants(1.0)  # normally none left: the attempt stopped them
-        send({"result": result})
+        link.setblocking(False)
+        following: tuple[dict[str, Any], list[int]] | None = (request, fds)
+        while following is not None:
+            request, fds = following
+            if not _one(handler, request, link, fds):
+                break
+            following = _next(link)
     except BaseException as exc:  # a bug: say it; the next tick recovers the attempt
         code = 70
         with contextlib.suppress(BaseException):
             detail = "".join(traceback.format_exception_only(type(exc), exc)).strip()
-            _write_all(ctl_w, (json.dumps({"crashed": detail}) + "\n").encode())
+            _send(link, {"crashed": detail})
         with contextlib.suppress(BaseException):
             kill_descendants(1.0)
     finally:
         os._exit(code)
 
 
-def _write_all(fd: int, data: bytes) -> None:
-    """Write to the tick; give up quietly when it is gone (EPIPE) or stopped for long."""
-    deadline = time.monotonic() + 1.0
-    view = memoryview(data)
-    while view:
+def _one(handler: Handler, request: dict[str, Any], link: socket.socket, fds: list[int]) -> bool:
+    """One attempt; whether this supervisor may take another (its tick settled this one)."""
+    out_w, keep = (fds[0], fds[1:]) if request.get("output") else (-1, fds)
+    stop = _Stop.event = threading.Event()
+    _receive(link, ACK_WAIT)  # b"g": the tick let go (or it died, or froze)
+    if out_w >= 0:
+        os.set_blocking(out_w, False)
+    by_tick = [True]
+
+    def output(data: bytes) -> None:
+        with contextlib.suppress(OSError):  # a full pipe (a stopped tick) drops output
+            os.write(out_w, data)
+
+    def settled_by_tick(finished: dict[str, Any]) -> bool:
+        _send(link, {"finished": finished})
+        # b"s": settled; b"n": it could not; b"" (the tick died); None: frozen
+        by_tick[0] = _receive(link, ACK_WAIT) == b"s"
+        return by_tick[0]
+
+    channel = Channel(
+        say=lambda line: _send(link, {"say": line}),
+        output=output if out_w >= 0 else None,
+        stalled=lambda why: _send(link, {"stalled": why}),
+        settled_by_tick=settled_by_tick,
+        stop=stop,
+    )
+    result = handler(request, keep, channel)
+    kill_descendants(1.0)  # normally none left: the attempt stopped them
+    for fd in {*fds}:  # the lock key and slot go now: the attempt is settled
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    idle = by_tick[0] and not stop.is_set()
+    _send(link, {"result": result, "idle": idle})
+    return idle
+
+
+def _next(link: socket.socket) -> tuple[dict[str, Any], list[int]] | None:
+    """The tick's next request for this (idle) supervisor, or None: the tick closed the link or
+    died, or a signal asked this supervisor to end."""
+    while not _Stop.event.is_set():
         try:
-            view = view[os.write(fd, view) :]
+            if not select.select([link], [], [], 0.5)[0]:
+                continue
+            data, fds, _, _ = socket.recv_fds(link, MAX_REQUEST, 8)
+        except InterruptedError:
+            continue
+        except OSError:
+            return None
+        if not data:
+            return None
+        if data[:1] == b"r":
+            return json.loads(data[1:]), list(fds)
+        for fd in fds:  # nothing else comes with descriptors
+            os.close(fd)
+    return None
+
+
+def _receive(link: socket.socket, timeout: float) -> bytes | None:
+    """The tick's next short message: None when none came within `timeout` (a frozen tick),
+    b"" when the tick is gone."""
+    try:
+        if not select.select([link], [], [], timeout)[0]:
+            return None
+        return link.recv(16)
+    except OSError:
+        return b""
+
+
+def _send(link: socket.socket, message: dict[str, Any]) -> None:
+    """A message to the tick; given up quietly when it is gone or stopped for long."""
+    data = json.dumps(message).encode()
+    deadline = time.monotonic() + 1.0
+    while True:
+        try:
+            link.send(data)
+            return
         except BlockingIOError:
             if time.monotonic() > deadline:
                 return

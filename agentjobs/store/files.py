@@ -33,7 +33,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, Concatenate, ParamSpec, TypeVar
+from typing import Any, Concatenate, ParamSpec, TypeVar, cast
 
 from agentjobs import records as records_mod
 from agentjobs.errors import (
@@ -138,7 +138,7 @@ _Shape = tuple[dict[str, tuple[type, ...]], tuple[str, ...]]  # field types, req
 
 
 def _fields(cls: type) -> _Shape:
-    fields = dataclasses.fields(cls)
+    fields = [f for f in dataclasses.fields(cls) if f.init]  # not the derived ones (order)
     types = {f.name: _JSON_TYPES.get(str(f.type), (object,)) for f in fields}
     required = tuple(
         f.name
@@ -232,7 +232,8 @@ class FileStore:
         self._applied_jobs: tuple[dict[str, Any], dict[str, AppliedJob]] | None = None
         # JSON text of unchanged job states and queue items, reused when writing (by identity:
         # the values are frozen dataclasses)
-        self._json: dict[str, dict[str, tuple[object, str]]] = {}
+        # per runtime.json section: fragments by (key, id(value)), and the values themselves
+        self._json: dict[str, tuple[dict[tuple[str, int], str], list[Any]]] = {}
 
     shared = False  # one machine: locks are flocks, the state is not shared between hosts
 
@@ -491,21 +492,24 @@ class FileStore:
 
     def _fragments(self, section: str, entries: dict[str, Any]) -> str:
         """`"key":{json}` for every entry, joined; fragments of unchanged entries (the same
-        frozen object under the same key) are reused from the last write."""
-        cache = self._json.get(section, {})
-        fresh: dict[str, tuple[object, str]] = {}
-        parts = []
-        for key, value in entries.items():
-            hit = cache.get(key)
-            if hit is None or hit[0] is not value:
-                hit = (
-                    value,
-                    f"{json.dumps(key)}:{json.dumps(value.to_dict(), separators=(',', ':'))}",
-                )
-            fresh[key] = hit
-            parts.append(hit[1])
-        self._json[section] = fresh
-        return ",".join(parts)
+        frozen object under the same key) are reused from the last write. The lookups run in C
+        (`map`): with 1,000 jobs a write costs a few hundred microseconds less (the tick writes
+        once per attempt)."""
+        cache, _alive = self._json.get(section, ({}, []))
+        values = list(entries.values())
+        keys = list(zip(entries, map(id, values), strict=True))
+        parts = list(map(cache.get, keys))
+        if None in parts:
+            for n, part in enumerate(parts):
+                if part is None:
+                    key, value = keys[n][0], values[n]
+                    parts[n] = (
+                        f"{json.dumps(key)}:{json.dumps(value.to_dict(), separators=(',', ':'))}"
+                    )
+        done = cast("list[str]", parts)
+        # the values stay referenced with their fragments: an id is never reused meanwhile
+        self._json[section] = (dict(zip(keys, done, strict=True)), values)
+        return ",".join(done)
 
     def _runtime_bytes(self, runtime: Runtime) -> bytes:
         jobs = self._fragments("jobs", runtime.jobs)
