@@ -45,7 +45,7 @@ from _common import apply_jobs, ms, read_records, workspace, write_job_docs, wri
 from agentjobs.engine import Engine
 from agentjobs.runner import run_process
 from agentjobs.store.files import FileStore
-from agentjobs.supervisor import Channel, ForkServer, supervise
+from agentjobs.supervisor import Channel, ForkServer, Lane, supervise
 
 NAME = "supervisor"
 HOLD_S = 0.3  # how long the memory handler keeps its supervisor alive
@@ -87,11 +87,11 @@ def stats_ms(samples: Sequence[float]) -> dict[str, Any]:
 # -- 1. spawn round trip ---------------------------------------------------------------------
 
 
-def supervise_once(server: ForkServer, say: Callable[[str], None] = _quiet) -> float:
+def supervise_once(lane: Lane, say: Callable[[str], None] = _quiet) -> float:
     stop = threading.Event()
     start = time.perf_counter()
     result = supervise(
-        server,
+        lane,
         {},
         keep_fds=(),
         after_fork=_nothing,
@@ -124,26 +124,40 @@ def true_once() -> float:
     return time.perf_counter() - start
 
 
+def fresh_once(server: ForkServer, say: Callable[[str], None] = _quiet) -> float:
+    """A new supervisor (a lane of its own, closed after): the first attempt of a worker."""
+    lane = Lane(server)
+    try:
+        return supervise_once(lane, say)
+    finally:
+        lane.close()
+
+
 def spawn_round_trip(calls: int, warmup: int) -> dict[str, Any]:
     server = ForkServer(_instant)
-    samples: dict[str, list[float]] = {"supervise": [], "fork": [], "true": []}
+    reused = Lane(server)
+    samples: dict[str, list[float]] = {"supervise": [], "reused": [], "fork": [], "true": []}
     try:
-        first = supervise_once(server)
+        first = fresh_once(server)
         for _ in range(warmup):
-            supervise_once(server)
+            fresh_once(server)
+            supervise_once(reused)
             fork_once()
             true_once()
-        for _ in range(calls):  # interleaved, so drift on the machine hits all three alike
-            samples["supervise"].append(supervise_once(server))
+        for _ in range(calls):  # interleaved, so drift on the machine hits all alike
+            samples["supervise"].append(fresh_once(server))
+            samples["reused"].append(supervise_once(reused))
             samples["fork"].append(fork_once())
             samples["true"].append(true_once())
     finally:
+        reused.close()
         server.close()
     out = {name: stats_ms(values) for name, values in samples.items()}
     sup = out["supervise"]["median_ms"]
     return {
         "first_call_ms": round(first * 1000, 4),
         "supervise": out["supervise"],
+        "supervise_reused": out["reused"],
         "bare_fork_exit_waitpid": out["fork"],
         "subprocess_run_true": out["true"],
         "supervise_in_bare_forks": round(sup / out["fork"]["median_ms"], 2),
@@ -317,7 +331,7 @@ def supervisor_memory(samples: int) -> dict[str, Any]:
 
     try:
         for _ in range(samples):
-            supervise_once(server, say)
+            fresh_once(server, say)
     finally:
         server.close()
     return {
@@ -402,13 +416,14 @@ def main() -> int:
     )
     print()
     print(f"spawn round trip (handler returns {{}} at once), {args.calls} calls, interleaved")
-    print(f"  {'':28} {'median':>10} {'p95':>10}")
+    print(f"  {'':32} {'median':>10} {'p95':>10}")
     for label, row in (
-        ("supervise()", sup),
+        ("supervise(), a new supervisor", sup),
+        ("supervise(), reused (Lane)", spawn["supervise_reused"]),
         ("os.fork + _exit + waitpid", fork),
         ('subprocess.run(["true"])', true),
     ):
-        print(f"  {label:28} {row['median_ms']:>7.2f} ms {row['p95_ms']:>7.2f} ms")
+        print(f"  {label:32} {row['median_ms']:>7.2f} ms {row['p95_ms']:>7.2f} ms")
     print(f"  first supervise() call (forks the server): {spawn['first_call_ms']:.1f} ms")
     print(
         f"  a supervisor costs {sup['median_ms']:.2f} ms: about "
@@ -451,12 +466,14 @@ def main() -> int:
         {
             "method": {
                 "spawn_round_trip": (
-                    f"ForkServer whose handler returns {{}} at once; supervise(server, {{}}, "
+                    "ForkServer whose handler returns {} at once; supervise(Lane(server), {}, "
                     "keep_fds=(), after_fork=no-op, settle=lambda r: True, stop=Event(), "
                     f"say=print to /dev/null, on_output=None) timed {args.calls} times after "
                     f"{args.warmup} warm-ups, interleaved with a bare os.fork()+os._exit(0)+"
-                    'waitpid in this process and subprocess.run(["true"]); the first call (which '
-                    "forks the server) apart. Wall time, time.perf_counter()."
+                    'waitpid in this process and subprocess.run(["true"]); `supervise` with a '
+                    "new Lane each call (a new supervisor, forked) and `supervise_reused` with "
+                    "one Lane for every call (the idle supervisor takes the next request); the "
+                    "first call (which forks the server) apart. Wall time, time.perf_counter()."
                 ),
                 "real_attempt": (
                     f"{args.jobs} jobs command ['true'], own lock key each, schedule every 1h, "
