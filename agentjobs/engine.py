@@ -15,23 +15,32 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar, cast
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from agentjobs import locks
 from agentjobs.clock import Clock, iso, parse
 from agentjobs.errors import UserError
 from agentjobs.records import new_ulid
-from agentjobs.store import AppliedJob, AttemptSummary, JobState, QueueItem, Runtime, Store
+from agentjobs.store import (
+    AppliedJob,
+    AttemptSummary,
+    Claim,
+    ClaimRequest,
+    Hold,
+    JobState,
+    QueueItem,
+    Refusal,
+    Runtime,
+    Store,
+)
+from agentjobs.store.eligibility import limit_key
 
 if TYPE_CHECKING:
     from agentjobs.notify import Notifier
     from agentjobs.schedule import SlotPlan
     from agentjobs.spec import RetryPolicy
-    from agentjobs.store.postgres import Lease, PostgresStore
     from agentjobs.supervisor import ForkServer, Lane
 
 _T = TypeVar("_T")
@@ -75,24 +84,6 @@ class TickResult:
     @property
     def ok(self) -> bool:
         return all(a.ok for a in self.attempts)
-
-
-class _Held(Protocol):
-    """A lock key or concurrency slot held for an attempt: a flock (`locks.HeldLock`, its `fd`
-    passed to the attempt's processes) or a lease row (`postgres.Lease`, no fd)."""
-
-    @property
-    def fd(self) -> int | None: ...
-
-    def release(self) -> None: ...
-
-
-@dataclass(slots=True)
-class _Claim:
-    item: QueueItem
-    applied: AppliedJob
-    key: _Held
-    slot: _Held
 
 
 def default_host() -> str:
@@ -171,26 +162,6 @@ class Engine:
         per_host = self.store.config().get("max_concurrent_per_host")
         return max(1, min(self._slots(), int(per_host or self._slots())))
 
-    def _shared(self) -> PostgresStore | None:
-        """The store when it is shared between hosts (leases, not flocks)."""
-        if not self.store.shared:
-            return None
-        from agentjobs.store.postgres import PostgresStore
-
-        assert isinstance(self.store, PostgresStore)
-        return self.store
-
-    def _runs_here(self, applied: AppliedJob) -> str | None:
-        """Why this host may not run the job (`runs_on` labels, workdir), or None."""
-        wanted = applied.spec.get("runs_on") or ()
-        missing = [label for label in wanted if label not in self.labels]
-        if missing:
-            return f"host {self.host} lacks the label(s) {', '.join(missing)} (runs_on)"
-        workdir = applied.spec.get("workdir")
-        if self.store.shared and workdir and not os.path.isdir(workdir):
-            return f"workdir {workdir} does not exist on host {self.host}"
-        return None
-
     def _record(
         self, event: str, item: QueueItem, applied: AppliedJob | None, **fields: Any
     ) -> dict[str, Any]:
@@ -225,20 +196,19 @@ class Engine:
         """Whether a tick must do anything at all: compares stored strings only."""
         if runtime.applied_version != self.store.applied_version():
             return True
-        return bool(runtime.queue) or _any_due(runtime, now, check_clock=not self.store.shared)
+        return bool(runtime.queue) or _any_due(runtime, now, check_clock=self.store.one_clock)
 
-    def _must_prepare(self, shared: PostgresStore, runtime: Runtime) -> bool:
-        """Across hosts, whether this tick needs the exclusive whole-state transaction (due
-        slots, needs, an apply, a lifted hold, an orphan) or only claims what is queued:
-        hosts that only claim do not queue behind each other."""
+    def _must_prepare(self, runtime: Runtime) -> bool:
+        """Whether this pass needs the exclusive whole-state transaction (due slots, needs, an
+        apply, a lifted hold, an orphan) or only claims what is queued: hosts sharing a store
+        that only claim do not queue behind each other."""
         now = self._now()
-        if runtime.applied_version != shared.applied_version():
+        if runtime.applied_version != self.store.applied_version():
             return True
         held = any(until <= now for until in runtime.holds.values())
         if held or _any_due(runtime, now, check_clock=False):
             return True
-        running = [i for i in runtime.queue.values() if i.state == "running"]
-        return bool(running) and shared.unleased_running() > 0
+        return self.store.orphans_possible(runtime)
 
     # -- one tick ------------------------------------------------------------------------------
 
@@ -267,10 +237,8 @@ class Engine:
         if not self._has_work(runtime, self._now()):
             self._deliver()
             return None
-        shared = self._shared()
-        if shared is not None:
-            shared.see_host(self.host, self.labels)
-        if shared is None or self._must_prepare(shared, runtime):
+        self.store.see_host(self.host, self.labels)
+        if self._must_prepare(runtime):
             return self._prepare()
         return 0, 0, 0
 
@@ -365,18 +333,6 @@ class Engine:
                 del runtime.jobs[name]
         runtime.applied_version = self.store.applied_version()
 
-    def _orphaned(self, item: QueueItem) -> bool:
-        """Whether a running item's attempt has nobody left to finish it."""
-        shared = self._shared()
-        if shared is not None:
-            # across hosts the lease is the only truth: renewed, the attempt lives
-            return not shared.attempt_leased(item.run_id, item.attempt)
-        # The key is held from the claim until the attempt is settled, by the claiming tick
-        # and then by the attempt's supervisor (and the attempt's processes): a free key means
-        # nobody is left to finish it, whatever host name or pid the item names (a container
-        # restarted under a new name, a reused pid).
-        return locks.is_free(locks.key_file(self.store.locks_dir, item.lock_key))
-
     def _orphans(self) -> dict[str, tuple[QueueItem, dict[str, Any] | None]]:
         """The orphans in a snapshot of the runtime, each with its `attempt_finished` record if
         one was written, all looked up in one pass from where the records ended at their claims
@@ -385,7 +341,7 @@ class Engine:
         it lets go of the key, so a finish written at all is found."""
         snapshot = self.store.runtime()
         running = [i for i in snapshot.queue.values() if i.state == "running"]
-        orphans = [item for item in running if self._orphaned(item)]
+        orphans = [item for item in running if self.store.orphaned(item)]
         if not orphans:
             return {}
         # what settling them imports (the retry policy's backoff, the next `every` slot),
@@ -413,7 +369,7 @@ class Engine:
         count = 0
         for item_id, (seen, recorded) in orphans.items():
             item = runtime.queue.get(item_id)
-            if item is None or not _still_ours(item, seen) or not self._orphaned(item):
+            if item is None or not _still_ours(item, seen) or not self.store.orphaned(item):
                 continue  # settled meanwhile (its supervisor, another tick)
             count += 1
             if recorded is not None:
@@ -457,7 +413,7 @@ class Engine:
         Not on a store shared by hosts: there a time ahead of this host's clock is as likely
         another host's clock running ahead (skew), and bringing it back would run its slots
         again; the hosts whose clocks are right keep the schedules going."""
-        if self.store.shared:
+        if not self.store.one_clock:
             return
         stamp = iso(now) or ""
         fixed = {"next-run times": 0, "queued runs": 0, "usage-limit holds": 0}
@@ -694,159 +650,34 @@ class Engine:
 
     # -- claiming and running ------------------------------------------------------------------
 
-    def _claim(self, only: str | None = None) -> _Claim | str | None:
-        """Take the best runnable item: its lock key and a concurrency slot, marked running.
-
-        Returns the claim, None when nothing can run now, or (with `only`) a message saying
-        what holds that item back.
-        """
-        if self.store.shared:
-            return self._claim_shared(only)
-        with self.store.transaction(self.lock_timeout) as runtime:
-            return self._claim_in(runtime, self.store.applied(), only)
-
-    def _claim_shared(self, only: str | None) -> _Claim | str | None:
-        """`_claim` across hosts: leases and `SKIP LOCKED` in the database (postgres.py)."""
-        from agentjobs.store.postgres import Claimed, ClaimRequest
-
-        store = self._shared()
-        assert store is not None
-        applied = store.applied()
-        now = self._now()
-
-        def refuse(item_id: str, name: str, context: Runtime) -> str | None:
-            job = applied.get(name)
-            if job is None:
-                return "its job is no longer applied"
-            if only is not None:  # `agentjobs run JOB`: a person asked for it, as with files
-                why = self._runs_here(job)
-                return None if why is None else f"host: {why}"
-            if not job.spec.get("enabled", True):
-                return f"job {name} is disabled"
-            state = context.jobs.get(name)
-            if state is not None and state.paused:
-                return f"job {name} is paused"
-            limit = self._limit_key(job)
-            if limit is not None and context.holds.get(limit, "") > now:
-                return f"held: {limit} usage limit until {context.holds[limit]}"
-            why = self._runs_here(job)
-            return None if why is None else f"host: {why}"
-
-        per_host = store.config().get("max_concurrent_per_host")
-        claimed = store.claim(
+    def _claim(
+        self,
+        only: str | None = None,
+        keep: Hold | None = None,
+        first: Callable[[Runtime], bool] | None = None,
+    ) -> Claim | Refusal | None:
+        """Take the best runnable item (`Store.claim`): its lock key and a concurrency slot,
+        marked running. None when nothing can run now; with `only`, a `Refusal` saying what
+        holds that item back. `keep` and `first`: see `ClaimRequest`."""
+        per_host = self.store.config().get("max_concurrent_per_host")
+        return self.store.claim(
             ClaimRequest(
                 host=self.host,
-                now=now,
-                only=only,
-                refuse=refuse,
+                labels=frozenset(self.labels),
+                now=self._now(),
                 slots=self._slots(),
                 host_slots=int(per_host) if per_host else None,
-                note=lambda item: (
-                    f"run {item.run_id} (job {item.job}, attempt {item.attempt}, "
-                    f"pid {os.getpid()}, host {self.host})"
-                ),
                 timeout=self.lock_timeout,
+                pid=os.getpid(),
+                only=only,
+                keep=keep,
+                first=first,
             )
         )
-        if isinstance(claimed, Claimed):
-            return _Claim(claimed.item, applied[claimed.item.job], claimed.key, claimed.slot)
-        return claimed
-
-    def _claim_in(
-        self,
-        runtime: Runtime,
-        applied: Mapping[str, AppliedJob],
-        only: str | None = None,
-        slot: locks.HeldLock | None = None,
-    ) -> _Claim | str | None:
-        """`_claim` inside a transaction that is already open; with `slot`, a concurrency slot
-        this worker already holds (kept when nothing is claimed)."""
-        own_slot = slot
-        now = self._now()
-        busy = {i.lock_key for i in runtime.queue.values() if i.state == "running"}
-        if only is not None:
-            item = runtime.queue.get(only)
-            if item is None or item.state != "queued":
-                return None
-            candidates: Iterable[QueueItem] = [item]
-        else:
-            held = {n for n, state in runtime.jobs.items() if state.paused}
-            held.update(n for n, job in applied.items() if not job.spec.get("enabled", True))
-            limited = {k for k, until in runtime.holds.items() if until > now}
-            if limited:  # a usage limit holds every job that shares it until the reset
-                held.update(n for n, job in applied.items() if self._limit_key(job) in limited)
-            eligible = [
-                i
-                for i in runtime.queue.values()
-                if i.state == "queued"
-                and i.not_before <= now
-                and i.job in applied
-                and i.lock_key not in busy
-                and i.job not in held
-            ]
-            candidates = _in_order(eligible)
-        for item in candidates:
-            if item.lock_key in busy and only is None:
-                continue
-            if only is None and self._runs_here(applied[item.job]) is not None:
-                continue  # `runs_on` labels this host lacks (judged only for the next candidate)
-            if slot is None:
-                slot = locks.try_slot(self.store.locks_dir, self._slots())
-                if slot is None:
-                    return None if only is None else "every concurrency slot is in use"
-            key = locks.try_key(self.store.locks_dir, item.lock_key)
-            if key is None:
-                busy.add(item.lock_key)
-                if only is not None:
-                    slot.release()
-                    return self._holder_message(item.lock_key, runtime)
-                continue
-            key.note(
-                f"run {item.run_id} (job {item.job}, attempt {item.attempt}, "
-                f"pid {os.getpid()}, host {self.host})"
-            )
-            running = dataclasses.replace(
-                item,
-                state="running",
-                started_at=now,
-                host=self.host,
-                pid=os.getpid(),
-                # where this attempt's records will be: recovery reads from here (a stat)
-                records_at=self.store.records_mark(self.clock.now()),
-            )
-            runtime.queue[item.id] = running
-            state = runtime.jobs.get(item.job)
-            if state is not None:
-                runtime.jobs[item.job] = dataclasses.replace(
-                    state, last_started=now, last_run_id=item.run_id
-                )
-            return _Claim(running, applied[item.job], key, slot)
-        if slot is not None and slot is not own_slot:
-            slot.release()
-        return None
-
-    @staticmethod
-    def _limit_key(applied: AppliedJob | None) -> str | None:
-        """Jobs with the same key share an agent account's usage limit (default: the kind)."""
-        agent = applied.spec.get("agent") if applied else None
-        if not agent:
-            return None
-        return str(agent.get("limit_key") or agent.get("kind"))
-
-    def _holder_message(self, key: str, runtime: Runtime) -> str:
-        holder = locks.holder(locks.key_file(self.store.locks_dir, key))
-        running = [i for i in runtime.queue.values() if i.state == "running" and i.lock_key == key]
-        if running:
-            item = running[0]
-            return (
-                f"lock key {key} is held by run {item.run_id} (job {item.job}, attempt "
-                f"{item.attempt}, started {item.started_at})"
-            )
-        return f"lock key {key} is held by {holder or 'another process'}"
 
     def _execute(
-        self, claim: _Claim, claim_next: bool = False, lane: Lane | None = None
-    ) -> tuple[AttemptResult, _Claim | None]:
+        self, claim: Claim, claim_next: bool = False, lane: Lane | None = None
+    ) -> tuple[AttemptResult, Claim | None]:
         """Run a claimed attempt under a supervisor process of `lane` (supervisor.py; a lane of
         its own when none is given) and settle it from what the supervisor reports; with
         `claim_next`, claim the next runnable item (in the same transaction when its key is
@@ -863,15 +694,7 @@ class Engine:
             finally:
                 own.close()
         item = claim.item
-        settled: list[tuple[AttemptResult, _Claim | None]] = []
-
-        def let_go() -> None:
-            # The supervisor holds the attempt's key now (an inherited descriptor): this
-            # process drops its copy at once, so a tick that is stopped (SIGSTOP) never keeps
-            # a key held once its attempt is settled. The concurrency slot stays this worker's
-            # (the next claim takes it over).
-            if not self.store.shared:
-                claim.key.release()
+        settled: list[tuple[AttemptResult, Claim | None]] = []
 
         def settle(finished: dict[str, Any]) -> bool:
             try:
@@ -884,21 +707,21 @@ class Engine:
                 return False
             return True
 
-        lease = cast("Lease", claim.key) if self.store.shared else None
         request = {
             "item": item.to_dict(),
-            "job": claim.applied.name,
-            "applied": claim.applied.to_dict(),
-            "key": None if lease else str(cast(locks.HeldLock, claim.key).path),
-            "slot": None if lease else str(cast(locks.HeldLock, claim.slot).path),
-            "lease": {"token": lease.token, "duration": lease.duration} if lease else None,
+            "job": claim.job.name,
+            "applied": claim.job.to_dict(),
+            "hold": claim.hold.handoff(),
         }
         try:
             raw = supervisor.supervise(
                 lane,
                 request,
-                keep_fds=tuple(fd for fd in (claim.key.fd, claim.slot.fd) if fd is not None),
-                after_fork=let_go,
+                keep_fds=claim.hold.fds,
+                # The supervisor holds the attempt's key now: this process drops its copy at
+                # once, so a tick that is stopped (SIGSTOP) never keeps a key held once its
+                # attempt is settled. The slot stays this worker's (its next claim's).
+                after_fork=claim.hold.let_go,
                 settle=settle,
                 stop=self.stop,
                 say=self._tell,
@@ -931,48 +754,51 @@ class Engine:
                 )
             )
         result, following = settled[0] if settled else (AttemptResult(**raw), None)
-        if following is None and not self.store.shared:
-            claim.slot.release()
+        if following is None:
+            claim.hold.done()
             if claim_next and not self.stop.is_set():
                 candidate = self._claim()  # the key just freed, or one that was busy
-                following = candidate if isinstance(candidate, _Claim) else None
-        elif following is None and claim_next and not self.stop.is_set():
-            candidate = self._claim()
-            following = candidate if isinstance(candidate, _Claim) else None
+                following = candidate if isinstance(candidate, Claim) else None
         return result, following
 
     def _settle_claimed(
-        self, claim: _Claim, finished: Mapping[str, Any], claim_next: bool = False
-    ) -> tuple[AttemptResult, _Claim | None]:
+        self, claim: Claim, finished: Mapping[str, Any], claim_next: bool = False
+    ) -> tuple[AttemptResult, Claim | None]:
         """Settle an attempt from what its supervisor reports (`records`, its `_decide`, and
         whether they are `appended` yet), unless somebody already did: its supervisor, when
         the tick was frozen; another host, when the lease was lost. Records not yet appended
-        (a shared store: records and state in one transaction) go in with the state. The tick
-        and the supervisor both settle this way; on the file backend the tick also claims the
-        next item with this worker's slot, in the same write."""
+        (`Store.records_with_state`) go in with the state. The tick and the supervisor both
+        settle this way; with `claim_next` the tick also claims the worker's next item with
+        its slot (files: in the same write)."""
         item = claim.item
         ended: list[dict[str, Any]] = list(finished["records"])
-        with self.store.transaction(self.lock_timeout) as runtime:
+        outcome: list[AttemptResult] = []
+
+        def settle(runtime: Runtime) -> bool:
             found = runtime.queue.get(item.id)
             if found is None or not _still_ours(found, item):
                 if finished["appended"]:
-                    return _as_recorded(item, ended[0]), None  # settled by the other side
-                self._tell(
-                    f"{item.job}: run {item.run_id} attempt {item.attempt} lost its lease; "
-                    "another host recorded it, this host records nothing"
-                )
-                return _abandoned(item, ended[0]), None
+                    outcome.append(_as_recorded(item, ended[0]))  # settled by the other side
+                else:
+                    self._tell(
+                        f"{item.job}: run {item.run_id} attempt {item.attempt} lost its lease; "
+                        "another host recorded it, this host records nothing"
+                    )
+                    outcome.append(_abandoned(item, ended[0]))
+                return False
             now = self.clock.now()
             if not finished["appended"]:
                 self.store.append_records(ended, now)
-            result = self._settle(runtime, found, claim.applied, ended[0])
-            applied = self.store.applied()
-            self._enqueue_needs(runtime, applied, now)
-            following = None
-            if claim_next and not self.stop.is_set() and not self.store.shared:
-                candidate = self._claim_in(runtime, applied, slot=cast(locks.HeldLock, claim.slot))
-                following = candidate if isinstance(candidate, _Claim) else None
-        return result, following
+            outcome.append(self._settle(runtime, found, claim.job, ended[0]))
+            self._enqueue_needs(runtime, self.store.applied(), now)
+            return claim_next and not self.stop.is_set()
+
+        if not claim_next:
+            with self.store.transaction(self.lock_timeout) as runtime:
+                settle(runtime)
+            return outcome[0], None
+        following = self._claim(keep=claim.hold, first=settle)
+        return outcome[0], following if isinstance(following, Claim) else None
 
     def _fork_server(self) -> ForkServer:
         with self._guard:
@@ -996,17 +822,11 @@ class Engine:
 
         assert isinstance(channel, Channel)
         store = _reopened(self.store)  # nothing the tick's other threads may have locked
-        item = QueueItem.from_dict(request["item"])
-        applied = AppliedJob.from_dict(request["job"], request["applied"])
-        lease: Lease | None = None
-        if request["lease"]:
-            from agentjobs.store.postgres import Lease
-
-            lease = Lease(cast("PostgresStore", store), **request["lease"])
-            claim = _Claim(item, applied, lease, lease)
-        else:
-            key = locks.HeldLock(Path(request["key"]), fds[0])
-            claim = _Claim(item, applied, key, locks.HeldLock(Path(request["slot"]), fds[1]))
+        claim = Claim(
+            QueueItem.from_dict(request["item"]),
+            AppliedJob.from_dict(request["job"], request["applied"]),
+            store.hold_from(request["hold"], fds),
+        )
         engine = dataclasses.replace(
             self,
             store=store,
@@ -1020,12 +840,12 @@ class Engine:
             _server=None,
         )
         try:
-            return _result_dict(engine._attempt(claim, lease, channel))
+            return _result_dict(engine._attempt(claim, channel))
         finally:
             if engine.notifier is not None:
                 engine.notifier.close()
 
-    def _attempt(self, claim: _Claim, lease: Lease | None, channel: Any) -> AttemptResult:
+    def _attempt(self, claim: Claim, channel: Any) -> AttemptResult:
         from agentjobs.attempt import run_attempt
         from agentjobs.runner import AnyStop, StopFlag, kill_descendants
 
@@ -1033,22 +853,22 @@ class Engine:
         log_path = self.store.log_path(item.run_id, item.attempt)
         started_at = self._now()
         stop: StopFlag = self.stop
-        if lease is not None:  # a lost lease stops the attempt like a shutdown would
+        hold = claim.hold
+        if hold.lost is not None:  # a lost lease stops the attempt like a shutdown would
             stop = AnyStop(
-                (self.stop, lambda: "stopped by shutdown"), (lease.lost, lambda: lease.reason)
+                (self.stop, lambda: "stopped by shutdown"), (hold.lost, lambda: hold.reason)
             )
 
         def started(pid: int) -> None:
-            if lease is not None:
-                lease.start(pid)  # renewals and the fence, now that the group exists
-            if claim.applied.spec.get("notify"):
-                self._notifier().ping(claim.applied.spec.get("notify"), "start", item.run_id)
+            hold.started(pid)  # a lease's renewals and fence, now that the group exists
+            if claim.job.spec.get("notify"):
+                self._notifier().ping(claim.job.spec.get("notify"), "start", item.run_id)
             self.store.append_records(
                 [
                     self._record(
                         "attempt_started",
                         item,
-                        claim.applied,
+                        claim.job,
                         started_at=started_at,
                         child_pid=pid,
                         supervisor=_identity(),
@@ -1060,18 +880,18 @@ class Engine:
 
         try:
             outcome = run_attempt(
-                claim.applied,
+                claim.job,
                 item,
                 log_path=log_path,
                 stop=stop,
                 on_start=started,
                 on_output=self.on_output,
                 slot_env={"AGENTJOBS_SLOT": item.slot or ""},
-                pass_fds=tuple(fd for fd in (claim.key.fd, claim.slot.fd) if fd is not None),
+                pass_fds=hold.fds,
                 worktrees=self.store.local_dir / "worktrees",
             )
-            kill_descendants(float(claim.applied.spec.get("kill_grace", 10.0)))
-            fenced = lease.fenced_reason() if lease is not None else None
+            kill_descendants(float(claim.job.spec.get("kill_grace", 10.0)))
+            fenced = hold.fenced_reason()
             if fenced is not None and outcome.outcome != "succeeded":
                 # stopped (by the runner or by its fence) because the lease was lost: the
                 # attempt did not fail, it was cut short
@@ -1080,7 +900,7 @@ class Engine:
                 )
             ended = self._decide(
                 item,
-                claim.applied,
+                claim.job,
                 self.clock.now(),
                 outcome=outcome.outcome,
                 exit_code=outcome.exit_code,
@@ -1096,8 +916,9 @@ class Engine:
                 reset_at=outcome.reset_at,
             )
 
-            report = {"records": ended, "appended": lease is None}
-            if lease is None:
+            appended = not self.store.records_with_state
+            report = {"records": ended, "appended": appended}
+            if appended:
                 # the records first, whoever settles: the true outcome is on disk before
                 # anything else (on a shared store they go in with the state, atomically)
                 def append() -> None:
@@ -1110,15 +931,14 @@ class Engine:
             def settle() -> AttemptResult:
                 return self._settle_claimed(claim, report)[0]
 
-            if lease is None:
+            if hold.settle_window is None:
                 return _until_written(settle, channel.stalled, self.say)
             # Across hosts the database may be briefly away (a restart, a failover): the
             # transaction is retried for a lease (at least 10 s). Should another host have
             # recorded the attempt `lost` meanwhile, `settle` sees that and records nothing.
-            return _retry_while_leased(settle, max(lease.duration, 10.0), self.say)
+            return _retry_while_leased(settle, hold.settle_window, self.say)
         finally:
-            if lease is not None:
-                lease.release()
+            hold.release()
 
     def _decide(
         self,
@@ -1169,7 +989,7 @@ class Engine:
             decision = dataclasses.replace(
                 decision, at=until, reason=f"usage limit: retry at {iso(until)}"
             )
-            hold = self._limit_key(applied)  # other jobs sharing the limit wait as long
+            hold = limit_key(applied)  # other jobs sharing the limit wait as long
         if applied is None and decision.next == Next.RETRY:
             decision = dataclasses.replace(
                 decision, next=Next.DEAD_LETTER, reason="the job was deleted"
@@ -1353,12 +1173,12 @@ class Engine:
                 return
             claim = self._claim()
             lane = None
-            if isinstance(claim, _Claim):
+            if isinstance(claim, Claim):
                 from agentjobs.supervisor import Lane
 
                 lane = Lane(self._fork_server())
             try:
-                while isinstance(claim, _Claim):
+                while isinstance(claim, Claim):
                     result, claim = self._execute(claim, claim_next=True, lane=lane)
                     with self._guard:
                         results.append(result)
@@ -1370,9 +1190,7 @@ class Engine:
             with self._guard:
                 self._failures.append(exc)  # raised by _run_queue once every worker is done
         finally:
-            shared = self._shared()
-            if shared is not None:
-                shared.close_thread()  # this thread's connection: a daemon makes many threads
+            self.store.close_thread()  # this thread's connection: a daemon makes many threads
 
     def _run_queue(self) -> list[AttemptResult]:
         results: list[AttemptResult] = []
@@ -1426,7 +1244,7 @@ class Engine:
         item = self.enqueue_manual(job)
         while True:
             claim = self._claim(only=item.id)
-            if isinstance(claim, _Claim):
+            if isinstance(claim, Claim):
                 try:
                     result = self._execute(claim)[0]
                 finally:
@@ -1436,7 +1254,7 @@ class Engine:
             if claim is None:
                 return item, "the run was taken by another tick"
             if not wait or self.stop.is_set():
-                return item, claim
+                return item, claim.reason
             time.sleep(poll)
 
     # -- pause / resume, dead letters ----------------------------------------------------------

@@ -17,7 +17,7 @@ from agentjobs import records as records_mod
 from agentjobs.clock import Clock, iso
 from agentjobs.engine import Engine
 from agentjobs.errors import UserError
-from agentjobs.store import QueueItem
+from agentjobs.store import Claim, QueueItem
 from agentjobs.store.files import FileStore
 from tests.conftest import write
 
@@ -47,10 +47,9 @@ def _claimed(cli: Any, jobs_dir: Path, state_dir: Path, count: int) -> list[Queu
     claimed = []
     for _ in range(count):
         claim = engine._claim()
-        assert claim is not None and not isinstance(claim, str)
-        claim.key.release()
-        claim.slot.release()
-        started = engine._record("attempt_started", claim.item, claim.applied, started_at=iso(T0))
+        assert isinstance(claim, Claim)
+        claim.hold.release()
+        started = engine._record("attempt_started", claim.item, claim.job, started_at=iso(T0))
         engine.store.append_records([started], T0)
         claimed.append(claim.item)
     return claimed

@@ -7,7 +7,7 @@ same contract, checked by one test suite run against each (tests/test_store_cont
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -189,6 +189,97 @@ class Runtime:
         return [item for item in self.queue.values() if item.job == job]
 
 
+class Hold(Protocol):
+    """What a claim holds for its attempt until the attempt is settled: the lock key and a
+    concurrency slot. On files, two flocked descriptors (inherited by the supervisor and the
+    job: the key stays held while any process of the attempt lives); on PostgreSQL, lease rows
+    renewed by the supervisor, with a fence that stops the attempt should renewals stop.
+
+    - `fds`: the descriptors the supervisor and the job keep open (none for leases).
+    - `handoff()`: what the supervisor needs to take the hold over (JSON); with `fds`,
+      `Store.hold_from(handoff, fds)` rebuilds it in the supervisor's process.
+    - `let_go()`: the claiming process drops its copy of the key once the supervisor holds it
+      (the slot stays the worker's, for its next claim).
+    - `done()`: the claiming process is done with the hold (the attempt is settled and no next
+      claim took the slot over): it drops what it still has. Leases are the supervisor's.
+    - `release()`: (in the supervisor) let go of everything, once the attempt is settled.
+    - `started(pid)`: the attempt's process group exists (leases: renewals and the fence).
+    - `lost`, `reason`: set when the hold was lost meanwhile (a lease another host took over).
+    - `fenced_reason()`: why the fence stopped the attempt, or None.
+    - `settle_window`: for how long settling may be retried while the state is away (None:
+      for as long as it takes; a lease: until another host may take the attempt over).
+    """
+
+    @property
+    def fds(self) -> tuple[int, ...]: ...
+
+    @property
+    def lost(self) -> Any: ...  # a threading.Event or None
+
+    @property
+    def reason(self) -> str: ...
+
+    @property
+    def settle_window(self) -> float | None: ...
+
+    def handoff(self) -> dict[str, Any]: ...
+
+    def let_go(self) -> None: ...
+
+    def done(self) -> None: ...
+
+    def release(self) -> None: ...
+
+    def started(self, pid: int) -> None: ...
+
+    def fenced_reason(self) -> str | None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimRequest:
+    """What a claim needs from the engine: who claims, when, and for what.
+
+    `only`: the claim is for that item alone (`agentjobs run JOB`) and a `Refusal` says what
+    holds it back. `keep`: a hold whose slot this worker already has (its next claim takes it
+    over, or lets it go). `first(runtime)`: changes to apply before claiming (settling the
+    worker's last attempt), in the same write where the backend can (files), just before it
+    otherwise; returning False means "do not claim"."""
+
+    host: str
+    labels: frozenset[str]
+    now: str
+    slots: int  # max_concurrent (across the cluster on a shared store)
+    host_slots: int | None  # max_concurrent_per_host
+    timeout: float
+    pid: int
+    only: str | None = None
+    keep: Hold | None = None
+    first: Callable[[Runtime], bool] | None = None
+
+    def note(self, item: QueueItem) -> str:
+        """Who holds a key: read by `agentjobs status` and the holder message."""
+        return (
+            f"run {item.run_id} (job {item.job}, attempt {item.attempt}, pid {self.pid}, "
+            f"host {self.host})"
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """A claimed attempt: its item (now running), its job as applied, what it holds."""
+
+    item: QueueItem
+    job: AppliedJob
+    hold: Hold
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """Why the one item a claim asked for (`only`) cannot run now."""
+
+    reason: str
+
+
 @dataclass(frozen=True, slots=True)
 class OutboxEvent:
     """One notification waiting in the outbox (notify.py delivers it).
@@ -268,12 +359,26 @@ class Store(Protocol):
     - `describe()`: where the state lives, for messages.
     - `reopened()`: a new store object on the same state, sharing nothing with this one (no
       lock, descriptor or connection): what a forked attempt supervisor uses.
+    - `claim(request)`: take the best runnable item (one eligibility rule, `eligibility.py`,
+      for every backend) with a `Hold` on its key and a slot, mark it running; a `Claim`, None
+      (nothing runnable, or no free slot) or, for `request.only`, a `Refusal`.
+    - `hold_from(handoff, fds)`: a claim's hold, taken over in a supervisor's process.
+    - `orphaned(item)`: whether a running item's attempt has nobody left to finish it.
+    - `see_host(host, labels)`: this host is alive (shared stores list hosts); `close_thread()`:
+      let go of this thread's connection, if any; `orphans_possible(runtime)`: whether a pass
+      must look for orphans (files: always, it is cheap; a shared store asks the leases once).
     - `shared`: whether several hosts share this state (PostgreSQL: leases instead of flocks);
       `local_dir`: this host's own directory (attempt logs, worktrees, the daemon's lock).
+    - `one_clock`: every writer of this state reads this host's clock (files); on a shared
+      store another host's clock may run ahead, so the clock check (engine) is off.
+    - `records_with_state`: records are written in the state's own transaction (PostgreSQL),
+      not appended ahead of it (files: a supervisor appends its finish before settling).
     """
 
     locks_dir: Path
     shared: bool
+    one_clock: bool
+    records_with_state: bool
 
     @property
     def local_dir(self) -> Path: ...
@@ -343,6 +448,18 @@ class Store(Protocol):
     def describe(self) -> str: ...
 
     def reopened(self) -> Store: ...
+
+    def claim(self, request: ClaimRequest) -> Claim | Refusal | None: ...
+
+    def hold_from(self, handoff: Mapping[str, Any], fds: Sequence[int]) -> Hold: ...
+
+    def orphaned(self, item: QueueItem) -> bool: ...
+
+    def see_host(self, host: str, labels: Iterable[str]) -> None: ...
+
+    def orphans_possible(self, runtime: Runtime) -> bool: ...
+
+    def close_thread(self) -> None: ...
 
 
 def open_store(location: str) -> Store:

@@ -29,13 +29,15 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Concatenate, ParamSpec, TypeVar, cast
 
+from agentjobs import locks
 from agentjobs import records as records_mod
+from agentjobs.clock import parse
 from agentjobs.errors import (
     ENVIRONMENT_ERRNOS,
     StateDamagedError,
@@ -48,11 +50,15 @@ from agentjobs.store import (
     AppliedChange,
     AppliedJob,
     AttemptSummary,
+    Claim,
+    ClaimRequest,
     JobState,
     OutboxEvent,
     QueueItem,
+    Refusal,
     Runtime,
 )
+from agentjobs.store.eligibility import in_order, refusal
 
 # format N -> function turning a format-N state directory into format N+1 (none needed yet)
 MIGRATIONS: dict[int, Callable[[Path], None]] = {}
@@ -215,6 +221,40 @@ def _dump(value: Any) -> bytes:
     return (json.dumps(value, separators=(",", ":")) + "\n").encode()
 
 
+@dataclasses.dataclass(slots=True)
+class FileHold:
+    """A claim's hold on the file backend: the flocked lock-key file and a concurrency slot."""
+
+    key: locks.HeldLock
+    slot: locks.HeldLock
+    lost: None = None  # a flock is never taken over
+    reason: str = ""
+    settle_window: None = None  # the state is local: settling is retried as long as it takes
+
+    @property
+    def fds(self) -> tuple[int, ...]:
+        return tuple(fd for fd in (self.key.fd, self.slot.fd) if fd >= 0)
+
+    def handoff(self) -> dict[str, Any]:
+        return {"key": str(self.key.path), "slot": str(self.slot.path)}
+
+    def let_go(self) -> None:
+        self.key.release()
+
+    def done(self) -> None:
+        self.key.release()
+        self.slot.release()
+
+    def release(self) -> None:
+        self.done()
+
+    def started(self, pid: int) -> None:
+        pass
+
+    def fenced_reason(self) -> None:
+        return None
+
+
 class FileStore:
     """State in a directory (created mode 0700 on first write)."""
 
@@ -236,6 +276,8 @@ class FileStore:
         self._json: dict[str, tuple[dict[tuple[str, int], str], list[Any]]] = {}
 
     shared = False  # one machine: locks are flocks, the state is not shared between hosts
+    one_clock = True
+    records_with_state = False  # a supervisor appends its records before it settles
 
     @property
     def local_dir(self) -> Path:
@@ -246,6 +288,121 @@ class FileStore:
 
     def reopened(self) -> FileStore:
         return FileStore(self.root)
+
+    # -- claims ----------------------------------------------------------------------------
+
+    def claim(self, request: ClaimRequest) -> Claim | Refusal | None:
+        """`request.first`, then the best runnable item, in one transaction (one write)."""
+        with self.transaction(request.timeout) as runtime:
+            if request.first is not None and not request.first(runtime):
+                return None
+            return self._claim_in(runtime, request)
+
+    def _claim_in(self, runtime: Runtime, request: ClaimRequest) -> Claim | Refusal | None:
+        applied = self.applied()
+        kept = cast("FileHold", request.keep).slot if request.keep is not None else None
+        slot = kept
+        only = request.only
+        busy = {i.lock_key for i in runtime.queue.values() if i.state == "running"}
+        if only is not None:
+            item = runtime.queue.get(only)
+            if item is None or item.state != "queued":
+                return None
+            why = self._refusal(item, applied, runtime, request)
+            if why is not None:
+                return Refusal(why.removeprefix("host:").strip())
+            candidates: Iterable[QueueItem] = [item]
+        else:
+            candidates = in_order(
+                [
+                    i
+                    for i in runtime.queue.values()
+                    if i.state == "queued" and i.not_before <= request.now
+                ]
+            )
+        for item in candidates:
+            if only is None and (
+                item.lock_key in busy or self._refusal(item, applied, runtime, request)
+            ):
+                continue
+            if slot is None:
+                slot = locks.try_slot(self.locks_dir, request.slots)
+                if slot is None:
+                    return None if only is None else Refusal("every concurrency slot is in use")
+            key = locks.try_key(self.locks_dir, item.lock_key)
+            if key is None:
+                busy.add(item.lock_key)
+                if only is not None:
+                    if slot is not kept:
+                        slot.release()
+                    return Refusal(self.holder_message(item.lock_key, runtime))
+                continue
+            key.note(request.note(item))
+            running = dataclasses.replace(
+                item,
+                state="running",
+                started_at=request.now,
+                host=request.host,
+                pid=request.pid,
+                # where this attempt's records will be: recovery reads from here (a stat)
+                records_at=self.records_mark(parse(request.now)),
+            )
+            runtime.queue[item.id] = running
+            state = runtime.jobs.get(item.job)
+            if state is not None:
+                runtime.jobs[item.job] = dataclasses.replace(
+                    state, last_started=request.now, last_run_id=item.run_id
+                )
+            return Claim(running, applied[item.job], FileHold(key, slot))
+        if slot is not None and slot is not kept:
+            slot.release()
+        return None
+
+    @staticmethod
+    def _refusal(
+        item: QueueItem, applied: Mapping[str, AppliedJob], runtime: Runtime, request: ClaimRequest
+    ) -> str | None:
+        return refusal(
+            applied.get(item.job),
+            runtime.jobs.get(item.job),
+            runtime.holds,
+            request,
+            other_hosts=False,
+        )
+
+    def holder_message(self, key: str, runtime: Runtime) -> str:
+        """Who holds lock key `key`: the running item, or what the lock file notes."""
+        running = [i for i in runtime.queue.values() if i.state == "running" and i.lock_key == key]
+        if running:
+            item = running[0]
+            return (
+                f"lock key {key} is held by run {item.run_id} (job {item.job}, attempt "
+                f"{item.attempt}, started {item.started_at})"
+            )
+        holder = locks.holder(locks.key_file(self.locks_dir, key))
+        return f"lock key {key} is held by {holder or 'another process'}"
+
+    def hold_from(self, handoff: Mapping[str, Any], fds: Sequence[int]) -> FileHold:
+        return FileHold(
+            locks.HeldLock(Path(handoff["key"]), fds[0]),
+            locks.HeldLock(Path(handoff["slot"]), fds[1]),
+        )
+
+    def orphaned(self, item: QueueItem) -> bool:
+        """The key is held from the claim until the attempt is settled, by the claiming tick
+        and then by the attempt's supervisor (and the attempt's processes): a free key means
+        nobody is left to finish it, whatever host name or pid the item names (a container
+        restarted under a new name, a reused pid)."""
+        return locks.is_free(locks.key_file(self.locks_dir, item.lock_key))
+
+    def see_host(self, host: str, labels: Iterable[str]) -> None:
+        pass  # one host
+
+    def orphans_possible(self, runtime: Runtime) -> bool:
+        return True  # one host: every pass looks (a flock test per running item)
+
+    def close_thread(self) -> None:
+        pass  # no connections
 
     @_guarded("read")
     def exists(self) -> bool:

@@ -31,9 +31,8 @@ import threading
 import time
 import uuid
 import weakref
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -44,11 +43,15 @@ from agentjobs.store import (
     PRIORITY_RANK,
     AppliedChange,
     AppliedJob,
+    Claim,
+    ClaimRequest,
     JobState,
     OutboxEvent,
     QueueItem,
+    Refusal,
     Runtime,
 )
+from agentjobs.store.eligibility import refusal
 
 if TYPE_CHECKING:
     import psycopg
@@ -241,34 +244,6 @@ def _again_once(method: Callable[..., R]) -> Callable[..., R]:
     return wrapper
 
 
-@dataclass(frozen=True, slots=True)
-class ClaimRequest:
-    """What a claim needs from the engine: who claims, when, and how it judges items.
-
-    `refuse(item_id, job, context)` says why this host will not run an item (paused, held,
-    runs_on, workdir missing...) or None; a reason starting with "host:" is kept in
-    `host_notes` for `status`. With `only`, the claim is for that item alone and a message
-    says what holds it back."""
-
-    host: str
-    now: str
-    only: str | None
-    refuse: Callable[[str, str, Runtime], str | None]
-    slots: int  # max_concurrent across the cluster
-    host_slots: int | None  # max_concurrent_per_host
-    note: Callable[[QueueItem], str]
-    timeout: float
-
-
-@dataclass(frozen=True, slots=True)
-class Claimed:
-    """What `PostgresStore.claim` hands the engine: the item (now running) and its leases."""
-
-    item: QueueItem
-    key: Lease
-    slot: Lease
-
-
 class Lease:
     """The lease rows of one attempt (its lock key and its concurrency slots), one token.
 
@@ -279,7 +254,7 @@ class Lease:
     `fd` is None: nothing to pass to the child.
     """
 
-    fd = None
+    fds: tuple[int, ...] = ()  # nothing to pass to the child
 
     def __init__(self, store: PostgresStore, token: str, duration: float) -> None:
         self.store = store
@@ -293,10 +268,23 @@ class Lease:
         self._released = False
         self._last_ok = time.monotonic()  # when the last renewal that succeeded was sent
 
-    def moved(self, store: PostgresStore) -> Lease:
-        """The same lease, renewed through `store` (an attempt's supervisor, in its own process,
-        renews and releases the lease its tick claimed)."""
-        return Lease(store, self.token, self.duration)
+    @property
+    def settle_window(self) -> float:
+        """Settling is retried while the database is away for a lease (at least 10 s): after
+        that another host may have recorded the attempt `lost`."""
+        return max(self.duration, 10.0)
+
+    def handoff(self) -> dict[str, Any]:
+        return {"token": self.token, "duration": self.duration}
+
+    def let_go(self) -> None:
+        pass  # the supervisor renews and releases the lease rows
+
+    def done(self) -> None:
+        pass  # the lease rows are the supervisor's to release
+
+    def started(self, pid: int) -> None:
+        self.start(pid)
 
     def start(self, pgid: int) -> None:
         from agentjobs.runner import start_fence
@@ -368,6 +356,8 @@ class PostgresStore:
     """State in a PostgreSQL database (schema `agentjobs`)."""
 
     shared = True
+    one_clock = False  # another host's clock may run ahead of this one's
+    records_with_state = True  # records go in with the state, in one transaction
 
     def __init__(self, url: str, local_dir: Path | None = None) -> None:
         self.url = url
@@ -972,6 +962,19 @@ class PostgresStore:
             )
 
     @_again_once
+    def hold_from(self, handoff: Mapping[str, Any], fds: Sequence[int]) -> Lease:
+        """The lease its tick claimed, renewed and released by the attempt's supervisor."""
+        return Lease(self, str(handoff["token"]), float(handoff["duration"]))
+
+    def orphaned(self, item: QueueItem) -> bool:
+        """Across hosts the lease is the only truth: renewed, the attempt lives."""
+        return not self.attempt_leased(item.run_id, item.attempt)
+
+    def orphans_possible(self, runtime: Runtime) -> bool:
+        """Running items without a live lease (one query, only when something runs)."""
+        running = any(i.state == "running" for i in runtime.queue.values())
+        return running and self.unleased_running() > 0
+
     def attempt_leased(self, run_id: str, attempt: int) -> bool:
         """Whether a live (unexpired) lease covers this attempt."""
         with self._db() as conn:
@@ -1038,25 +1041,44 @@ class PostgresStore:
     # -- claims ----------------------------------------------------------------------------
 
     @_again_once
-    def claim(self, request: ClaimRequest) -> Claimed | str | None:
-        """Take the best runnable item across hosts (`_claim_once`). When every due item this
-        host could take was row-locked by other hosts' claims, look again shortly: they may
-        release some of them (a claim locks its batch until it commits), and a tick that gave
-        up here would leave work queued until the next tick."""
+    def claim(self, request: ClaimRequest) -> Claim | Refusal | None:
+        """`request.first` (its own transaction), then the best runnable item across hosts
+        (`_claim_once`). When every due item this host could take was row-locked by other
+        hosts' claims, look again shortly: they may release some of them (a claim locks its
+        batch until it commits), and a tick that gave up here would leave work queued until
+        the next tick."""
+        if request.first is not None:
+            with self.transaction(request.timeout) as runtime:
+                go = request.first(runtime)
+            if not go:
+                return None
+        applied = self.applied()
         for round_ in range(CLAIM_ROUNDS):
-            claimed = self._claim_once(request)
+            claimed = self._claim_once(request, applied)
             if not isinstance(claimed, _Contended):
                 return claimed
             time.sleep(0.002 * (round_ + 1))
         return None
 
-    def _claim_once(self, request: ClaimRequest) -> Claimed | str | _Contended | None:
+    def _claim_once(
+        self, request: ClaimRequest, applied: Mapping[str, AppliedJob]
+    ) -> Claim | Refusal | _Contended | None:
         """Take the best runnable item across hosts: leases for its key and a slot, marked
         running, in one transaction. Claimers skip each other's rows (`SKIP LOCKED`)."""
-        host, now, only, refuse = request.host, request.now, request.only, request.refuse
-        note, timeout = request.note, request.timeout
+        host, now, only = request.host, request.now, request.only
+        timeout = request.timeout
         slots, host_slots = request.slots, request.host_slots
         duration = self.lease_duration()
+
+        def refuse(job: str, context: Runtime) -> str | None:
+            return refusal(
+                applied.get(job),
+                context.jobs.get(job),
+                context.holds,
+                request,
+                other_hosts=True,
+            )
+
         with self._db() as conn, conn.transaction(), conn.cursor() as cur:
             self._lock_meta(conn, timeout, "FOR SHARE")
             context, busy, leased = self._claim_context(cur)
@@ -1077,9 +1099,9 @@ class PostgresStore:
                     seen.append(item_id)
                     if lock_key in busy:
                         if only is not None:
-                            return self._held_message(cur, lock_key)
+                            return Refusal(self._held_message(cur, lock_key))
                         continue
-                    reason = refuse(item_id, job, context)
+                    reason = refuse(job, context)
                     if reason is not None:
                         if reason.startswith("host:"):
                             cur.execute(
@@ -1089,21 +1111,21 @@ class PostgresStore:
                                 (host, item_id, reason[5:].strip()),
                             )
                         if only is not None:
-                            return reason.removeprefix("host:").strip()
+                            return Refusal(reason.removeprefix("host:").strip())
                         continue
                     if not have_slot:
                         taken = self._take_slots(
                             cur, token, host, slots, host_slots, leased, duration
                         )
                         if taken is not None:
-                            return None if only is None else taken
+                            return None if only is None else Refusal(taken)
                         have_slot = True
                     item = QueueItem.from_dict(json.loads(data))
-                    if not self._take_key(cur, token, host, item, duration, note(item)):
+                    if not self._take_key(cur, token, host, item, duration, request.note(item)):
                         busy.add(lock_key)
                         if only is not None:
                             cur.execute(f"DELETE FROM {SCHEMA}.leases WHERE token = %s", (token,))
-                            return self._held_message(cur, lock_key)
+                            return Refusal(self._held_message(cur, lock_key))
                         continue
                     running = QueueItem.from_dict(
                         {
@@ -1111,7 +1133,7 @@ class PostgresStore:
                             "state": "running",
                             "started_at": now,
                             "host": host,
-                            "pid": os.getpid(),
+                            "pid": request.pid,
                         }
                     )
                     cur.execute(
@@ -1128,8 +1150,7 @@ class PostgresStore:
                             item.id,
                         ),
                     )
-                    lease = Lease(self, token, duration)
-                    return Claimed(running, lease, lease)
+                    return Claim(running, applied[item.job], Lease(self, token, duration))
             if have_slot:
                 cur.execute(f"DELETE FROM {SCHEMA}.leases WHERE token = %s", (token,))
             if only is None:
