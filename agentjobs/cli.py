@@ -30,8 +30,9 @@ from agentjobs.errors import (
 
 if TYPE_CHECKING:
     from agentjobs.clock import Clock
-    from agentjobs.engine import AttemptResult, Engine
+    from agentjobs.engine import Engine
     from agentjobs.reconcile import Plan
+    from agentjobs.settle import AttemptResult
     from agentjobs.store import Store
     from agentjobs.transcript import Transcript
     from agentjobs.validate import LoadResult
@@ -348,14 +349,8 @@ def status(ctx: Context, now_text: str | None) -> None:
     now = _now(now_text)
     applied = store.applied()
     runtime = store.runtime()
-    notes: dict[str, list[tuple[str, str]]] = {}
-    hosts: list[dict[str, Any]] = []
-    if store.shared:  # why hosts left queued items alone (a missing workdir, runs_on labels)
-        from agentjobs.store.postgres import PostgresStore
-
-        assert isinstance(store, PostgresStore)
-        notes = store.host_notes()
-        hosts = store.hosts()
+    notes = store.host_notes()  # why hosts left queued items alone (workdir, runs_on labels)
+    hosts = store.hosts()
     rows = []
     for name in sorted(applied):
         job = applied[name]

@@ -20,12 +20,14 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from agentjobs import settle
 from agentjobs.clock import Clock, iso, parse
 from agentjobs.errors import UserError
 from agentjobs.records import new_ulid
+from agentjobs.retry import MAX_HOLD_S
+from agentjobs.settle import AttemptResult, Ended, Recorder, Settlement
 from agentjobs.store import (
     AppliedJob,
-    AttemptSummary,
     Claim,
     ClaimRequest,
     Hold,
@@ -35,41 +37,17 @@ from agentjobs.store import (
     Runtime,
     Store,
 )
-from agentjobs.store.eligibility import limit_key
 
 if TYPE_CHECKING:
     from agentjobs.notify import Notifier
     from agentjobs.schedule import SlotPlan
-    from agentjobs.spec import RetryPolicy
     from agentjobs.supervisor import ForkServer, Lane
 
 _T = TypeVar("_T")
 DEFAULT_LOCK_TIMEOUT = 30.0
 # The longest a usage-limit hold (and its retry) may lie ahead: agents' weekly limits reset within
 # a week; the hold adds up to a minute (engine._finish). Further ahead, the clock went back.
-MAX_HOLD_S = 7 * 86400.0 + 60.0
 ORPHAN_REASON = "the runner stopped before the attempt finished (killed or machine restarted)"
-
-
-@dataclass(frozen=True, slots=True)
-class AttemptResult:
-    job: str
-    run_id: str
-    attempt: int
-    trigger: str
-    outcome: str
-    exit_code: int | None
-    signal: str | None
-    error: str | None
-    duration_s: float
-    next: str  # done | retry | dead_letter
-    next_at: str | None
-    log_path: str
-    dlq_id: str | None = None
-
-    @property
-    def ok(self) -> bool:
-        return self.outcome == "succeeded"
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,33 +140,13 @@ class Engine:
         per_host = self.store.config().get("max_concurrent_per_host")
         return max(1, min(self._slots(), int(per_host or self._slots())))
 
+    def _recorder(self) -> Recorder:
+        return Recorder(self.host, os.getpid())
+
     def _record(
         self, event: str, item: QueueItem, applied: AppliedJob | None, **fields: Any
     ) -> dict[str, Any]:
-        spec = applied.spec if applied else {}
-        record: dict[str, Any] = {
-            "event": event,
-            "time": self._now(),
-            "run_id": item.run_id,
-            "job": item.job,
-            "attempt": item.attempt,
-            "trigger": item.trigger,
-            "slot": item.slot,
-            "queued_at": item.queued_at,
-            "lock_key": item.lock_key,
-            "priority": item.priority,
-            "host": self.host,
-            "pid": os.getpid(),
-            "spec_hash": applied.spec_hash if applied else None,
-            "git_commit": applied.git_commit if applied else None,
-            "corrective": item.corrective,
-        }
-        if item.replay_of:
-            record["replay_of"] = item.replay_of
-        if spec.get("secrets"):
-            record["secrets_redacted"] = True
-        record.update(fields)
-        return record
+        return self._recorder().record(event, item, applied, self._now(), **fields)
 
     # -- the hot path --------------------------------------------------------------------------
 
@@ -696,7 +654,7 @@ class Engine:
         item = claim.item
         settled: list[tuple[AttemptResult, Claim | None]] = []
 
-        def settle(finished: dict[str, Any]) -> bool:
+        def by_tick(finished: dict[str, Any]) -> bool:
             try:
                 settled.append(self._settle_claimed(claim, finished, claim_next))
             except UserError as exc:
@@ -722,7 +680,7 @@ class Engine:
                 # once, so a tick that is stopped (SIGSTOP) never keeps a key held once its
                 # attempt is settled. The slot stays this worker's (its next claim's).
                 after_fork=claim.hold.let_go,
-                settle=settle,
+                settle=by_tick,
                 stop=self.stop,
                 say=self._tell,
                 on_output=self.on_output,
@@ -774,7 +732,7 @@ class Engine:
         ended: list[dict[str, Any]] = list(finished["records"])
         outcome: list[AttemptResult] = []
 
-        def settle(runtime: Runtime) -> bool:
+        def apply(runtime: Runtime) -> bool:
             found = runtime.queue.get(item.id)
             if found is None or not _still_ours(found, item):
                 if finished["appended"]:
@@ -795,9 +753,9 @@ class Engine:
 
         if not claim_next:
             with self.store.transaction(self.lock_timeout) as runtime:
-                settle(runtime)
+                apply(runtime)
             return outcome[0], None
-        following = self._claim(keep=claim.hold, first=settle)
+        following = self._claim(keep=claim.hold, first=apply)
         return outcome[0], following if isinstance(following, Claim) else None
 
     def _fork_server(self) -> ForkServer:
@@ -928,104 +886,25 @@ class Engine:
             if channel.settled_by_tick(report):
                 return _as_recorded(item, ended[0])
 
-            def settle() -> AttemptResult:
+            def settle_here() -> AttemptResult:
                 return self._settle_claimed(claim, report)[0]
 
             if hold.settle_window is None:
-                return _until_written(settle, channel.stalled, self.say)
+                return _until_written(settle_here, channel.stalled, self.say)
             # Across hosts the database may be briefly away (a restart, a failover): the
             # transaction is retried for a lease (at least 10 s). Should another host have
-            # recorded the attempt `lost` meanwhile, `settle` sees that and records nothing.
-            return _retry_while_leased(settle, hold.settle_window, self.say)
+            # recorded the attempt `lost` meanwhile, `settle_here` sees that and records nothing.
+            return _retry_while_leased(settle_here, hold.settle_window, self.say)
         finally:
             hold.release()
 
     def _decide(
-        self,
-        item: QueueItem,
-        applied: AppliedJob | None,
-        now: datetime,
-        *,
-        outcome: str,
-        exit_code: int | None,
-        signal: str | None,
-        error: str | None,
-        output: str,
-        started_at: str,
-        duration_s: float | None,
-        log_path: str,
-        output_for_match: str | None = None,
-        agent: dict[str, Any] | None = None,
-        permanent: bool = False,
-        reset_at: datetime | None = None,
+        self, item: QueueItem, applied: AppliedJob | None, now: datetime, **ended: Any
     ) -> list[dict[str, Any]]:
-        """The records that end an attempt: its `attempt_finished` with the retry policy's
-        decision (next, when, why, a usage-limit hold) and, when it ends in the dead-letter
-        queue, `dead_lettered`. Reads no state: a supervisor appends these before anything
-        else, so the attempt's true outcome is on disk whoever settles it (`_settle`)."""
-        from agentjobs.retry import Next, Outcome, decide
-        from agentjobs.spec import RetryPolicy, job_from_dict
-
-        stamp = iso(now) or ""
-        policy = job_from_dict(dict(applied.spec)).retry if applied else RetryPolicy()
-        decision = decide(
-            policy,
-            Outcome(outcome),
-            exit_code=exit_code,
-            output=output_for_match if output_for_match is not None else output,
-            attempts_used=_failures(item, outcome),
-            now=now,
-        )
-        if permanent and decision.next == Next.RETRY:
-            decision = dataclasses.replace(
-                decision,
-                next=Next.DEAD_LETTER,
-                at=None,
-                reason=f"a retry cannot fix this: {error}",
-            )
-        hold = None
-        if Outcome(outcome) == Outcome.RATE_LIMITED and decision.next == Next.RETRY:
-            until = _usage_limit_lifts(policy, item, reset_at, now)
-            decision = dataclasses.replace(
-                decision, at=until, reason=f"usage limit: retry at {iso(until)}"
-            )
-            hold = limit_key(applied)  # other jobs sharing the limit wait as long
-        if applied is None and decision.next == Next.RETRY:
-            decision = dataclasses.replace(
-                decision, next=Next.DEAD_LETTER, reason="the job was deleted"
-            )
-        if duration_s is None:
-            duration_s = max(0.0, (now - parse(started_at)).total_seconds())
-        finished = self._record(
-            "attempt_finished",
-            item,
-            applied,
-            started_at=started_at,
-            finished_at=stamp,
-            duration_s=round(duration_s, 3),
-            outcome=outcome,
-            exit_code=exit_code,
-            signal=signal,
-            error=error,
-            output_tail=output,
-            log_path=log_path,
-            next=decision.next.value,
-            next_attempt_at=iso(decision.at) if decision.at else None,
-            reason=decision.reason,
-            **({"agent": agent} if agent else {}),
-            **({"hold": hold} if hold else {}),
-        )
-        if decision.next != Next.DEAD_LETTER:
-            return [finished]
-        dead = self._record(
-            "dead_lettered",
-            item,
-            applied,
-            dlq_id=item.run_id,
-            reason=decision.reason,
-            outcome=outcome,
-        )
-        return [finished, dead]
+        """The records that end an attempt (`settle.finish_records`; `ended`: `Ended`'s
+        fields). Reads no state: a supervisor appends these before anything else, so the
+        attempt's true outcome is on disk whoever settles it (`_settle`)."""
+        return settle.finish_records(item, applied, Ended(**ended), now, self._recorder())
 
     def _settle(
         self,
@@ -1035,135 +914,32 @@ class Engine:
         finished: Mapping[str, Any],
     ) -> AttemptResult:
         """Apply an attempt's `attempt_finished` record (`_decide`, already appended) to the
-        state, inside a transaction: the retry (the item queued again), or the end of the run
-        (a dead letter for the DLQ), a usage-limit hold, the job's summary, its notifications.
-        Whoever settles an attempt - its tick, its supervisor, recovery - does it this way."""
-        stamp = finished["finished_at"]
-        outcome = finished["outcome"]
-        error = finished.get("error")
-        next_step = finished.get("next", "done")
-        next_at = finished.get("next_attempt_at")
-        reason = finished.get("reason")
-        if finished.get("hold") and next_at:
-            runtime.holds[finished["hold"]] = next_at
-        summary = AttemptSummary(
-            attempt=item.attempt,
-            outcome=outcome,
-            started_at=finished.get("started_at") or item.started_at or stamp,
-            finished_at=stamp,
-            exit_code=finished.get("exit_code"),
-            signal=finished.get("signal"),
-            error=error,
-            log_path=finished.get("log_path"),
-            output_tail=(finished.get("output_tail") or "")[-1024:],
-            agent=finished.get("agent"),
-        )
-        dlq_id = None
-        if next_step == "retry":
-            corrective = bool(applied and applied.spec.get("retry", {}).get("corrective"))
-            runtime.queue[item.id] = dataclasses.replace(
-                item,
-                state="queued",
-                attempt=item.attempt + 1,
-                failures=_failures(item, outcome),
-                not_before=next_at or stamp,
-                trigger="retry",
-                corrective=corrective,
-                history=(*item.history, summary),
-                started_at=None,
-                pid=None,
-                host=None,
-            )
-            self._tell(
-                f"{item.job}: run {item.run_id} attempt {item.attempt} {outcome}"
-                f"{f' ({error})' if error else ''}; next attempt at {next_at} ({reason})"
-            )
+        state, inside a transaction (`settle.settle` says what changes). Whoever settles an
+        attempt - its tick, its supervisor, recovery - does it this way."""
+        done = settle.settle(item, applied, runtime.jobs.get(item.job), finished)
+        if done.hold is not None:
+            runtime.holds[done.hold[0]] = done.hold[1]
+        if done.retry is not None:
+            runtime.queue[item.id] = done.retry
         else:
             runtime.queue.pop(item.id, None)
-            if next_step == "dead_letter":
-                dlq_id = item.run_id
-                self.store.put_dead_letter(_dead_letter(item, applied, summary, reason))
-                self._tell(
-                    f"{item.job}: run {item.run_id} dead-lettered after attempt "
-                    f"{item.attempt} ({reason}); see `agentjobs dlq show {dlq_id}`"
-                )
-        state = runtime.jobs.get(item.job)
-        if applied is not None and applied.spec.get("notify"):
-            self._notify_finish(
-                item,
-                applied,
-                outcome,
-                error,
-                next_step,
-                next_at,
-                dlq_id,
-                state.last_outcome if state else None,
-            )
-        if state is not None:
-            state = dataclasses.replace(
-                state, last_outcome=outcome, last_finished=stamp, last_run_id=item.run_id
-            )
-            if outcome == "succeeded":
-                state = dataclasses.replace(state, last_success=stamp)
-            if next_step != "retry" and applied is not None:
-                state = self._after_run(state, applied, parse(stamp))
-            runtime.jobs[item.job] = state
-        return AttemptResult(
-            job=item.job,
-            run_id=item.run_id,
-            attempt=item.attempt,
-            trigger=item.trigger,
-            outcome=outcome,
-            exit_code=finished.get("exit_code"),
-            signal=finished.get("signal"),
-            error=error,
-            duration_s=float(finished.get("duration_s") or 0.0),
-            next=next_step,
-            next_at=next_at,
-            log_path=finished.get("log_path") or "",
-            dlq_id=dlq_id,
-        )
+        if done.dead_letter is not None:
+            self.store.put_dead_letter(done.dead_letter)
+        if done.message:
+            self._tell(done.message)
+        if applied is not None:
+            self._send(item, applied, done)
+        if done.state is not None:
+            runtime.jobs[item.job] = done.state
+        return done.result
 
-    def _notify_finish(
-        self,
-        item: QueueItem,
-        applied: AppliedJob,
-        outcome: str,
-        error: str | None,
-        next_step: str,
-        next_at: str | None,
-        dlq_id: str | None,
-        previous: str | None,
-    ) -> None:
-        """The events a finished attempt sends (delivered in the background)."""
-        notify = applied.spec.get("notify")
-        fields = {"outcome": outcome, "error": error, "next": next_step, "next_attempt_at": next_at}
-        if outcome == "succeeded":
-            self._notify("succeeded", item, applied, **fields)
-            if previous not in (None, "succeeded"):
-                self._notify("recovered", item, applied, **fields)
-            self._notifier().ping(notify, "success", item.run_id)
-            return
-        specific = {"timeout": "timeout", "silence": "silence", "rate_limited": "rate_limited"}
-        if outcome != "interrupted":
-            self._notify(specific.get(outcome, "failed"), item, applied, **fields)
-        if outcome not in ("interrupted", "rate_limited"):
-            self._notifier().ping(notify, "fail", item.run_id)
-        if dlq_id:
-            self._notify("dead_lettered", item, applied, dlq_id=dlq_id, **fields)
-
-    @staticmethod
-    def _after_run(state: JobState, applied: AppliedJob, now: datetime) -> JobState:
-        """`every` counts from the end of the run (systemd OnUnitInactiveSec)."""
-        from agentjobs.schedule import fire_time
-        from agentjobs.spec import Schedule
-
-        raw = applied.spec.get("schedule")
-        if not raw or raw.get("every") is None or not applied.spec.get("enabled", True):
-            return state
-        schedule = Schedule(**raw)
-        due = fire_time(applied.name, schedule, now + timedelta(seconds=schedule.every or 0))
-        return dataclasses.replace(state, next_due=iso(due))
+    def _send(self, item: QueueItem, applied: AppliedJob, done: Settlement) -> None:
+        """A settlement's notifications (to the outbox, delivered in the background)."""
+        for event in done.events:
+            extra = {"dlq_id": done.result.dlq_id} if event == "dead_lettered" else {}
+            self._notify(event, item, applied, **extra, **done.fields)
+        for ping in done.pings:
+            self._notifier().ping(applied.spec.get("notify"), ping, item.run_id)
 
     def _worker(
         self, results: list[AttemptResult], ended: Callable[[], None] = lambda: None
@@ -1392,49 +1168,6 @@ def _retry_while_leased(step: Callable[[], _T], window: float, say: Callable[[st
     raise AssertionError("unreachable")  # reraise=True: the last error propagates
 
 
-def _usage_limit_lifts(
-    policy: RetryPolicy, item: QueueItem, reset_at: datetime | None, now: datetime
-) -> datetime:
-    """When a rate-limited attempt is tried again: at the reset the agent named (plus up to a
-    minute, so the jobs held with it do not all start at once), else after the backoff."""
-    import random
-
-    if reset_at is not None and reset_at > now:
-        return reset_at + timedelta(seconds=random.uniform(0, 60))
-    from agentjobs.retry import delay
-
-    return now + timedelta(seconds=delay(policy, max(1, item.attempt)))
-
-
-def _dead_letter(
-    item: QueueItem, applied: AppliedJob | None, last: AttemptSummary, reason: str | None
-) -> dict[str, Any]:
-    """The dead-letter entry of a run that ended with `last`: the spec as it was, every
-    attempt."""
-    return {
-        "id": item.run_id,
-        "job": item.job,
-        "run_id": item.run_id,
-        "slot": item.slot,
-        "trigger": item.trigger,
-        "created_at": last.finished_at,
-        "reason": reason,
-        "status": "open",
-        "spec": dict(applied.spec) if applied else None,
-        "spec_hash": applied.spec_hash if applied else None,
-        "attempts": [h.to_dict() for h in (*item.history, last)],
-        "replays": [],
-        "note": None,
-        "replay_of": item.replay_of,
-    }
-
-
-def _failures(item: QueueItem, outcome: str) -> int:
-    """The failed attempts of the run once this one is counted: an interrupted, rate-limited
-    or successful attempt uses up none of the policy's attempts."""
-    return item.failures + (0 if outcome in ("interrupted", "rate_limited", "succeeded") else 1)
-
-
 def _until_written(
     step: Callable[[], _T], stalled: Callable[[str], None], say: Callable[[str], None]
 ) -> _T:
@@ -1599,15 +1332,6 @@ def _recompute_due(name: str, state: JobState, job: AppliedJob, now: datetime) -
     return dataclasses.replace(state, last_slot=marker, next_due=iso(due))
 
 
-def _longest_wait(item: QueueItem, job: AppliedJob | None) -> float:
-    """The longest a retry of `item` can be meant to wait: its policy's max backoff, or for a
-    usage limit (the reset time an agent reported) MAX_HOLD_S."""
-    if item.history and item.history[-1].outcome == "rate_limited":
-        return MAX_HOLD_S
-    backoff = dict((job.spec.get("retry") or {}).get("backoff") or {}) if job else {}
-    return float(backoff.get("max", 1800.0))
-
-
 def _needs_met(runtime: Runtime, name: str, state: JobState) -> bool:
     """Every needed job's latest run succeeded after this job's last run started."""
     for need in state.needs:
@@ -1640,3 +1364,12 @@ def _lock_key(spec: Mapping[str, Any], run_id: str) -> str:
     if spec.get("isolation") == "worktree":
         return f"{spec['lock']}#worktree-{run_id}"
     return str(spec["lock"])
+
+
+def _longest_wait(item: QueueItem, job: AppliedJob | None) -> float:
+    """The longest a retry of `item` can be meant to wait (`retry.longest_wait`)."""
+    from agentjobs.retry import longest_wait
+    from agentjobs.spec import RetryPolicy, job_from_dict
+
+    policy = job_from_dict(dict(job.spec)).retry if job else RetryPolicy()
+    return longest_wait(item.history[-1].outcome if item.history else None, policy)

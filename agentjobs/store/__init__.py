@@ -367,6 +367,8 @@ class Store(Protocol):
     - `see_host(host, labels)`: this host is alive (shared stores list hosts); `close_thread()`:
       let go of this thread's connection, if any; `orphans_possible(runtime)`: whether a pass
       must look for orphans (files: always, it is cheap; a shared store asks the leases once).
+    - `hosts()`: the hosts seen lately (shared stores; none on files); `host_notes()`: queued
+      item id -> [(host, why that host left it alone)] (a missing workdir, runs_on labels).
     - `shared`: whether several hosts share this state (PostgreSQL: leases instead of flocks);
       `local_dir`: this host's own directory (attempt logs, worktrees, the daemon's lock).
     - `one_clock`: every writer of this state reads this host's clock (files); on a shared
@@ -456,6 +458,10 @@ class Store(Protocol):
     def orphaned(self, item: QueueItem) -> bool: ...
 
     def see_host(self, host: str, labels: Iterable[str]) -> None: ...
+
+    def hosts(self) -> list[dict[str, Any]]: ...
+
+    def host_notes(self) -> dict[str, list[tuple[str, str]]]: ...
 
     def orphans_possible(self, runtime: Runtime) -> bool: ...
 

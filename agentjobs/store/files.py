@@ -398,6 +398,12 @@ class FileStore:
     def see_host(self, host: str, labels: Iterable[str]) -> None:
         pass  # one host
 
+    def hosts(self) -> list[dict[str, Any]]:
+        return []  # one host, not listed
+
+    def host_notes(self) -> dict[str, list[tuple[str, str]]]:
+        return {}  # one host: what it skips stays queued for it, with its reason in `run`
+
     def orphans_possible(self, runtime: Runtime) -> bool:
         return True  # one host: every pass looks (a flock test per running item)
 
