@@ -10,28 +10,25 @@ slot's enqueue and its job's marker advance are one atomic write (exactly-once f
 from __future__ import annotations
 
 import dataclasses
-import operator
 import os
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from agentjobs import settle
+from agentjobs import planning, settle
 from agentjobs.clock import Clock, iso, parse
 from agentjobs.errors import UserError
 from agentjobs.records import new_ulid
-from agentjobs.retry import MAX_HOLD_S
 from agentjobs.settle import AttemptResult, Ended, Recorder, Settlement
 from agentjobs.store import (
     AppliedJob,
     Claim,
     ClaimRequest,
     Hold,
-    JobState,
     QueueItem,
     Refusal,
     Runtime,
@@ -40,7 +37,6 @@ from agentjobs.store import (
 
 if TYPE_CHECKING:
     from agentjobs.notify import Notifier
-    from agentjobs.schedule import SlotPlan
     from agentjobs.supervisor import ForkServer, Lane
 
 _T = TypeVar("_T")
@@ -154,7 +150,9 @@ class Engine:
         """Whether a tick must do anything at all: compares stored strings only."""
         if runtime.applied_version != self.store.applied_version():
             return True
-        return bool(runtime.queue) or _any_due(runtime, now, check_clock=self.store.one_clock)
+        return bool(runtime.queue) or planning.any_due(
+            runtime, now, check_clock=self.store.one_clock
+        )
 
     def _must_prepare(self, runtime: Runtime) -> bool:
         """Whether this pass needs the exclusive whole-state transaction (due slots, needs, an
@@ -164,7 +162,7 @@ class Engine:
         if runtime.applied_version != self.store.applied_version():
             return True
         held = any(until <= now for until in runtime.holds.values())
-        if held or _any_due(runtime, now, check_clock=False):
+        if held or planning.any_due(runtime, now, check_clock=False):
             return True
         return self.store.orphans_possible(runtime)
 
@@ -262,34 +260,30 @@ class Engine:
             applied = self.store.applied()
             now = self.clock.now()
             records: list[dict[str, Any]] = []
-            if runtime.applied_version != self.store.applied_version():
-                self._reconcile_states(runtime, applied, now)
+            pass_ = self._pass()
+            if runtime.applied_version != pass_.applied_version:
+                planning.reconcile_states(pass_, runtime, applied, now)
             stamp = iso(now) or ""
-            self._check_clock(runtime, applied, now)
+            planning.check_clock(pass_, runtime, applied, now)
             for key in [k for k, until in runtime.holds.items() if until <= stamp]:
                 del runtime.holds[key]  # the usage limit has lifted
             recovered = self._recover_orphans(runtime, applied, now, records, orphans)
-            self._drop_deleted(runtime, applied, records)
-            enqueued, skipped = self._enqueue_due(runtime, applied, now, records)
-            enqueued += self._enqueue_needs(runtime, applied, now)
+            planning.drop_deleted(pass_, runtime, applied, records)
+            enqueued, skipped = planning.enqueue_due(pass_, runtime, applied, now, records)
+            enqueued += planning.enqueue_needs(pass_, runtime, applied, now)
+            for target, payload in pass_.events:
+                self._notifier().event(target, payload)
             self.store.append_records(records, now)
         return recovered, enqueued, skipped
 
-    def _reconcile_states(
-        self, runtime: Runtime, applied: Mapping[str, AppliedJob], now: datetime
-    ) -> None:
-        """After an apply that crashed between its two writes: states follow the specs."""
-        from agentjobs.reconcile import fresh_state
-        from agentjobs.spec import job_from_dict
-
-        for name, job in applied.items():
-            state = runtime.jobs.get(name)
-            if state is None or state.schedule_hash != job.schedule_hash:
-                runtime.jobs[name] = fresh_state(job_from_dict(dict(job.spec)), now, state)
-        for name in list(runtime.jobs):
-            if name not in applied:
-                del runtime.jobs[name]
-        runtime.applied_version = self.store.applied_version()
+    def _pass(self) -> planning.Pass:
+        return planning.Pass(
+            record=self._record,
+            tell=self._tell,
+            host=self.host,
+            applied_version=self.store.applied_version(),
+            one_clock=self.store.one_clock,
+        )
 
     def _orphans(self) -> dict[str, tuple[QueueItem, dict[str, Any] | None]]:
         """The orphans in a snapshot of the runtime, each with its `attempt_finished` record if
@@ -354,256 +348,6 @@ class Engine:
             )
             records.extend(ended)
             self._settle(runtime, item, applied.get(item.job), ended[0])
-        return count
-
-    def _check_clock(
-        self, runtime: Runtime, applied: Mapping[str, AppliedJob], now: datetime
-    ) -> None:
-        """Bring back any stored time further ahead than its schedule allows from `now` (issue
-        10, item 5: after a tick while the clock was ahead, or a step back, nothing stays
-        silent for the size of the jump). Next-due times: a cron job's is the next slot after
-        now (its marker comes back to now), an `every` job's at most one interval (plus
-        jitter) away. Queued runs: a retry waits at most its policy's max backoff (MAX_HOLD_S
-        for a usage limit) from now, and no longer than it was meant to wait if it was set in
-        what is now the future; any other queued run may start now. Holds: the retry that set
-        it decides, else MAX_HOLD_S. Cheap when nothing is off: compares strings.
-
-        Not on a store shared by hosts: there a time ahead of this host's clock is as likely
-        another host's clock running ahead (skew), and bringing it back would run its slots
-        again; the hosts whose clocks are right keep the schedules going."""
-        if not self.store.one_clock:
-            return
-        stamp = iso(now) or ""
-        fixed = {"next-run times": 0, "queued runs": 0, "usage-limit holds": 0}
-        for name, state in list(runtime.jobs.items()):
-            job = applied.get(name)
-            if job is None or not job.spec.get("schedule") or state.next_due is None:
-                continue
-            if state.next_due_max_gap is None:  # a state written before the field existed
-                from agentjobs.schedule import max_gap
-                from agentjobs.spec import Schedule
-
-                gap = max_gap(name, Schedule(**job.spec["schedule"]))
-                state = runtime.jobs[name] = dataclasses.replace(state, next_due_max_gap=gap)
-            if not _implausible_due(state, stamp, {}):
-                continue
-            runtime.jobs[name] = _recompute_due(name, state, job, now)
-            fixed["next-run times"] += 1
-        moved: dict[str, str] = {}  # a retry's old not_before -> its new one (for its hold)
-        for item in list(runtime.queue.values()):
-            if item.state != "queued" or item.not_before <= stamp:
-                continue
-            origin = item.history[-1].finished_at if item.history else item.queued_at
-            longest = 0.0  # a scheduled, manual or replayed run was due when it was queued
-            if item.trigger == "retry":
-                longest = _longest_wait(item, applied.get(item.job))
-            latest = iso(now + timedelta(seconds=longest)) or stamp
-            if origin <= stamp and item.not_before <= latest:
-                continue
-            meant = max(0.0, (parse(item.not_before) - parse(origin)).total_seconds())
-            wait = min(meant, longest) if origin > stamp else longest
-            new = iso(now + timedelta(seconds=wait)) or stamp
-            moved[item.not_before] = new
-            runtime.queue[item.id] = dataclasses.replace(item, not_before=new)
-            fixed["queued runs"] += 1
-        horizon = iso(now + timedelta(seconds=MAX_HOLD_S)) or ""
-        for key, until in list(runtime.holds.items()):
-            if until in moved and moved[until] < until:
-                runtime.holds[key] = moved[until]
-            elif until > horizon:
-                runtime.holds[key] = horizon
-            else:
-                continue
-            fixed["usage-limit holds"] += 1
-        if any(fixed.values()):
-            what = ", ".join(f"{n} {kind}" for kind, n in fixed.items() if n)
-            self._tell(
-                f"the clock is behind times stored in the state (a tick ran while it was ahead, "
-                f"or it was set back); brought back within their schedules from {stamp}: {what}"
-            )
-
-    def _drop_deleted(
-        self, runtime: Runtime, applied: Mapping[str, AppliedJob], records: list[dict[str, Any]]
-    ) -> None:
-        for item in list(runtime.queue.values()):
-            if item.job not in applied and item.state == "queued":
-                records.append(
-                    self._record("slot_skipped", item, None, reason="deleted", outcome="skipped")
-                )
-                del runtime.queue[item.id]
-
-    def _enqueue_due(
-        self,
-        runtime: Runtime,
-        applied: Mapping[str, AppliedJob],
-        now: datetime,
-        records: list[dict[str, Any]],
-    ) -> tuple[int, int]:
-        from agentjobs.schedule import plan_slots
-        from agentjobs.spec import Schedule
-
-        stamp = iso(now) or ""
-        enqueued = skipped = 0
-        for name, state in sorted(runtime.jobs.items()):
-            job = applied.get(name)
-            if job is None or state.paused or state.next_due is None or state.next_due > stamp:
-                continue
-            raw = job.spec.get("schedule")
-            if not raw or not job.spec.get("enabled", True):
-                runtime.jobs[name] = dataclasses.replace(state, next_due=None)
-                continue
-            schedule = Schedule(**raw)
-            plan = plan_slots(
-                name,
-                schedule,
-                last_slot=parse(state.last_slot) if state.last_slot else None,
-                next_due=parse(state.next_due),
-                now=now,
-            )
-            if plan.warning:
-                self._tell(f"{name}: {plan.warning}")
-            if plan.skipped is not None:  # one record however many slots (issue 10, item 7)
-                records.append(self._skip_record(name, job, plan.skipped.last, "", now, plan))
-                skipped += plan.skipped.count
-            # Overlap is judged against runs in flight before this tick: the slots of one
-            # catch-up batch (catchup: all) all queue up.
-            before = {i.id for i in runtime.items_of(name)}
-            for slot, trigger in plan.run:
-                outcome = self._enqueue_slot(runtime, job, slot, trigger, now, before)
-                if outcome is None:
-                    enqueued += 1
-                else:
-                    record = self._skip_record(name, job, slot, outcome, now)
-                    records.append(record)
-                    skipped += 1
-                    if outcome == "overlap" and job.spec.get("notify"):
-                        self._notifier().event(
-                            job.spec["notify"],
-                            {
-                                "event": "skipped_overlap",
-                                "job": name,
-                                "slot": record["slot"],
-                                "run_id": record["run_id"],
-                                "time": record["time"],
-                                "host": self.host,
-                                "error": "the previous run was still running at this slot",
-                            },
-                        )
-            next_due = plan.next_due
-            if (
-                schedule.every is not None
-                and plan.run
-                and name not in {i.job for i in runtime.queue.values()}
-            ):
-                # the `every` slot was skipped: count the interval from now
-                next_due = now + timedelta(seconds=schedule.every)
-            runtime.jobs[name] = dataclasses.replace(
-                runtime.jobs[name], last_slot=iso(plan.last_slot), next_due=iso(next_due)
-            )
-        return enqueued, skipped
-
-    def _skip_record(
-        self,
-        name: str,
-        job: AppliedJob,
-        slot: datetime,
-        reason: str,
-        now: datetime,
-        plan: SlotPlan | None = None,
-    ) -> dict[str, Any]:
-        """A `slot_skipped` record: of one slot, or (with `plan`) the summary of its skipped
-        slots, `count` of them from `first` to `last` (`slot` is the last)."""
-        fields: dict[str, Any] = {"count": 1, "first": iso(slot), "last": iso(slot)}
-        if plan is not None and plan.skipped is not None:
-            summary = plan.skipped
-            reason = summary.reason
-            fields = {"count": summary.count, "first": iso(summary.first), "last": iso(slot)}
-            if not summary.exact:
-                fields["count_exact"] = False
-        stub = QueueItem(
-            id=f"{name}@{iso(slot)}",
-            run_id=new_ulid(),
-            job=name,
-            trigger="schedule",
-            priority=job.spec.get("priority", "normal"),
-            lock_key=job.spec["lock"],
-            queued_at=iso(now) or "",
-            not_before=iso(now) or "",
-            slot=iso(slot),
-            attempt=0,
-        )
-        return self._record("slot_skipped", stub, job, reason=reason, outcome="skipped", **fields)
-
-    def _enqueue_slot(
-        self,
-        runtime: Runtime,
-        job: AppliedJob,
-        slot: datetime,
-        trigger: str,
-        now: datetime,
-        before: set[str],
-    ) -> str | None:
-        """Enqueue one slot; returns None, or the reason it is skipped (overlap, needs)."""
-        name = job.name
-        item_id = f"{name}@{iso(slot)}"
-        if item_id in runtime.queue:
-            return None  # already enqueued by a racing tick (idempotent)
-        in_flight = [i for i in runtime.items_of(name) if i.id in before]
-        if in_flight:
-            if job.spec.get("overlap", "skip") == "skip":
-                return "overlap"
-            if any(i.state == "queued" for i in in_flight):
-                return "overlap"  # queue: at most one pending slot
-        state = runtime.jobs[name]
-        if state.needs and not _needs_met(runtime, name, state):
-            return "needs"
-        stamp = iso(now) or ""
-        run_id = new_ulid()
-        runtime.queue[item_id] = QueueItem(
-            id=item_id,
-            run_id=run_id,
-            job=name,
-            trigger=trigger,
-            priority=job.spec.get("priority", "normal"),
-            lock_key=_lock_key(job.spec, run_id),
-            queued_at=stamp,
-            not_before=stamp,
-            slot=iso(slot),
-        )
-        return None
-
-    def _enqueue_needs(
-        self, runtime: Runtime, applied: Mapping[str, AppliedJob], now: datetime
-    ) -> int:
-        """Jobs with `needs` and no schedule run after every needed job succeeded anew."""
-        count = 0
-        stamp = iso(now) or ""
-        waiting = sorted((n, s) for n, s in runtime.jobs.items() if s.needs)
-        for name, state in waiting:
-            job = applied.get(name)
-            if (
-                job is None
-                or state.paused
-                or job.spec.get("schedule")
-                or not job.spec.get("enabled", True)
-                or not _needs_met(runtime, name, state)
-                or runtime.items_of(name)
-            ):
-                continue
-            newest = max(runtime.jobs[n].last_success or "" for n in state.needs)
-            item_id = f"{name}@needs-{newest}"
-            run_id = new_ulid()
-            runtime.queue[item_id] = QueueItem(
-                id=item_id,
-                run_id=run_id,
-                job=name,
-                trigger="needs",
-                priority=job.spec.get("priority", "normal"),
-                lock_key=_lock_key(job.spec, run_id),
-                queued_at=stamp,
-                not_before=stamp,
-            )
-            count += 1
         return count
 
     # -- claiming and running ------------------------------------------------------------------
@@ -748,7 +492,7 @@ class Engine:
             if not finished["appended"]:
                 self.store.append_records(ended, now)
             outcome.append(self._settle(runtime, found, claim.job, ended[0]))
-            self._enqueue_needs(runtime, self.store.applied(), now)
+            planning.enqueue_needs(self._pass(), runtime, self.store.applied(), now)
             return claim_next and not self.stop.is_set()
 
         if not claim_next:
@@ -1005,7 +749,7 @@ class Engine:
                 job=job,
                 trigger=trigger,
                 priority=spec.get("priority", "normal"),
-                lock_key=_lock_key(spec, run_id),
+                lock_key=planning.lock_key(spec, run_id),
                 queued_at=stamp,
                 not_before=stamp,
                 replay_of=replay_of,
@@ -1262,114 +1006,3 @@ def _still_ours(current: QueueItem, item: QueueItem) -> bool:
         and current.host == item.host
         and current.pid == item.pid
     )
-
-
-def _any_due(runtime: Runtime, now: str, check_clock: bool = True) -> bool:
-    """Whether a job not paused is due: its slot has come, or its `needs` are met anew; or
-    (`check_clock`) a stored time is further ahead than its schedule allows (the clock went
-    back: `Engine._check_clock`)."""
-    horizons: dict[float, str] = {}
-    for name, state in runtime.jobs.items():
-        due = state.next_due
-        if due is not None:
-            if due <= now:
-                if not state.paused:
-                    return True
-            elif check_clock and state.next_due_max_gap is not None:  # inlined: a hot loop
-                gap = state.next_due_max_gap
-                if due > (horizons.get(gap) or _horizon(now, gap, horizons)):
-                    return True
-        if state.needs and not state.paused and _needs_met(runtime, name, state):
-            return True
-    if not check_clock:
-        return False
-    if runtime.holds:
-        horizon = _horizon(now, MAX_HOLD_S, horizons)
-        if any(until > horizon for until in runtime.holds.values()):
-            return True
-    for item in runtime.queue.values():
-        if item.state == "queued" and item.not_before > now:
-            origin = item.history[-1].finished_at if item.history else item.queued_at
-            if origin > now or item.not_before > _horizon(now, MAX_HOLD_S, horizons):
-                return True
-    return False
-
-
-def _horizon(now: str, seconds: float, cache: dict[float, str]) -> str:
-    """`now` plus `seconds`, as a stored time string (one parse per distinct interval)."""
-    found = cache.get(seconds)
-    if found is None:
-        found = cache[seconds] = iso(parse(now) + timedelta(seconds=seconds)) or ""
-    return found
-
-
-def _implausible_due(state: JobState, now: str, horizons: dict[float, str]) -> bool:
-    """A next-due time further ahead than the schedule allows from now: some slot between now
-    and it would be silenced. (A slot marker ahead of now alone silences nothing: the slots up
-    to it ran, in what was then the present.)"""
-    assert state.next_due is not None
-    gap = state.next_due_max_gap
-    return (
-        gap is not None and state.next_due > now and state.next_due > _horizon(now, gap, horizons)
-    )
-
-
-def _recompute_due(name: str, state: JobState, job: AppliedJob, now: datetime) -> JobState:
-    """The job's next-due time from `now`: the next cron slot after the marker (brought back to
-    now), or at most one `every` interval away."""
-    from agentjobs.schedule import fire_time, next_fire
-    from agentjobs.spec import Schedule
-
-    schedule = Schedule(**job.spec["schedule"])
-    stamp = iso(now) or ""
-    marker = state.last_slot if state.last_slot is None or state.last_slot <= stamp else stamp
-    due = parse(state.next_due) if state.next_due else now
-    if schedule.cron is not None:
-        slot = next_fire(schedule.cron, schedule.timezone, parse(marker) if marker else now)
-        due = fire_time(name, schedule, slot)
-    elif schedule.every is not None:
-        due = min(due, now + timedelta(seconds=state.next_due_max_gap or schedule.every))
-    return dataclasses.replace(state, last_slot=marker, next_due=iso(due))
-
-
-def _needs_met(runtime: Runtime, name: str, state: JobState) -> bool:
-    """Every needed job's latest run succeeded after this job's last run started."""
-    for need in state.needs:
-        other = runtime.jobs.get(need)
-        if other is None or other.last_success is None:
-            return False
-        if other.last_outcome != "succeeded":
-            return False
-        if state.last_started is not None and other.last_success <= state.last_started:
-            return False
-    return True
-
-
-_ORDER = operator.attrgetter("order")
-
-
-def _in_order(items: list[QueueItem]) -> Iterator[QueueItem]:
-    """Items by priority then age. Usually the first one can run, so it is found with `min`
-    and the rest are sorted only when it cannot."""
-    if not items:
-        return
-    first = min(items, key=_ORDER)
-    yield first
-    yield from sorted((i for i in items if i is not first), key=_ORDER)
-
-
-def _lock_key(spec: Mapping[str, Any], run_id: str) -> str:
-    """The job's lock key; with `isolation: worktree` each run works in its own worktree, so the
-    key is the run's (runs of jobs on one repository may overlap)."""
-    if spec.get("isolation") == "worktree":
-        return f"{spec['lock']}#worktree-{run_id}"
-    return str(spec["lock"])
-
-
-def _longest_wait(item: QueueItem, job: AppliedJob | None) -> float:
-    """The longest a retry of `item` can be meant to wait (`retry.longest_wait`)."""
-    from agentjobs.retry import longest_wait
-    from agentjobs.spec import RetryPolicy, job_from_dict
-
-    policy = job_from_dict(dict(job.spec)).retry if job else RetryPolicy()
-    return longest_wait(item.history[-1].outcome if item.history else None, policy)
