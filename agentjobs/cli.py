@@ -603,7 +603,9 @@ def run(ctx: Context, job: str, wait: bool, host_id: str | None, labels: str) ->
 @pass_ctx
 def pause(ctx: Context, job: str) -> None:
     """Stop scheduling JOB (no new slots) without editing its file."""
-    _engine(ctx).set_paused(job, True)
+    from agentjobs import operate
+
+    operate.set_paused(_engine(ctx), job, True)
     click.echo(f"{job}: paused")
 
 
@@ -612,7 +614,9 @@ def pause(ctx: Context, job: str) -> None:
 @pass_ctx
 def resume(ctx: Context, job: str) -> None:
     """Schedule JOB again, from now (the paused time is not caught up)."""
-    _engine(ctx).set_paused(job, False)
+    from agentjobs import operate
+
+    operate.set_paused(_engine(ctx), job, False)
     click.echo(f"{job}: resumed")
 
 
@@ -975,7 +979,9 @@ def dlq_show(ctx: Context, entry_id: str) -> None:
 @pass_ctx
 def dlq_replay(ctx: Context, entry_id: str) -> None:
     """Enqueue a fresh run of the dead letter's job (new attempts), linked to it."""
-    item = _engine(ctx).replay(entry_id)
+    from agentjobs import operate
+
+    item = operate.replay(_engine(ctx), entry_id)
     if ctx.json:
         _emit_json({"run_id": item.run_id, "dlq_id": entry_id})
     else:
@@ -990,7 +996,9 @@ def dlq_replay(ctx: Context, entry_id: str) -> None:
 @pass_ctx
 def dlq_resolve(ctx: Context, entry_id: str, note: str) -> None:
     """Mark a dead letter as handled (it is kept, never deleted)."""
-    _engine(ctx).resolve(entry_id, note)
+    from agentjobs import operate
+
+    operate.resolve(_engine(ctx), entry_id, note)
     click.echo(f"resolved {entry_id}")
 
 

@@ -9,7 +9,6 @@ slot's enqueue and its job's marker advance are one atomic write (exactly-once f
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import socket
 import threading
@@ -19,10 +18,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from agentjobs import planning, settle
-from agentjobs.clock import Clock, iso, parse
+from agentjobs import planning, recovery, settle
+from agentjobs.clock import Clock, iso
 from agentjobs.errors import UserError
-from agentjobs.records import new_ulid
 from agentjobs.settle import AttemptResult, Ended, Recorder, Settlement
 from agentjobs.store import (
     AppliedJob,
@@ -36,6 +34,7 @@ from agentjobs.store import (
 )
 
 if TYPE_CHECKING:
+    from agentjobs.daemon import Workers
     from agentjobs.notify import Notifier
     from agentjobs.supervisor import ForkServer, Lane
 
@@ -43,7 +42,6 @@ _T = TypeVar("_T")
 DEFAULT_LOCK_TIMEOUT = 30.0
 # The longest a usage-limit hold (and its retry) may lie ahead: agents' weekly limits reset within
 # a week; the hold adds up to a minute (engine._finish). Further ahead, the clock went back.
-ORPHAN_REASON = "the runner stopped before the attempt finished (killed or machine restarted)"
 
 
 @dataclass(frozen=True, slots=True)
@@ -255,7 +253,7 @@ class Engine:
 
         The orphans and their finish records are found first, without the state lock (the
         lookup reads records); the transaction only re-checks and settles them."""
-        orphans = self._orphans()
+        orphans = recovery.orphans(self)
         with self.store.transaction(self.lock_timeout) as runtime:
             applied = self.store.applied()
             now = self.clock.now()
@@ -267,7 +265,7 @@ class Engine:
             planning.check_clock(pass_, runtime, applied, now)
             for key in [k for k, until in runtime.holds.items() if until <= stamp]:
                 del runtime.holds[key]  # the usage limit has lifted
-            recovered = self._recover_orphans(runtime, applied, now, records, orphans)
+            recovered = recovery.recover(self, runtime, applied, now, records, orphans)
             planning.drop_deleted(pass_, runtime, applied, records)
             enqueued, skipped = planning.enqueue_due(pass_, runtime, applied, now, records)
             enqueued += planning.enqueue_needs(pass_, runtime, applied, now)
@@ -284,71 +282,6 @@ class Engine:
             applied_version=self.store.applied_version(),
             one_clock=self.store.one_clock,
         )
-
-    def _orphans(self) -> dict[str, tuple[QueueItem, dict[str, Any] | None]]:
-        """The orphans in a snapshot of the runtime, each with its `attempt_finished` record if
-        one was written, all looked up in one pass from where the records ended at their claims
-        (issue 10, item 7): no state lock is held, and the cost does not grow with history.
-        A key is found free before the records are read: a supervisor appends the finish before
-        it lets go of the key, so a finish written at all is found."""
-        snapshot = self.store.runtime()
-        running = [i for i in snapshot.queue.values() if i.state == "running"]
-        orphans = [item for item in running if self.store.orphaned(item)]
-        if not orphans:
-            return {}
-        # what settling them imports (the retry policy's backoff, the next `every` slot),
-        # imported before the state lock is taken: ~0.1 s that would hold it otherwise
-        import tenacity  # noqa: F401
-
-        import agentjobs.retry
-        import agentjobs.schedule
-        import agentjobs.spec  # noqa: F401
-
-        finished = self.store.finished_records(orphans, self.clock.now())
-        return {i.id: (i, finished.get((i.run_id, i.attempt))) for i in orphans}
-
-    def _recover_orphans(
-        self,
-        runtime: Runtime,
-        applied: Mapping[str, AppliedJob],
-        now: datetime,
-        records: list[dict[str, Any]],
-        orphans: Mapping[str, tuple[QueueItem, dict[str, Any] | None]],
-    ) -> int:
-        """Settle the orphans `_orphans()` found that still are (inside the transaction: the
-        same attempt still running, its key still free). One that became an orphan since is
-        left to the next tick."""
-        count = 0
-        for item_id, (seen, recorded) in orphans.items():
-            item = runtime.queue.get(item_id)
-            if item is None or not _still_ours(item, seen) or not self.store.orphaned(item):
-                continue  # settled meanwhile (its supervisor, another tick)
-            count += 1
-            if recorded is not None:
-                # The attempt finished and was recorded; nobody settled it (its supervisor
-                # was killed in between). Settle it as recorded: never run it again, never
-                # call it lost.
-                self._settle(runtime, item, applied.get(item.job), recorded)
-                continue
-            self._tell(
-                f"{item.job}: run {item.run_id} attempt {item.attempt} was lost: {ORPHAN_REASON}"
-            )
-            ended = self._decide(
-                item,
-                applied.get(item.job),
-                now,
-                outcome="lost",
-                exit_code=None,
-                signal=None,
-                error=ORPHAN_REASON,
-                output="",
-                started_at=item.started_at or iso(now) or "",
-                duration_s=None,
-                log_path=str(self.store.log_path(item.run_id, item.attempt)),
-            )
-            records.extend(ended)
-            self._settle(runtime, item, applied.get(item.job), ended[0])
-        return count
 
     # -- claiming and running ------------------------------------------------------------------
 
@@ -439,22 +372,20 @@ class Engine:
                 f"{item.job}: run {item.run_id} attempt {item.attempt}: {exc}; the next tick "
                 "recovers it"
             )
-            raw = _result_dict(
-                AttemptResult(
-                    job=item.job,
-                    run_id=item.run_id,
-                    attempt=item.attempt,
-                    trigger=item.trigger,
-                    outcome="lost",
-                    exit_code=None,
-                    signal=None,
-                    error=str(exc),
-                    duration_s=0.0,
-                    next="recover",
-                    next_at=None,
-                    log_path=str(self.store.log_path(item.run_id, item.attempt)),
-                )
-            )
+            raw = AttemptResult(
+                job=item.job,
+                run_id=item.run_id,
+                attempt=item.attempt,
+                trigger=item.trigger,
+                outcome="lost",
+                exit_code=None,
+                signal=None,
+                error=str(exc),
+                duration_s=0.0,
+                next="recover",
+                next_at=None,
+                log_path=str(self.store.log_path(item.run_id, item.attempt)),
+            ).to_dict()
         result, following = settled[0] if settled else (AttemptResult(**raw), None)
         if following is None:
             claim.hold.done()
@@ -478,15 +409,15 @@ class Engine:
 
         def apply(runtime: Runtime) -> bool:
             found = runtime.queue.get(item.id)
-            if found is None or not _still_ours(found, item):
+            if found is None or not settle.still_ours(found, item):
                 if finished["appended"]:
-                    outcome.append(_as_recorded(item, ended[0]))  # settled by the other side
+                    outcome.append(settle.as_recorded(item, ended[0]))  # settled by the other side
                 else:
                     self._tell(
                         f"{item.job}: run {item.run_id} attempt {item.attempt} lost its lease; "
                         "another host recorded it, this host records nothing"
                     )
-                    outcome.append(_abandoned(item, ended[0]))
+                    outcome.append(settle.abandoned(item, ended[0]))
                 return False
             now = self.clock.now()
             if not finished["appended"]:
@@ -516,131 +447,10 @@ class Engine:
             self._server = None
 
     def _supervised(self, request: dict[str, Any], fds: list[int], channel: Any) -> dict[str, Any]:
-        """The supervisor's part (in its own process): run the attempt, stop what is left of
-        it, append its records, then have it settled: by the tick, or by itself when the tick
-        is gone or frozen. Writes are retried until they land (a full disk), so the attempt's
-        true outcome is never lost while its supervisor lives."""
-        from agentjobs.supervisor import Channel
+        """The supervisor's part, in its own process (supervised.py)."""
+        from agentjobs import supervised
 
-        assert isinstance(channel, Channel)
-        store = _reopened(self.store)  # nothing the tick's other threads may have locked
-        claim = Claim(
-            QueueItem.from_dict(request["item"]),
-            AppliedJob.from_dict(request["job"], request["applied"]),
-            store.hold_from(request["hold"], fds),
-        )
-        engine = dataclasses.replace(
-            self,
-            store=store,
-            stop=channel.stop,
-            on_output=channel.output,
-            say=channel.say,
-            notifier=None,
-            _messages=[],
-            _failures=[],
-            _guard=threading.Lock(),
-            _server=None,
-        )
-        try:
-            return _result_dict(engine._attempt(claim, channel))
-        finally:
-            if engine.notifier is not None:
-                engine.notifier.close()
-
-    def _attempt(self, claim: Claim, channel: Any) -> AttemptResult:
-        from agentjobs.attempt import run_attempt
-        from agentjobs.runner import AnyStop, StopFlag, kill_descendants
-
-        item = claim.item
-        log_path = self.store.log_path(item.run_id, item.attempt)
-        started_at = self._now()
-        stop: StopFlag = self.stop
-        hold = claim.hold
-        if hold.lost is not None:  # a lost lease stops the attempt like a shutdown would
-            stop = AnyStop(
-                (self.stop, lambda: "stopped by shutdown"), (hold.lost, lambda: hold.reason)
-            )
-
-        def started(pid: int) -> None:
-            hold.started(pid)  # a lease's renewals and fence, now that the group exists
-            if claim.job.spec.get("notify"):
-                self._notifier().ping(claim.job.spec.get("notify"), "start", item.run_id)
-            self.store.append_records(
-                [
-                    self._record(
-                        "attempt_started",
-                        item,
-                        claim.job,
-                        started_at=started_at,
-                        child_pid=pid,
-                        supervisor=_identity(),
-                        log_path=str(log_path),
-                    )
-                ],
-                self.clock.now(),
-            )
-
-        try:
-            outcome = run_attempt(
-                claim.job,
-                item,
-                log_path=log_path,
-                stop=stop,
-                on_start=started,
-                on_output=self.on_output,
-                slot_env={"AGENTJOBS_SLOT": item.slot or ""},
-                pass_fds=hold.fds,
-                worktrees=self.store.local_dir / "worktrees",
-            )
-            kill_descendants(float(claim.job.spec.get("kill_grace", 10.0)))
-            fenced = hold.fenced_reason()
-            if fenced is not None and outcome.outcome != "succeeded":
-                # stopped (by the runner or by its fence) because the lease was lost: the
-                # attempt did not fail, it was cut short
-                outcome = dataclasses.replace(
-                    outcome, outcome="interrupted", error=fenced, permanent=False, reset_at=None
-                )
-            ended = self._decide(
-                item,
-                claim.job,
-                self.clock.now(),
-                outcome=outcome.outcome,
-                exit_code=outcome.exit_code,
-                signal=outcome.signal,
-                error=outcome.error,
-                output=outcome.output_tail,
-                started_at=started_at,
-                duration_s=outcome.duration_s,
-                log_path=str(log_path),
-                output_for_match=outcome.output_for_match,
-                agent=outcome.agent,
-                permanent=outcome.permanent,
-                reset_at=outcome.reset_at,
-            )
-
-            appended = not self.store.records_with_state
-            report = {"records": ended, "appended": appended}
-            if appended:
-                # the records first, whoever settles: the true outcome is on disk before
-                # anything else (on a shared store they go in with the state, atomically)
-                def append() -> None:
-                    self.store.append_records(ended, parse(ended[0]["finished_at"]))
-
-                _until_written(append, channel.stalled, self.say)
-            if channel.settled_by_tick(report):
-                return _as_recorded(item, ended[0])
-
-            def settle_here() -> AttemptResult:
-                return self._settle_claimed(claim, report)[0]
-
-            if hold.settle_window is None:
-                return _until_written(settle_here, channel.stalled, self.say)
-            # Across hosts the database may be briefly away (a restart, a failover): the
-            # transaction is retried for a lease (at least 10 s). Should another host have
-            # recorded the attempt `lost` meanwhile, `settle_here` sees that and records nothing.
-            return _retry_while_leased(settle_here, hold.settle_window, self.say)
-        finally:
-            hold.release()
+        return supervised.handle(self, request, fds, channel)
 
     def _decide(
         self, item: QueueItem, applied: AppliedJob | None, now: datetime, **ended: Any
@@ -730,38 +540,13 @@ class Engine:
 
     # -- agentjobs run JOB ---------------------------------------------------------------------
 
-    def enqueue_manual(
-        self, job: str, trigger: str = "manual", replay_of: str | None = None
-    ) -> QueueItem:
-        with self.store.transaction(self.lock_timeout) as runtime:
-            applied = self.store.applied()
-            if job not in applied:
-                known = ", ".join(sorted(applied)) or "none applied"
-                raise UserError(
-                    f"no applied job named {job!r} (jobs: {known}); run `agentjobs apply` first"
-                )
-            spec = applied[job].spec
-            run_id = new_ulid()
-            stamp = self._now()
-            item = QueueItem(
-                id=f"{job}@{trigger}-{run_id}",
-                run_id=run_id,
-                job=job,
-                trigger=trigger,
-                priority=spec.get("priority", "normal"),
-                lock_key=planning.lock_key(spec, run_id),
-                queued_at=stamp,
-                not_before=stamp,
-                replay_of=replay_of,
-            )
-            runtime.queue[item.id] = item
-        return item
-
     def run_now(
         self, job: str, wait: bool = False, poll: float = 0.25
     ) -> tuple[QueueItem, AttemptResult | str]:
         """Enqueue a manual run and run it in the foreground; or say what holds it back."""
-        item = self.enqueue_manual(job)
+        from agentjobs import operate
+
+        item = operate.enqueue_manual(self, job)
         while True:
             claim = self._claim(only=item.id)
             if isinstance(claim, Claim):
@@ -776,233 +561,3 @@ class Engine:
             if not wait or self.stop.is_set():
                 return item, claim.reason
             time.sleep(poll)
-
-    # -- pause / resume, dead letters ----------------------------------------------------------
-
-    def set_paused(self, job: str, paused: bool) -> None:
-        from agentjobs.reconcile import fresh_state
-        from agentjobs.spec import job_from_dict
-
-        with self.store.transaction(self.lock_timeout) as runtime:
-            applied = self.store.applied()
-            if job not in applied or job not in runtime.jobs:
-                raise UserError(f"no applied job named {job!r}")
-            state = runtime.jobs[job]
-            if paused:
-                runtime.jobs[job] = dataclasses.replace(state, paused=True)
-            elif state.paused:
-                # Resume from now: the paused period is not "missed".
-                fresh = fresh_state(job_from_dict(dict(applied[job].spec)), self.clock.now(), state)
-                runtime.jobs[job] = dataclasses.replace(fresh, paused=False)
-
-    def replay(self, entry_id: str) -> QueueItem:
-        entry = self._dead_letter(entry_id)
-        if entry["status"] == "resolved":
-            raise UserError(f"dead letter {entry_id} is resolved; nothing to replay")
-        item = self.enqueue_manual(entry["job"], trigger="replay", replay_of=entry_id)
-        entry["replays"] = [*entry.get("replays", []), {"run_id": item.run_id, "at": self._now()}]
-        entry["status"] = "replayed"
-        self.store.put_dead_letter(entry)
-        self.store.append_records(
-            [self._record("replayed", item, self.store.applied().get(item.job), dlq_id=entry_id)],
-            self.clock.now(),
-        )
-        return item
-
-    def resolve(self, entry_id: str, note: str) -> dict[str, Any]:
-        entry = self._dead_letter(entry_id)
-        entry["status"] = "resolved"
-        entry["note"] = note
-        entry["resolved_at"] = self._now()
-        self.store.put_dead_letter(entry)
-        stub = QueueItem(
-            id=entry_id,
-            run_id=entry["run_id"],
-            job=entry["job"],
-            trigger=entry.get("trigger", "schedule"),
-            priority="normal",
-            lock_key="",
-            queued_at="",
-            not_before="",
-            slot=entry.get("slot"),
-            attempt=len(entry.get("attempts", [])),
-        )
-        self.store.append_records(
-            [self._record("resolved", stub, None, dlq_id=entry_id, note=note)], self.clock.now()
-        )
-        return entry
-
-    def _dead_letter(self, entry_id: str) -> dict[str, Any]:
-        entry = self.store.dead_letter(entry_id)
-        if entry is None:
-            raise UserError(f"no dead letter {entry_id!r}; see `agentjobs dlq list`")
-        return entry
-
-
-class Workers:
-    """A daemon's worker threads, kept across its passes (each pass has its own engine): how
-    many run, a count of attempt ends (each may free a slot or queue a retry: the daemon's
-    loop passes again), and the first failure a worker hit (raised by the next pass, as a tick
-    raises its workers' failure)."""
-
-    def __init__(self) -> None:
-        self._threads: list[threading.Thread] = []
-        self._failures: list[UserError] = []
-        self._guard = threading.Lock()
-        self._running = 0
-        self._ended = 0
-
-    def start(self, target: Callable[[Workers], None]) -> None:
-        self._threads = [w for w in self._threads if w.is_alive()]
-        with self._guard:
-            self._running += 1
-        worker = threading.Thread(target=target, args=(self,), daemon=True)
-        worker.start()
-        self._threads.append(worker)
-        time.sleep(0.005)  # let this worker claim before the next one looks
-
-    def running(self) -> int:
-        with self._guard:
-            return self._running
-
-    def ended(self) -> int:
-        with self._guard:
-            return self._ended
-
-    def attempt_ended(self) -> None:
-        with self._guard:
-            self._ended += 1
-
-    def done(self, failures: list[UserError], worked: bool) -> None:
-        """A worker is done (nothing more to claim); one that ran attempts freed its slot."""
-        with self._guard:
-            self._failures.extend(failures)
-            self._running -= 1
-            self._ended += 1 if worked else 0
-
-    def raise_failure(self) -> None:
-        with self._guard:
-            if self._failures:
-                raise self._failures.pop(0)
-
-    def join(self) -> None:
-        """Wait for every worker (after a stop: their attempts are being interrupted)."""
-        for worker in self._threads:
-            while worker.is_alive():
-                worker.join(0.1)  # short joins keep the main thread free for signals
-        self._threads = []
-
-
-def _retry_while_leased(step: Callable[[], _T], window: float, say: Callable[[str], None]) -> _T:
-    """`step()`, again on `UserError` (an unreachable database) for up to `window` seconds."""
-    from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_exponential
-
-    def before_sleep(state: Any) -> None:
-        say(f"cannot record the attempt yet ({state.outcome.exception()}); retrying")
-
-    for attempt in Retrying(
-        stop=stop_after_delay(window),
-        wait=wait_exponential(multiplier=0.2, max=2.0),
-        retry=retry_if_exception_type(UserError),
-        before_sleep=before_sleep,
-        reraise=True,
-    ):
-        with attempt:
-            return step()
-    raise AssertionError("unreachable")  # reraise=True: the last error propagates
-
-
-def _until_written(
-    step: Callable[[], _T], stalled: Callable[[str], None], say: Callable[[str], None]
-) -> _T:
-    """`step()` until it succeeds: a write that fails (a full disk, a read-only remount, the
-    state lock held for long) is tried again with backoff (at most a minute apart) for as long
-    as this supervisor lives. What it writes is one small value held in memory meanwhile; the
-    first failure is told to the tick (`stalled`), which stops waiting."""
-    delay = 0.5
-    told = False
-    while True:
-        try:
-            return step()
-        except UserError as exc:
-            if not told:
-                told = True
-                stalled(str(exc))
-                say(f"cannot record the attempt yet ({exc}); retrying")
-            time.sleep(delay)
-            delay = min(delay * 2, 60.0)
-
-
-def _abandoned(item: QueueItem, finished: Mapping[str, Any]) -> AttemptResult:
-    """An attempt whose lease was lost and which another host recorded: this host reports it
-    as interrupted and records nothing."""
-    return dataclasses.replace(
-        _as_recorded(item, finished),
-        outcome="interrupted",
-        error="the lease was lost; another host recorded this attempt",
-        next="done",
-        next_at=None,
-        dlq_id=None,
-    )
-
-
-def _as_recorded(item: QueueItem, finished: Mapping[str, Any]) -> AttemptResult:
-    """What an attempt's `attempt_finished` record says, as a result."""
-    return AttemptResult(
-        job=item.job,
-        run_id=item.run_id,
-        attempt=item.attempt,
-        trigger=item.trigger,
-        outcome=finished["outcome"],
-        exit_code=finished.get("exit_code"),
-        signal=finished.get("signal"),
-        error=finished.get("error"),
-        duration_s=float(finished.get("duration_s") or 0.0),
-        next=finished.get("next", "done"),
-        next_at=finished.get("next_attempt_at"),
-        log_path=finished.get("log_path") or "",
-        dlq_id=item.run_id if finished.get("next") == "dead_letter" else None,
-    )
-
-
-_REOPENED: dict[tuple[int, int], Store] = {}
-
-
-def _reopened(store: Store) -> Store:
-    """`store` reopened once per supervisor process (a supervisor runs attempt after attempt):
-    the copy a fork inherited may hold a lock or a connection of the tick's other threads."""
-    mine = (os.getpid(), id(store))
-    if mine not in _REOPENED:
-        _REOPENED.clear()  # what an ancestor process reopened is not ours
-        _REOPENED[mine] = store.reopened()
-    return _REOPENED[mine]
-
-
-_IDENTITY: dict[int, dict[str, Any]] = {}
-
-
-def _identity() -> dict[str, Any]:
-    """This process as (pid, start time in clock ticks since boot, boot id): unlike a pid alone,
-    never the same for two processes, even after a pid is reused or the machine restarts. (Read
-    once per process: a supervisor runs attempt after attempt.)"""
-    from agentjobs.runner import process_identity
-
-    pid = os.getpid()
-    if pid not in _IDENTITY:
-        _IDENTITY.clear()
-        _IDENTITY[pid] = process_identity(pid)
-    return dict(_IDENTITY[pid])
-
-
-def _result_dict(result: AttemptResult) -> dict[str, Any]:
-    return {f.name: getattr(result, f.name) for f in dataclasses.fields(result)}
-
-
-def _still_ours(current: QueueItem, item: QueueItem) -> bool:
-    return (
-        current.state == "running"
-        and current.attempt == item.attempt
-        and current.run_id == item.run_id
-        and current.host == item.host
-        and current.pid == item.pid
-    )

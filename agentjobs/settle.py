@@ -47,6 +47,9 @@ class AttemptResult:
     def ok(self) -> bool:
         return self.outcome == "succeeded"
 
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
 
 @dataclass(frozen=True, slots=True)
 class Ended:
@@ -338,3 +341,45 @@ def dead_letter_entry(
         "note": None,
         "replay_of": item.replay_of,
     }
+
+
+def abandoned(item: QueueItem, finished: Mapping[str, Any]) -> AttemptResult:
+    """An attempt whose lease was lost and which another host recorded: this host reports it
+    as interrupted and records nothing."""
+    return dataclasses.replace(
+        as_recorded(item, finished),
+        outcome="interrupted",
+        error="the lease was lost; another host recorded this attempt",
+        next="done",
+        next_at=None,
+        dlq_id=None,
+    )
+
+
+def as_recorded(item: QueueItem, finished: Mapping[str, Any]) -> AttemptResult:
+    """What an attempt's `attempt_finished` record says, as a result."""
+    return AttemptResult(
+        job=item.job,
+        run_id=item.run_id,
+        attempt=item.attempt,
+        trigger=item.trigger,
+        outcome=finished["outcome"],
+        exit_code=finished.get("exit_code"),
+        signal=finished.get("signal"),
+        error=finished.get("error"),
+        duration_s=float(finished.get("duration_s") or 0.0),
+        next=finished.get("next", "done"),
+        next_at=finished.get("next_attempt_at"),
+        log_path=finished.get("log_path") or "",
+        dlq_id=item.run_id if finished.get("next") == "dead_letter" else None,
+    )
+
+
+def still_ours(current: QueueItem, item: QueueItem) -> bool:
+    return (
+        current.state == "running"
+        and current.attempt == item.attempt
+        and current.run_id == item.run_id
+        and current.host == item.host
+        and current.pid == item.pid
+    )
