@@ -342,6 +342,23 @@ class Engine:
                 return False
             return True
 
+        raw = self._supervise(lane, claim, by_tick)
+        result, following = settled[0] if settled else (AttemptResult(**raw), None)
+        if following is None:
+            claim.hold.done()
+            if claim_next and not self.stop.is_set():
+                candidate = self._claim()  # the key just freed, or one that was busy
+                following = candidate if isinstance(candidate, Claim) else None
+        return result, following
+
+    def _supervise(
+        self, lane: Lane, claim: Claim, by_tick: Callable[[dict[str, Any]], bool]
+    ) -> dict[str, Any]:
+        """The attempt's result as its supervisor reports it (`supervisor.supervise`); a lost
+        supervisor is reported `lost` for the next tick to recover."""
+        from agentjobs import supervisor
+
+        item = claim.item
         request = {
             "item": item.to_dict(),
             "job": claim.job.name,
@@ -349,7 +366,7 @@ class Engine:
             "hold": claim.hold.handoff(),
         }
         try:
-            raw = supervisor.supervise(
+            return supervisor.supervise(
                 lane,
                 request,
                 keep_fds=claim.hold.fds,
@@ -372,7 +389,7 @@ class Engine:
                 f"{item.job}: run {item.run_id} attempt {item.attempt}: {exc}; the next tick "
                 "recovers it"
             )
-            raw = AttemptResult(
+            return AttemptResult(
                 job=item.job,
                 run_id=item.run_id,
                 attempt=item.attempt,
@@ -386,13 +403,6 @@ class Engine:
                 next_at=None,
                 log_path=str(self.store.log_path(item.run_id, item.attempt)),
             ).to_dict()
-        result, following = settled[0] if settled else (AttemptResult(**raw), None)
-        if following is None:
-            claim.hold.done()
-            if claim_next and not self.stop.is_set():
-                candidate = self._claim()  # the key just freed, or one that was busy
-                following = candidate if isinstance(candidate, Claim) else None
-        return result, following
 
     def _settle_claimed(
         self, claim: Claim, finished: Mapping[str, Any], claim_next: bool = False

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from agentjobs import settle
 from agentjobs.clock import parse
 from agentjobs.errors import UserError
-from agentjobs.settle import AttemptResult
+from agentjobs.settle import AttemptResult, Ended
 from agentjobs.store import AppliedJob, Claim, QueueItem, Store
 
 if TYPE_CHECKING:
@@ -61,14 +61,23 @@ def handle(tick: Engine, request: dict[str, Any], fds: list[int], channel: Any) 
 
 
 def attempt(engine: Engine, claim: Claim, channel: Any) -> AttemptResult:
+    """Run the attempt, then record and settle how it ended; its hold goes last."""
+    try:
+        records = finish(engine, claim, run(engine, claim))
+        return settle_attempt(engine, claim, channel, records)
+    finally:
+        claim.hold.release()
+
+
+def run(engine: Engine, claim: Claim) -> Ended:
+    """Run the attempt under its limits (attempt.py) and stop whatever it left behind."""
     from agentjobs.attempt import run_attempt
     from agentjobs.runner import AnyStop, StopFlag, kill_descendants
 
-    item = claim.item
+    item, hold = claim.item, claim.hold
     log_path = engine.store.log_path(item.run_id, item.attempt)
     started_at = engine._now()
     stop: StopFlag = engine.stop
-    hold = claim.hold
     if hold.lost is not None:  # a lost lease stops the attempt like a shutdown would
         stop = AnyStop(
             (engine.stop, lambda: "stopped by shutdown"), (hold.lost, lambda: hold.reason)
@@ -78,82 +87,85 @@ def attempt(engine: Engine, claim: Claim, channel: Any) -> AttemptResult:
         hold.started(pid)  # a lease's renewals and fence, now that the group exists
         if claim.job.spec.get("notify"):
             engine._notifier().ping(claim.job.spec.get("notify"), "start", item.run_id)
-        engine.store.append_records(
-            [
-                engine._record(
-                    "attempt_started",
-                    item,
-                    claim.job,
-                    started_at=started_at,
-                    child_pid=pid,
-                    supervisor=identity(),
-                    log_path=str(log_path),
-                )
-            ],
-            engine.clock.now(),
-        )
-
-    try:
-        outcome = run_attempt(
-            claim.job,
-            item,
-            log_path=log_path,
-            stop=stop,
-            on_start=started,
-            on_output=engine.on_output,
-            slot_env={"AGENTJOBS_SLOT": item.slot or ""},
-            pass_fds=hold.fds,
-            worktrees=engine.store.local_dir / "worktrees",
-        )
-        kill_descendants(float(claim.job.spec.get("kill_grace", 10.0)))
-        fenced = hold.fenced_reason()
-        if fenced is not None and outcome.outcome != "succeeded":
-            # stopped (by the runner or by its fence) because the lease was lost: the
-            # attempt did not fail, it was cut short
-            outcome = dataclasses.replace(
-                outcome, outcome="interrupted", error=fenced, permanent=False, reset_at=None
-            )
-        ended = engine._decide(
+        record = engine._record(
+            "attempt_started",
             item,
             claim.job,
-            engine.clock.now(),
-            outcome=outcome.outcome,
-            exit_code=outcome.exit_code,
-            signal=outcome.signal,
-            error=outcome.error,
-            output=outcome.output_tail,
             started_at=started_at,
-            duration_s=outcome.duration_s,
+            child_pid=pid,
+            supervisor=identity(),
             log_path=str(log_path),
-            output_for_match=outcome.output_for_match,
-            agent=outcome.agent,
-            permanent=outcome.permanent,
-            reset_at=outcome.reset_at,
         )
+        engine.store.append_records([record], engine.clock.now())
 
-        appended = not engine.store.records_with_state
-        report = {"records": ended, "appended": appended}
-        if appended:
-            # the records first, whoever settles: the true outcome is on disk before
-            # anything else (on a shared store they go in with the state, atomically)
-            def append() -> None:
-                engine.store.append_records(ended, parse(ended[0]["finished_at"]))
+    outcome = run_attempt(
+        claim.job,
+        item,
+        log_path=log_path,
+        stop=stop,
+        on_start=started,
+        on_output=engine.on_output,
+        slot_env={"AGENTJOBS_SLOT": item.slot or ""},
+        pass_fds=hold.fds,
+        worktrees=engine.store.local_dir / "worktrees",
+    )
+    kill_descendants(float(claim.job.spec.get("kill_grace", 10.0)))
+    ended = Ended(
+        outcome=outcome.outcome,
+        started_at=started_at,
+        log_path=str(log_path),
+        exit_code=outcome.exit_code,
+        signal=outcome.signal,
+        error=outcome.error,
+        output=outcome.output_tail,
+        output_for_match=outcome.output_for_match,
+        duration_s=outcome.duration_s,
+        agent=outcome.agent,
+        permanent=outcome.permanent,
+        reset_at=outcome.reset_at,
+    )
+    fenced = hold.fenced_reason()
+    if fenced is not None and ended.outcome != "succeeded":
+        # stopped (by the runner or by its fence) because the lease was lost: the attempt
+        # did not fail, it was cut short
+        ended = dataclasses.replace(
+            ended, outcome="interrupted", error=fenced, permanent=False, reset_at=None
+        )
+    return ended
 
-            until_written(append, channel.stalled, engine.say)
-        if channel.settled_by_tick(report):
-            return settle.as_recorded(item, ended[0])
 
-        def settle_here() -> AttemptResult:
-            return engine._settle_claimed(claim, report)[0]
+def finish(engine: Engine, claim: Claim, ended: Ended) -> list[dict[str, Any]]:
+    """The attempt's end records (`settle.finish_records`)."""
+    now = engine.clock.now()
+    return settle.finish_records(claim.item, claim.job, ended, now, engine._recorder())
 
-        if hold.settle_window is None:
-            return until_written(settle_here, channel.stalled, engine.say)
-        # Across hosts the database may be briefly away (a restart, a failover): the
-        # transaction is retried for a lease (at least 10 s). Should another host have
-        # recorded the attempt `lost` meanwhile, `settle_here` sees that and records nothing.
-        return retry_while_leased(settle_here, hold.settle_window, engine.say)
-    finally:
-        hold.release()
+
+def settle_attempt(
+    engine: Engine, claim: Claim, channel: Any, ended: list[dict[str, Any]]
+) -> AttemptResult:
+    """Write the end records, then have the attempt settled: by the tick, else here."""
+    appended = not engine.store.records_with_state
+    report = {"records": ended, "appended": appended}
+    if appended:
+        # the records first, whoever settles: the true outcome is on disk before anything
+        # else (on a shared store they go in with the state, atomically)
+        def append() -> None:
+            engine.store.append_records(ended, parse(ended[0]["finished_at"]))
+
+        until_written(append, channel.stalled, engine.say)
+    if channel.settled_by_tick(report):
+        return settle.as_recorded(claim.item, ended[0])
+
+    def settle_here() -> AttemptResult:
+        return engine._settle_claimed(claim, report)[0]
+
+    window = claim.hold.settle_window
+    if window is None:
+        return until_written(settle_here, channel.stalled, engine.say)
+    # Across hosts the database may be briefly away (a restart, a failover): the transaction
+    # is retried for a lease (at least 10 s). Should another host have recorded the attempt
+    # `lost` meanwhile, `settle_here` sees that and records nothing.
+    return retry_while_leased(settle_here, window, engine.say)
 
 
 def retry_while_leased(step: Callable[[], _T], window: float, say: Callable[[str], None]) -> _T:
