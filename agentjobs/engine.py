@@ -102,7 +102,7 @@ class Engine:
     def _notify(
         self, event: str, item: QueueItem, applied: AppliedJob | None, **fields: Any
     ) -> None:
-        notify = applied.spec.get("notify") if applied else None
+        notify = applied.spec.get("notify") if applied and applied.parsed.notify else None
         if not notify:
             return
         payload = {

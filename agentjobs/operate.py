@@ -27,7 +27,7 @@ def enqueue_manual(
             raise UserError(
                 f"no applied job named {job!r} (jobs: {known}); run `agentjobs apply` first"
             )
-        spec = applied[job].spec
+        spec = applied[job].parsed
         run_id = new_ulid()
         stamp = engine._now()
         item = QueueItem(
@@ -35,7 +35,7 @@ def enqueue_manual(
             run_id=run_id,
             job=job,
             trigger=trigger,
-            priority=spec.get("priority", "normal"),
+            priority=spec.priority,
             lock_key=planning.lock_key(spec, run_id),
             queued_at=stamp,
             not_before=stamp,
@@ -47,7 +47,6 @@ def enqueue_manual(
 
 def set_paused(engine: Engine, job: str, paused: bool) -> None:
     from agentjobs.reconcile import fresh_state
-    from agentjobs.spec import job_from_dict
 
     with engine.store.transaction(engine.lock_timeout) as runtime:
         applied = engine.store.applied()
@@ -58,7 +57,7 @@ def set_paused(engine: Engine, job: str, paused: bool) -> None:
             runtime.jobs[job] = dataclasses.replace(state, paused=True)
         elif state.paused:
             # Resume from now: the paused period is not "missed".
-            fresh = fresh_state(job_from_dict(dict(applied[job].spec)), engine.clock.now(), state)
+            fresh = fresh_state(applied[job].parsed, engine.clock.now(), state)
             runtime.jobs[job] = dataclasses.replace(fresh, paused=False)
 
 

@@ -20,6 +20,7 @@ from agentjobs.store import AppliedJob, JobState, QueueItem, Runtime
 
 if TYPE_CHECKING:
     from agentjobs.schedule import SlotPlan
+    from agentjobs.spec import JobSpec
 
 
 @dataclass
@@ -39,12 +40,11 @@ def reconcile_states(
 ) -> None:
     """After an apply that crashed between its two writes: states follow the specs."""
     from agentjobs.reconcile import fresh_state
-    from agentjobs.spec import job_from_dict
 
     for name, job in applied.items():
         state = runtime.jobs.get(name)
         if state is None or state.schedule_hash != job.schedule_hash:
-            runtime.jobs[name] = fresh_state(job_from_dict(dict(job.spec)), now, state)
+            runtime.jobs[name] = fresh_state(job.parsed, now, state)
     for name in list(runtime.jobs):
         if name not in applied:
             del runtime.jobs[name]
@@ -72,13 +72,12 @@ def check_clock(
     fixed = {"next-run times": 0, "queued runs": 0, "usage-limit holds": 0}
     for name, state in list(runtime.jobs.items()):
         job = applied.get(name)
-        if job is None or not job.spec.get("schedule") or state.next_due is None:
+        if job is None or job.parsed.schedule is None or state.next_due is None:
             continue
         if state.next_due_max_gap is None:  # a state written before the field existed
             from agentjobs.schedule import max_gap
-            from agentjobs.spec import Schedule
 
-            gap = max_gap(name, Schedule(**job.spec["schedule"]))
+            gap = max_gap(name, job.parsed.schedule)
             state = runtime.jobs[name] = dataclasses.replace(state, next_due_max_gap=gap)
         if not implausible_due(state, stamp, {}):
             continue
@@ -137,7 +136,6 @@ def enqueue_due(
     records: list[dict[str, Any]],
 ) -> tuple[int, int]:
     from agentjobs.schedule import plan_slots
-    from agentjobs.spec import Schedule
 
     stamp = iso(now) or ""
     enqueued = skipped = 0
@@ -145,11 +143,10 @@ def enqueue_due(
         job = applied.get(name)
         if job is None or state.paused or state.next_due is None or state.next_due > stamp:
             continue
-        raw = job.spec.get("schedule")
-        if not raw or not job.spec.get("enabled", True):
+        schedule = job.parsed.schedule
+        if schedule is None or not job.parsed.enabled:
             runtime.jobs[name] = dataclasses.replace(state, next_due=None)
             continue
-        schedule = Schedule(**raw)
         plan = plan_slots(
             name,
             schedule,
@@ -173,7 +170,7 @@ def enqueue_due(
                 record = skip_record(pass_, name, job, slot, outcome, now)
                 records.append(record)
                 skipped += 1
-                if outcome == "overlap" and job.spec.get("notify"):
+                if outcome == "overlap" and job.parsed.notify is not None:
                     pass_.events.append(
                         (
                             job.spec["notify"],
@@ -225,8 +222,8 @@ def skip_record(
         run_id=new_ulid(),
         job=name,
         trigger="schedule",
-        priority=job.spec.get("priority", "normal"),
-        lock_key=job.spec["lock"],
+        priority=job.parsed.priority,
+        lock_key=job.parsed.lock,
         queued_at=iso(now) or "",
         not_before=iso(now) or "",
         slot=iso(slot),
@@ -251,7 +248,7 @@ def enqueue_slot(
         return None  # already enqueued by a racing tick (idempotent)
     in_flight = [i for i in runtime.items_of(name) if i.id in before]
     if in_flight:
-        if job.spec.get("overlap", "skip") == "skip":
+        if job.parsed.overlap == "skip":
             return "overlap"
         if any(i.state == "queued" for i in in_flight):
             return "overlap"  # queue: at most one pending slot
@@ -265,8 +262,8 @@ def enqueue_slot(
         run_id=run_id,
         job=name,
         trigger=trigger,
-        priority=job.spec.get("priority", "normal"),
-        lock_key=lock_key(job.spec, run_id),
+        priority=job.parsed.priority,
+        lock_key=lock_key(job.parsed, run_id),
         queued_at=stamp,
         not_before=stamp,
         slot=iso(slot),
@@ -286,8 +283,8 @@ def enqueue_needs(
         if (
             job is None
             or state.paused
-            or job.spec.get("schedule")
-            or not job.spec.get("enabled", True)
+            or job.parsed.schedule is not None
+            or not job.parsed.enabled
             or not needs_met(runtime, name, state)
             or runtime.items_of(name)
         ):
@@ -300,8 +297,8 @@ def enqueue_needs(
             run_id=run_id,
             job=name,
             trigger="needs",
-            priority=job.spec.get("priority", "normal"),
-            lock_key=lock_key(job.spec, run_id),
+            priority=job.parsed.priority,
+            lock_key=lock_key(job.parsed, run_id),
             queued_at=stamp,
             not_before=stamp,
         )
@@ -363,9 +360,9 @@ def recompute_due(name: str, state: JobState, job: AppliedJob, now: datetime) ->
     """The job's next-due time from `now`: the next cron slot after the marker (brought back to
     now), or at most one `every` interval away."""
     from agentjobs.schedule import fire_time, next_fire
-    from agentjobs.spec import Schedule
 
-    schedule = Schedule(**job.spec["schedule"])
+    schedule = job.parsed.schedule
+    assert schedule is not None  # only jobs with a schedule have a next-due time
     stamp = iso(now) or ""
     marker = state.last_slot if state.last_slot is None or state.last_slot <= stamp else stamp
     due = parse(state.next_due) if state.next_due else now
@@ -390,18 +387,18 @@ def needs_met(runtime: Runtime, name: str, state: JobState) -> bool:
     return True
 
 
-def lock_key(spec: Mapping[str, Any], run_id: str) -> str:
+def lock_key(spec: JobSpec, run_id: str) -> str:
     """The job's lock key; with `isolation: worktree` each run works in its own worktree, so the
     key is the run's (runs of jobs on one repository may overlap)."""
-    if spec.get("isolation") == "worktree":
-        return f"{spec['lock']}#worktree-{run_id}"
-    return str(spec["lock"])
+    if spec.isolation == "worktree":
+        return f"{spec.lock}#worktree-{run_id}"
+    return spec.lock
 
 
 def longest_retry_wait(item: QueueItem, job: AppliedJob | None) -> float:
     """The longest a retry of `item` can be meant to wait (`retry.longest_wait`)."""
     from agentjobs.retry import longest_wait
-    from agentjobs.spec import RetryPolicy, job_from_dict
+    from agentjobs.spec import RetryPolicy
 
-    policy = job_from_dict(dict(job.spec)).retry if job else RetryPolicy()
+    policy = job.parsed.retry if job else RetryPolicy()
     return longest_wait(item.history[-1].outcome if item.history else None, policy)

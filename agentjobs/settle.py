@@ -79,7 +79,6 @@ class Recorder:
     def record(
         self, event: str, item: QueueItem, job: AppliedJob | None, time: str, **fields: Any
     ) -> dict[str, Any]:
-        spec = job.spec if job else {}
         record: dict[str, Any] = {
             "event": event,
             "time": time,
@@ -99,7 +98,7 @@ class Recorder:
         }
         if item.replay_of:
             record["replay_of"] = item.replay_of
-        if spec.get("secrets"):
+        if job is not None and job.parsed.secrets:
             record["secrets_redacted"] = True
         record.update(fields)
         return record
@@ -115,12 +114,12 @@ def finish_records(
 ) -> list[dict[str, Any]]:
     """The records that end an attempt (see the module's docstring). Reads no state."""
     from agentjobs.retry import Next, Outcome, conclude
-    from agentjobs.spec import RetryPolicy, job_from_dict
+    from agentjobs.spec import RetryPolicy
 
     stamp = iso(now) or ""
     outcome = Outcome(ended.outcome)
     decision = conclude(
-        job_from_dict(dict(job.spec)).retry if job else RetryPolicy(),
+        job.parsed.retry if job else RetryPolicy(),
         outcome,
         exit_code=ended.exit_code,
         output=ended.output_for_match if ended.output_for_match is not None else ended.output,
@@ -245,8 +244,8 @@ def settle(
         dead_letter=dead,
         hold=(finished["hold"], next_at) if finished.get("hold") and next_at else None,
         state=_job_state(state, job, item, outcome, stamp, next_step),
-        events=events if job is not None and job.spec.get("notify") else (),
-        pings=pings if job is not None and job.spec.get("notify") else (),
+        events=events if job is not None and job.parsed.notify is not None else (),
+        pings=pings if job is not None and job.parsed.notify is not None else (),
         fields={"outcome": outcome, "error": error, "next": next_step, "next_attempt_at": next_at},
         message=message,
     )
@@ -264,7 +263,7 @@ def _next_attempt(
         failures=failures_after(item.failures, outcome),
         not_before=at,
         trigger="retry",
-        corrective=bool(job and job.spec.get("retry", {}).get("corrective")),
+        corrective=bool(job and job.parsed.retry.corrective),
         history=(*item.history, last),
         started_at=None,
         pid=None,
@@ -295,12 +294,10 @@ def _job_state(
 def after_run(state: JobState, job: AppliedJob, now: datetime) -> JobState:
     """`every` counts from the end of the run (systemd OnUnitInactiveSec)."""
     from agentjobs.schedule import fire_time
-    from agentjobs.spec import Schedule
 
-    raw = job.spec.get("schedule")
-    if not raw or raw.get("every") is None or not job.spec.get("enabled", True):
+    schedule = job.parsed.schedule
+    if schedule is None or schedule.every is None or not job.parsed.enabled:
         return state
-    schedule = Schedule(**raw)
     due = fire_time(job.name, schedule, now + timedelta(seconds=schedule.every or 0))
     return dataclasses.replace(state, next_due=iso(due))
 

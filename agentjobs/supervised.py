@@ -85,8 +85,8 @@ def run(engine: Engine, claim: Claim) -> Ended:
 
     def started(pid: int) -> None:
         hold.started(pid)  # a lease's renewals and fence, now that the group exists
-        if claim.job.spec.get("notify"):
-            engine._notifier().ping(claim.job.spec.get("notify"), "start", item.run_id)
+        if claim.job.parsed.notify is not None:
+            engine._notifier().ping(claim.job.spec["notify"], "start", item.run_id)
         record = engine._record(
             "attempt_started",
             item,
@@ -109,7 +109,7 @@ def run(engine: Engine, claim: Claim) -> Ended:
         pass_fds=hold.fds,
         worktrees=engine.store.local_dir / "worktrees",
     )
-    kill_descendants(float(claim.job.spec.get("kill_grace", 10.0)))
+    kill_descendants(claim.job.parsed.kill_grace)
     ended = Ended(
         outcome=outcome.outcome,
         started_at=started_at,

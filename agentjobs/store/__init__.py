@@ -12,7 +12,10 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from agentjobs.spec import JobSpec
 
 STATE_FORMAT = 1
 PRIORITY_RANK = {"high": 0, "normal": 1, "low": 2}
@@ -23,12 +26,23 @@ class AppliedJob:
     """A job spec as applied: the stored spec and where and when it came from."""
 
     name: str
-    spec: Mapping[str, Any]  # JobSpec.to_dict(); rebuilt with spec.job_from_dict when needed
+    spec: Mapping[str, Any]  # JobSpec.to_dict(), as stored; `parsed` is the typed JobSpec
     spec_hash: str
     schedule_hash: str
     source: str
     applied_at: str
     git_commit: str | None = None
+    _parsed: JobSpec | None = field(default=None, init=False, repr=False, compare=False)
+
+    @property
+    def parsed(self) -> JobSpec:
+        """The spec as a typed `JobSpec` (built once per object: stores keep their objects)."""
+        if self._parsed is None:
+            from agentjobs.spec import job_from_dict
+
+            object.__setattr__(self, "_parsed", job_from_dict(dict(self.spec)))
+        assert self._parsed is not None
+        return self._parsed
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -27,10 +27,10 @@ def in_order(items: list[QueueItem]) -> Iterator[QueueItem]:
 
 def limit_key(job: AppliedJob | None) -> str | None:
     """Jobs with the same key share an agent account's usage limit (default: the agent kind)."""
-    agent = job.spec.get("agent") if job else None
-    if not agent:
+    agent = job.parsed.agent if job else None
+    if agent is None:
         return None
-    return str(agent.get("limit_key") or agent.get("kind"))
+    return agent.limit_key or agent.kind
 
 
 def refusal(
@@ -49,18 +49,18 @@ def refusal(
     if job is None:
         return "its job is no longer applied"
     if request.only is None:
-        if not job.spec.get("enabled", True):
+        if not job.parsed.enabled:
             return f"job {job.name} is disabled"
         if state is not None and state.paused:
             return f"job {job.name} is paused"
         limit = limit_key(job)
         if limit is not None and holds.get(limit, "") > request.now:
             return f"held: {limit} usage limit until {holds[limit]}"
-    wanted = job.spec.get("runs_on") or ()
+    wanted = job.parsed.runs_on
     missing = [label for label in wanted if label not in request.labels]
     if missing:
         return f"host: host {request.host} lacks the label(s) {', '.join(missing)} (runs_on)"
-    workdir = job.spec.get("workdir")
+    workdir = job.parsed.workdir
     if other_hosts and workdir and not os.path.isdir(workdir):
         return f"host: workdir {workdir} does not exist on host {request.host}"
     return None
