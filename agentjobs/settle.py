@@ -79,29 +79,31 @@ class Recorder:
     def record(
         self, event: str, item: QueueItem, job: AppliedJob | None, time: str, **fields: Any
     ) -> dict[str, Any]:
-        record: dict[str, Any] = {
-            "event": event,
-            "time": time,
-            "run_id": item.run_id,
-            "job": item.job,
-            "attempt": item.attempt,
-            "trigger": item.trigger,
-            "slot": item.slot,
-            "queued_at": item.queued_at,
-            "lock_key": item.lock_key,
-            "priority": item.priority,
-            "host": self.host,
-            "pid": self.pid,
-            "spec_hash": job.spec_hash if job else None,
-            "git_commit": job.git_commit if job else None,
-            "corrective": item.corrective,
-        }
-        if item.replay_of:
-            record["replay_of"] = item.replay_of
-        if job is not None and job.parsed.secrets:
-            record["secrets_redacted"] = True
-        record.update(fields)
-        return record
+        """The JSON object of an `event` record of `item` (typed and encoded by runrecords)."""
+        from agentjobs import runrecords
+
+        return runrecords.encode(
+            runrecords.make(
+                event,
+                time=time,
+                run_id=item.run_id,
+                job=item.job,
+                attempt=item.attempt,
+                trigger=item.trigger,
+                slot=item.slot,
+                queued_at=item.queued_at,
+                lock_key=item.lock_key,
+                priority=item.priority,
+                host=self.host,
+                pid=self.pid,
+                spec_hash=job.spec_hash if job else None,
+                git_commit=job.git_commit if job else None,
+                corrective=item.corrective,
+                replay_of=item.replay_of,
+                secrets_redacted=bool(job is not None and job.parsed.secrets),
+                **fields,
+            )
+        )
 
 
 def finish_records(
