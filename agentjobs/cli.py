@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from agentjobs.clock import Clock
     from agentjobs.engine import AttemptResult, Engine
     from agentjobs.reconcile import Plan
-    from agentjobs.store import Store
+    from agentjobs.store import AppliedJob, Store
     from agentjobs.transcript import Transcript
     from agentjobs.validate import LoadResult
 
@@ -318,15 +318,13 @@ def _left(moment: str | None, now: datetime) -> str:
     return format_duration(seconds)
 
 
-def _held(
-    agent: dict[str, Any] | None, holds: dict[str, str], now: datetime
-) -> tuple[str, str] | None:
+def _held(job: AppliedJob, holds: dict[str, str], now: datetime) -> tuple[str, str] | None:
     """(limit key, until) when the job's agent shares a usage limit that is in force."""
     from agentjobs.clock import iso
 
-    if not agent:
+    key = job.limit_key
+    if key is None:
         return None
-    key = str(agent.get("limit_key") or agent.get("kind"))
     until = holds.get(key)
     return (key, until) if until and until > (iso(now) or "") else None
 
@@ -381,7 +379,7 @@ def status(ctx: Context, now_text: str | None) -> None:
                 "last": state.last_started if state else None,
                 "result": state.last_outcome if state else None,
                 "lock": job.spec.get("lock"),
-                "held": _held(job.spec.get("agent"), runtime.holds, now),
+                "held": _held(job, runtime.holds, now),
                 "skipped_by": [
                     {"host": host, "reason": reason}
                     for item in waiting

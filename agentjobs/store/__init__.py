@@ -52,6 +52,15 @@ class AppliedJob:
             git_commit=data.get("git_commit"),
         )
 
+    @property
+    def limit_key(self) -> str | None:
+        """The usage-limit key: jobs with the same key share an agent account's usage limit
+        (`agent.limit_key`, default the agent's `kind`); None for a job without an agent."""
+        agent = self.spec.get("agent")
+        if not agent:
+            return None
+        return str(agent.get("limit_key") or agent.get("kind"))
+
 
 @dataclass(frozen=True, slots=True)
 class JobState:
@@ -172,6 +181,19 @@ class QueueItem:
 
 
 _QUEUE_ITEM_FIELDS = tuple(f.name for f in dataclasses.fields(QueueItem) if f.init)
+
+
+def held_message(key: str, by: QueueItem | str, *, with_host: bool = False) -> str:
+    """Why lock key `key` cannot be had: "lock key K is held by run R (job J, attempt N,
+    started T)" for the running item `by` (with `with_host`, its host before the start), or
+    "lock key K is held by <by>" for any other holder ("another process", a lease's owner)."""
+    if isinstance(by, str):
+        return f"lock key {key} is held by {by}"
+    host = f", host {by.host}" if with_host else ""
+    return (
+        f"lock key {key} is held by run {by.run_id} (job {by.job}, attempt {by.attempt}{host}, "
+        f"started {by.started_at})"
+    )
 
 
 @dataclass(slots=True)

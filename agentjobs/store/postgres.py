@@ -48,6 +48,7 @@ from agentjobs.store import (
     OutboxEvent,
     QueueItem,
     Runtime,
+    held_message,
 )
 
 if TYPE_CHECKING:
@@ -1269,19 +1270,15 @@ class PostgresStore:
         )
         row = cur.fetchone()
         if row is not None:
-            item = QueueItem.from_dict(row[0])
-            return (
-                f"lock key {key} is held by run {item.run_id} (job {item.job}, attempt "
-                f"{item.attempt}, host {item.host}, started {item.started_at})"
-            )
+            return held_message(key, QueueItem.from_dict(row[0]), with_host=True)
         cur.execute(
             f"SELECT host, run_id FROM {SCHEMA}.leases WHERE key = %s AND released_at IS NULL",
             (key,),
         )
         lease = cur.fetchone()
         if lease is not None:
-            return f"lock key {key} is held by run {lease[1]} on host {lease[0]}"
-        return f"lock key {key} is held by another host"
+            return held_message(key, f"run {lease[1]} on host {lease[0]}")
+        return held_message(key, "another host")
 
 
 def _delete_rows(
