@@ -24,6 +24,7 @@ from agentjobs.errors import (
     ENVIRONMENT_ERRNOS,
     InvalidJobError,
     Problem,
+    StateWriteError,
     UserError,
     environment_error,
 )
@@ -1039,6 +1040,8 @@ def metrics(ctx: Context, textfile: Path | None, now_text: str | None) -> None:
         return
     try:
         write_textfile(textfile, text)
+    except StateWriteError:
+        raise  # one line naming the path and what to do already
     except OSError as exc:
         raise UserError(f"cannot write {textfile}: {exc.strerror}") from None
 

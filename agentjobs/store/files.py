@@ -58,15 +58,20 @@ from agentjobs.store import (
 MIGRATIONS: dict[int, Callable[[Path], None]] = {}
 
 
-def atomic_write(path: Path, data: bytes) -> None:
+def atomic_write(path: Path, data: bytes, mode: int | None = None) -> None:
     """Replace `path` with `data` so readers see the old or the new file, never a mix.
 
-    Any failure leaves no temp file behind; a failure of the environment (a full or read-only
-    disk, permissions, an I/O error) raises `StateWriteError` naming `path`."""
+    The temp file is `.NAME.PID.tmp` in the same directory (a dot file: globs such as
+    node_exporter's `*.prom` pass it by). The new file is 0600 less the umask, or with `mode`
+    exactly `mode` whatever the umask (a file another user reads). Any failure leaves no temp
+    file behind; a failure of the environment (a full or read-only disk, permissions, an I/O
+    error) raises `StateWriteError` naming `path`."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600 if mode is None else mode)
         try:
+            if mode is not None:
+                os.fchmod(fd, mode)  # the umask applies to os.open's mode
             view = memoryview(data)
             while view:
                 view = view[os.write(fd, view) :]
