@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar, cast
 
 from agentjobs import locks
 from agentjobs.clock import Clock, iso, parse
-from agentjobs.errors import UserError
+from agentjobs.errors import StateUnavailableError, UserError
 from agentjobs.records import new_ulid
 from agentjobs.store import AppliedJob, AttemptSummary, JobState, QueueItem, Runtime, Store
 
@@ -1556,7 +1556,7 @@ class Workers:
 
 
 def _retry_while_leased(step: Callable[[], _T], window: float, say: Callable[[str], None]) -> _T:
-    """`step()`, again on `UserError` (an unreachable database) for up to `window` seconds."""
+    """`step()`, again on an outage (`StateUnavailableError`) for up to `window` seconds."""
     from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_exponential
 
     def before_sleep(state: Any) -> None:
@@ -1565,7 +1565,7 @@ def _retry_while_leased(step: Callable[[], _T], window: float, say: Callable[[st
     for attempt in Retrying(
         stop=stop_after_delay(window),
         wait=wait_exponential(multiplier=0.2, max=2.0),
-        retry=retry_if_exception_type(UserError),
+        retry=retry_if_exception_type(StateUnavailableError),
         before_sleep=before_sleep,
         reraise=True,
     ):

@@ -253,8 +253,9 @@ class Store(Protocol):
     """A state backend.
 
     - `exists()`: whether any state has been written (read-only commands treat "no" as empty).
-    - `lock(timeout)`: the exclusive state lock; raises `UserError` naming the holder when it
-      cannot be had within `timeout` seconds.
+    - `lock(timeout)`: the exclusive state lock; raises `StateUnavailableError` naming the
+      holder when it cannot be had within `timeout` seconds; an outage (a database that is
+      down, a broken connection) raises it too, from any method.
     - `applied()`, `config()`: the applied jobs by name; the applied global config
       (`GlobalConfig.to_dict()`, `{}` before any apply).
     - `applied_version()`: an opaque value that changes whenever the applied jobs change.

@@ -39,6 +39,7 @@ from agentjobs import records as records_mod
 from agentjobs.errors import (
     ENVIRONMENT_ERRNOS,
     StateDamagedError,
+    StateUnavailableError,
     StateWriteError,
     UserError,
     environment_error,
@@ -332,7 +333,7 @@ class FileStore:
                         raise
                     if time.monotonic() >= deadline:
                         holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
-                        raise UserError(
+                        raise StateUnavailableError(
                             f"state directory {self.root} is locked by another agentjobs process "
                             f"(pid {holder}) for more than {timeout:g}s; try again when it is done"
                         ) from None

@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from agentjobs import records as records_mod
-from agentjobs.errors import UserError
+from agentjobs.errors import StateUnavailableError, UserError
 from agentjobs.store import (
     PRIORITY_RANK,
     AppliedChange,
@@ -221,7 +221,7 @@ def _first_line(exc: BaseException) -> str:
     return text[0] if text else type(exc).__name__
 
 
-class DatabaseLost(UserError):
+class DatabaseLost(StateUnavailableError):
     """The connection broke (a server restart, a network cut); nothing of the step committed."""
 
 
@@ -319,13 +319,16 @@ class Lease:
             attempt_at = time.monotonic()
             try:
                 alive = self.store.renew(self.token, self.duration)
-            except UserError as exc:
+            except StateUnavailableError as exc:  # the database is away: again, until overdue
                 if self.overdue():
                     self._lose(
                         f"the lease could not be renewed for {self.duration * 2 / 3:g}s ({exc})"
                     )
                     return
                 continue
+            except UserError as exc:  # not an outage: waiting would not help
+                self._lose(f"the lease could not be renewed ({exc})")
+                return
             if not alive:
                 self._lose("the lease was taken over by another host (it expired)")
                 return
@@ -425,7 +428,7 @@ class PostgresStore:
                 break
             except pg.Error as exc:
                 if time.monotonic() + delay > deadline:
-                    raise UserError(
+                    raise StateUnavailableError(
                         f"cannot connect to the database {self.describe()}: {_first_line(exc)}; "
                         "check the URL and that the server is up"
                     ) from None
@@ -445,7 +448,7 @@ class PostgresStore:
 
     @contextmanager
     def _db(self) -> Iterator[psycopg.Connection[Any]]:
-        """A connection for this thread; database errors become one-line `UserError`s."""
+        """A connection for this thread; a lost connection becomes `DatabaseLost` (one line)."""
         pg = _import_psycopg()
         conn = self._connect()
         try:
@@ -518,7 +521,7 @@ class PostgresStore:
         try:
             conn = psycopg.connect(self.url, autocommit=True, connect_timeout=10)
         except psycopg.Error as exc:
-            raise UserError(
+            raise StateUnavailableError(
                 f"cannot connect to the database {self.describe()}: {_first_line(exc)}"
             ) from None
         with conn:
@@ -551,7 +554,7 @@ class PostgresStore:
                 f"SELECT 1 FROM {SCHEMA}.meta WHERE id = 1 {mode}"
             )
         except psycopg.errors.LockNotAvailable:
-            raise UserError(
+            raise StateUnavailableError(
                 f"the state in {self.describe()} is locked by another agentjobs process for "
                 f"more than {timeout:g}s; try again when it is done"
             ) from None
