@@ -30,6 +30,8 @@ from agentjobs.errors import (
 )
 
 if TYPE_CHECKING:
+    import threading
+
     from agentjobs.clock import Clock
     from agentjobs.engine import AttemptResult, Engine
     from agentjobs.reconcile import Plan
@@ -478,21 +480,28 @@ def _clock(now_text: str | None) -> Clock:
 
 
 class _Shutdown:
-    """SIGTERM/SIGINT set the engine's stop event: no new claims, running groups are stopped
-    (TERM, grace, KILL) and recorded `interrupted`; the exit code is 143 or 130."""
+    """While open, SIGTERM/SIGINT set `stop` (an engine's stop event: no new claims, running
+    groups are stopped (TERM, grace, KILL) and recorded `interrupted`); `code` is then 143 or
+    130. With `ignore_hangup`, SIGHUP does nothing meanwhile (the daemon). The old handlers come
+    back on exit."""
 
-    def __init__(self, engine: Engine) -> None:
-        self.engine = engine
+    def __init__(self, stop: threading.Event | None = None, ignore_hangup: bool = False) -> None:
+        import threading
+
+        self.stop = threading.Event() if stop is None else stop
         self.signal: int | None = None
+        self._ignore_hangup = ignore_hangup
 
     def __enter__(self) -> _Shutdown:
         import signal
 
         def handler(number: int, _frame: object) -> None:
             self.signal = number
-            self.engine.stop.set()
+            self.stop.set()
 
         self._old = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
+        if self._ignore_hangup:
+            self._old[signal.SIGHUP] = signal.signal(signal.SIGHUP, lambda _n, _f: None)
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -535,7 +544,7 @@ def tick(
 ) -> None:
     """One scheduling pass: recover, enqueue what is due, run what is free, exit."""
     engine = _engine(ctx, now_text, max_concurrent, host=host_id, labels=labels)
-    with _Shutdown(engine) as shutdown:
+    with _Shutdown(engine.stop) as shutdown:
         result = engine.tick()
     if ctx.json:
         _emit_json(
@@ -568,7 +577,7 @@ def tick(
 def run(ctx: Context, job: str, wait: bool, host_id: str | None, labels: str) -> None:
     """Run JOB now, in the foreground, streaming its output."""
     engine = _engine(ctx, stream=not ctx.json, host=host_id, labels=labels)
-    with _Shutdown(engine) as shutdown:
+    with _Shutdown(engine.stop) as shutdown:
         item, outcome = engine.run_now(job, wait=wait)
     if isinstance(outcome, str):
         message = f"{job}: not started: {outcome}; run {item.run_id} stays queued for a later tick"
@@ -1262,20 +1271,13 @@ def daemon(
     labels: str,
 ) -> None:
     """Tick continuously: sleep until the next due slot, wake on apply, stop on SIGTERM."""
-    import signal
     import threading
 
     from agentjobs import daemon as daemon_loop
 
-    stop = threading.Event()
-
-    def handler(_number: int, _frame: object) -> None:
-        stop.set()
-
-    old = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
     # SIGHUP must not end the daemon; the global config is read again on every pass anyway
-    old[signal.SIGHUP] = signal.signal(signal.SIGHUP, lambda _n, _f: None)
-    try:
+    with _Shutdown(ignore_hangup=True) as shutdown:
+        stop = shutdown.stop
         store = ctx.store()
         clock = _clock(now_text)
 
@@ -1307,9 +1309,6 @@ def daemon(
         daemon_loop.run(
             store, one_pass, stop, lambda line: click.echo(f"agentjobs: {line}", err=True)
         )
-    finally:
-        for number, previous in old.items():
-            signal.signal(number, previous)
 
 
 @cli.command()
@@ -1317,27 +1316,19 @@ def daemon(
 @pass_ctx
 def watch(ctx: Context, prune: bool) -> None:
     """Validate and apply the jobs directory on every change (Ctrl-C to stop)."""
-    import signal
-    import threading
-
     from agentjobs import watch as watching
 
     if not ctx.jobs_dir.is_dir():
         raise UserError(f"jobs directory {ctx.jobs_dir} not found; pass --jobs-dir")
-    stop = threading.Event()
-    old = {s: signal.signal(s, lambda _n, _f: stop.set()) for s in (signal.SIGTERM, signal.SIGINT)}
-    try:
+    with _Shutdown() as shutdown:
         watching.run(
             ctx.jobs_dir,
             ctx.store(),
             prune,
-            stop,
+            shutdown.stop,
             float(os.environ.get("AGENTJOBS_LOCK_TIMEOUT", "30")),
             lambda line: click.echo(line, err=False),
         )
-    finally:
-        for number, previous in old.items():
-            signal.signal(number, previous)
 
 
 @cli.group()

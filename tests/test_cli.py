@@ -83,6 +83,19 @@ def test_environment_variables_stand_in_for_global_options(jobs_dir: Path, tmp_p
     assert [r["job"] for r in json.loads(status.stdout)] == ["a"]
 
 
+def test_tick_and_run_give_the_signal_handlers_back(cli, jobs_dir: Path, tmp_path: Path) -> None:
+    import signal
+
+    write(jobs_dir / "a.yaml", "command: ['true']\nschedule: {every: 1h}\n")
+    state = str(tmp_path / "s")
+    assert cli("--jobs-dir", J, "--state-dir", state, "apply").code == 0
+    numbers = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+    before = [signal.getsignal(n) for n in numbers]
+    assert cli("--state-dir", state, "tick").code == 0
+    assert cli("--state-dir", state, "run", "a").code == 0
+    assert [signal.getsignal(n) for n in numbers] == before
+
+
 def test_version_and_usage_errors(cli) -> None:
     assert cli("--version").out == f"agentjobs, version {__version__}\n"
     bad = cli("frobnicate")
