@@ -263,13 +263,36 @@ def plan(ctx: Context, prune: bool) -> None:
         raise Exit(EXIT_CHANGES)
 
 
+def _lock_timeout(flag: float | None = None) -> float:
+    """Seconds to wait for the state lock: `flag` (--lock-timeout), else AGENTJOBS_LOCK_TIMEOUT
+    (unset or empty: the engine's default, 30). Anything but a number of seconds, 0 or more, is
+    a `UserError` naming where it came from (one line, exit 2)."""
+    import math
+
+    from agentjobs.engine import DEFAULT_LOCK_TIMEOUT
+
+    if flag is not None:
+        value, source = flag, f"--lock-timeout {flag:g}"
+    else:
+        text = os.environ.get("AGENTJOBS_LOCK_TIMEOUT", "")
+        if not text:  # as click reads an empty variable: not set
+            return DEFAULT_LOCK_TIMEOUT
+        source = f"AGENTJOBS_LOCK_TIMEOUT={text!r}"
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+    if not (math.isfinite(value) and value >= 0):
+        raise UserError(f"{source}: the lock timeout is a number of seconds, 0 or more (30, say)")
+    return value
+
+
 _lock_timeout_option = click.option(
     "--lock-timeout",
     type=float,
-    envvar="AGENTJOBS_LOCK_TIMEOUT",
-    default=30.0,
-    show_default=True,
-    help="Seconds to wait for another apply or tick.",
+    default=None,
+    callback=lambda _ctx, _param, flag: _lock_timeout(flag),
+    help="Seconds to wait for another apply or tick [default: AGENTJOBS_LOCK_TIMEOUT, else 30].",
 )
 
 
@@ -460,7 +483,7 @@ def _engine(
     return Engine(
         ctx.store(),
         clock=_clock(now_text),
-        lock_timeout=float(os.environ.get("AGENTJOBS_LOCK_TIMEOUT", "30")),
+        lock_timeout=_lock_timeout(),
         max_concurrent=max_concurrent,
         say=say,
         on_output=show if stream else None,
@@ -1301,7 +1324,7 @@ def daemon(
                     ctx.store(),
                     prune,
                     stop,
-                    float(os.environ.get("AGENTJOBS_LOCK_TIMEOUT", "30")),
+                    _lock_timeout(),
                     lambda line: click.echo(f"agentjobs: watch: {line}", err=True),
                 ),
                 daemon=True,
@@ -1326,7 +1349,7 @@ def watch(ctx: Context, prune: bool) -> None:
             ctx.store(),
             prune,
             shutdown.stop,
-            float(os.environ.get("AGENTJOBS_LOCK_TIMEOUT", "30")),
+            _lock_timeout(),
             lambda line: click.echo(line, err=False),
         )
 
@@ -1433,9 +1456,7 @@ def state_import(ctx: Context, source: Path) -> None:
     from agentjobs import transfer
 
     with open(source, encoding="utf-8") as handle:
-        counts = transfer.import_(
-            ctx.store(), handle, float(os.environ.get("AGENTJOBS_LOCK_TIMEOUT", "30"))
-        )
+        counts = transfer.import_(ctx.store(), handle, _lock_timeout())
     if ctx.json:
         _emit_json(counts)
         return
