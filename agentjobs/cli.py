@@ -1363,9 +1363,10 @@ def db() -> None:
 @pass_ctx
 def db_migrate(ctx: Context) -> None:
     """Apply the schema migrations this agentjobs needs (also done on first use)."""
-    from agentjobs.store.postgres import MIGRATIONS, PostgresStore, is_url
+    from agentjobs.store import is_database_url
+    from agentjobs.store.postgres import MIGRATIONS, PostgresStore
 
-    if not is_url(ctx.state_dir):
+    if not is_database_url(ctx.state_dir):
         raise UserError(
             "db migrate works on a PostgreSQL state: pass --state-dir postgresql://... or set "
             "AGENTJOBS_DATABASE_URL"
@@ -1470,13 +1471,15 @@ def _crash_report(state_dir: str) -> str:
     import platform
     import tempfile
 
+    from agentjobs.store import is_database_url
+
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     body = (
         f"agentjobs {__version__} crashed at {stamp}\n"
         f"python {platform.python_version()} on {platform.platform()}\n"
         f"argv: {sys.argv!r}\n\n{traceback.format_exc()}"
     )
-    if state_dir.startswith(("postgresql://", "postgres://")):
+    if is_database_url(state_dir):
         from agentjobs.store.postgres import default_local_dir
 
         state_dir = str(default_local_dir())

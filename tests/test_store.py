@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from agentjobs.store import AppliedJob, QueueItem, held_message
+from agentjobs.store import AppliedJob, QueueItem, held_message, is_database_url
 
 
 def _applied(spec: dict[str, Any]) -> AppliedJob:
@@ -41,3 +41,9 @@ def test_the_held_message_names_the_running_attempt_or_the_holder() -> None:
         "lock key repo is held by run R1 (job j, attempt 2, host a, started t1)"
     )
     assert held_message("repo", "another process") == "lock key repo is held by another process"
+
+
+def test_a_state_location_is_a_database_by_its_url_scheme_alone() -> None:
+    assert is_database_url("postgresql://u@db/jobs") and is_database_url("postgres://db/jobs")
+    for directory in ("postgresql", "./postgres://x", ".agentjobs", "/srv/postgresql/state"):
+        assert not is_database_url(directory)

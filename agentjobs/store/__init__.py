@@ -368,10 +368,16 @@ class Store(Protocol):
     def reopened(self) -> Store: ...
 
 
+def is_database_url(location: str) -> bool:
+    """Whether a `--state-dir` names a PostgreSQL database (`postgresql://` or `postgres://`,
+    as libpq spells its URLs) rather than a directory."""
+    return location.startswith(("postgresql://", "postgres://"))
+
+
 def open_store(location: str) -> Store:
     """The backend for `--state-dir`: a `postgresql://` URL (shared by hosts) or a directory
     path (the file backend, which never imports psycopg)."""
-    if location.startswith(("postgresql://", "postgres://")):
+    if is_database_url(location):
         from agentjobs.store.postgres import PostgresStore
 
         return PostgresStore(location)

@@ -177,10 +177,6 @@ MIGRATIONS: list[str] = [
 ]
 
 
-def is_url(location: str) -> bool:
-    return location.startswith(("postgresql://", "postgres://"))
-
-
 def default_local_dir() -> Path:
     """This host's files with a shared database (attempt logs, worktrees, the daemon lock):
     `AGENTJOBS_LOCAL_DIR`, else `$XDG_STATE_HOME/agentjobs`, else ~/.local/state/agentjobs."""
