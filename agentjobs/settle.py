@@ -21,7 +21,6 @@ from typing import TYPE_CHECKING, Any
 
 from agentjobs.clock import iso, parse
 from agentjobs.store import AppliedJob, AttemptSummary, JobState, QueueItem
-from agentjobs.store.eligibility import limit_key
 
 if TYPE_CHECKING:
     import random
@@ -136,7 +135,7 @@ def finish_records(
     )
     hold = None
     if outcome == Outcome.RATE_LIMITED and decision.next == Next.RETRY:
-        hold = limit_key(job)  # other jobs sharing the limit wait as long
+        hold = job.limit_key if job else None  # other jobs sharing the limit wait as long
     duration_s = ended.duration_s
     if duration_s is None:
         duration_s = max(0.0, (now - parse(ended.started_at)).total_seconds())

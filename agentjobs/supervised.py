@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from agentjobs import settle
 from agentjobs.clock import parse
-from agentjobs.errors import UserError
+from agentjobs.errors import StateUnavailableError, UserError
 from agentjobs.settle import AttemptResult, Ended
 from agentjobs.store import AppliedJob, Claim, QueueItem, Store
 
@@ -169,7 +169,7 @@ def settle_attempt(
 
 
 def retry_while_leased(step: Callable[[], _T], window: float, say: Callable[[str], None]) -> _T:
-    """`step()`, again on `UserError` (an unreachable database) for up to `window` seconds."""
+    """`step()`, again on an outage (`StateUnavailableError`) for up to `window` seconds."""
     from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_exponential
 
     def before_sleep(state: Any) -> None:
@@ -178,7 +178,7 @@ def retry_while_leased(step: Callable[[], _T], window: float, say: Callable[[str
     for attempt in Retrying(
         stop=stop_after_delay(window),
         wait=wait_exponential(multiplier=0.2, max=2.0),
-        retry=retry_if_exception_type(UserError),
+        retry=retry_if_exception_type(StateUnavailableError),
         before_sleep=before_sleep,
         reraise=True,
     ):

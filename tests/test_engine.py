@@ -711,3 +711,28 @@ def test_runs_on_needs_every_label_on_the_file_backend_too(
     assert second.out.startswith("g: attempt 1 succeeded")
     assert runtime(state_dir)["queue"] == {}
     assert [r["host"] for r in records(state_dir, "attempt_finished")][-1] == "box"
+
+
+def test_a_leased_finish_is_retried_through_an_outage_but_never_on_a_real_error() -> None:
+    from agentjobs.errors import StateUnavailableError, UserError
+    from agentjobs.supervised import retry_while_leased as _retry_while_leased
+
+    def failing_once(error: Exception) -> Any:
+        calls: list[int] = []
+
+        def step() -> str:
+            calls.append(1)
+            if len(calls) == 1:
+                raise error
+            return "recorded"
+
+        return step, calls
+
+    said: list[str] = []
+    step, calls = failing_once(StateUnavailableError("lost the database"))
+    assert _retry_while_leased(step, 10.0, said.append) == "recorded" and len(calls) == 2
+    assert said == ["cannot record the attempt yet (lost the database); retrying"]
+    step, calls = failing_once(UserError("no such job"))
+    with pytest.raises(UserError, match="no such job"):
+        _retry_while_leased(step, 10.0, said.append)
+    assert len(calls) == 1 and len(said) == 1  # not tried again: waiting would not fix it

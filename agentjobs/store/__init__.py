@@ -66,6 +66,15 @@ class AppliedJob:
             git_commit=data.get("git_commit"),
         )
 
+    @property
+    def limit_key(self) -> str | None:
+        """The usage-limit key: jobs with the same key share an agent account's usage limit
+        (`agent.limit_key`, default the agent's `kind`); None for a job without an agent."""
+        agent = self.spec.get("agent")
+        if not agent:
+            return None
+        return str(agent.get("limit_key") or agent.get("kind"))
+
 
 @dataclass(frozen=True, slots=True)
 class JobState:
@@ -186,6 +195,19 @@ class QueueItem:
 
 
 _QUEUE_ITEM_FIELDS = tuple(f.name for f in dataclasses.fields(QueueItem) if f.init)
+
+
+def held_message(key: str, by: QueueItem | str, *, with_host: bool = False) -> str:
+    """Why lock key `key` cannot be had: "lock key K is held by run R (job J, attempt N,
+    started T)" for the running item `by` (with `with_host`, its host before the start), or
+    "lock key K is held by <by>" for any other holder ("another process", a lease's owner)."""
+    if isinstance(by, str):
+        return f"lock key {key} is held by {by}"
+    host = f", host {by.host}" if with_host else ""
+    return (
+        f"lock key {key} is held by run {by.run_id} (job {by.job}, attempt {by.attempt}{host}, "
+        f"started {by.started_at})"
+    )
 
 
 @dataclass(slots=True)
@@ -336,8 +358,9 @@ class Store(Protocol):
     """A state backend.
 
     - `exists()`: whether any state has been written (read-only commands treat "no" as empty).
-    - `lock(timeout)`: the exclusive state lock; raises `UserError` naming the holder when it
-      cannot be had within `timeout` seconds.
+    - `lock(timeout)`: the exclusive state lock; raises `StateUnavailableError` naming the
+      holder when it cannot be had within `timeout` seconds; an outage (a database that is
+      down, a broken connection) raises it too, from any method.
     - `applied()`, `config()`: the applied jobs by name; the applied global config
       (`GlobalConfig.to_dict()`, `{}` before any apply).
     - `applied_version()`: an opaque value that changes whenever the applied jobs change.
@@ -482,10 +505,16 @@ class Store(Protocol):
     def close_thread(self) -> None: ...
 
 
+def is_database_url(location: str) -> bool:
+    """Whether a `--state-dir` names a PostgreSQL database (`postgresql://` or `postgres://`,
+    as libpq spells its URLs) rather than a directory."""
+    return location.startswith(("postgresql://", "postgres://"))
+
+
 def open_store(location: str) -> Store:
     """The backend for `--state-dir`: a `postgresql://` URL (shared by hosts) or a directory
     path (the file backend, which never imports psycopg)."""
-    if location.startswith(("postgresql://", "postgres://")):
+    if is_database_url(location):
         from agentjobs.store.postgres import PostgresStore
 
         return PostgresStore(location)

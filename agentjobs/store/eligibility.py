@@ -25,14 +25,6 @@ def in_order(items: list[QueueItem]) -> Iterator[QueueItem]:
     yield from sorted((i for i in items if i is not first), key=_ORDER)
 
 
-def limit_key(job: AppliedJob | None) -> str | None:
-    """Jobs with the same key share an agent account's usage limit (default: the agent kind)."""
-    agent = job.parsed.agent if job else None
-    if agent is None:
-        return None
-    return agent.limit_key or agent.kind
-
-
 def refusal(
     job: AppliedJob | None,
     state: JobState | None,
@@ -53,7 +45,7 @@ def refusal(
             return f"job {job.name} is disabled"
         if state is not None and state.paused:
             return f"job {job.name} is paused"
-        limit = limit_key(job)
+        limit = job.limit_key
         if limit is not None and holds.get(limit, "") > request.now:
             return f"held: {limit} usage limit until {holds[limit]}"
     wanted = job.parsed.runs_on

@@ -41,6 +41,7 @@ from agentjobs.clock import parse
 from agentjobs.errors import (
     ENVIRONMENT_ERRNOS,
     StateDamagedError,
+    StateUnavailableError,
     StateWriteError,
     UserError,
     environment_error,
@@ -57,6 +58,7 @@ from agentjobs.store import (
     QueueItem,
     Refusal,
     Runtime,
+    held_message,
 )
 from agentjobs.store.eligibility import in_order, refusal
 
@@ -64,15 +66,20 @@ from agentjobs.store.eligibility import in_order, refusal
 MIGRATIONS: dict[int, Callable[[Path], None]] = {}
 
 
-def atomic_write(path: Path, data: bytes) -> None:
+def atomic_write(path: Path, data: bytes, mode: int | None = None) -> None:
     """Replace `path` with `data` so readers see the old or the new file, never a mix.
 
-    Any failure leaves no temp file behind; a failure of the environment (a full or read-only
-    disk, permissions, an I/O error) raises `StateWriteError` naming `path`."""
+    The temp file is `.NAME.PID.tmp` in the same directory (a dot file: globs such as
+    node_exporter's `*.prom` pass it by). The new file is 0600 less the umask, or with `mode`
+    exactly `mode` whatever the umask (a file another user reads). Any failure leaves no temp
+    file behind; a failure of the environment (a full or read-only disk, permissions, an I/O
+    error) raises `StateWriteError` naming `path`."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600 if mode is None else mode)
         try:
+            if mode is not None:
+                os.fchmod(fd, mode)  # the umask applies to os.open's mode
             view = memoryview(data)
             while view:
                 view = view[os.write(fd, view) :]
@@ -374,13 +381,9 @@ class FileStore:
         """Who holds lock key `key`: the running item, or what the lock file notes."""
         running = [i for i in runtime.queue.values() if i.state == "running" and i.lock_key == key]
         if running:
-            item = running[0]
-            return (
-                f"lock key {key} is held by run {item.run_id} (job {item.job}, attempt "
-                f"{item.attempt}, started {item.started_at})"
-            )
+            return held_message(key, running[0])
         holder = locks.holder(locks.key_file(self.locks_dir, key))
-        return f"lock key {key} is held by {holder or 'another process'}"
+        return held_message(key, holder or "another process")
 
     def hold_from(self, handoff: Mapping[str, Any], fds: Sequence[int]) -> FileHold:
         return FileHold(
@@ -490,7 +493,7 @@ class FileStore:
                         raise
                     if time.monotonic() >= deadline:
                         holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
-                        raise UserError(
+                        raise StateUnavailableError(
                             f"state directory {self.root} is locked by another agentjobs process "
                             f"(pid {holder}) for more than {timeout:g}s; try again when it is done"
                         ) from None

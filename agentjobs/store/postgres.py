@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from agentjobs import records as records_mod
-from agentjobs.errors import UserError
+from agentjobs.errors import StateUnavailableError, UserError
 from agentjobs.store import (
     PRIORITY_RANK,
     AppliedChange,
@@ -50,6 +50,7 @@ from agentjobs.store import (
     QueueItem,
     Refusal,
     Runtime,
+    held_message,
 )
 from agentjobs.store.eligibility import refusal
 
@@ -179,10 +180,6 @@ MIGRATIONS: list[str] = [
 ]
 
 
-def is_url(location: str) -> bool:
-    return location.startswith(("postgresql://", "postgres://"))
-
-
 def default_local_dir() -> Path:
     """This host's files with a shared database (attempt logs, worktrees, the daemon lock):
     `AGENTJOBS_LOCAL_DIR`, else `$XDG_STATE_HOME/agentjobs`, else ~/.local/state/agentjobs."""
@@ -223,7 +220,7 @@ def _first_line(exc: BaseException) -> str:
     return text[0] if text else type(exc).__name__
 
 
-class DatabaseLost(UserError):
+class DatabaseLost(StateUnavailableError):
     """The connection broke (a server restart, a network cut); nothing of the step committed."""
 
 
@@ -306,13 +303,16 @@ class Lease:
             attempt_at = time.monotonic()
             try:
                 alive = self.store.renew(self.token, self.duration)
-            except UserError as exc:
+            except StateUnavailableError as exc:  # the database is away: again, until overdue
                 if self.overdue():
                     self._lose(
                         f"the lease could not be renewed for {self.duration * 2 / 3:g}s ({exc})"
                     )
                     return
                 continue
+            except UserError as exc:  # not an outage: waiting would not help
+                self._lose(f"the lease could not be renewed ({exc})")
+                return
             if not alive:
                 self._lose("the lease was taken over by another host (it expired)")
                 return
@@ -414,7 +414,7 @@ class PostgresStore:
                 break
             except pg.Error as exc:
                 if time.monotonic() + delay > deadline:
-                    raise UserError(
+                    raise StateUnavailableError(
                         f"cannot connect to the database {self.describe()}: {_first_line(exc)}; "
                         "check the URL and that the server is up"
                     ) from None
@@ -434,7 +434,7 @@ class PostgresStore:
 
     @contextmanager
     def _db(self) -> Iterator[psycopg.Connection[Any]]:
-        """A connection for this thread; database errors become one-line `UserError`s."""
+        """A connection for this thread; a lost connection becomes `DatabaseLost` (one line)."""
         pg = _import_psycopg()
         conn = self._connect()
         try:
@@ -507,7 +507,7 @@ class PostgresStore:
         try:
             conn = psycopg.connect(self.url, autocommit=True, connect_timeout=10)
         except psycopg.Error as exc:
-            raise UserError(
+            raise StateUnavailableError(
                 f"cannot connect to the database {self.describe()}: {_first_line(exc)}"
             ) from None
         with conn:
@@ -540,7 +540,7 @@ class PostgresStore:
                 f"SELECT 1 FROM {SCHEMA}.meta WHERE id = 1 {mode}"
             )
         except psycopg.errors.LockNotAvailable:
-            raise UserError(
+            raise StateUnavailableError(
                 f"the state in {self.describe()} is locked by another agentjobs process for "
                 f"more than {timeout:g}s; try again when it is done"
             ) from None
@@ -1290,19 +1290,15 @@ class PostgresStore:
         )
         row = cur.fetchone()
         if row is not None:
-            item = QueueItem.from_dict(row[0])
-            return (
-                f"lock key {key} is held by run {item.run_id} (job {item.job}, attempt "
-                f"{item.attempt}, host {item.host}, started {item.started_at})"
-            )
+            return held_message(key, QueueItem.from_dict(row[0]), with_host=True)
         cur.execute(
             f"SELECT host, run_id FROM {SCHEMA}.leases WHERE key = %s AND released_at IS NULL",
             (key,),
         )
         lease = cur.fetchone()
         if lease is not None:
-            return f"lock key {key} is held by run {lease[1]} on host {lease[0]}"
-        return f"lock key {key} is held by another host"
+            return held_message(key, f"run {lease[1]} on host {lease[0]}")
+        return held_message(key, "another host")
 
 
 def _delete_rows(
