@@ -488,7 +488,7 @@ class Engine:
         else:
             runtime.queue.pop(item.id, None)
         if done.dead_letter is not None:
-            self.store.put_dead_letter(done.dead_letter)
+            self.store.put_dead_letter(done.dead_letter.to_dict())
         if done.message:
             self._tell(done.message)
         if applied is not None:

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 from agentjobs import planning
 from agentjobs.errors import UserError
 from agentjobs.records import new_ulid
-from agentjobs.store import QueueItem
+from agentjobs.store import DeadLetter, QueueItem
 
 if TYPE_CHECKING:
     from agentjobs.engine import Engine
@@ -63,12 +63,13 @@ def set_paused(engine: Engine, job: str, paused: bool) -> None:
 
 def replay(engine: Engine, entry_id: str) -> QueueItem:
     entry = dead_letter(engine, entry_id)
-    if entry["status"] == "resolved":
+    if entry.status == "resolved":
         raise UserError(f"dead letter {entry_id} is resolved; nothing to replay")
-    item = enqueue_manual(engine, entry["job"], trigger="replay", replay_of=entry_id)
-    entry["replays"] = [*entry.get("replays", []), {"run_id": item.run_id, "at": engine._now()}]
-    entry["status"] = "replayed"
-    engine.store.put_dead_letter(entry)
+    item = enqueue_manual(engine, entry.job, trigger="replay", replay_of=entry_id)
+    replays = (*entry.replays, {"run_id": item.run_id, "at": engine._now()})
+    engine.store.put_dead_letter(
+        dataclasses.replace(entry, replays=replays, status="replayed").to_dict()
+    )
     engine.store.append_records(
         [engine._record("replayed", item, engine.store.applied().get(item.job), dlq_id=entry_id)],
         engine.clock.now(),
@@ -77,31 +78,30 @@ def replay(engine: Engine, entry_id: str) -> QueueItem:
 
 
 def resolve(engine: Engine, entry_id: str, note: str) -> dict[str, Any]:
-    entry = dead_letter(engine, entry_id)
-    entry["status"] = "resolved"
-    entry["note"] = note
-    entry["resolved_at"] = engine._now()
-    engine.store.put_dead_letter(entry)
+    entry = dataclasses.replace(
+        dead_letter(engine, entry_id), status="resolved", note=note, resolved_at=engine._now()
+    )
+    engine.store.put_dead_letter(entry.to_dict())
     stub = QueueItem(
         id=entry_id,
-        run_id=entry["run_id"],
-        job=entry["job"],
-        trigger=entry.get("trigger", "schedule"),
+        run_id=entry.run_id,
+        job=entry.job,
+        trigger=entry.trigger,
         priority="normal",
         lock_key="",
         queued_at="",
         not_before="",
-        slot=entry.get("slot"),
-        attempt=len(entry.get("attempts", [])),
+        slot=entry.slot,
+        attempt=len(entry.attempts),
     )
     engine.store.append_records(
         [engine._record("resolved", stub, None, dlq_id=entry_id, note=note)], engine.clock.now()
     )
-    return entry
+    return entry.to_dict()
 
 
-def dead_letter(engine: Engine, entry_id: str) -> dict[str, Any]:
+def dead_letter(engine: Engine, entry_id: str) -> DeadLetter:
     entry = engine.store.dead_letter(entry_id)
     if entry is None:
         raise UserError(f"no dead letter {entry_id!r}; see `agentjobs dlq list`")
-    return entry
+    return DeadLetter.from_dict(entry)

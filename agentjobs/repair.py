@@ -34,7 +34,15 @@ from typing import Any
 
 from agentjobs.clock import iso
 from agentjobs.errors import UserError
-from agentjobs.store import AppliedJob, AttemptSummary, JobState, QueueItem, Runtime, Store
+from agentjobs.store import (
+    AppliedJob,
+    AttemptSummary,
+    JobState,
+    QueueItem,
+    QueueState,
+    Runtime,
+    Store,
+)
 
 # outcomes that do not use up one of the retry policy's attempts (engine.Engine._finish)
 _FREE_OUTCOMES = ("interrupted", "rate_limited", "succeeded")
@@ -238,7 +246,7 @@ def _queue_item(run_id: str, run: _Run, applied: AppliedJob | None, stamp: str) 
     if last["event"] == "attempt_started":  # never finished: as its dead tick left it
         return dataclasses.replace(
             base,
-            state="running",
+            state=QueueState.RUNNING,
             started_at=last.get("started_at") or last.get("time"),
             host=last.get("host"),
             pid=last.get("pid"),

@@ -20,7 +20,7 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from agentjobs.clock import iso, parse
-from agentjobs.store import AppliedJob, AttemptSummary, JobState, QueueItem
+from agentjobs.store import AppliedJob, AttemptSummary, DeadLetter, JobState, QueueItem, QueueState
 
 if TYPE_CHECKING:
     import random
@@ -179,7 +179,7 @@ class Settlement:
 
     result: AttemptResult
     retry: QueueItem | None  # the run's next attempt (queued again), or None: the run ended
-    dead_letter: dict[str, Any] | None  # its dead-letter entry, when it ended there
+    dead_letter: DeadLetter | None  # its dead-letter entry, when it ended there
     hold: tuple[str, str] | None  # (usage-limit key, until): jobs sharing it wait
     state: JobState | None  # the job's new state (None: the job has no state)
     events: tuple[str, ...]  # notification events (`notify`)
@@ -259,7 +259,7 @@ def _next_attempt(
 
     return dataclasses.replace(
         item,
-        state="queued",
+        state=QueueState.QUEUED,
         attempt=item.attempt + 1,
         failures=failures_after(item.failures, outcome),
         not_before=at,
@@ -320,25 +320,22 @@ def finish_events(
 
 def dead_letter_entry(
     item: QueueItem, job: AppliedJob | None, last: AttemptSummary, reason: str | None
-) -> dict[str, Any]:
+) -> DeadLetter:
     """The dead-letter entry of a run that ended with `last`: the spec as it was, every
     attempt."""
-    return {
-        "id": item.run_id,
-        "job": item.job,
-        "run_id": item.run_id,
-        "slot": item.slot,
-        "trigger": item.trigger,
-        "created_at": last.finished_at,
-        "reason": reason,
-        "status": "open",
-        "spec": dict(job.spec) if job else None,
-        "spec_hash": job.spec_hash if job else None,
-        "attempts": [h.to_dict() for h in (*item.history, last)],
-        "replays": [],
-        "note": None,
-        "replay_of": item.replay_of,
-    }
+    return DeadLetter(
+        id=item.run_id,
+        job=item.job,
+        run_id=item.run_id,
+        slot=item.slot,
+        trigger=item.trigger,
+        created_at=last.finished_at,
+        reason=reason,
+        spec=dict(job.spec) if job else None,
+        spec_hash=job.spec_hash if job else None,
+        attempts=tuple(h.to_dict() for h in (*item.history, last)),
+        replay_of=item.replay_of,
+    )
 
 
 def abandoned(item: QueueItem, finished: Mapping[str, Any]) -> AttemptResult:

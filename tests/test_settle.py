@@ -96,7 +96,7 @@ def test_the_last_attempt_ends_in_the_dead_letter_queue_with_every_attempt() -> 
     assert [r["event"] for r in records] == ["attempt_finished", "dead_lettered"]
     done = settle(last, spec, None, records[0])
     assert done.retry is None and done.dead_letter is not None
-    assert len(done.dead_letter["attempts"]) == 3 and done.result.dlq_id == "01RUN"
+    assert len(done.dead_letter.attempts) == 3 and done.result.dlq_id == "01RUN"
     assert done.events == ("failed", "dead_lettered") and done.pings == ("fail",)
 
 

@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
+from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -139,6 +140,13 @@ class AttemptSummary:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
 
 
+class QueueState(StrEnum):
+    """Where a queued item is: waiting for its key and a slot, or claimed and running."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+
+
 @dataclass(frozen=True, slots=True)
 class QueueItem:
     """A run waiting for, or holding, its lock key.
@@ -162,7 +170,7 @@ class QueueItem:
     corrective: bool = False
     replay_of: str | None = None
     history: tuple[AttemptSummary, ...] = ()
-    state: str = "queued"  # queued | running
+    state: QueueState = QueueState.QUEUED
     started_at: str | None = None
     host: str | None = None
     pid: int | None = None  # the tick process that runs it
@@ -176,6 +184,8 @@ class QueueItem:
     order: tuple[int, str, str] = dataclasses.field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
+        if type(self.state) is not QueueState:
+            object.__setattr__(self, "state", QueueState(self.state))
         rank = PRIORITY_RANK.get(self.priority, 1)
         object.__setattr__(self, "order", (rank, self.queued_at, self.id))
 
@@ -208,6 +218,43 @@ def held_message(key: str, by: QueueItem | str, *, with_host: bool = False) -> s
         f"lock key {key} is held by run {by.run_id} (job {by.job}, attempt {by.attempt}{host}, "
         f"started {by.started_at})"
     )
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """A run that ended in the dead-letter queue: the spec as it was and every attempt. Kept
+    until a person replays or resolves it (never deleted by agentjobs). `to_dict`/`from_dict` are
+    its one codec (a file per entry, or a row)."""
+
+    id: str
+    job: str
+    run_id: str
+    slot: str | None
+    trigger: str
+    created_at: str
+    reason: str | None
+    spec: dict[str, Any] | None
+    spec_hash: str | None
+    attempts: tuple[dict[str, Any], ...]
+    status: str = "open"  # open | replayed | resolved
+    replays: tuple[dict[str, Any], ...] = ()
+    note: str | None = None
+    replay_of: str | None = None
+    resolved_at: str | None = None  # written only once resolved
+
+    def to_dict(self) -> dict[str, Any]:
+        data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        data["attempts"], data["replays"] = list(self.attempts), list(self.replays)
+        if self.resolved_at is None:
+            del data["resolved_at"]
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> DeadLetter:
+        values = dict(data)
+        values["attempts"] = tuple(values.get("attempts", ()))
+        values["replays"] = tuple(values.get("replays", ()))
+        return cls(**values)
 
 
 @dataclass(slots=True)

@@ -56,6 +56,7 @@ from agentjobs.store import (
     JobState,
     OutboxEvent,
     QueueItem,
+    QueueState,
     Refusal,
     Runtime,
     held_message,
@@ -347,7 +348,7 @@ class FileStore:
             key.note(request.note(item))
             running = dataclasses.replace(
                 item,
-                state="running",
+                state=QueueState.RUNNING,
                 started_at=request.now,
                 host=request.host,
                 pid=request.pid,
