@@ -1065,22 +1065,10 @@ class PostgresStore:
     ) -> Claim | Refusal | _Contended | None:
         """Take the best runnable item across hosts: leases for its key and a slot, marked
         running, in one transaction. Claimers skip each other's rows (`SKIP LOCKED`)."""
-        host, now, only = request.host, request.now, request.only
-        timeout = request.timeout
-        slots, host_slots = request.slots, request.host_slots
+        only = request.only
         duration = self.lease_duration()
-
-        def refuse(job: str, context: Runtime) -> str | None:
-            return refusal(
-                applied.get(job),
-                context.jobs.get(job),
-                context.holds,
-                request,
-                other_hosts=True,
-            )
-
         with self._db() as conn, conn.transaction(), conn.cursor() as cur:
-            self._lock_meta(conn, timeout, "FOR SHARE")
+            self._lock_meta(conn, request.timeout, "FOR SHARE")
             context, busy, leased = self._claim_context(cur)
             if only is not None:
                 cur.execute(
@@ -1090,81 +1078,118 @@ class PostgresStore:
                 )
                 batches: Iterable[list[tuple[str, str, str, str]]] = [cur.fetchall()]
             else:
-                batches = self._candidates(cur, now, busy)
+                batches = self._candidates(cur, request.now, busy)
             token = uuid.uuid4().hex
             have_slot = False
             seen: list[str] = []
             for batch in batches:
                 for item_id, job, lock_key, data in batch:
                     seen.append(item_id)
-                    if lock_key in busy:
+                    why = self._why_not(
+                        cur, request, applied, context, busy, item_id, job, lock_key
+                    )
+                    if why is not None:
                         if only is not None:
-                            return Refusal(self._held_message(cur, lock_key))
-                        continue
-                    reason = refuse(job, context)
-                    if reason is not None:
-                        if reason.startswith("host:"):
-                            cur.execute(
-                                f"INSERT INTO {SCHEMA}.host_notes (host, item_id, reason) "
-                                "VALUES (%s, %s, %s) ON CONFLICT (host, item_id) DO UPDATE "
-                                "SET reason = excluded.reason, at = now()",
-                                (host, item_id, reason[5:].strip()),
-                            )
-                        if only is not None:
-                            return Refusal(reason.removeprefix("host:").strip())
+                            return Refusal(why)
                         continue
                     if not have_slot:
                         taken = self._take_slots(
-                            cur, token, host, slots, host_slots, leased, duration
+                            cur,
+                            token,
+                            request.host,
+                            request.slots,
+                            request.host_slots,
+                            leased,
+                            duration,
                         )
                         if taken is not None:
                             return None if only is None else Refusal(taken)
                         have_slot = True
                     item = QueueItem.from_dict(json.loads(data))
-                    if not self._take_key(cur, token, host, item, duration, request.note(item)):
+                    note = request.note(item)
+                    if not self._take_key(cur, token, request.host, item, duration, note):
                         busy.add(lock_key)
                         if only is not None:
                             cur.execute(f"DELETE FROM {SCHEMA}.leases WHERE token = %s", (token,))
                             return Refusal(self._held_message(cur, lock_key))
                         continue
-                    running = QueueItem.from_dict(
-                        {
-                            **item.to_dict(),
-                            "state": "running",
-                            "started_at": now,
-                            "host": host,
-                            "pid": request.pid,
-                        }
-                    )
-                    cur.execute(
-                        f"WITH q AS (UPDATE {SCHEMA}.queue SET state = 'running', data = %s, "
-                        f"version = nextval('{SCHEMA}.row_version') WHERE id = %s), "
-                        f"j AS (UPDATE {SCHEMA}.jobs SET data = data || %s, "
-                        f"version = nextval('{SCHEMA}.row_version') WHERE name = %s) "
-                        f"DELETE FROM {SCHEMA}.host_notes WHERE item_id = %s",
-                        (
-                            json.dumps(running.to_dict()),
-                            item.id,
-                            json.dumps({"last_started": now, "last_run_id": item.run_id}),
-                            item.job,
-                            item.id,
-                        ),
-                    )
+                    running = self._mark_running(cur, request, item)
                     return Claim(running, applied[item.job], Lease(self, token, duration))
             if have_slot:
                 cur.execute(f"DELETE FROM {SCHEMA}.leases WHERE token = %s", (token,))
-            if only is None:
-                # due rows this claim never saw were skipped: locked by other claims
-                cur.execute(
-                    f"SELECT EXISTS (SELECT 1 FROM {SCHEMA}.queue WHERE state = 'queued' "
-                    "AND not_before <= %s AND NOT lock_key = ANY(%s::text[]) "
-                    "AND NOT id = ANY(%s::text[]))",
-                    (now, list(busy), seen),
-                )
-                row = cur.fetchone()
-                if row is not None and row[0]:
-                    return CONTENDED
+            if only is None and self._skipped_rows(cur, request.now, busy, seen):
+                return CONTENDED
             return None
+
+    def _why_not(
+        self,
+        cur: psycopg.Cursor[Any],
+        request: ClaimRequest,
+        applied: Mapping[str, AppliedJob],
+        context: Runtime,
+        busy: set[str],
+        item_id: str,
+        job: str,
+        lock_key: str,
+    ) -> str | None:
+        """Why this host does not claim a queued row now (its key is busy, `refusal`), or
+        None. A reason about this host alone is kept in `host_notes` for `status`."""
+        if lock_key in busy:  # who holds it is looked up only for the one item asked for
+            return "busy" if request.only is None else self._held_message(cur, lock_key)
+        reason = refusal(
+            applied.get(job), context.jobs.get(job), context.holds, request, other_hosts=True
+        )
+        if reason is not None and reason.startswith("host:"):
+            cur.execute(
+                f"INSERT INTO {SCHEMA}.host_notes (host, item_id, reason) "
+                "VALUES (%s, %s, %s) ON CONFLICT (host, item_id) DO UPDATE "
+                "SET reason = excluded.reason, at = now()",
+                (request.host, item_id, reason[5:].strip()),
+            )
+        return None if reason is None else reason.removeprefix("host:").strip()
+
+    def _mark_running(
+        self, cur: psycopg.Cursor[Any], request: ClaimRequest, item: QueueItem
+    ) -> QueueItem:
+        """The claimed row as running, its job's last start, its host notes gone."""
+        now = request.now
+        running = QueueItem.from_dict(
+            {
+                **item.to_dict(),
+                "state": "running",
+                "started_at": now,
+                "host": request.host,
+                "pid": request.pid,
+            }
+        )
+        cur.execute(
+            f"WITH q AS (UPDATE {SCHEMA}.queue SET state = 'running', data = %s, "
+            f"version = nextval('{SCHEMA}.row_version') WHERE id = %s), "
+            f"j AS (UPDATE {SCHEMA}.jobs SET data = data || %s, "
+            f"version = nextval('{SCHEMA}.row_version') WHERE name = %s) "
+            f"DELETE FROM {SCHEMA}.host_notes WHERE item_id = %s",
+            (
+                json.dumps(running.to_dict()),
+                item.id,
+                json.dumps({"last_started": now, "last_run_id": item.run_id}),
+                item.job,
+                item.id,
+            ),
+        )
+        return running
+
+    def _skipped_rows(
+        self, cur: psycopg.Cursor[Any], now: str, busy: set[str], seen: list[str]
+    ) -> bool:
+        """Whether due rows this claim never saw were skipped: locked by other claims."""
+        cur.execute(
+            f"SELECT EXISTS (SELECT 1 FROM {SCHEMA}.queue WHERE state = 'queued' "
+            "AND not_before <= %s AND NOT lock_key = ANY(%s::text[]) "
+            "AND NOT id = ANY(%s::text[]))",
+            (now, list(busy), seen),
+        )
+        row = cur.fetchone()
+        return bool(row is not None and row[0])
 
     def _claim_context(self, cur: psycopg.Cursor[Any]) -> tuple[Runtime, set[str], set[str]]:
         """One query for what a claim judges by: paused jobs and usage-limit holds (as a
