@@ -96,14 +96,16 @@ class _Run:
 def repair(store: Store, now: datetime, *, force: bool, lock_timeout: float) -> RepairResult:
     """Rebuild runtime.json under the state lock; the old file, if any, is kept beside it as
     `runtime.json.damaged-<time>`. Refuses a sound runtime.json unless `force`."""
-    from agentjobs.store.files import FileStore
+    from agentjobs.store import state_directory
 
-    if not isinstance(store, FileStore):
+    files = state_directory(store)
+    if files is None:
         raise UserError(
             f"the state in {store.describe()} is in PostgreSQL, which changes it in "
             "transactions: `repair` is not needed there (it rebuilds a state directory's "
             "runtime.json)"
         )
+    store = files
     if not store.exists():
         raise UserError(f"no state in {store.describe()}; nothing to repair")
     with store.lock(lock_timeout):

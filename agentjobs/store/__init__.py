@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from agentjobs.spec import JobSpec
+    from agentjobs.store.files import FileStore
 
 STATE_FORMAT = 1
 PRIORITY_RANK = {"high": 0, "normal": 1, "low": 2}
@@ -205,6 +206,13 @@ class QueueItem:
 
 
 _QUEUE_ITEM_FIELDS = tuple(f.name for f in dataclasses.fields(QueueItem) if f.init)
+
+
+def state_directory(store: Store) -> FileStore | None:
+    """`store` when it is a state directory (what `repair` rebuilds), else None."""
+    from agentjobs.store.files import FileStore
+
+    return store if isinstance(store, FileStore) else None
 
 
 def held_message(key: str, by: QueueItem | str, *, with_host: bool = False) -> str:
@@ -451,6 +459,8 @@ class Store(Protocol):
     - `see_host(host, labels)`: this host is alive (shared stores list hosts); `close_thread()`:
       let go of this thread's connection, if any; `orphans_possible(runtime)`: whether a pass
       must look for orphans (files: always, it is cheap; a shared store asks the leases once).
+    - `prepare_keys(keys)`: make claiming these lock keys cheap later (files: create their lock
+      files at apply time, not under the state lock of a busy tick; leases: nothing).
     - `hosts()`: the hosts seen lately (shared stores; none on files); `host_notes()`: queued
       item id -> [(host, why that host left it alone)] (a missing workdir, runs_on labels).
     - `shared`: whether several hosts share this state (PostgreSQL: leases instead of flocks);
@@ -542,6 +552,8 @@ class Store(Protocol):
     def orphaned(self, item: QueueItem) -> bool: ...
 
     def see_host(self, host: str, labels: Iterable[str]) -> None: ...
+
+    def prepare_keys(self, keys: Iterable[str]) -> None: ...
 
     def hosts(self) -> list[dict[str, Any]]: ...
 

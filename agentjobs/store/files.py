@@ -402,6 +402,9 @@ class FileStore:
     def see_host(self, host: str, labels: Iterable[str]) -> None:
         pass  # one host
 
+    def prepare_keys(self, keys: Iterable[str]) -> None:
+        locks.prepare_keys(self.locks_dir, keys)
+
     def hosts(self) -> list[dict[str, Any]]:
         return []  # one host, not listed
 

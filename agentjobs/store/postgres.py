@@ -966,6 +966,9 @@ class PostgresStore:
         """The lease its tick claimed, renewed and released by the attempt's supervisor."""
         return Lease(self, str(handoff["token"]), float(handoff["duration"]))
 
+    def prepare_keys(self, keys: Iterable[str]) -> None:
+        pass  # keys are lease rows, made by the claim
+
     def orphaned(self, item: QueueItem) -> bool:
         """Across hosts the lease is the only truth: renewed, the attempt lives."""
         return not self.attempt_leased(item.run_id, item.attempt)
