@@ -49,7 +49,15 @@ def _claimed(cli: Any, jobs_dir: Path, state_dir: Path, count: int) -> list[Queu
         claim = engine._claim()
         assert isinstance(claim, Claim)
         claim.hold.release()
-        started = engine._record("attempt_started", claim.item, claim.job, started_at=iso(T0))
+        started = engine._record(
+            "attempt_started",
+            claim.item,
+            claim.job,
+            started_at=iso(T0),
+            child_pid=1,  # long gone: the attempt's supervisor was killed
+            supervisor={"pid": 1, "start": 0, "boot_id": "gone"},
+            log_path="x.log",
+        )
         engine.store.append_records([started], T0)
         claimed.append(claim.item)
     return claimed
