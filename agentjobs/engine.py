@@ -18,10 +18,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from agentjobs import planning, recovery, settle
+from agentjobs import planning
 from agentjobs.clock import Clock, iso
 from agentjobs.errors import UserError
-from agentjobs.settle import AttemptResult, Ended, Recorder, Settlement
 from agentjobs.store import (
     AppliedJob,
     Claim,
@@ -36,6 +35,7 @@ from agentjobs.store import (
 if TYPE_CHECKING:
     from agentjobs.daemon import Workers
     from agentjobs.notify import Notifier
+    from agentjobs.settle import AttemptResult, Recorder, Settlement
     from agentjobs.supervisor import ForkServer, Lane
 
 _T = TypeVar("_T")
@@ -135,6 +135,8 @@ class Engine:
         return max(1, min(self._slots(), int(per_host or self._slots())))
 
     def _recorder(self) -> Recorder:
+        from agentjobs.settle import Recorder
+
         return Recorder(self.host, os.getpid())
 
     def _record(
@@ -253,6 +255,8 @@ class Engine:
 
         The orphans and their finish records are found first, without the state lock (the
         lookup reads records); the transaction only re-checks and settles them."""
+        from agentjobs import recovery
+
         orphans = recovery.orphans(self)
         with self.store.transaction(self.lock_timeout) as runtime:
             applied = self.store.applied()
@@ -321,6 +325,7 @@ class Engine:
         The supervisor outlives this tick: should the tick die or freeze before it settles,
         the supervisor settles the attempt itself."""
         from agentjobs import supervisor
+        from agentjobs.settle import AttemptResult
 
         if lane is None:
             own = supervisor.Lane(self._fork_server())
@@ -357,6 +362,7 @@ class Engine:
         """The attempt's result as its supervisor reports it (`supervisor.supervise`); a lost
         supervisor is reported `lost` for the next tick to recover."""
         from agentjobs import supervisor
+        from agentjobs.settle import AttemptResult
 
         item = claim.item
         request = {
@@ -413,6 +419,8 @@ class Engine:
         (`Store.records_with_state`) go in with the state. The tick and the supervisor both
         settle this way; with `claim_next` the tick also claims the worker's next item with
         its slot (files: in the same write)."""
+        from agentjobs import settle
+
         item = claim.item
         ended: list[dict[str, Any]] = list(finished["records"])
         outcome: list[AttemptResult] = []
@@ -468,7 +476,9 @@ class Engine:
         """The records that end an attempt (`settle.finish_records`; `ended`: `Ended`'s
         fields). Reads no state: a supervisor appends these before anything else, so the
         attempt's true outcome is on disk whoever settles it (`_settle`)."""
-        return settle.finish_records(item, applied, Ended(**ended), now, self._recorder())
+        from agentjobs import settle
+
+        return settle.finish_records(item, applied, settle.Ended(**ended), now, self._recorder())
 
     def _settle(
         self,
@@ -480,6 +490,8 @@ class Engine:
         """Apply an attempt's `attempt_finished` record (`_decide`, already appended) to the
         state, inside a transaction (`settle.settle` says what changes). Whoever settles an
         attempt - its tick, its supervisor, recovery - does it this way."""
+        from agentjobs import settle
+
         done = settle.settle(item, applied, runtime.jobs.get(item.job), finished)
         if done.hold is not None:
             runtime.holds[done.hold[0]] = done.hold[1]
