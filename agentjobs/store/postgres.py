@@ -961,7 +961,6 @@ class PostgresStore:
                 (token,),
             )
 
-    @_again_once
     def hold_from(self, handoff: Mapping[str, Any], fds: Sequence[int]) -> Lease:
         """The lease its tick claimed, renewed and released by the attempt's supervisor."""
         return Lease(self, str(handoff["token"]), float(handoff["duration"]))
@@ -978,6 +977,7 @@ class PostgresStore:
         running = any(i.state == "running" for i in runtime.queue.values())
         return running and self.unleased_running() > 0
 
+    @_again_once
     def attempt_leased(self, run_id: str, attempt: int) -> bool:
         """Whether a live (unexpired) lease covers this attempt."""
         with self._db() as conn:
@@ -1072,6 +1072,15 @@ class PostgresStore:
         duration = self.lease_duration()
         with self._db() as conn, conn.transaction(), conn.cursor() as cur:
             self._lock_meta(conn, request.timeout, "FOR SHARE")
+            if isinstance(request.keep, Lease):
+                # the worker's settled attempt hands its slot over: its supervisor keeps only
+                # the key lease until it lets go (as a flocked slot moves to the next claim)
+                cur.execute(
+                    f"UPDATE {SCHEMA}.leases SET released_at = clock_timestamp(), "
+                    "release_reason = 'handed over' WHERE token = %s AND released_at IS NULL "
+                    "AND key LIKE 'slot:%%'",
+                    (request.keep.token,),
+                )
             context, busy, leased = self._claim_context(cur)
             if only is not None:
                 cur.execute(
