@@ -383,7 +383,10 @@ def _child(handler: Handler, request: dict[str, Any], fds: list[int]) -> None:
         os.close(null)
         for number in (signal.SIGTERM, signal.SIGINT):
             signal.signal(number, _Stop.signalled)
-        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        # A hang-up (the tick's terminal closing) is not for the supervisor: caught, not ignored,
+        # so the agents it starts get the default action back at exec (an ignored signal stays
+        # ignored across exec; SIGPIPE is restored by subprocess itself).
+        signal.signal(signal.SIGHUP, _ignore)
         signal.signal(signal.SIGPIPE, signal.SIG_IGN)
         from agentjobs import records
 
@@ -404,6 +407,10 @@ def _child(handler: Handler, request: dict[str, Any], fds: list[int]) -> None:
             kill_descendants(1.0)
     finally:
         os._exit(code)
+
+
+def _ignore(_number: int, _frame: object) -> None:
+    pass
 
 
 def _one(handler: Handler, request: dict[str, Any], link: socket.socket, fds: list[int]) -> bool:

@@ -261,3 +261,25 @@ def test_an_attempt_whose_tick_pid_now_belongs_to_another_process_is_recovered(
     assert "attempt 1 was lost" in recovered.stderr, recovered.stderr
     assert time.monotonic() - began < 30
     assert state.records("attempt_finished")[0]["outcome"] == "lost"
+
+
+def test_the_agent_gets_default_signal_dispositions_not_the_supervisors(
+    ajs, jobs_dir: Path, state: State
+) -> None:
+    # the supervisor shrugs off SIGHUP; an ignored signal would stay ignored across exec, so an
+    # agent started by it would never hear a hang-up (found by a helper testing the daemon)
+    write(
+        jobs_dir / "dispositions.yaml",
+        json.dumps(
+            {
+                "command": ["sh", "-c", "grep '^SigIgn:' /proc/self/status"],
+                "schedule": {"every": "1d"},
+            }
+        ),
+    )
+    assert ajs("apply").code == 0
+    assert ajs("tick").code == 0
+    tail = state.records("attempt_finished")[0]["output_tail"]
+    ignored = int(tail.split(":")[1].strip(), 16)
+    assert ignored & (1 << (signal.SIGHUP - 1)) == 0, tail
+    assert ignored & (1 << (signal.SIGPIPE - 1)) == 0, tail
