@@ -148,6 +148,9 @@ class QueueState(StrEnum):
     RUNNING = "running"
 
 
+_QUEUE_STATES: dict[str, QueueState] = {state.value: state for state in QueueState}
+
+
 @dataclass(frozen=True, slots=True)
 class QueueItem:
     """A run waiting for, or holding, its lock key.
@@ -185,10 +188,13 @@ class QueueItem:
     order: tuple[int, str, str] = dataclasses.field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        if type(self.state) is not QueueState:
-            object.__setattr__(self, "state", QueueState(self.state))
-        rank = PRIORITY_RANK.get(self.priority, 1)
-        object.__setattr__(self, "order", (rank, self.queued_at, self.id))
+        # runs for every item of every runtime read: dict lookups, not Enum() calls
+        state = _QUEUE_STATES.get(self.state)
+        if state is None:
+            raise ValueError(f"{self.state!r} is not a queue state")
+        set_ = object.__setattr__
+        set_(self, "state", state)
+        set_(self, "order", (PRIORITY_RANK.get(self.priority, 1), self.queued_at, self.id))
 
     def to_dict(self) -> dict[str, Any]:
         # None fields are left out (from_dict restores them): a smaller runtime.json to fsync
