@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agentjobs.errors import UserError
-from agentjobs.runner import Ending, Redactor, StopFlag, run_process
-from agentjobs.spec import JobSpec, job_from_dict
+from agentjobs.runner import Ending, ProcessResult, Redactor, StopFlag, run_process
+from agentjobs.spec import JobSpec
 from agentjobs.store import AppliedJob, QueueItem
+
+if TYPE_CHECKING:
+    from agentjobs.agents import Verdict
 
 MATCH_BYTES = 65536  # how much of the log `never_on`/`retry_on` output patterns search
 
@@ -80,116 +84,41 @@ def run_attempt(
     pass_fds: Sequence[int] = (),
     worktrees: Path | None = None,
 ) -> AttemptOutcome:
-    from agentjobs.environment import build_env, secret_values
+    from agentjobs.environment import secret_values
 
-    spec = job_from_dict(dict(applied.spec))
-    extra = {
-        "AGENTJOBS_JOB": spec.name,
-        "AGENTJOBS_RUN_ID": item.run_id,
-        "AGENTJOBS_ATTEMPT": str(item.attempt),
-        "AGENTJOBS_TRIGGER": item.trigger,
-        "AGENTJOBS_HOST": item.host or "",  # the runner host that claimed it
-        **(slot_env or {}),
-    }
-    cwd = spec.workdir
+    spec = applied.parsed
     try:
-        env = build_env(dict(spec.env), spec.env_file, extra)
-        argv = command_for(spec, item)
-        if spec.isolation == "worktree" and worktrees is not None:
-            from agentjobs import worktree
-
-            cwd = str(worktree.prepare(spec.workdir, worktrees, spec.name, item.run_id))
+        argv, cwd, env = _command(spec, item, slot_env, worktrees)
     except UserError as exc:
         log_path.parent.mkdir(parents=True, exist_ok=True)
         log_path.write_text(f"[agentjobs] {exc}\n")
         return AttemptOutcome("failed", None, None, str(exc), str(exc), 0.0, str(exc))
     secrets = secret_values(env, spec.secrets)
-    result = run_process(
-        argv,
+    run = functools.partial(
+        run_process,
         cwd=cwd,
         env=env,
         log_path=log_path,
-        timeout=spec.timeout,
-        silence_timeout=spec.silence_timeout,
         kill_grace=spec.kill_grace,
         secrets=secrets,
         pass_fds=pass_fds,
         max_log_size=spec.max_log_size,
         stop=stop,
         on_output=on_output,
-        on_start=on_start,
     )
-    outcome = {
-        Ending.TIMEOUT: "timeout",
-        Ending.SILENCE: "silence",
-        Ending.INTERRUPTED: "interrupted",
-        Ending.NOT_STARTED: "failed",
-    }.get(result.ending)
-    error = result.error
-    duration = result.duration_s
-    tail = result.output_tail
-    if outcome is None:
-        if result.exit_code == 0:
-            outcome = "succeeded"
-        else:
-            outcome = "failed"
-            error = (
-                f"exit code {result.exit_code}"
-                if result.exit_code is not None
-                else f"killed by {result.signal}"
-            )
-    facts: dict[str, Any] | None = None
-    permanent = False
-    reset_at = None
+    result = run(
+        argv, timeout=spec.timeout, silence_timeout=spec.silence_timeout, on_start=on_start
+    )
+    outcome, error = _exit_outcome(result)
+    duration, tail = result.duration_s, result.output_tail
+    verdict = None
     if spec.agent is not None and result.ending == Ending.EXITED:
-        # The agent's own verdict beats its exit code (is_error with exit 0, usage limits).
-        from agentjobs.agents import preset
-
-        verdict = preset(spec.agent.kind).judge(
-            _tail_of(log_path, 262144), result.exit_code, spec.agent, datetime.now(UTC)
-        )
-        facts = dict(verdict.facts) or None
-        if verdict.outcome is not None and verdict.outcome != outcome:
-            outcome = verdict.outcome
-            error = verdict.error if outcome != "succeeded" else None
-        elif verdict.error and outcome != "succeeded":
-            error = verdict.error
-        permanent = verdict.permanent
-        reset_at = verdict.reset_at
+        outcome, error, verdict = _judged(spec, result, log_path, outcome, error)
     if outcome == "succeeded" and spec.verify is not None:
-        with open(log_path, "ab") as log:
-            log.write(b"\n[agentjobs] verify\n")
-        verify_argv = (
-            ["/bin/sh", "-c", spec.verify.shell]
-            if spec.verify.shell is not None
-            else list(spec.verify.argv)
-        )
-        check = run_process(
-            verify_argv,
-            cwd=cwd,
-            env=env,
-            log_path=log_path,
-            timeout=spec.verify.timeout,
-            silence_timeout=None,
-            kill_grace=spec.kill_grace,
-            secrets=secrets,
-            pass_fds=pass_fds,
-            max_log_size=spec.max_log_size,
-            stop=stop,
-            on_output=on_output,
-        )
-        duration += check.duration_s
+        outcome, error, spent = _verified(spec, run, log_path)
+        duration += spent
         tail = _tail_of(log_path, 4096)
-        if check.ending == Ending.INTERRUPTED:
-            outcome, error = "interrupted", check.error
-        elif check.ending != Ending.EXITED or check.exit_code != 0:
-            outcome = "verify_failed"
-            how = check.error or (
-                f"exit code {check.exit_code}"
-                if check.exit_code is not None
-                else f"killed by {check.signal}"
-            )
-            error = f"verify {' '.join(verify_argv)} failed ({how}): {check.output_tail[-500:]}"
+    facts = dict(verdict.facts) if verdict is not None and verdict.facts else None
     if spec.isolation == "worktree" and worktrees is not None:
         from agentjobs import worktree
 
@@ -201,8 +130,8 @@ def run_attempt(
     redactor = Redactor(secrets)
     return AttemptOutcome(
         agent=facts,
-        permanent=permanent,
-        reset_at=reset_at,
+        permanent=verdict.permanent if verdict is not None else False,
+        reset_at=verdict.reset_at if verdict is not None else None,
         outcome=outcome,
         exit_code=result.exit_code,
         signal=result.signal,
@@ -217,3 +146,89 @@ def run_attempt(
             else tail
         ),
     )
+
+
+def _command(
+    spec: JobSpec, item: QueueItem, slot_env: Mapping[str, str] | None, worktrees: Path | None
+) -> tuple[list[str], str, dict[str, str]]:
+    """The attempt's argv, working directory and environment (a worktree of its own with
+    `isolation: worktree`); UserError when one of them cannot be had."""
+    from agentjobs.environment import build_env
+
+    extra = {
+        "AGENTJOBS_JOB": spec.name,
+        "AGENTJOBS_RUN_ID": item.run_id,
+        "AGENTJOBS_ATTEMPT": str(item.attempt),
+        "AGENTJOBS_TRIGGER": item.trigger,
+        "AGENTJOBS_HOST": item.host or "",  # the runner host that claimed it
+        **(slot_env or {}),
+    }
+    env = build_env(dict(spec.env), spec.env_file, extra)
+    argv = command_for(spec, item)
+    cwd = spec.workdir
+    if spec.isolation == "worktree" and worktrees is not None:
+        from agentjobs import worktree
+
+        cwd = str(worktree.prepare(spec.workdir, worktrees, spec.name, item.run_id))
+    return argv, cwd, env
+
+
+def _exit_outcome(result: ProcessResult) -> tuple[str, str | None]:
+    """The outcome the process's ending says, and its error."""
+    ended = {
+        Ending.TIMEOUT: "timeout",
+        Ending.SILENCE: "silence",
+        Ending.INTERRUPTED: "interrupted",
+        Ending.NOT_STARTED: "failed",
+    }.get(result.ending)
+    if ended is not None:
+        return ended, result.error
+    if result.exit_code == 0:
+        return "succeeded", result.error
+    if result.exit_code is not None:
+        return "failed", f"exit code {result.exit_code}"
+    return "failed", f"killed by {result.signal}"
+
+
+def _judged(
+    spec: JobSpec, result: ProcessResult, log_path: Path, outcome: str, error: str | None
+) -> tuple[str, str | None, Verdict]:
+    """The agent's own verdict beats its exit code (is_error with exit 0, usage limits)."""
+    from agentjobs.agents import preset
+
+    assert spec.agent is not None
+    verdict = preset(spec.agent.kind).judge(
+        _tail_of(log_path, 262144), result.exit_code, spec.agent, datetime.now(UTC)
+    )
+    if verdict.outcome is not None and verdict.outcome != outcome:
+        outcome = verdict.outcome
+        error = verdict.error if outcome != "succeeded" else None
+    elif verdict.error and outcome != "succeeded":
+        error = verdict.error
+    return outcome, error, verdict
+
+
+def _verified(
+    spec: JobSpec, run: Callable[..., ProcessResult], log_path: Path
+) -> tuple[str, str | None, float]:
+    """`verify` after a success: the attempt succeeds only if it passes."""
+    assert spec.verify is not None
+    with open(log_path, "ab") as log:
+        log.write(b"\n[agentjobs] verify\n")
+    verify_argv = (
+        ["/bin/sh", "-c", spec.verify.shell]
+        if spec.verify.shell is not None
+        else list(spec.verify.argv)
+    )
+    check = run(verify_argv, timeout=spec.verify.timeout, silence_timeout=None)
+    if check.ending == Ending.INTERRUPTED:
+        return "interrupted", check.error, check.duration_s
+    if check.ending != Ending.EXITED or check.exit_code != 0:
+        how = check.error or (
+            f"exit code {check.exit_code}"
+            if check.exit_code is not None
+            else f"killed by {check.signal}"
+        )
+        error = f"verify {' '.join(verify_argv)} failed ({how}): {check.output_tail[-500:]}"
+        return "verify_failed", error, check.duration_s
+    return "succeeded", None, check.duration_s

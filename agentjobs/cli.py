@@ -24,15 +24,19 @@ from agentjobs.errors import (
     ENVIRONMENT_ERRNOS,
     InvalidJobError,
     Problem,
+    StateWriteError,
     UserError,
     environment_error,
 )
 
 if TYPE_CHECKING:
+    import threading
+
     from agentjobs.clock import Clock
-    from agentjobs.engine import AttemptResult, Engine
+    from agentjobs.engine import Engine
     from agentjobs.reconcile import Plan
-    from agentjobs.store import Store
+    from agentjobs.settle import AttemptResult
+    from agentjobs.store import AppliedJob, Store
     from agentjobs.transcript import Transcript
     from agentjobs.validate import LoadResult
 
@@ -260,13 +264,36 @@ def plan(ctx: Context, prune: bool) -> None:
         raise Exit(EXIT_CHANGES)
 
 
+def _lock_timeout(flag: float | None = None) -> float:
+    """Seconds to wait for the state lock: `flag` (--lock-timeout), else AGENTJOBS_LOCK_TIMEOUT
+    (unset or empty: the engine's default, 30). Anything but a number of seconds, 0 or more, is
+    a `UserError` naming where it came from (one line, exit 2)."""
+    import math
+
+    from agentjobs.engine import DEFAULT_LOCK_TIMEOUT
+
+    if flag is not None:
+        value, source = flag, f"--lock-timeout {flag:g}"
+    else:
+        text = os.environ.get("AGENTJOBS_LOCK_TIMEOUT", "")
+        if not text:  # as click reads an empty variable: not set
+            return DEFAULT_LOCK_TIMEOUT
+        source = f"AGENTJOBS_LOCK_TIMEOUT={text!r}"
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+    if not (math.isfinite(value) and value >= 0):
+        raise UserError(f"{source}: the lock timeout is a number of seconds, 0 or more (30, say)")
+    return value
+
+
 _lock_timeout_option = click.option(
     "--lock-timeout",
     type=float,
-    envvar="AGENTJOBS_LOCK_TIMEOUT",
-    default=30.0,
-    show_default=True,
-    help="Seconds to wait for another apply or tick.",
+    default=None,
+    callback=lambda _ctx, _param, flag: _lock_timeout(flag),
+    help="Seconds to wait for another apply or tick [default: AGENTJOBS_LOCK_TIMEOUT, else 30].",
 )
 
 
@@ -318,15 +345,13 @@ def _left(moment: str | None, now: datetime) -> str:
     return format_duration(seconds)
 
 
-def _held(
-    agent: dict[str, Any] | None, holds: dict[str, str], now: datetime
-) -> tuple[str, str] | None:
+def _held(job: AppliedJob, holds: dict[str, str], now: datetime) -> tuple[str, str] | None:
     """(limit key, until) when the job's agent shares a usage limit that is in force."""
     from agentjobs.clock import iso
 
-    if not agent:
+    key = job.limit_key
+    if key is None:
         return None
-    key = str(agent.get("limit_key") or agent.get("kind"))
     until = holds.get(key)
     return (key, until) if until and until > (iso(now) or "") else None
 
@@ -348,14 +373,8 @@ def status(ctx: Context, now_text: str | None) -> None:
     now = _now(now_text)
     applied = store.applied()
     runtime = store.runtime()
-    notes: dict[str, list[tuple[str, str]]] = {}
-    hosts: list[dict[str, Any]] = []
-    if store.shared:  # why hosts left queued items alone (a missing workdir, runs_on labels)
-        from agentjobs.store.postgres import PostgresStore
-
-        assert isinstance(store, PostgresStore)
-        notes = store.host_notes()
-        hosts = store.hosts()
+    notes = store.host_notes()  # why hosts left queued items alone (workdir, runs_on labels)
+    hosts = store.hosts()
     rows = []
     for name in sorted(applied):
         job = applied[name]
@@ -381,7 +400,7 @@ def status(ctx: Context, now_text: str | None) -> None:
                 "last": state.last_started if state else None,
                 "result": state.last_outcome if state else None,
                 "lock": job.spec.get("lock"),
-                "held": _held(job.spec.get("agent"), runtime.holds, now),
+                "held": _held(job, runtime.holds, now),
                 "skipped_by": [
                     {"host": host, "reason": reason}
                     for item in waiting
@@ -459,7 +478,7 @@ def _engine(
     return Engine(
         ctx.store(),
         clock=_clock(now_text),
-        lock_timeout=float(os.environ.get("AGENTJOBS_LOCK_TIMEOUT", "30")),
+        lock_timeout=_lock_timeout(),
         max_concurrent=max_concurrent,
         say=say,
         on_output=show if stream else None,
@@ -479,21 +498,28 @@ def _clock(now_text: str | None) -> Clock:
 
 
 class _Shutdown:
-    """SIGTERM/SIGINT set the engine's stop event: no new claims, running groups are stopped
-    (TERM, grace, KILL) and recorded `interrupted`; the exit code is 143 or 130."""
+    """While open, SIGTERM/SIGINT set `stop` (an engine's stop event: no new claims, running
+    groups are stopped (TERM, grace, KILL) and recorded `interrupted`); `code` is then 143 or
+    130. With `ignore_hangup`, SIGHUP does nothing meanwhile (the daemon). The old handlers come
+    back on exit."""
 
-    def __init__(self, engine: Engine) -> None:
-        self.engine = engine
+    def __init__(self, stop: threading.Event | None = None, ignore_hangup: bool = False) -> None:
+        import threading
+
+        self.stop = threading.Event() if stop is None else stop
         self.signal: int | None = None
+        self._ignore_hangup = ignore_hangup
 
     def __enter__(self) -> _Shutdown:
         import signal
 
         def handler(number: int, _frame: object) -> None:
             self.signal = number
-            self.engine.stop.set()
+            self.stop.set()
 
         self._old = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
+        if self._ignore_hangup:
+            self._old[signal.SIGHUP] = signal.signal(signal.SIGHUP, lambda _n, _f: None)
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -536,7 +562,7 @@ def tick(
 ) -> None:
     """One scheduling pass: recover, enqueue what is due, run what is free, exit."""
     engine = _engine(ctx, now_text, max_concurrent, host=host_id, labels=labels)
-    with _Shutdown(engine) as shutdown:
+    with _Shutdown(engine.stop) as shutdown:
         result = engine.tick()
     if ctx.json:
         _emit_json(
@@ -569,7 +595,7 @@ def tick(
 def run(ctx: Context, job: str, wait: bool, host_id: str | None, labels: str) -> None:
     """Run JOB now, in the foreground, streaming its output."""
     engine = _engine(ctx, stream=not ctx.json, host=host_id, labels=labels)
-    with _Shutdown(engine) as shutdown:
+    with _Shutdown(engine.stop) as shutdown:
         item, outcome = engine.run_now(job, wait=wait)
     if isinstance(outcome, str):
         message = f"{job}: not started: {outcome}; run {item.run_id} stays queued for a later tick"
@@ -608,7 +634,9 @@ def run(ctx: Context, job: str, wait: bool, host_id: str | None, labels: str) ->
 @pass_ctx
 def pause(ctx: Context, job: str) -> None:
     """Stop scheduling JOB (no new slots) without editing its file."""
-    _engine(ctx).set_paused(job, True)
+    from agentjobs import operate
+
+    operate.set_paused(_engine(ctx), job, True)
     click.echo(f"{job}: paused")
 
 
@@ -617,7 +645,9 @@ def pause(ctx: Context, job: str) -> None:
 @pass_ctx
 def resume(ctx: Context, job: str) -> None:
     """Schedule JOB again, from now (the paused time is not caught up)."""
-    _engine(ctx).set_paused(job, False)
+    from agentjobs import operate
+
+    operate.set_paused(_engine(ctx), job, False)
     click.echo(f"{job}: resumed")
 
 
@@ -980,7 +1010,9 @@ def dlq_show(ctx: Context, entry_id: str) -> None:
 @pass_ctx
 def dlq_replay(ctx: Context, entry_id: str) -> None:
     """Enqueue a fresh run of the dead letter's job (new attempts), linked to it."""
-    item = _engine(ctx).replay(entry_id)
+    from agentjobs import operate
+
+    item = operate.replay(_engine(ctx), entry_id)
     if ctx.json:
         _emit_json({"run_id": item.run_id, "dlq_id": entry_id})
     else:
@@ -995,7 +1027,9 @@ def dlq_replay(ctx: Context, entry_id: str) -> None:
 @pass_ctx
 def dlq_resolve(ctx: Context, entry_id: str, note: str) -> None:
     """Mark a dead letter as handled (it is kept, never deleted)."""
-    _engine(ctx).resolve(entry_id, note)
+    from agentjobs import operate
+
+    operate.resolve(_engine(ctx), entry_id, note)
     click.echo(f"resolved {entry_id}")
 
 
@@ -1041,6 +1075,8 @@ def metrics(ctx: Context, textfile: Path | None, now_text: str | None) -> None:
         return
     try:
         write_textfile(textfile, text)
+    except StateWriteError:
+        raise  # one line naming the path and what to do already
     except OSError as exc:
         raise UserError(f"cannot write {textfile}: {exc.strerror}") from None
 
@@ -1261,20 +1297,13 @@ def daemon(
     labels: str,
 ) -> None:
     """Tick continuously: sleep until the next due slot, wake on apply, stop on SIGTERM."""
-    import signal
     import threading
 
     from agentjobs import daemon as daemon_loop
 
-    stop = threading.Event()
-
-    def handler(_number: int, _frame: object) -> None:
-        stop.set()
-
-    old = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
     # SIGHUP must not end the daemon; the global config is read again on every pass anyway
-    old[signal.SIGHUP] = signal.signal(signal.SIGHUP, lambda _n, _f: None)
-    try:
+    with _Shutdown(ignore_hangup=True) as shutdown:
+        stop = shutdown.stop
         store = ctx.store()
         clock = _clock(now_text)
 
@@ -1298,7 +1327,7 @@ def daemon(
                     ctx.store(),
                     prune,
                     stop,
-                    float(os.environ.get("AGENTJOBS_LOCK_TIMEOUT", "30")),
+                    _lock_timeout(),
                     lambda line: click.echo(f"agentjobs: watch: {line}", err=True),
                 ),
                 daemon=True,
@@ -1306,9 +1335,6 @@ def daemon(
         daemon_loop.run(
             store, one_pass, stop, lambda line: click.echo(f"agentjobs: {line}", err=True)
         )
-    finally:
-        for number, previous in old.items():
-            signal.signal(number, previous)
 
 
 @cli.command()
@@ -1316,27 +1342,19 @@ def daemon(
 @pass_ctx
 def watch(ctx: Context, prune: bool) -> None:
     """Validate and apply the jobs directory on every change (Ctrl-C to stop)."""
-    import signal
-    import threading
-
     from agentjobs import watch as watching
 
     if not ctx.jobs_dir.is_dir():
         raise UserError(f"jobs directory {ctx.jobs_dir} not found; pass --jobs-dir")
-    stop = threading.Event()
-    old = {s: signal.signal(s, lambda _n, _f: stop.set()) for s in (signal.SIGTERM, signal.SIGINT)}
-    try:
+    with _Shutdown() as shutdown:
         watching.run(
             ctx.jobs_dir,
             ctx.store(),
             prune,
-            stop,
-            float(os.environ.get("AGENTJOBS_LOCK_TIMEOUT", "30")),
+            shutdown.stop,
+            _lock_timeout(),
             lambda line: click.echo(line, err=False),
         )
-    finally:
-        for number, previous in old.items():
-            signal.signal(number, previous)
 
 
 @cli.group()
@@ -1348,9 +1366,10 @@ def db() -> None:
 @pass_ctx
 def db_migrate(ctx: Context) -> None:
     """Apply the schema migrations this agentjobs needs (also done on first use)."""
-    from agentjobs.store.postgres import MIGRATIONS, PostgresStore, is_url
+    from agentjobs.store import is_database_url
+    from agentjobs.store.postgres import MIGRATIONS, PostgresStore
 
-    if not is_url(ctx.state_dir):
+    if not is_database_url(ctx.state_dir):
         raise UserError(
             "db migrate works on a PostgreSQL state: pass --state-dir postgresql://... or set "
             "AGENTJOBS_DATABASE_URL"
@@ -1441,9 +1460,7 @@ def state_import(ctx: Context, source: Path) -> None:
     from agentjobs import transfer
 
     with open(source, encoding="utf-8") as handle:
-        counts = transfer.import_(
-            ctx.store(), handle, float(os.environ.get("AGENTJOBS_LOCK_TIMEOUT", "30"))
-        )
+        counts = transfer.import_(ctx.store(), handle, _lock_timeout())
     if ctx.json:
         _emit_json(counts)
         return
@@ -1457,13 +1474,15 @@ def _crash_report(state_dir: str) -> str:
     import platform
     import tempfile
 
+    from agentjobs.store import is_database_url
+
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     body = (
         f"agentjobs {__version__} crashed at {stamp}\n"
         f"python {platform.python_version()} on {platform.platform()}\n"
         f"argv: {sys.argv!r}\n\n{traceback.format_exc()}"
     )
-    if state_dir.startswith(("postgresql://", "postgres://")):
+    if is_database_url(state_dir):
         from agentjobs.store.postgres import default_local_dir
 
         state_dir = str(default_local_dir())

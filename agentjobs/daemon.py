@@ -22,12 +22,66 @@ from typing import TYPE_CHECKING
 
 from agentjobs import locks
 from agentjobs.clock import iso, parse
-from agentjobs.engine import Workers
 from agentjobs.errors import UserError
 from agentjobs.store import Runtime, Store
 
 if TYPE_CHECKING:
     from agentjobs.engine import Engine
+
+
+class Workers:
+    """A daemon's worker threads, kept across its passes (each pass has its own engine): how
+    many run, a count of attempt ends (each may free a slot or queue a retry: the daemon's
+    loop passes again), and the first failure a worker hit (raised by the next pass, as a tick
+    raises its workers' failure)."""
+
+    def __init__(self) -> None:
+        self._threads: list[threading.Thread] = []
+        self._failures: list[UserError] = []
+        self._guard = threading.Lock()
+        self._running = 0
+        self._ended = 0
+
+    def start(self, target: Callable[[Workers], None]) -> None:
+        self._threads = [w for w in self._threads if w.is_alive()]
+        with self._guard:
+            self._running += 1
+        worker = threading.Thread(target=target, args=(self,), daemon=True)
+        worker.start()
+        self._threads.append(worker)
+        time.sleep(0.005)  # let this worker claim before the next one looks
+
+    def running(self) -> int:
+        with self._guard:
+            return self._running
+
+    def ended(self) -> int:
+        with self._guard:
+            return self._ended
+
+    def attempt_ended(self) -> None:
+        with self._guard:
+            self._ended += 1
+
+    def done(self, failures: list[UserError], worked: bool) -> None:
+        """A worker is done (nothing more to claim); one that ran attempts freed its slot."""
+        with self._guard:
+            self._failures.extend(failures)
+            self._running -= 1
+            self._ended += 1 if worked else 0
+
+    def raise_failure(self) -> None:
+        with self._guard:
+            if self._failures:
+                raise self._failures.pop(0)
+
+    def join(self) -> None:
+        """Wait for every worker (after a stop: their attempts are being interrupted)."""
+        for worker in self._threads:
+            while worker.is_alive():
+                worker.join(0.1)  # short joins keep the main thread free for signals
+        self._threads = []
+
 
 MAX_SLEEP = 30.0  # seconds; also how often a held lock or a paused job is looked at again
 WAKE_CHECK = 0.05  # seconds between checks for an apply while sleeping

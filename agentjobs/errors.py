@@ -93,6 +93,14 @@ class StateReadError(StateWriteError):
         super().__init__(path, cause, "read")
 
 
+class StateUnavailableError(UserError):
+    """The state cannot be had right now: its database is down or unreachable, a connection
+    broke (a restart, a failover, a network cut), or another process held the state lock past
+    the timeout. An error of the environment (one line, exit 2) that passes by itself: code that
+    can wait (a leased attempt's finish, a lease renewal) tries again on this and on no other
+    `UserError` (issue 11, item 6)."""
+
+
 class StateDamagedError(UserError):
     """A state file exists but is not what agentjobs wrote (damaged, wrong shape, missing)."""
 

@@ -10,7 +10,6 @@ https://prometheus.io/docs/instrumenting/exposition_formats/#text-based-format
 from __future__ import annotations
 
 import contextlib
-import os
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -295,21 +294,9 @@ def render(store: Store, now: datetime) -> str:
 
 
 def write_textfile(path: Path, text: str) -> None:
-    """Replace `path` atomically for node_exporter's textfile collector: a temp file in the same
-    directory (a name the collector ignores: it reads only `*.prom`), fsync, rename. Mode 0644:
-    node_exporter usually runs as another user."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    try:
-        os.fchmod(fd, 0o644)  # whatever the umask
-        view = memoryview(text.encode())
-        while view:
-            view = view[os.write(fd, view) :]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    try:
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    """Replace `path` atomically for node_exporter's textfile collector (a temp file it ignores:
+    it reads only `*.prom`). Mode 0644 whatever the umask: node_exporter usually runs as another
+    user."""
+    from agentjobs.store.files import atomic_write
+
+    atomic_write(path, text.encode(), mode=0o644)

@@ -15,7 +15,6 @@ from datetime import datetime
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
-from agentjobs import locks
 from agentjobs.clock import iso
 from agentjobs.spec import GlobalConfig, JobSpec
 from agentjobs.store import AppliedChange, AppliedJob, JobState, Store
@@ -201,13 +200,7 @@ def apply_plan(
             runtime.jobs.pop(name, None)
         store.write_applied(AppliedChange(put=put, remove=remove, config=config.to_dict()))
         runtime.applied_version = store.applied_version()
-        if not store.shared:
-            locks.prepare_keys(
-                store.locks_dir,
-                (
-                    str(job.spec["lock"])
-                    for job in put.values()
-                    if job.spec.get("isolation") != "worktree"
-                ),
-            )
+        store.prepare_keys(
+            str(job.spec["lock"]) for job in put.values() if job.spec.get("isolation") != "worktree"
+        )
         return plan

@@ -34,7 +34,15 @@ from typing import Any
 
 from agentjobs.clock import iso
 from agentjobs.errors import UserError
-from agentjobs.store import AppliedJob, AttemptSummary, JobState, QueueItem, Runtime, Store
+from agentjobs.store import (
+    AppliedJob,
+    AttemptSummary,
+    JobState,
+    QueueItem,
+    QueueState,
+    Runtime,
+    Store,
+)
 
 # outcomes that do not use up one of the retry policy's attempts (engine.Engine._finish)
 _FREE_OUTCOMES = ("interrupted", "rate_limited", "succeeded")
@@ -88,14 +96,16 @@ class _Run:
 def repair(store: Store, now: datetime, *, force: bool, lock_timeout: float) -> RepairResult:
     """Rebuild runtime.json under the state lock; the old file, if any, is kept beside it as
     `runtime.json.damaged-<time>`. Refuses a sound runtime.json unless `force`."""
-    from agentjobs.store.files import FileStore
+    from agentjobs.store import state_directory
 
-    if not isinstance(store, FileStore):
+    files = state_directory(store)
+    if files is None:
         raise UserError(
             f"the state in {store.describe()} is in PostgreSQL, which changes it in "
             "transactions: `repair` is not needed there (it rebuilds a state directory's "
             "runtime.json)"
         )
+    store = files
     if not store.exists():
         raise UserError(f"no state in {store.describe()}; nothing to repair")
     with store.lock(lock_timeout):
@@ -238,7 +248,7 @@ def _queue_item(run_id: str, run: _Run, applied: AppliedJob | None, stamp: str) 
     if last["event"] == "attempt_started":  # never finished: as its dead tick left it
         return dataclasses.replace(
             base,
-            state="running",
+            state=QueueState.RUNNING,
             started_at=last.get("started_at") or last.get("time"),
             host=last.get("host"),
             pid=last.get("pid"),

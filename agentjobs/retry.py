@@ -7,12 +7,19 @@ jitter, capped at the policy's `max`; the next attempt time is persisted by the 
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
+from typing import TYPE_CHECKING
 
-from agentjobs.spec import OutcomeMatch, RetryPolicy
+from agentjobs.clock import iso
+
+if TYPE_CHECKING:
+    import random
+
+    from agentjobs.spec import OutcomeMatch, RetryPolicy
 
 
 class Outcome(StrEnum):
@@ -35,6 +42,16 @@ class Next(StrEnum):
 
 # Outcomes that are not the job's fault: retried without using up an attempt.
 NOT_COUNTED = frozenset({Outcome.INTERRUPTED, Outcome.RATE_LIMITED})
+
+# The longest an agent's usage limit holds its jobs (a weekly limit, plus the spread below).
+MAX_HOLD_S = 7 * 86400.0 + 60.0
+
+
+def failures_after(failures: int, outcome: str) -> int:
+    """The failed attempts of a run once an attempt with `outcome` is counted: an interrupted,
+    rate-limited or successful attempt uses up none of the policy's attempts."""
+    counted = outcome != Outcome.SUCCEEDED and outcome not in NOT_COUNTED
+    return failures + (1 if counted else 0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,3 +124,60 @@ def _describe(match: OutcomeMatch) -> str:
     if match.exit_code is not None:
         return f"never_on exit code {match.exit_code}"
     return f"never_on output /{match.output}/"
+
+
+def conclude(
+    policy: RetryPolicy,
+    outcome: Outcome,
+    *,
+    exit_code: int | None,
+    output: str,
+    failures: int,
+    attempt: int,
+    now: datetime,
+    permanent: bool = False,
+    error: str | None = None,
+    reset_at: datetime | None = None,
+    job_deleted: bool = False,
+    rng: random.Random | None = None,
+) -> Decision:
+    """`decide`, then the rules that overrule it: an error the agent called permanent is never
+    retried; a usage limit retries at the reset the agent reported (spread over a minute, so the
+    jobs it held do not all start at once), else after the backoff; a deleted job's run ends in
+    the dead-letter queue. `failures`: the run's counted failures before this attempt."""
+    decision = decide(
+        policy,
+        outcome,
+        exit_code=exit_code,
+        output=output,
+        attempts_used=failures_after(failures, outcome),
+        now=now,
+    )
+    if permanent and decision.next == Next.RETRY:
+        decision = dataclasses.replace(
+            decision, next=Next.DEAD_LETTER, at=None, reason=f"a retry cannot fix this: {error}"
+        )
+    if outcome == Outcome.RATE_LIMITED and decision.next == Next.RETRY:
+        import random as default_rng
+
+        spread = (rng or default_rng).uniform(0, 60)
+        if reset_at is not None and reset_at > now:
+            until = reset_at + timedelta(seconds=spread)
+        else:
+            until = now + timedelta(seconds=delay(policy, max(1, attempt)))
+        decision = dataclasses.replace(
+            decision, at=until, reason=f"usage limit: retry at {iso(until)}"
+        )
+    if job_deleted and decision.next == Next.RETRY:
+        decision = dataclasses.replace(
+            decision, next=Next.DEAD_LETTER, reason="the job was deleted"
+        )
+    return decision
+
+
+def longest_wait(last_outcome: str | None, policy: RetryPolicy) -> float:
+    """The longest a retry can be meant to wait: the policy's max backoff, or for a usage limit
+    (the reset time an agent reported) MAX_HOLD_S."""
+    if last_outcome == Outcome.RATE_LIMITED:
+        return MAX_HOLD_S
+    return float(policy.backoff.max)

@@ -426,98 +426,119 @@ def run_process(
             )
         if on_start is not None:
             on_start(proc.pid)
-        pgid = proc.pid
+        output = _Output(proc, redactor, CappedLog(log, log_path, max_log_size), on_output)
+        ending, note = output.watch(started, timeout, silence_timeout, stop)
+        sent = kill_group(proc.pid, kill_grace, proc) if ending != Ending.EXITED else None
+        proc.wait()
+        # Whatever the main process left in its group is stopped (no orphans), then the pipe
+        # is drained of what is already in it without waiting for escaped writers.
+        if _group_alive(proc.pid):
+            kill_group(proc.pid, kill_grace)
+        if SUBREAPER:  # and whatever left the group (setsid) is stopped with the attempt
+            kill_descendants(kill_grace)
+        output.drain()
+        if note:
+            output.keep(
+                f"\n[agentjobs] {note}; sent {sent or 'nothing'} to the process group\n".encode()
+            )
+        output.capped.finish()
+    code = proc.returncode
+    sig = describe_signal(-code) if code < 0 else None
+    return ProcessResult(
+        ending=ending,
+        exit_code=code if code >= 0 else None,
+        signal=sent if ending != Ending.EXITED and sent else sig,
+        duration_s=round(time.monotonic() - started, 3),
+        output_tail=bytes(output.tail[-OUTPUT_TAIL_BYTES:]).decode("utf-8", errors="replace"),
+        error=note,
+    )
+
+
+class _Output:
+    """A running process's output: redacted, logged (capped), passed on, its tail kept; and the
+    watchdog that reads it until the process ends or a limit (timeout, silence, stop) is hit."""
+
+    def __init__(
+        self,
+        proc: subprocess.Popen[bytes],
+        redactor: Redactor,
+        capped: CappedLog,
+        on_output: Callable[[bytes], None] | None,
+    ) -> None:
         assert proc.stdout is not None
-        fd = proc.stdout.fileno()
-        tail = bytearray()
-        last_output = time.monotonic()
-        ending = Ending.EXITED
-        note = None
-        sent: str | None = None
+        self.proc, self.redactor, self.capped, self.on_output = proc, redactor, capped, on_output
+        self.fd = proc.stdout.fileno()
+        self.tail = bytearray()
+        self.last_output = time.monotonic()
+        self.pipe_open = True
+
+    def keep(self, data: bytes) -> None:
+        if not data:
+            return
+        self.capped.write(data)  # the whole output still counts as output (silence, tail)
+        if self.on_output is not None:
+            self.on_output(data)
+        self.tail += data
+        if len(self.tail) > OUTPUT_TAIL_BYTES * 2:
+            del self.tail[: len(self.tail) - OUTPUT_TAIL_BYTES]
+
+    def watch(
+        self, started: float, timeout: float, silence: float | None, stop: StopFlag | None
+    ) -> tuple[Ending, str | None]:
+        """Read until the process exited and its output closed (or a short drain passed), or
+        until a limit is hit: which ending, and the note saying why."""
+        proc = self.proc
         exited_at: float | None = None
-        capped = CappedLog(log, log_path, max_log_size)
-
-        def keep(data: bytes) -> None:
-            nonlocal tail
-            if not data:
-                return
-            capped.write(data)  # the whole output still counts as output (silence, tail)
-            if on_output is not None:
-                on_output(data)
-            tail += data
-            if len(tail) > OUTPUT_TAIL_BYTES * 2:
-                del tail[: len(tail) - OUTPUT_TAIL_BYTES]
-
-        pipe_open = True
         while True:
             now = time.monotonic()
             if exited_at is None and proc.poll() is not None:
                 exited_at = now
-            if exited_at is not None and (not pipe_open or now - exited_at >= _DRAIN_AFTER_EXIT):
-                break
+            if exited_at is not None and (
+                not self.pipe_open or now - exited_at >= _DRAIN_AFTER_EXIT
+            ):
+                return Ending.EXITED, None
             waits = [0.1]
             if exited_at is None:
                 waits.append(max(0.0, started + timeout - now))
-                if silence_timeout is not None:
-                    waits.append(max(0.0, last_output + silence_timeout - now))
-            if pipe_open:
-                ready, _, _ = select.select([fd], [], [], min(waits))
+                if silence is not None:
+                    waits.append(max(0.0, self.last_output + silence - now))
+            if self.pipe_open:
+                ready = select.select([self.fd], [], [], min(waits))[0]
             else:  # output closed: wait for the exit itself, returning the moment it comes
                 with contextlib.suppress(subprocess.TimeoutExpired):
                     proc.wait(min(waits))
                 ready = []
             if ready:
-                chunk = os.read(fd, _READ)
-                if chunk:
-                    last_output = time.monotonic()
-                    keep(redactor.feed(chunk))
-                else:  # EOF: every writer closed the pipe
-                    pipe_open = False
+                self.read()
                 continue
             if exited_at is not None:
                 continue
             now = time.monotonic()
             if stop is not None and stop.is_set():
-                ending = Ending.INTERRUPTED
-                note = getattr(stop, "reason", "") or "stopped by shutdown"
-            elif now - started >= timeout:
-                ending, note = Ending.TIMEOUT, f"timed out after {timeout:g}s"
-            elif silence_timeout is not None and now - last_output >= silence_timeout:
-                ending, note = Ending.SILENCE, f"no output for {silence_timeout:g}s"
-            else:
-                continue
-            sent = kill_group(pgid, kill_grace, proc)
-            break
-        proc.wait()
-        # Whatever the main process left in its group is stopped (no orphans), then the pipe
-        # is drained of what is already in it without waiting for escaped writers.
-        if _group_alive(pgid):
-            kill_group(pgid, kill_grace)
-        if SUBREAPER:  # and whatever left the group (setsid) is stopped with the attempt
-            kill_descendants(kill_grace)
-        while pipe_open and select.select([fd], [], [], 0)[0]:
-            chunk = os.read(fd, _READ)
+                return Ending.INTERRUPTED, getattr(stop, "reason", "") or "stopped by shutdown"
+            if now - started >= timeout:
+                return Ending.TIMEOUT, f"timed out after {timeout:g}s"
+            if silence is not None and now - self.last_output >= silence:
+                return Ending.SILENCE, f"no output for {silence:g}s"
+
+    def read(self) -> None:
+        chunk = os.read(self.fd, _READ)
+        if chunk:
+            self.last_output = time.monotonic()
+            self.keep(self.redactor.feed(chunk))
+        else:  # EOF: every writer closed the pipe
+            self.pipe_open = False
+
+    def drain(self) -> None:
+        """What is already in the pipe, without waiting for writers that escaped; then close."""
+        while self.pipe_open and select.select([self.fd], [], [], 0)[0]:
+            chunk = os.read(self.fd, _READ)
             if not chunk:
                 break
-            keep(redactor.feed(chunk))
-        keep(redactor.flush())
-        proc.stdout.close()
-        if note:
-            keep(f"\n[agentjobs] {note}; sent {sent or 'nothing'} to the process group\n".encode())
-        capped.finish()
-    code = proc.returncode
-    exit_code = code if code >= 0 else None
-    sig = describe_signal(-code) if code < 0 else None
-    if ending != Ending.EXITED and sent:
-        sig = sent
-    return ProcessResult(
-        ending=ending,
-        exit_code=exit_code,
-        signal=sig,
-        duration_s=round(time.monotonic() - started, 3),
-        output_tail=bytes(tail[-OUTPUT_TAIL_BYTES:]).decode("utf-8", errors="replace"),
-        error=note,
-    )
+            self.keep(self.redactor.feed(chunk))
+        self.keep(self.redactor.flush())
+        assert self.proc.stdout is not None
+        self.proc.stdout.close()
 
 
 def _short(

@@ -103,11 +103,9 @@ def morning_review(store: Store, now: datetime) -> dict[str, Any]:
             held.append({"job": name, "reason": "paused", "until": None})
             continue
         spec = applied.get(name)
-        agent = spec.spec.get("agent") if spec else None
-        if isinstance(agent, Mapping):
-            key = str(agent.get("limit_key") or agent.get("kind"))
-            if key in holds:
-                held.append({"job": name, "reason": f"{key} usage limit", "until": holds[key]})
+        key = spec.limit_key if spec else None
+        if key is not None and key in holds:
+            held.append({"job": name, "reason": f"{key} usage limit", "until": holds[key]})
 
     return {
         "now": now_text,

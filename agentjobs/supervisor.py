@@ -383,7 +383,10 @@ def _child(handler: Handler, request: dict[str, Any], fds: list[int]) -> None:
         os.close(null)
         for number in (signal.SIGTERM, signal.SIGINT):
             signal.signal(number, _Stop.signalled)
-        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        # A hang-up (the tick's terminal closing) is not for the supervisor: caught, not ignored,
+        # so the agents it starts get the default action back at exec (an ignored signal stays
+        # ignored across exec; SIGPIPE is restored by subprocess itself).
+        signal.signal(signal.SIGHUP, _ignore)
         signal.signal(signal.SIGPIPE, signal.SIG_IGN)
         from agentjobs import records
 
@@ -406,9 +409,14 @@ def _child(handler: Handler, request: dict[str, Any], fds: list[int]) -> None:
         os._exit(code)
 
 
+def _ignore(_number: int, _frame: object) -> None:
+    pass
+
+
 def _one(handler: Handler, request: dict[str, Any], link: socket.socket, fds: list[int]) -> bool:
     """One attempt; whether this supervisor may take another (its tick settled this one)."""
     out_w, keep = (fds[0], fds[1:]) if request.get("output") else (-1, fds)
+    received = {fd: _identity(fd) for fd in fds}
     stop = _Stop.event = threading.Event()
     _receive(link, ACK_WAIT)  # b"g": the tick let go (or it died, or froze)
     if out_w >= 0:
@@ -434,12 +442,21 @@ def _one(handler: Handler, request: dict[str, Any], link: socket.socket, fds: li
     )
     result = handler(request, keep, channel)
     kill_descendants(1.0)  # normally none left: the attempt stopped them
-    for fd in {*fds}:  # the lock key and slot go now: the attempt is settled
-        with contextlib.suppress(OSError):
+    for fd, identity in received.items():  # the lock key and slot go now: it is settled
+        if _identity(fd) == identity:  # not closed by the attempt's own code already
             os.close(fd)
     idle = by_tick[0] and not stop.is_set()
     _send(link, {"result": result, "idle": idle})
     return idle
+
+
+def _identity(fd: int) -> tuple[int, int] | None:
+    """What descriptor `fd` is open on (device, inode), or None when it is closed."""
+    try:
+        st = os.fstat(fd)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino)
 
 
 def _next(link: socket.socket) -> tuple[dict[str, Any], list[int]] | None:

@@ -13,7 +13,7 @@ import pytest
 
 from agentjobs.agents import build_argv, corrective_section, reset_from_text
 from agentjobs.spec import AgentSpec
-from tests.conftest import write
+from tests.conftest import State, write
 
 J = "repo/jobs.d"
 T0 = datetime(2026, 11, 23, 12, tzinfo=UTC)
@@ -223,8 +223,9 @@ def test_corrective_retry_feeds_the_failure_back(
 
 
 def test_usage_limit_holds_the_shared_limit_until_the_reset(
-    aj, fake, jobs_dir: Path, state_dir: Path
+    ajs, fake, jobs_dir: Path, state: State
 ) -> None:
+    # on both backends: the hold is part of the state (runtime.json, or the holds table)
     set_modes, calls = fake
     set_modes("usage_limit", "ok")
     write(
@@ -236,29 +237,27 @@ def test_usage_limit_holds_the_shared_limit_until_the_reset(
         jobs_dir / "b.yaml",
         "agent: {kind: claude, prompt: b}\nschedule: {every: 1d}\nlock: b\nretry: {attempts: 1}\n",
     )
-    assert aj("apply", "--now", T0.isoformat()).code == 0
-    first = (
-        aj("--max-concurrent", "1", "tick", "--now", T0.isoformat())
-        if False
-        else aj("tick", "--now", T0.isoformat(), "--max-concurrent", "1")
-    )
+    assert ajs("apply", "--now", T0.isoformat()).code == 0
+    first = ajs("tick", "--now", T0.isoformat(), "--max-concurrent", "1")
     assert first.code == 1
-    assert [r["outcome"] for r in finished(state_dir)] == ["rate_limited"]
+    assert [r["outcome"] for r in state.records("attempt_finished")] == ["rate_limited"]
     assert len(calls()) == 1  # b was held, not run into the same limit
     reset = T0 + timedelta(hours=1)
-    record = finished(state_dir)[0]
+    record = state.records("attempt_finished")[0]
     assert record["hold"] == "claude"
+    assert list(state.runtime().holds) == ["claude"]
     assert (
         reset.isoformat()
         <= record["next_attempt_at"]
         <= (reset + timedelta(seconds=60)).isoformat()
     )
-    status = aj("status", "--now", (T0 + timedelta(minutes=30)).isoformat()).out
+    status = ajs("status", "--now", (T0 + timedelta(minutes=30)).isoformat()).out
     assert "held: claude usage limit until " in status
-    assert aj("tick", "--now", (T0 + timedelta(minutes=30)).isoformat()).out == ""
-    later = aj("tick", "--now", (reset + timedelta(minutes=2)).isoformat())
+    assert ajs("tick", "--now", (T0 + timedelta(minutes=30)).isoformat()).out == ""
+    later = ajs("tick", "--now", (reset + timedelta(minutes=2)).isoformat())
     assert later.code == 0, later.err
-    outcomes = [(r["job"], r["attempt"], r["outcome"]) for r in finished(state_dir)]
+    assert state.runtime().holds == {}  # lifted
+    outcomes = [(r["job"], r["attempt"], r["outcome"]) for r in state.records("attempt_finished")]
     assert sorted(outcomes) == [
         ("a", 1, "rate_limited"),
         ("a", 2, "succeeded"),

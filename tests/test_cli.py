@@ -83,6 +83,44 @@ def test_environment_variables_stand_in_for_global_options(jobs_dir: Path, tmp_p
     assert [r["job"] for r in json.loads(status.stdout)] == ["a"]
 
 
+def test_a_bad_lock_timeout_is_one_line_and_exit_2(jobs_dir: Path, tmp_path: Path) -> None:
+    write(jobs_dir / "a.yaml", "command: [a]\n")
+    env = {"AGENTJOBS_JOBS_DIR": str(jobs_dir), "AGENTJOBS_STATE_DIR": str(tmp_path / "s")}
+    assert run_agentjobs("apply", env={**env, "AGENTJOBS_LOCK_TIMEOUT": ""}).returncode == 0
+    for value, verb in [("abc", "apply"), ("soon", "tick"), ("-1", "repair"), ("nan", "pause")]:
+        extra = ["a"] if verb == "pause" else []
+        result = run_agentjobs(verb, *extra, env={**env, "AGENTJOBS_LOCK_TIMEOUT": value})
+        assert (result.returncode, result.stdout) == (2, ""), (verb, result.stderr)
+        assert result.stderr == (
+            f"agentjobs: error: AGENTJOBS_LOCK_TIMEOUT={value!r}: the lock timeout is a number "
+            "of seconds, 0 or more (30, say)\n"
+        )
+    flag = run_agentjobs("apply", "--lock-timeout", "-5", env=env)
+    assert (flag.returncode, flag.stderr) == (
+        2,
+        "agentjobs: error: --lock-timeout -5: the lock timeout is a number of seconds, 0 or more "
+        "(30, say)\n",
+    )
+    # the flag wins over the variable, which stands in for it
+    both = {**env, "AGENTJOBS_LOCK_TIMEOUT": "x"}
+    assert run_agentjobs("apply", "--lock-timeout", "5", env=both).returncode == 0
+    good = {**env, "AGENTJOBS_LOCK_TIMEOUT": "0.5"}
+    assert run_agentjobs("repair", "--force", env=good).returncode == 0
+
+
+def test_tick_and_run_give_the_signal_handlers_back(cli, jobs_dir: Path, tmp_path: Path) -> None:
+    import signal
+
+    write(jobs_dir / "a.yaml", "command: ['true']\nschedule: {every: 1h}\n")
+    state = str(tmp_path / "s")
+    assert cli("--jobs-dir", J, "--state-dir", state, "apply").code == 0
+    numbers = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+    before = [signal.getsignal(n) for n in numbers]
+    assert cli("--state-dir", state, "tick").code == 0
+    assert cli("--state-dir", state, "run", "a").code == 0
+    assert [signal.getsignal(n) for n in numbers] == before
+
+
 def test_version_and_usage_errors(cli) -> None:
     assert cli("--version").out == f"agentjobs, version {__version__}\n"
     bad = cli("frobnicate")

@@ -143,7 +143,8 @@ def test_usage_limit_holds_and_their_retries_come_back_with_the_clock(
     they were meant to wait from now (5 hours), not two days more; a hold with nothing to say
     how it was set is cut to the longest an agent's usage limit lasts (MAX_HOLD_S)."""
     from agentjobs.clock import Clock, iso
-    from agentjobs.engine import MAX_HOLD_S, Engine
+    from agentjobs.engine import Engine
+    from agentjobs.retry import MAX_HOLD_S
     from agentjobs.store import AttemptSummary, QueueItem
     from agentjobs.store.files import FileStore
 

@@ -22,8 +22,13 @@ a supervisor killed before it recorded its attempt's end leaves an orphan that t
 records `lost` and retries once its job has let go of the key; one killed after recording leaves
 one that is settled as recorded.
 
-AGENTJOBS_CRASH_TRIALS (default 50) sets the number of trials, AGENTJOBS_CRASH_SEED the seed;
-AGENTJOBS_SUPERVISOR_CRASH_TRIALS (default 24) the number of supervisor trials.
+Every test runs on the file backend and on PostgreSQL (the `backend` fixture). With PostgreSQL
+a lock key is a lease: a SIGKILLed holder's lease lasts until it expires (3 s here), and a
+supervisor's fence kills its job as soon as the supervisor dies.
+
+AGENTJOBS_CRASH_TRIALS (default 50; 12 on PostgreSQL: AGENTJOBS_CRASH_TRIALS_PG) sets the
+number of trials, AGENTJOBS_CRASH_SEED the seed; AGENTJOBS_SUPERVISOR_CRASH_TRIALS (default 24;
+8 on PostgreSQL: AGENTJOBS_SUPERVISOR_CRASH_TRIALS_PG) the number of supervisor trials.
 """
 
 from __future__ import annotations
@@ -47,9 +52,12 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import held_locks, write
+from agentjobs.store import QueueItem
+from tests.conftest import State, write
 
 TRIALS = int(os.environ.get("AGENTJOBS_CRASH_TRIALS", "50"))
+# each PostgreSQL trial costs ~2x a file one (every process imports psycopg and connects)
+PG_TRIALS = int(os.environ.get("AGENTJOBS_CRASH_TRIALS_PG", "12"))
 SEED = int(os.environ.get("AGENTJOBS_CRASH_SEED", str(random.SystemRandom().randrange(2**32))))
 PARALLEL = 3  # trials at once (independent state directories)
 T0 = datetime(2030, 1, 7, 9, 0, tzinfo=UTC)  # the first tick
@@ -86,6 +94,7 @@ class Trial:
     number: int
     root: Path
     rng: random.Random
+    state: State
     crash: str = "runner"  # runner | host
     delay: float = 0.0
     killed_at_ns: int = 0
@@ -97,8 +106,8 @@ class Trial:
     log: list[str] = field(default_factory=list)
 
     @property
-    def state(self) -> Path:
-        return self.root / "state"
+    def jobs_dir(self) -> Path:
+        return self.root / "jobs.d"
 
     @property
     def marker(self) -> str:
@@ -114,7 +123,7 @@ class Trial:
         seed = "" if exact else f"AGENTJOBS_CRASH_SEED={SEED}, "
         return (
             f"trial {self.number} ({seed}crash={self.crash}, delay={self.delay:.3f}s, "
-            f"dir {self.root}); log: {self.log}"
+            f"dir {self.root}, state {self.state.location}); log: {self.log}"
         )
 
 
@@ -147,24 +156,24 @@ def _wait_gone(marker: str, timeout: float) -> list[int]:
 
 
 def _tick_argv(trial: Trial, now: datetime) -> list[str]:
+    # --jobs-dir (which a tick does not read) puts the trial's marker on the command line of
+    # the tick and its supervisors when the state is a database URL
     return [
         sys.executable,
         "-m",
         "agentjobs",
+        "--jobs-dir",
+        str(trial.jobs_dir),
         "--state-dir",
-        str(trial.state),
+        trial.state.location,
         "tick",
         "--now",
         now.isoformat(),
     ]
 
 
-def _queue(trial: Trial) -> dict[str, Any]:
-    try:
-        queue: dict[str, Any] = json.loads((trial.state / "runtime.json").read_text())["queue"]
-    except FileNotFoundError:
-        return {"(no runtime yet)": {}}
-    return queue
+def _queue(trial: Trial) -> dict[str, QueueItem]:
+    return trial.state.runtime().queue
 
 
 # -- one trial -------------------------------------------------------------------------------
@@ -175,6 +184,7 @@ def _write_jobs(trial: Trial, jobs_dir: Path, probe: Path, *, random_jobs: bool 
     with retries (`random_jobs=False`)."""
     work = trial.root / "work"
     work.mkdir(parents=True)
+    write(jobs_dir / "agentjobs.yaml", "lease: 3s\n")  # PostgreSQL: see the module docstring
     rng = trial.rng
     for name, key, schedule in JOBS:
         # now and then a job outlives the next tick (which must leave it alone)
@@ -302,9 +312,7 @@ def _assert_live_orphans_not_recovered(trial: Trial) -> None:
             f"attempt {ident} was recorded as finished while its process {pid} still ran "
             f"(and held the lock key); {trial.where()}"
         )
-        running = {
-            (i["run_id"], i["attempt"]) for i in queue.values() if i.get("state") == "running"
-        }
+        running = {(i.run_id, i.attempt) for i in queue.values() if i.state == "running"}
         assert ident in running, f"{ident} not running in {queue}; {trial.where()}"
 
 
@@ -347,33 +355,32 @@ def _probe_runs(trial: Trial) -> list[ProbeRun]:
 
 
 def _read_records(trial: Trial) -> list[dict[str, Any]]:
-    """Every record; an unparsable line is allowed only as the very last line of its file."""
-    records = []
-    for path in sorted((trial.state / "records").glob("*.jsonl")):
-        lines = path.read_bytes().split(b"\n")
-        for number, line in enumerate(lines, start=1):
-            if not line:
-                assert number == len(lines), f"{path}:{number}: empty line; {trial.where()}"
-                continue
-            try:
-                record = json.loads(line)
-            except ValueError:
-                assert number == len(lines), (
-                    f"{path}:{number}: damaged record that is not the torn last line: "
-                    f"{line[:200]!r}; {trial.where()}"
-                )
-                continue
-            records.append(record)
-    return records
+    """Every record. On files, an unparsable line is allowed only as the very last line of its
+    day file (the Store skips it with a warning): a crash mid-append tears at most that one."""
+    if not trial.state.shared:
+        for path in sorted((Path(trial.state.location) / "records").glob("*.jsonl")):
+            lines = path.read_bytes().split(b"\n")
+            for number, line in enumerate(lines, start=1):
+                if not line:
+                    assert number == len(lines), f"{path}:{number}: empty line; {trial.where()}"
+                    continue
+                try:
+                    json.loads(line)
+                except ValueError:
+                    assert number == len(lines), (
+                        f"{path}:{number}: damaged record that is not the torn last line: "
+                        f"{line[:200]!r}; {trial.where()}"
+                    )
+    return trial.state.records()
 
 
 def _check(trial: Trial, cli: Any) -> dict[str, int]:
     where = trial.where()
     marker = trial.marker
     assert _live_processes(marker) == [], f"stray processes; {where}"
-    assert held_locks(trial.state) == [], f"a lock is still held; {where}"
-    runtime = json.loads((trial.state / "runtime.json").read_text())
-    assert runtime["queue"] == {}, where
+    assert trial.state.held() == [], f"a lock is still held; {where}"
+    assert trial.state.queue() == [], where
+    dead_letters = {e["id"]: e for e in trial.state.dead_letters()}
 
     records = _read_records(trial)
     by_slot: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
@@ -424,12 +431,10 @@ def _check(trial: Trial, cli: Any) -> dict[str, int]:
                 assert nexts == {"retry"}, f"attempt {attempt} followed by {nexts}: {what}"
         if event == "dead_lettered":
             dead_lettered.add(slot_records[0]["run_id"])
-            entry = json.loads(
-                (trial.state / "dlq" / f"{slot_records[0]['run_id']}.json").read_text()
-            )
+            entry = dead_letters[slot_records[0]["run_id"]]
             assert entry["status"] == "open" and entry["job"] == job, what
     # a dead letter for each dead-lettered slot, and for nothing else
-    assert {p.stem for p in (trial.state / "dlq").glob("*.json")} == dead_lettered, where
+    assert set(dead_letters) == dead_lettered, where
 
     runs = _probe_runs(trial)
     recorded: dict[tuple[str, int], set[str]] = defaultdict(set)
@@ -446,8 +451,11 @@ def _check(trial: Trial, cli: Any) -> dict[str, int]:
         if "failed" in outcomes_of_run:
             assert run.code == 3, (run, where)
         if run.end is None:
-            # only a `host` crash kills a job's process (the runner crash leaves it running)
-            assert trial.crash == "host" and run.start < trial.killed_at_ns, (run, where)
+            # only a `host` crash kills a job's process (the runner crash leaves it running);
+            # with PostgreSQL the fence of a killed supervisor kills its job too
+            fenced = trial.state.shared and trial.crash.startswith("supervisor")
+            assert trial.crash == "host" or fenced, (run, where)
+            assert run.start < trial.killed_at_ns, (run, where)
     # a slot whose attempt was recorded as succeeded never starts another attempt
     for run in runs:
         done_before = [
@@ -467,7 +475,7 @@ def _check(trial: Trial, cli: Any) -> dict[str, int]:
             assert end < after.start, f"lock key {key} overlapped: {before} / {after}; {where}"
 
     # the CLI reads the same history (torn lines are skipped, not fatal)
-    shown = cli("--state-dir", str(trial.state), "-o", "json", "history", "--limit", "10000")
+    shown = cli("--state-dir", trial.state.location, "-o", "json", "history", "--limit", "10000")
     assert shown.code == 0, shown.err
     rows = sum(1 for r in records if r["event"] in ("attempt_finished", "slot_skipped"))
     assert len(json.loads(shown.out)) == rows, where
@@ -501,13 +509,18 @@ def _brief(record: dict[str, Any]) -> str:
 
 
 def _new_trial(
-    cli: Any, number: int, root: Path, rng: random.Random, probe: Path, random_jobs: bool = True
+    cli: Any,
+    number: int,
+    root: Path,
+    rng: random.Random,
+    probe: Path,
+    state: State,
+    random_jobs: bool = True,
 ) -> Trial:
-    trial = Trial(number, root, rng)
-    jobs_dir = trial.root / "jobs.d"
-    _write_jobs(trial, jobs_dir, probe, random_jobs=random_jobs)
+    trial = Trial(number, root, rng, state)
+    _write_jobs(trial, trial.jobs_dir, probe, random_jobs=random_jobs)
     applied = cli(
-        "--jobs-dir", str(jobs_dir), "--state-dir", str(trial.state), "apply",
+        "--jobs-dir", str(trial.jobs_dir), "--state-dir", state.location, "apply",
         "--now", APPLIED_AT.isoformat(),
     )  # fmt: skip
     assert applied.code == 0, applied.out + applied.err
@@ -515,16 +528,29 @@ def _new_trial(
 
 
 def _run_trials(
-    cli: Any, root: Path, seed: int, count: int, crash: Callable[[Trial, float], None]
+    cli: Any,
+    root: Path,
+    new_state: Callable[[str], State],
+    seed: int,
+    count: int,
+    crash: Callable[[Trial, float], None],
 ) -> tuple[list[Trial], float]:
-    """`count` trials (jobs applied, each with its own seeded rng), crashed and recovered by
-    `crash(trial, kill_range)` in parallel; the kill range comes from an undisturbed tick."""
+    """`count` trials (jobs applied, each with its own seeded rng and state), crashed and
+    recovered by `crash(trial, kill_range)` in parallel; the kill range comes from an
+    undisturbed tick."""
     probe = root / "probe.py"
     probe.write_text(PROBE)
-    kill_range = 0.8 * _calibrate(cli, root, probe)
+    kill_range = 0.8 * _calibrate(cli, root, probe, new_state("calibration-state"))
     master = random.Random(seed)
     trials = [
-        _new_trial(cli, n, root / f"t{n}", random.Random(master.randrange(2**32)), probe)
+        _new_trial(
+            cli,
+            n,
+            root / f"t{n}",
+            random.Random(master.randrange(2**32)),
+            probe,
+            new_state(f"t{n}-state"),
+        )
         for n in range(count)
     ]
     with ThreadPoolExecutor(PARALLEL) as pool:
@@ -533,9 +559,9 @@ def _run_trials(
     return trials, kill_range
 
 
-def _calibrate(cli: Any, root: Path, probe: Path) -> float:
+def _calibrate(cli: Any, root: Path, probe: Path, state: State) -> float:
     """How long an undisturbed first tick takes here: kills land anywhere in it (and after)."""
-    trial = _new_trial(cli, -1, root / "calibration", random.Random(SEED), probe)
+    trial = _new_trial(cli, -1, root / "calibration", random.Random(SEED), probe, state)
     began = time.monotonic()
     done = subprocess.run(
         _tick_argv(trial, T0), capture_output=True, text=True, timeout=120, check=False
@@ -545,10 +571,11 @@ def _calibrate(cli: Any, root: Path, probe: Path) -> float:
 
 
 def test_kill_9_of_a_tick_at_random_moments_loses_nothing_and_runs_nothing_twice(
-    cli, tmp_path: Path
+    cli, tmp_path: Path, backend: str, new_state: Callable[[str], State]
 ) -> None:
     began = time.monotonic()
-    trials, kill_range = _run_trials(cli, tmp_path, SEED, TRIALS, _crash_and_recover)
+    n_trials = PG_TRIALS if backend == "postgres" else TRIALS
+    trials, kill_range = _run_trials(cli, tmp_path, new_state, SEED, n_trials, _crash_and_recover)
 
     totals: dict[str, int] = defaultdict(int)
     for trial in trials:
@@ -557,7 +584,7 @@ def test_kill_9_of_a_tick_at_random_moments_loses_nothing_and_runs_nothing_twice
     ticks = sum(t.ticks for t in trials)
     orphans = sum(t.orphan_checks for t in trials)
     print(
-        f"\n{TRIALS} crash trials (seed {SEED}, kills in 0-{kill_range:.2f}s) in "
+        f"\n{n_trials} crash trials on {backend} (seed {SEED}, kills in 0-{kill_range:.2f}s) in "
         f"{time.monotonic() - began:.1f}s: {ticks} recovery ticks ({orphans} times a job "
         f"process outlived one), {dict(totals)}"
     )
@@ -583,17 +610,47 @@ from agentjobs.cli import main
 sys.exit(main(sys.argv[1:]))
 """
 
+# The same two points with PostgreSQL: just after the claim's transaction committed (its queue
+# row says running, its leases are taken), or just before the tick's first transaction that
+# writes a job's last outcome, which then never commits. Only the tick: there an attempt's
+# record is written in its settling transaction, so a supervisor killed at the same point
+# leaves no record and its attempt is `lost` (retried: never lost silently), where on files its
+# record, appended first, survives. The store's own methods are the hooks: if they are
+# renamed, the tick is not killed and the test fails on its exit code.
+KILL_AT_PG = """\
+import os, signal, sys
+from agentjobs.store.postgres import PostgresStore
+point, tick = sys.argv.pop(1), os.getpid()
+real_claim, real_write = PostgresStore.claim, PostgresStore._write_runtime
+def claim(self, request):
+    claimed = real_claim(self, request)
+    if point == "after-claim" and claimed is not None and not isinstance(claimed, str):
+        os.kill(os.getpid(), signal.SIGKILL)
+    return claimed
+def write_runtime(self, conn, before, after):
+    if point == "before-state-write" and os.getpid() == tick and any(
+        job.last_outcome and (was := before.jobs.get(name)) and was.last_outcome != job.last_outcome
+        for name, job in after.jobs.items()
+    ):
+        os.kill(os.getpid(), signal.SIGKILL)
+    real_write(self, conn, before, after)
+PostgresStore.claim, PostgresStore._write_runtime = claim, write_runtime
+from agentjobs.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
 
 @pytest.mark.parametrize("point", ["after-claim", "before-state-write"])
 def test_kill_9_at_the_worst_moments_loses_nothing_and_runs_nothing_twice(
-    cli, tmp_path: Path, point: str
+    cli, tmp_path: Path, state: State, point: str
 ) -> None:
     probe = tmp_path / "probe.py"
     probe.write_text(PROBE)
-    trial = _new_trial(cli, 0, tmp_path / "t", random.Random(0), probe, random_jobs=False)
+    trial = _new_trial(cli, 0, tmp_path / "t", random.Random(0), probe, state, random_jobs=False)
     trial.crash = point
+    script = KILL_AT_PG if state.shared else KILL_AT
     killed = subprocess.run(
-        [sys.executable, "-c", KILL_AT, point, *_tick_argv(trial, T0)[3:]],
+        [sys.executable, "-c", script, point, *_tick_argv(trial, T0)[3:]],
         capture_output=True,
         text=True,
         timeout=120,
@@ -614,6 +671,7 @@ def test_kill_9_at_the_worst_moments_loses_nothing_and_runs_nothing_twice(
 
 
 SUPERVISOR_TRIALS = int(os.environ.get("AGENTJOBS_SUPERVISOR_CRASH_TRIALS", "24"))
+PG_SUPERVISOR_TRIALS = int(os.environ.get("AGENTJOBS_SUPERVISOR_CRASH_TRIALS_PG", "8"))
 SUPERVISOR_KILL_CHANCE = 0.6  # each supervisor seen is killed with this chance...
 SUPERVISOR_KILL_WITHIN = 0.4  # ... this many seconds (at most) after it was first seen
 
@@ -687,11 +745,12 @@ def _kill_supervisors_and_recover(trial: Trial, kill_range: float) -> None:
 
 
 def test_kill_9_of_supervisors_at_random_moments_loses_nothing_and_runs_nothing_twice(
-    cli, tmp_path: Path
+    cli, tmp_path: Path, backend: str, new_state: Callable[[str], State]
 ) -> None:
     began = time.monotonic()
+    n_trials = PG_SUPERVISOR_TRIALS if backend == "postgres" else SUPERVISOR_TRIALS
     trials, _ = _run_trials(
-        cli, tmp_path, SEED + 1, SUPERVISOR_TRIALS, _kill_supervisors_and_recover
+        cli, tmp_path, new_state, SEED + 1, n_trials, _kill_supervisors_and_recover
     )
 
     totals: dict[str, int] = defaultdict(int)
@@ -702,7 +761,7 @@ def test_kill_9_of_supervisors_at_random_moments_loses_nothing_and_runs_nothing_
         totals[f"crash={trial.crash}"] += 1
         totals["supervisors killed"] += trial.supervisors_killed
     print(
-        f"\n{SUPERVISOR_TRIALS} supervisor crash trials (seed {SEED}) in "
+        f"\n{n_trials} supervisor crash trials on {backend} (seed {SEED}) in "
         f"{time.monotonic() - began:.1f}s: {dict(totals)}"
     )
     # the kills landed: some attempts were cut short (lost, then retried)

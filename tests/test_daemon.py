@@ -16,7 +16,7 @@ import pytest
 from tests.conftest import run_agentjobs, wait_for, write
 
 
-def test_daemon_wakes_on_apply_and_starts_a_job_at_its_slot(
+def test_daemon_wakes_on_apply_and_starts_a_job_at_its_slot_and_outlives_sighup(
     jobs_dir: Path, state_dir: Path, tmp_path: Path
 ) -> None:
     probe = tmp_path / "started"
@@ -56,6 +56,9 @@ def test_daemon_wakes_on_apply_and_starts_a_job_at_its_slot(
         wait_for(lambda: probe.exists() and probe.read_text().strip() != "", timeout=20)
         late = float(probe.read_text()) - slot.timestamp()
         assert 0 <= late < 0.5, f"started {late:.3f}s after its slot"
+        daemon.send_signal(signal.SIGHUP)  # a closed terminal does not end the daemon
+        time.sleep(0.5)
+        assert daemon.poll() is None
         daemon.send_signal(signal.SIGTERM)
         _, err = daemon.communicate(timeout=15)
         assert daemon.returncode == 0, err

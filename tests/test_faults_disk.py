@@ -182,6 +182,21 @@ def test_atomic_write_on_a_full_disk_raises_one_error_and_leaves_no_temp_file(
     filler.unlink()
 
 
+def test_a_metrics_textfile_on_a_full_disk_keeps_the_last_one_whole(
+    tmp_path: Path, tmpfs: Any
+) -> None:
+    state = tmp_path / "state"
+    collector = tmpfs(tmp_path / "collector", "64k")
+    target = collector / "agentjobs.prom"
+    assert aj(state, "metrics", "--textfile", str(target), "--now", T0).returncode == 0
+    before = target.read_bytes()
+    filler = fill(collector)
+    one_line_error(aj(state, "metrics", "--textfile", str(target)), str(target), "free space")
+    assert target.read_bytes() == before  # the collector reads the last whole file
+    assert sorted(p.name for p in collector.iterdir()) == ["agentjobs.prom", "filler"]
+    filler.unlink()
+
+
 # -- the CLI on a full disk ----------------------------------------------------------------
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import stat
 import sys
 from pathlib import Path
@@ -151,7 +152,11 @@ def test_textfile_is_written_atomically_with_the_same_text(
     now = "2026-11-23T14:00:00Z"
     target = tmp_path / "collector" / "agentjobs.prom"
     target.parent.mkdir()
-    result = aj("metrics", "--textfile", str(target), "--now", now)
+    old_umask = os.umask(0o077)  # a cron job's umask: the file is still readable by others
+    try:
+        result = aj("metrics", "--textfile", str(target), "--now", now)
+    finally:
+        os.umask(old_umask)
     assert (result.code, result.out) == (0, "")
     assert target.read_text() == aj("metrics", "--now", now).out
     assert stat.S_IMODE(target.stat().st_mode) == 0o644  # node_exporter runs as another user

@@ -12,13 +12,20 @@ import subprocess
 import sys
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import psycopg
 import pytest
 
+from agentjobs.errors import StateUnavailableError, UserError
 from agentjobs.records import encode
-from agentjobs.store.postgres import MIGRATION_LOCK, MIGRATIONS, PostgresStore
+from agentjobs.store.postgres import (
+    MIGRATION_LOCK,
+    MIGRATIONS,
+    DatabaseLost,
+    Lease,
+    PostgresStore,
+)
 from tests.conftest import REPO, run_agentjobs, wait_for, write
 
 J = "repo/jobs.d"
@@ -414,6 +421,53 @@ def test_an_unreachable_database_is_one_line_and_leaves_no_files(tmp_path: Path)
         )
     assert sorted(p.name for p in work.iterdir()) == []
     assert not local.exists()
+
+
+def test_a_database_outage_is_state_unavailable_one_line_and_exit_2(
+    cli, pg_url: str, pg_server: Any, local_dir: Path
+) -> None:
+    store = PostgresStore(pg_url, local_dir)
+    assert store.renew("no-such-token", 1.0) is False  # connected
+    with psycopg.connect(pg_url, autocommit=True) as admin:  # a failover cuts the connection
+        admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+    with pytest.raises(DatabaseLost, match=r"^lost the database ") as lost:
+        store.renew("no-such-token", 1.0)
+    assert isinstance(lost.value, StateUnavailableError)  # the outage class, retried by leases
+    pg_server.stop()
+    try:
+        with pytest.raises(StateUnavailableError, match=r"^cannot connect to the database "):
+            store.renew("no-such-token", 1.0)
+        down = cli("--state-dir", pg_url, "status")
+    finally:
+        pg_server.start()
+        store.close()
+    assert (down.code, down.out) == (2, "")
+    assert _one_error_line(down.err).startswith("agentjobs: error: cannot connect to the database ")
+
+
+def test_a_lease_renews_through_an_outage_but_never_through_a_real_error() -> None:
+    class Failing:  # renewals fail: the database is away, or something that waiting won't fix
+        def __init__(self, error: Exception) -> None:
+            self.error = error
+            self.calls = 0
+
+        def renew(self, token: str, duration: float) -> bool:
+            self.calls += 1
+            raise self.error
+
+    away = Failing(DatabaseLost("lost the database"))
+    lease = Lease(cast(PostgresStore, away), "t", 0.3)
+    lease._renew()  # every 0.1 s until renewals have failed for 0.2 s
+    assert lease.lost.is_set() and away.calls >= 2
+    assert lease.reason.startswith("the lease could not be renewed for 0.2s (lost the database)")
+    wrong = Failing(UserError("not an outage"))
+    lease = Lease(cast(PostgresStore, wrong), "t", 0.3)
+    lease._renew()
+    assert lease.lost.is_set() and wrong.calls == 1
+    assert lease.reason == "the lease could not be renewed (not an outage)"
 
 
 def test_a_password_in_the_url_never_appears_in_messages(

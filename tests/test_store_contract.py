@@ -3,16 +3,30 @@ backend: the file backend and the PostgreSQL backend (a real server, tests/pgser
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from agentjobs.errors import UserError
-from agentjobs.store import AppliedChange, AppliedJob, JobState, OutboxEvent, QueueItem, Store
+from agentjobs.store import (
+    AppliedChange,
+    AppliedJob,
+    Claim,
+    ClaimRequest,
+    JobState,
+    OutboxEvent,
+    QueueItem,
+    QueueState,
+    Refusal,
+    Runtime,
+    Store,
+)
 
 
 @pytest.fixture(params=["files", "postgres"])
@@ -215,3 +229,143 @@ def test_retention_keeps_what_it_is_told_to(store: Store) -> None:
     store.append_records([{"event": "y", "time": "t"}], datetime(2026, 11, 23, tzinfo=UTC))
     assert store.archive_records("2026-06-01") == 1
     assert [r["event"] for r in store.records()] == ["y"]
+
+
+# -- claims: one seam, one eligibility rule, on every backend (issue 11, item 1) ----------------
+
+NOW = "2026-11-23T12:00:00+00:00"
+
+
+def _spec_job(name: str, workdir: Path, lock: str, **spec: Any) -> AppliedJob:
+    from agentjobs.spec import JobSpec
+
+    data = JobSpec(name=name, workdir=str(workdir), lock=lock, command=("true",), **spec).to_dict()
+    return AppliedJob(name, data, f"h-{name}", f"s-{name}", f"{name}.yaml", NOW)
+
+
+def _queued(job: str, lock: str, queued_at: str = NOW, priority: str = "normal") -> QueueItem:
+    return QueueItem(
+        id=f"{job}@{queued_at}",
+        run_id=f"R{abs(hash((job, queued_at))) % 10**25:025d}",
+        job=job,
+        trigger="schedule",
+        priority=priority,
+        lock_key=lock,
+        queued_at=queued_at,
+        not_before=queued_at,
+    )
+
+
+def _setup(store: Store, jobs: list[AppliedJob], items: list[QueueItem], **config: Any) -> None:
+    with store.transaction(5) as runtime:
+        store.write_applied(AppliedChange(put={j.name: j for j in jobs}, config=config))
+        runtime.applied_version = store.applied_version()
+        for job in jobs:
+            runtime.jobs[job.name] = JobState(job.schedule_hash)
+        for item in items:
+            runtime.queue[item.id] = item
+
+
+def _request(**fields: Any) -> ClaimRequest:
+    values: dict[str, Any] = {
+        "host": "h1",
+        "labels": frozenset(),
+        "now": "2026-11-23T12:05:00+00:00",
+        "slots": 4,
+        "host_slots": None,
+        "timeout": 5.0,
+        "pid": os.getpid(),
+    }
+    values.update(fields)
+    return ClaimRequest(**values)
+
+
+def _settled(store: Store, claim: Claim) -> None:
+    """What settling does to a claim: its item leaves the queue, its hold is let go."""
+    with store.transaction(5) as runtime:
+        runtime.queue.pop(claim.item.id)
+    claim.hold.release()
+
+
+def test_one_attempt_per_lock_key_until_it_is_settled(store: Store, tmp_path: Path) -> None:
+    a, b = _spec_job("a", tmp_path, "repo"), _spec_job("b", tmp_path, "repo")
+    _setup(store, [a, b], [_queued("a", "repo"), _queued("b", "repo", "2026-11-23T12:01:00+00:00")])
+    first = store.claim(_request())
+    assert isinstance(first, Claim) and first.item.job == "a"
+    assert (
+        first.item.state == QueueState.RUNNING and store.runtime().queue[first.item.id].host == "h1"
+    )
+    assert store.claim(_request()) is None  # b shares the key
+    _settled(store, first)
+    second = store.claim(_request())
+    assert isinstance(second, Claim) and second.item.job == "b"
+    _settled(store, second)
+
+
+def test_one_claim_per_concurrency_slot(store: Store, tmp_path: Path) -> None:
+    jobs = [_spec_job(n, tmp_path, n) for n in ("a", "b")]
+    _setup(store, jobs, [_queued("a", "a"), _queued("b", "b")])
+    first = store.claim(_request(slots=1))
+    assert isinstance(first, Claim)
+    assert store.claim(_request(slots=1)) is None  # the only slot is taken
+    _settled(store, first)
+    second = store.claim(_request(slots=1))
+    assert isinstance(second, Claim) and second.item.job != first.item.job
+    _settled(store, second)
+
+
+def test_priority_orders_claims_fifo_within_a_level(store: Store, tmp_path: Path) -> None:
+    jobs = [_spec_job(n, tmp_path, n) for n in ("old", "new", "urgent")]
+    items = [
+        _queued("old", "old", "2026-11-23T12:00:00+00:00"),
+        _queued("new", "new", "2026-11-23T12:02:00+00:00"),
+        _queued("urgent", "urgent", "2026-11-23T12:03:00+00:00", priority="high"),
+    ]
+    _setup(store, jobs, items)
+    order = []
+    while isinstance(claim := store.claim(_request()), Claim):
+        order.append(claim.item.job)
+        _settled(store, claim)
+    assert order == ["urgent", "old", "new"]
+
+
+def test_one_eligibility_rule_and_a_manual_run_overrides_only_what_a_person_may(
+    store: Store, tmp_path: Path
+) -> None:
+    from agentjobs.spec import AgentSpec
+
+    jobs = [
+        _spec_job("paused", tmp_path, "p"),
+        _spec_job("off", tmp_path, "o", enabled=False),
+        _spec_job("held", tmp_path, "h", agent=AgentSpec(kind="claude", prompt="x")),
+        _spec_job("gpu", tmp_path, "g", runs_on=("gpu",)),
+    ]
+    items = [_queued(j.name, j.spec["lock"]) for j in jobs]
+    _setup(store, jobs, items)
+    with store.transaction(5) as runtime:
+        runtime.jobs["paused"] = JobState("s-paused", paused=True)
+        runtime.holds["claude"] = "2026-11-23T13:00:00+00:00"
+    assert store.claim(_request()) is None  # nothing here may run
+    refused = store.claim(_request(only=items[3].id))
+    assert isinstance(refused, Refusal) and "lacks the label(s) gpu" in refused.reason
+    manual = store.claim(_request(only=items[0].id))  # a person asked: paused does not stop it
+    assert isinstance(manual, Claim) and manual.item.job == "paused"
+    _settled(store, manual)
+    labelled = store.claim(_request(labels=frozenset({"gpu"})))
+    assert isinstance(labelled, Claim) and labelled.item.job == "gpu"
+    _settled(store, labelled)
+
+
+def test_first_is_applied_before_the_claim_and_can_stop_it(store: Store, tmp_path: Path) -> None:
+    jobs = [_spec_job(n, tmp_path, n) for n in ("a", "b")]
+    _setup(store, jobs, [_queued("a", "a")])
+
+    def add_b(runtime: Runtime) -> bool:
+        runtime.queue["b@x"] = dataclasses.replace(_queued("b", "b"), id="b@x", priority="high")
+        return True
+
+    claim = store.claim(_request(first=add_b))
+    assert isinstance(claim, Claim) and claim.item.id == "b@x"
+    _settled(store, claim)
+    assert store.claim(_request(first=lambda runtime: False)) is None
+    assert store.runtime().queue["a@" + NOW].state == QueueState.QUEUED

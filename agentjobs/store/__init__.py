@@ -7,12 +7,17 @@ same contract, checked by one test suite run against each (tests/test_store_cont
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
+from enum import StrEnum
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from agentjobs.spec import JobSpec
+    from agentjobs.store.files import FileStore
 
 STATE_FORMAT = 1
 PRIORITY_RANK = {"high": 0, "normal": 1, "low": 2}
@@ -23,12 +28,23 @@ class AppliedJob:
     """A job spec as applied: the stored spec and where and when it came from."""
 
     name: str
-    spec: Mapping[str, Any]  # JobSpec.to_dict(); rebuilt with spec.job_from_dict when needed
+    spec: Mapping[str, Any]  # JobSpec.to_dict(), as stored; `parsed` is the typed JobSpec
     spec_hash: str
     schedule_hash: str
     source: str
     applied_at: str
     git_commit: str | None = None
+    _parsed: JobSpec | None = field(default=None, init=False, repr=False, compare=False)
+
+    @property
+    def parsed(self) -> JobSpec:
+        """The spec as a typed `JobSpec` (built once per object: stores keep their objects)."""
+        if self._parsed is None:
+            from agentjobs.spec import job_from_dict
+
+            object.__setattr__(self, "_parsed", job_from_dict(dict(self.spec)))
+        assert self._parsed is not None
+        return self._parsed
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -51,6 +67,15 @@ class AppliedJob:
             applied_at=data["applied_at"],
             git_commit=data.get("git_commit"),
         )
+
+    @property
+    def limit_key(self) -> str | None:
+        """The usage-limit key: jobs with the same key share an agent account's usage limit
+        (`agent.limit_key`, default the agent's `kind`); None for a job without an agent."""
+        agent = self.spec.get("agent")
+        if not agent:
+            return None
+        return str(agent.get("limit_key") or agent.get("kind"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,6 +141,16 @@ class AttemptSummary:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
 
 
+class QueueState(StrEnum):
+    """Where a queued item is: waiting for its key and a slot, or claimed and running."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+
+
+_QUEUE_STATES: dict[str, QueueState] = {state.value: state for state in QueueState}
+
+
 @dataclass(frozen=True, slots=True)
 class QueueItem:
     """A run waiting for, or holding, its lock key.
@@ -139,7 +174,7 @@ class QueueItem:
     corrective: bool = False
     replay_of: str | None = None
     history: tuple[AttemptSummary, ...] = ()
-    state: str = "queued"  # queued | running
+    state: QueueState = QueueState.QUEUED
     started_at: str | None = None
     host: str | None = None
     pid: int | None = None  # the tick process that runs it
@@ -153,8 +188,13 @@ class QueueItem:
     order: tuple[int, str, str] = dataclasses.field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        rank = PRIORITY_RANK.get(self.priority, 1)
-        object.__setattr__(self, "order", (rank, self.queued_at, self.id))
+        # runs for every item of every runtime read: dict lookups, not Enum() calls
+        state = _QUEUE_STATES.get(self.state)
+        if state is None:
+            raise ValueError(f"{self.state!r} is not a queue state")
+        set_ = object.__setattr__
+        set_(self, "state", state)
+        set_(self, "order", (PRIORITY_RANK.get(self.priority, 1), self.queued_at, self.id))
 
     def to_dict(self) -> dict[str, Any]:
         # None fields are left out (from_dict restores them): a smaller runtime.json to fsync
@@ -174,6 +214,63 @@ class QueueItem:
 _QUEUE_ITEM_FIELDS = tuple(f.name for f in dataclasses.fields(QueueItem) if f.init)
 
 
+def state_directory(store: Store) -> FileStore | None:
+    """`store` when it is a state directory (what `repair` rebuilds), else None."""
+    from agentjobs.store.files import FileStore
+
+    return store if isinstance(store, FileStore) else None
+
+
+def held_message(key: str, by: QueueItem | str, *, with_host: bool = False) -> str:
+    """Why lock key `key` cannot be had: "lock key K is held by run R (job J, attempt N,
+    started T)" for the running item `by` (with `with_host`, its host before the start), or
+    "lock key K is held by <by>" for any other holder ("another process", a lease's owner)."""
+    if isinstance(by, str):
+        return f"lock key {key} is held by {by}"
+    host = f", host {by.host}" if with_host else ""
+    return (
+        f"lock key {key} is held by run {by.run_id} (job {by.job}, attempt {by.attempt}{host}, "
+        f"started {by.started_at})"
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """A run that ended in the dead-letter queue: the spec as it was and every attempt. Kept
+    until a person replays or resolves it (never deleted by agentjobs). `to_dict`/`from_dict` are
+    its one codec (a file per entry, or a row)."""
+
+    id: str
+    job: str
+    run_id: str
+    slot: str | None
+    trigger: str
+    created_at: str
+    reason: str | None
+    spec: dict[str, Any] | None
+    spec_hash: str | None
+    attempts: tuple[dict[str, Any], ...]
+    status: str = "open"  # open | replayed | resolved
+    replays: tuple[dict[str, Any], ...] = ()
+    note: str | None = None
+    replay_of: str | None = None
+    resolved_at: str | None = None  # written only once resolved
+
+    def to_dict(self) -> dict[str, Any]:
+        data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        data["attempts"], data["replays"] = list(self.attempts), list(self.replays)
+        if self.resolved_at is None:
+            del data["resolved_at"]
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> DeadLetter:
+        values = dict(data)
+        values["attempts"] = tuple(values.get("attempts", ()))
+        values["replays"] = tuple(values.get("replays", ()))
+        return cls(**values)
+
+
 @dataclass(slots=True)
 class Runtime:
     """The mutable working copy of job states and the queue inside a transaction."""
@@ -187,6 +284,97 @@ class Runtime:
 
     def items_of(self, job: str) -> list[QueueItem]:
         return [item for item in self.queue.values() if item.job == job]
+
+
+class Hold(Protocol):
+    """What a claim holds for its attempt until the attempt is settled: the lock key and a
+    concurrency slot. On files, two flocked descriptors (inherited by the supervisor and the
+    job: the key stays held while any process of the attempt lives); on PostgreSQL, lease rows
+    renewed by the supervisor, with a fence that stops the attempt should renewals stop.
+
+    - `fds`: the descriptors the supervisor and the job keep open (none for leases).
+    - `handoff()`: what the supervisor needs to take the hold over (JSON); with `fds`,
+      `Store.hold_from(handoff, fds)` rebuilds it in the supervisor's process.
+    - `let_go()`: the claiming process drops its copy of the key once the supervisor holds it
+      (the slot stays the worker's, for its next claim).
+    - `done()`: the claiming process is done with the hold (the attempt is settled and no next
+      claim took the slot over): it drops what it still has. Leases are the supervisor's.
+    - `release()`: (in the supervisor) let go of everything, once the attempt is settled.
+    - `started(pid)`: the attempt's process group exists (leases: renewals and the fence).
+    - `lost`, `reason`: set when the hold was lost meanwhile (a lease another host took over).
+    - `fenced_reason()`: why the fence stopped the attempt, or None.
+    - `settle_window`: for how long settling may be retried while the state is away (None:
+      for as long as it takes; a lease: until another host may take the attempt over).
+    """
+
+    @property
+    def fds(self) -> tuple[int, ...]: ...
+
+    @property
+    def lost(self) -> Any: ...  # a threading.Event or None
+
+    @property
+    def reason(self) -> str: ...
+
+    @property
+    def settle_window(self) -> float | None: ...
+
+    def handoff(self) -> dict[str, Any]: ...
+
+    def let_go(self) -> None: ...
+
+    def done(self) -> None: ...
+
+    def release(self) -> None: ...
+
+    def started(self, pid: int) -> None: ...
+
+    def fenced_reason(self) -> str | None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimRequest:
+    """What a claim needs from the engine: who claims, when, and for what.
+
+    `only`: the claim is for that item alone (`agentjobs run JOB`) and a `Refusal` says what
+    holds it back. `keep`: a hold whose slot this worker already has (its next claim takes it
+    over, or lets it go). `first(runtime)`: changes to apply before claiming (settling the
+    worker's last attempt), in the same write where the backend can (files), just before it
+    otherwise; returning False means "do not claim"."""
+
+    host: str
+    labels: frozenset[str]
+    now: str
+    slots: int  # max_concurrent (across the cluster on a shared store)
+    host_slots: int | None  # max_concurrent_per_host
+    timeout: float
+    pid: int
+    only: str | None = None
+    keep: Hold | None = None
+    first: Callable[[Runtime], bool] | None = None
+
+    def note(self, item: QueueItem) -> str:
+        """Who holds a key: read by `agentjobs status` and the holder message."""
+        return (
+            f"run {item.run_id} (job {item.job}, attempt {item.attempt}, pid {self.pid}, "
+            f"host {self.host})"
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """A claimed attempt: its item (now running), its job as applied, what it holds."""
+
+    item: QueueItem
+    job: AppliedJob
+    hold: Hold
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """Why the one item a claim asked for (`only`) cannot run now."""
+
+    reason: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -231,8 +419,9 @@ class Store(Protocol):
     """A state backend.
 
     - `exists()`: whether any state has been written (read-only commands treat "no" as empty).
-    - `lock(timeout)`: the exclusive state lock; raises `UserError` naming the holder when it
-      cannot be had within `timeout` seconds.
+    - `lock(timeout)`: the exclusive state lock; raises `StateUnavailableError` naming the
+      holder when it cannot be had within `timeout` seconds; an outage (a database that is
+      down, a broken connection) raises it too, from any method.
     - `applied()`, `config()`: the applied jobs by name; the applied global config
       (`GlobalConfig.to_dict()`, `{}` before any apply).
     - `applied_version()`: an opaque value that changes whenever the applied jobs change.
@@ -268,12 +457,30 @@ class Store(Protocol):
     - `describe()`: where the state lives, for messages.
     - `reopened()`: a new store object on the same state, sharing nothing with this one (no
       lock, descriptor or connection): what a forked attempt supervisor uses.
+    - `claim(request)`: take the best runnable item (one eligibility rule, `eligibility.py`,
+      for every backend) with a `Hold` on its key and a slot, mark it running; a `Claim`, None
+      (nothing runnable, or no free slot) or, for `request.only`, a `Refusal`.
+    - `hold_from(handoff, fds)`: a claim's hold, taken over in a supervisor's process.
+    - `orphaned(item)`: whether a running item's attempt has nobody left to finish it.
+    - `see_host(host, labels)`: this host is alive (shared stores list hosts); `close_thread()`:
+      let go of this thread's connection, if any; `orphans_possible(runtime)`: whether a pass
+      must look for orphans (files: always, it is cheap; a shared store asks the leases once).
+    - `prepare_keys(keys)`: make claiming these lock keys cheap later (files: create their lock
+      files at apply time, not under the state lock of a busy tick; leases: nothing).
+    - `hosts()`: the hosts seen lately (shared stores; none on files); `host_notes()`: queued
+      item id -> [(host, why that host left it alone)] (a missing workdir, runs_on labels).
     - `shared`: whether several hosts share this state (PostgreSQL: leases instead of flocks);
       `local_dir`: this host's own directory (attempt logs, worktrees, the daemon's lock).
+    - `one_clock`: every writer of this state reads this host's clock (files); on a shared
+      store another host's clock may run ahead, so the clock check (engine) is off.
+    - `records_with_state`: records are written in the state's own transaction (PostgreSQL),
+      not appended ahead of it (files: a supervisor appends its finish before settling).
     """
 
     locks_dir: Path
     shared: bool
+    one_clock: bool
+    records_with_state: bool
 
     @property
     def local_dir(self) -> Path: ...
@@ -344,11 +551,35 @@ class Store(Protocol):
 
     def reopened(self) -> Store: ...
 
+    def claim(self, request: ClaimRequest) -> Claim | Refusal | None: ...
+
+    def hold_from(self, handoff: Mapping[str, Any], fds: Sequence[int]) -> Hold: ...
+
+    def orphaned(self, item: QueueItem) -> bool: ...
+
+    def see_host(self, host: str, labels: Iterable[str]) -> None: ...
+
+    def prepare_keys(self, keys: Iterable[str]) -> None: ...
+
+    def hosts(self) -> list[dict[str, Any]]: ...
+
+    def host_notes(self) -> dict[str, list[tuple[str, str]]]: ...
+
+    def orphans_possible(self, runtime: Runtime) -> bool: ...
+
+    def close_thread(self) -> None: ...
+
+
+def is_database_url(location: str) -> bool:
+    """Whether a `--state-dir` names a PostgreSQL database (`postgresql://` or `postgres://`,
+    as libpq spells its URLs) rather than a directory."""
+    return location.startswith(("postgresql://", "postgres://"))
+
 
 def open_store(location: str) -> Store:
     """The backend for `--state-dir`: a `postgresql://` URL (shared by hosts) or a directory
     path (the file backend, which never imports psycopg)."""
-    if location.startswith(("postgresql://", "postgres://")):
+    if is_database_url(location):
         from agentjobs.store.postgres import PostgresStore
 
         return PostgresStore(location)

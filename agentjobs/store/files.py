@@ -29,16 +29,19 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Concatenate, ParamSpec, TypeVar, cast
 
+from agentjobs import locks
 from agentjobs import records as records_mod
+from agentjobs.clock import parse
 from agentjobs.errors import (
     ENVIRONMENT_ERRNOS,
     StateDamagedError,
+    StateUnavailableError,
     StateWriteError,
     UserError,
     environment_error,
@@ -48,25 +51,36 @@ from agentjobs.store import (
     AppliedChange,
     AppliedJob,
     AttemptSummary,
+    Claim,
+    ClaimRequest,
     JobState,
     OutboxEvent,
     QueueItem,
+    QueueState,
+    Refusal,
     Runtime,
+    held_message,
 )
+from agentjobs.store.eligibility import in_order, refusal
 
 # format N -> function turning a format-N state directory into format N+1 (none needed yet)
 MIGRATIONS: dict[int, Callable[[Path], None]] = {}
 
 
-def atomic_write(path: Path, data: bytes) -> None:
+def atomic_write(path: Path, data: bytes, mode: int | None = None) -> None:
     """Replace `path` with `data` so readers see the old or the new file, never a mix.
 
-    Any failure leaves no temp file behind; a failure of the environment (a full or read-only
-    disk, permissions, an I/O error) raises `StateWriteError` naming `path`."""
+    The temp file is `.NAME.PID.tmp` in the same directory (a dot file: globs such as
+    node_exporter's `*.prom` pass it by). The new file is 0600 less the umask, or with `mode`
+    exactly `mode` whatever the umask (a file another user reads). Any failure leaves no temp
+    file behind; a failure of the environment (a full or read-only disk, permissions, an I/O
+    error) raises `StateWriteError` naming `path`."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600 if mode is None else mode)
         try:
+            if mode is not None:
+                os.fchmod(fd, mode)  # the umask applies to os.open's mode
             view = memoryview(data)
             while view:
                 view = view[os.write(fd, view) :]
@@ -215,6 +229,40 @@ def _dump(value: Any) -> bytes:
     return (json.dumps(value, separators=(",", ":")) + "\n").encode()
 
 
+@dataclasses.dataclass(slots=True)
+class FileHold:
+    """A claim's hold on the file backend: the flocked lock-key file and a concurrency slot."""
+
+    key: locks.HeldLock
+    slot: locks.HeldLock
+    lost: None = None  # a flock is never taken over
+    reason: str = ""
+    settle_window: None = None  # the state is local: settling is retried as long as it takes
+
+    @property
+    def fds(self) -> tuple[int, ...]:
+        return tuple(fd for fd in (self.key.fd, self.slot.fd) if fd >= 0)
+
+    def handoff(self) -> dict[str, Any]:
+        return {"key": str(self.key.path), "slot": str(self.slot.path)}
+
+    def let_go(self) -> None:
+        self.key.release()
+
+    def done(self) -> None:
+        self.key.release()
+        self.slot.release()
+
+    def release(self) -> None:
+        self.done()
+
+    def started(self, pid: int) -> None:
+        pass
+
+    def fenced_reason(self) -> None:
+        return None
+
+
 class FileStore:
     """State in a directory (created mode 0700 on first write)."""
 
@@ -236,6 +284,8 @@ class FileStore:
         self._json: dict[str, tuple[dict[tuple[str, int], str], list[Any]]] = {}
 
     shared = False  # one machine: locks are flocks, the state is not shared between hosts
+    one_clock = True
+    records_with_state = False  # a supervisor appends its records before it settles
 
     @property
     def local_dir(self) -> Path:
@@ -246,6 +296,126 @@ class FileStore:
 
     def reopened(self) -> FileStore:
         return FileStore(self.root)
+
+    # -- claims ----------------------------------------------------------------------------
+
+    def claim(self, request: ClaimRequest) -> Claim | Refusal | None:
+        """`request.first`, then the best runnable item, in one transaction (one write)."""
+        with self.transaction(request.timeout) as runtime:
+            if request.first is not None and not request.first(runtime):
+                return None
+            return self._claim_in(runtime, request)
+
+    def _claim_in(self, runtime: Runtime, request: ClaimRequest) -> Claim | Refusal | None:
+        applied = self.applied()
+        kept = cast("FileHold", request.keep).slot if request.keep is not None else None
+        slot = kept
+        only = request.only
+        busy = {i.lock_key for i in runtime.queue.values() if i.state == "running"}
+        if only is not None:
+            item = runtime.queue.get(only)
+            if item is None or item.state != "queued":
+                return None
+            why = self._refusal(item, applied, runtime, request)
+            if why is not None:
+                return Refusal(why.removeprefix("host:").strip())
+            candidates: Iterable[QueueItem] = [item]
+        else:
+            candidates = in_order(
+                [
+                    i
+                    for i in runtime.queue.values()
+                    if i.state == "queued" and i.not_before <= request.now
+                ]
+            )
+        for item in candidates:
+            if only is None and (
+                item.lock_key in busy or self._refusal(item, applied, runtime, request)
+            ):
+                continue
+            if slot is None:
+                slot = locks.try_slot(self.locks_dir, request.slots)
+                if slot is None:
+                    return None if only is None else Refusal("every concurrency slot is in use")
+            key = locks.try_key(self.locks_dir, item.lock_key)
+            if key is None:
+                busy.add(item.lock_key)
+                if only is not None:
+                    if slot is not kept:
+                        slot.release()
+                    return Refusal(self.holder_message(item.lock_key, runtime))
+                continue
+            key.note(request.note(item))
+            running = dataclasses.replace(
+                item,
+                state=QueueState.RUNNING,
+                started_at=request.now,
+                host=request.host,
+                pid=request.pid,
+                # where this attempt's records will be: recovery reads from here (a stat)
+                records_at=self.records_mark(parse(request.now)),
+            )
+            runtime.queue[item.id] = running
+            state = runtime.jobs.get(item.job)
+            if state is not None:
+                runtime.jobs[item.job] = dataclasses.replace(
+                    state, last_started=request.now, last_run_id=item.run_id
+                )
+            return Claim(running, applied[item.job], FileHold(key, slot))
+        if slot is not None and slot is not kept:
+            slot.release()
+        return None
+
+    @staticmethod
+    def _refusal(
+        item: QueueItem, applied: Mapping[str, AppliedJob], runtime: Runtime, request: ClaimRequest
+    ) -> str | None:
+        return refusal(
+            applied.get(item.job),
+            runtime.jobs.get(item.job),
+            runtime.holds,
+            request,
+            other_hosts=False,
+        )
+
+    def holder_message(self, key: str, runtime: Runtime) -> str:
+        """Who holds lock key `key`: the running item, or what the lock file notes."""
+        running = [i for i in runtime.queue.values() if i.state == "running" and i.lock_key == key]
+        if running:
+            return held_message(key, running[0])
+        holder = locks.holder(locks.key_file(self.locks_dir, key))
+        return held_message(key, holder or "another process")
+
+    def hold_from(self, handoff: Mapping[str, Any], fds: Sequence[int]) -> FileHold:
+        return FileHold(
+            locks.HeldLock(Path(handoff["key"]), fds[0]),
+            locks.HeldLock(Path(handoff["slot"]), fds[1]),
+        )
+
+    def orphaned(self, item: QueueItem) -> bool:
+        """The key is held from the claim until the attempt is settled, by the claiming tick
+        and then by the attempt's supervisor (and the attempt's processes): a free key means
+        nobody is left to finish it, whatever host name or pid the item names (a container
+        restarted under a new name, a reused pid)."""
+        return locks.is_free(locks.key_file(self.locks_dir, item.lock_key))
+
+    def see_host(self, host: str, labels: Iterable[str]) -> None:
+        pass  # one host
+
+    def prepare_keys(self, keys: Iterable[str]) -> None:
+        locks.prepare_keys(self.locks_dir, keys)
+
+    def hosts(self) -> list[dict[str, Any]]:
+        return []  # one host, not listed
+
+    def host_notes(self) -> dict[str, list[tuple[str, str]]]:
+        return {}  # one host: what it skips stays queued for it, with its reason in `run`
+
+    def orphans_possible(self, runtime: Runtime) -> bool:
+        return True  # one host: every pass looks (a flock test per running item)
+
+    def close_thread(self) -> None:
+        pass  # no connections
 
     @_guarded("read")
     def exists(self) -> bool:
@@ -327,7 +497,7 @@ class FileStore:
                         raise
                     if time.monotonic() >= deadline:
                         holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
-                        raise UserError(
+                        raise StateUnavailableError(
                             f"state directory {self.root} is locked by another agentjobs process "
                             f"(pid {holder}) for more than {timeout:g}s; try again when it is done"
                         ) from None

@@ -31,24 +31,28 @@ import threading
 import time
 import uuid
 import weakref
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from agentjobs import records as records_mod
-from agentjobs.errors import UserError
+from agentjobs.errors import StateUnavailableError, UserError
 from agentjobs.store import (
     PRIORITY_RANK,
     AppliedChange,
     AppliedJob,
+    Claim,
+    ClaimRequest,
     JobState,
     OutboxEvent,
     QueueItem,
+    Refusal,
     Runtime,
+    held_message,
 )
+from agentjobs.store.eligibility import refusal
 
 if TYPE_CHECKING:
     import psycopg
@@ -176,10 +180,6 @@ MIGRATIONS: list[str] = [
 ]
 
 
-def is_url(location: str) -> bool:
-    return location.startswith(("postgresql://", "postgres://"))
-
-
 def default_local_dir() -> Path:
     """This host's files with a shared database (attempt logs, worktrees, the daemon lock):
     `AGENTJOBS_LOCAL_DIR`, else `$XDG_STATE_HOME/agentjobs`, else ~/.local/state/agentjobs."""
@@ -220,7 +220,7 @@ def _first_line(exc: BaseException) -> str:
     return text[0] if text else type(exc).__name__
 
 
-class DatabaseLost(UserError):
+class DatabaseLost(StateUnavailableError):
     """The connection broke (a server restart, a network cut); nothing of the step committed."""
 
 
@@ -241,34 +241,6 @@ def _again_once(method: Callable[..., R]) -> Callable[..., R]:
     return wrapper
 
 
-@dataclass(frozen=True, slots=True)
-class ClaimRequest:
-    """What a claim needs from the engine: who claims, when, and how it judges items.
-
-    `refuse(item_id, job, context)` says why this host will not run an item (paused, held,
-    runs_on, workdir missing...) or None; a reason starting with "host:" is kept in
-    `host_notes` for `status`. With `only`, the claim is for that item alone and a message
-    says what holds it back."""
-
-    host: str
-    now: str
-    only: str | None
-    refuse: Callable[[str, str, Runtime], str | None]
-    slots: int  # max_concurrent across the cluster
-    host_slots: int | None  # max_concurrent_per_host
-    note: Callable[[QueueItem], str]
-    timeout: float
-
-
-@dataclass(frozen=True, slots=True)
-class Claimed:
-    """What `PostgresStore.claim` hands the engine: the item (now running) and its leases."""
-
-    item: QueueItem
-    key: Lease
-    slot: Lease
-
-
 class Lease:
     """The lease rows of one attempt (its lock key and its concurrency slots), one token.
 
@@ -279,7 +251,7 @@ class Lease:
     `fd` is None: nothing to pass to the child.
     """
 
-    fd = None
+    fds: tuple[int, ...] = ()  # nothing to pass to the child
 
     def __init__(self, store: PostgresStore, token: str, duration: float) -> None:
         self.store = store
@@ -293,10 +265,23 @@ class Lease:
         self._released = False
         self._last_ok = time.monotonic()  # when the last renewal that succeeded was sent
 
-    def moved(self, store: PostgresStore) -> Lease:
-        """The same lease, renewed through `store` (an attempt's supervisor, in its own process,
-        renews and releases the lease its tick claimed)."""
-        return Lease(store, self.token, self.duration)
+    @property
+    def settle_window(self) -> float:
+        """Settling is retried while the database is away for a lease (at least 10 s): after
+        that another host may have recorded the attempt `lost`."""
+        return max(self.duration, 10.0)
+
+    def handoff(self) -> dict[str, Any]:
+        return {"token": self.token, "duration": self.duration}
+
+    def let_go(self) -> None:
+        pass  # the supervisor renews and releases the lease rows
+
+    def done(self) -> None:
+        pass  # the lease rows are the supervisor's to release
+
+    def started(self, pid: int) -> None:
+        self.start(pid)
 
     def start(self, pgid: int) -> None:
         from agentjobs.runner import start_fence
@@ -318,13 +303,16 @@ class Lease:
             attempt_at = time.monotonic()
             try:
                 alive = self.store.renew(self.token, self.duration)
-            except UserError as exc:
+            except StateUnavailableError as exc:  # the database is away: again, until overdue
                 if self.overdue():
                     self._lose(
                         f"the lease could not be renewed for {self.duration * 2 / 3:g}s ({exc})"
                     )
                     return
                 continue
+            except UserError as exc:  # not an outage: waiting would not help
+                self._lose(f"the lease could not be renewed ({exc})")
+                return
             if not alive:
                 self._lose("the lease was taken over by another host (it expired)")
                 return
@@ -368,6 +356,8 @@ class PostgresStore:
     """State in a PostgreSQL database (schema `agentjobs`)."""
 
     shared = True
+    one_clock = False  # another host's clock may run ahead of this one's
+    records_with_state = True  # records go in with the state, in one transaction
 
     def __init__(self, url: str, local_dir: Path | None = None) -> None:
         self.url = url
@@ -424,7 +414,7 @@ class PostgresStore:
                 break
             except pg.Error as exc:
                 if time.monotonic() + delay > deadline:
-                    raise UserError(
+                    raise StateUnavailableError(
                         f"cannot connect to the database {self.describe()}: {_first_line(exc)}; "
                         "check the URL and that the server is up"
                     ) from None
@@ -444,7 +434,7 @@ class PostgresStore:
 
     @contextmanager
     def _db(self) -> Iterator[psycopg.Connection[Any]]:
-        """A connection for this thread; database errors become one-line `UserError`s."""
+        """A connection for this thread; a lost connection becomes `DatabaseLost` (one line)."""
         pg = _import_psycopg()
         conn = self._connect()
         try:
@@ -517,7 +507,7 @@ class PostgresStore:
         try:
             conn = psycopg.connect(self.url, autocommit=True, connect_timeout=10)
         except psycopg.Error as exc:
-            raise UserError(
+            raise StateUnavailableError(
                 f"cannot connect to the database {self.describe()}: {_first_line(exc)}"
             ) from None
         with conn:
@@ -550,7 +540,7 @@ class PostgresStore:
                 f"SELECT 1 FROM {SCHEMA}.meta WHERE id = 1 {mode}"
             )
         except psycopg.errors.LockNotAvailable:
-            raise UserError(
+            raise StateUnavailableError(
                 f"the state in {self.describe()} is locked by another agentjobs process for "
                 f"more than {timeout:g}s; try again when it is done"
             ) from None
@@ -971,6 +961,22 @@ class PostgresStore:
                 (token,),
             )
 
+    def hold_from(self, handoff: Mapping[str, Any], fds: Sequence[int]) -> Lease:
+        """The lease its tick claimed, renewed and released by the attempt's supervisor."""
+        return Lease(self, str(handoff["token"]), float(handoff["duration"]))
+
+    def prepare_keys(self, keys: Iterable[str]) -> None:
+        pass  # keys are lease rows, made by the claim
+
+    def orphaned(self, item: QueueItem) -> bool:
+        """Across hosts the lease is the only truth: renewed, the attempt lives."""
+        return not self.attempt_leased(item.run_id, item.attempt)
+
+    def orphans_possible(self, runtime: Runtime) -> bool:
+        """Running items without a live lease (one query, only when something runs)."""
+        running = any(i.state == "running" for i in runtime.queue.values())
+        return running and self.unleased_running() > 0
+
     @_again_once
     def attempt_leased(self, run_id: str, attempt: int) -> bool:
         """Whether a live (unexpired) lease covers this attempt."""
@@ -1038,27 +1044,43 @@ class PostgresStore:
     # -- claims ----------------------------------------------------------------------------
 
     @_again_once
-    def claim(self, request: ClaimRequest) -> Claimed | str | None:
-        """Take the best runnable item across hosts (`_claim_once`). When every due item this
-        host could take was row-locked by other hosts' claims, look again shortly: they may
-        release some of them (a claim locks its batch until it commits), and a tick that gave
-        up here would leave work queued until the next tick."""
+    def claim(self, request: ClaimRequest) -> Claim | Refusal | None:
+        """`request.first` (its own transaction), then the best runnable item across hosts
+        (`_claim_once`). When every due item this host could take was row-locked by other
+        hosts' claims, look again shortly: they may release some of them (a claim locks its
+        batch until it commits), and a tick that gave up here would leave work queued until
+        the next tick."""
+        if request.first is not None:
+            with self.transaction(request.timeout) as runtime:
+                go = request.first(runtime)
+            if not go:
+                return None
+        applied = self.applied()
         for round_ in range(CLAIM_ROUNDS):
-            claimed = self._claim_once(request)
+            claimed = self._claim_once(request, applied)
             if not isinstance(claimed, _Contended):
                 return claimed
             time.sleep(0.002 * (round_ + 1))
         return None
 
-    def _claim_once(self, request: ClaimRequest) -> Claimed | str | _Contended | None:
+    def _claim_once(
+        self, request: ClaimRequest, applied: Mapping[str, AppliedJob]
+    ) -> Claim | Refusal | _Contended | None:
         """Take the best runnable item across hosts: leases for its key and a slot, marked
         running, in one transaction. Claimers skip each other's rows (`SKIP LOCKED`)."""
-        host, now, only, refuse = request.host, request.now, request.only, request.refuse
-        note, timeout = request.note, request.timeout
-        slots, host_slots = request.slots, request.host_slots
+        only = request.only
         duration = self.lease_duration()
         with self._db() as conn, conn.transaction(), conn.cursor() as cur:
-            self._lock_meta(conn, timeout, "FOR SHARE")
+            self._lock_meta(conn, request.timeout, "FOR SHARE")
+            if isinstance(request.keep, Lease):
+                # the worker's settled attempt hands its slot over: its supervisor keeps only
+                # the key lease until it lets go (as a flocked slot moves to the next claim)
+                cur.execute(
+                    f"UPDATE {SCHEMA}.leases SET released_at = clock_timestamp(), "
+                    "release_reason = 'handed over' WHERE token = %s AND released_at IS NULL "
+                    "AND key LIKE 'slot:%%'",
+                    (request.keep.token,),
+                )
             context, busy, leased = self._claim_context(cur)
             if only is not None:
                 cur.execute(
@@ -1068,82 +1090,118 @@ class PostgresStore:
                 )
                 batches: Iterable[list[tuple[str, str, str, str]]] = [cur.fetchall()]
             else:
-                batches = self._candidates(cur, now, busy)
+                batches = self._candidates(cur, request.now, busy)
             token = uuid.uuid4().hex
             have_slot = False
             seen: list[str] = []
             for batch in batches:
                 for item_id, job, lock_key, data in batch:
                     seen.append(item_id)
-                    if lock_key in busy:
+                    why = self._why_not(
+                        cur, request, applied, context, busy, item_id, job, lock_key
+                    )
+                    if why is not None:
                         if only is not None:
-                            return self._held_message(cur, lock_key)
-                        continue
-                    reason = refuse(item_id, job, context)
-                    if reason is not None:
-                        if reason.startswith("host:"):
-                            cur.execute(
-                                f"INSERT INTO {SCHEMA}.host_notes (host, item_id, reason) "
-                                "VALUES (%s, %s, %s) ON CONFLICT (host, item_id) DO UPDATE "
-                                "SET reason = excluded.reason, at = now()",
-                                (host, item_id, reason[5:].strip()),
-                            )
-                        if only is not None:
-                            return reason.removeprefix("host:").strip()
+                            return Refusal(why)
                         continue
                     if not have_slot:
                         taken = self._take_slots(
-                            cur, token, host, slots, host_slots, leased, duration
+                            cur,
+                            token,
+                            request.host,
+                            request.slots,
+                            request.host_slots,
+                            leased,
+                            duration,
                         )
                         if taken is not None:
-                            return None if only is None else taken
+                            return None if only is None else Refusal(taken)
                         have_slot = True
                     item = QueueItem.from_dict(json.loads(data))
-                    if not self._take_key(cur, token, host, item, duration, note(item)):
+                    note = request.note(item)
+                    if not self._take_key(cur, token, request.host, item, duration, note):
                         busy.add(lock_key)
                         if only is not None:
                             cur.execute(f"DELETE FROM {SCHEMA}.leases WHERE token = %s", (token,))
-                            return self._held_message(cur, lock_key)
+                            return Refusal(self._held_message(cur, lock_key))
                         continue
-                    running = QueueItem.from_dict(
-                        {
-                            **item.to_dict(),
-                            "state": "running",
-                            "started_at": now,
-                            "host": host,
-                            "pid": os.getpid(),
-                        }
-                    )
-                    cur.execute(
-                        f"WITH q AS (UPDATE {SCHEMA}.queue SET state = 'running', data = %s, "
-                        f"version = nextval('{SCHEMA}.row_version') WHERE id = %s), "
-                        f"j AS (UPDATE {SCHEMA}.jobs SET data = data || %s, "
-                        f"version = nextval('{SCHEMA}.row_version') WHERE name = %s) "
-                        f"DELETE FROM {SCHEMA}.host_notes WHERE item_id = %s",
-                        (
-                            json.dumps(running.to_dict()),
-                            item.id,
-                            json.dumps({"last_started": now, "last_run_id": item.run_id}),
-                            item.job,
-                            item.id,
-                        ),
-                    )
-                    lease = Lease(self, token, duration)
-                    return Claimed(running, lease, lease)
+                    running = self._mark_running(cur, request, item)
+                    return Claim(running, applied[item.job], Lease(self, token, duration))
             if have_slot:
                 cur.execute(f"DELETE FROM {SCHEMA}.leases WHERE token = %s", (token,))
-            if only is None:
-                # due rows this claim never saw were skipped: locked by other claims
-                cur.execute(
-                    f"SELECT EXISTS (SELECT 1 FROM {SCHEMA}.queue WHERE state = 'queued' "
-                    "AND not_before <= %s AND NOT lock_key = ANY(%s::text[]) "
-                    "AND NOT id = ANY(%s::text[]))",
-                    (now, list(busy), seen),
-                )
-                row = cur.fetchone()
-                if row is not None and row[0]:
-                    return CONTENDED
+            if only is None and self._skipped_rows(cur, request.now, busy, seen):
+                return CONTENDED
             return None
+
+    def _why_not(
+        self,
+        cur: psycopg.Cursor[Any],
+        request: ClaimRequest,
+        applied: Mapping[str, AppliedJob],
+        context: Runtime,
+        busy: set[str],
+        item_id: str,
+        job: str,
+        lock_key: str,
+    ) -> str | None:
+        """Why this host does not claim a queued row now (its key is busy, `refusal`), or
+        None. A reason about this host alone is kept in `host_notes` for `status`."""
+        if lock_key in busy:  # who holds it is looked up only for the one item asked for
+            return "busy" if request.only is None else self._held_message(cur, lock_key)
+        reason = refusal(
+            applied.get(job), context.jobs.get(job), context.holds, request, other_hosts=True
+        )
+        if reason is not None and reason.startswith("host:"):
+            cur.execute(
+                f"INSERT INTO {SCHEMA}.host_notes (host, item_id, reason) "
+                "VALUES (%s, %s, %s) ON CONFLICT (host, item_id) DO UPDATE "
+                "SET reason = excluded.reason, at = now()",
+                (request.host, item_id, reason[5:].strip()),
+            )
+        return None if reason is None else reason.removeprefix("host:").strip()
+
+    def _mark_running(
+        self, cur: psycopg.Cursor[Any], request: ClaimRequest, item: QueueItem
+    ) -> QueueItem:
+        """The claimed row as running, its job's last start, its host notes gone."""
+        now = request.now
+        running = QueueItem.from_dict(
+            {
+                **item.to_dict(),
+                "state": "running",
+                "started_at": now,
+                "host": request.host,
+                "pid": request.pid,
+            }
+        )
+        cur.execute(
+            f"WITH q AS (UPDATE {SCHEMA}.queue SET state = 'running', data = %s, "
+            f"version = nextval('{SCHEMA}.row_version') WHERE id = %s), "
+            f"j AS (UPDATE {SCHEMA}.jobs SET data = data || %s, "
+            f"version = nextval('{SCHEMA}.row_version') WHERE name = %s) "
+            f"DELETE FROM {SCHEMA}.host_notes WHERE item_id = %s",
+            (
+                json.dumps(running.to_dict()),
+                item.id,
+                json.dumps({"last_started": now, "last_run_id": item.run_id}),
+                item.job,
+                item.id,
+            ),
+        )
+        return running
+
+    def _skipped_rows(
+        self, cur: psycopg.Cursor[Any], now: str, busy: set[str], seen: list[str]
+    ) -> bool:
+        """Whether due rows this claim never saw were skipped: locked by other claims."""
+        cur.execute(
+            f"SELECT EXISTS (SELECT 1 FROM {SCHEMA}.queue WHERE state = 'queued' "
+            "AND not_before <= %s AND NOT lock_key = ANY(%s::text[]) "
+            "AND NOT id = ANY(%s::text[]))",
+            (now, list(busy), seen),
+        )
+        row = cur.fetchone()
+        return bool(row is not None and row[0])
 
     def _claim_context(self, cur: psycopg.Cursor[Any]) -> tuple[Runtime, set[str], set[str]]:
         """One query for what a claim judges by: paused jobs and usage-limit holds (as a
@@ -1269,19 +1327,15 @@ class PostgresStore:
         )
         row = cur.fetchone()
         if row is not None:
-            item = QueueItem.from_dict(row[0])
-            return (
-                f"lock key {key} is held by run {item.run_id} (job {item.job}, attempt "
-                f"{item.attempt}, host {item.host}, started {item.started_at})"
-            )
+            return held_message(key, QueueItem.from_dict(row[0]), with_host=True)
         cur.execute(
             f"SELECT host, run_id FROM {SCHEMA}.leases WHERE key = %s AND released_at IS NULL",
             (key,),
         )
         lease = cur.fetchone()
         if lease is not None:
-            return f"lock key {key} is held by run {lease[1]} on host {lease[0]}"
-        return f"lock key {key} is held by another host"
+            return held_message(key, f"run {lease[1]} on host {lease[0]}")
+        return held_message(key, "another host")
 
 
 def _delete_rows(

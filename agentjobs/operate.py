@@ -1,0 +1,107 @@
+"""What an operator does to the state besides running ticks: a manual run's enqueue, pause and
+resume, a dead letter's replay or resolution. Each is one transaction (or one dead-letter write
+and its record) through the engine's store.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import TYPE_CHECKING, Any
+
+from agentjobs import planning
+from agentjobs.errors import UserError
+from agentjobs.records import new_ulid
+from agentjobs.store import DeadLetter, QueueItem
+
+if TYPE_CHECKING:
+    from agentjobs.engine import Engine
+
+
+def enqueue_manual(
+    engine: Engine, job: str, trigger: str = "manual", replay_of: str | None = None
+) -> QueueItem:
+    with engine.store.transaction(engine.lock_timeout) as runtime:
+        applied = engine.store.applied()
+        if job not in applied:
+            known = ", ".join(sorted(applied)) or "none applied"
+            raise UserError(
+                f"no applied job named {job!r} (jobs: {known}); run `agentjobs apply` first"
+            )
+        spec = applied[job].parsed
+        run_id = new_ulid()
+        stamp = engine._now()
+        item = QueueItem(
+            id=f"{job}@{trigger}-{run_id}",
+            run_id=run_id,
+            job=job,
+            trigger=trigger,
+            priority=spec.priority,
+            lock_key=planning.lock_key(spec, run_id),
+            queued_at=stamp,
+            not_before=stamp,
+            replay_of=replay_of,
+        )
+        runtime.queue[item.id] = item
+    return item
+
+
+def set_paused(engine: Engine, job: str, paused: bool) -> None:
+    from agentjobs.reconcile import fresh_state
+
+    with engine.store.transaction(engine.lock_timeout) as runtime:
+        applied = engine.store.applied()
+        if job not in applied or job not in runtime.jobs:
+            raise UserError(f"no applied job named {job!r}")
+        state = runtime.jobs[job]
+        if paused:
+            runtime.jobs[job] = dataclasses.replace(state, paused=True)
+        elif state.paused:
+            # Resume from now: the paused period is not "missed".
+            fresh = fresh_state(applied[job].parsed, engine.clock.now(), state)
+            runtime.jobs[job] = dataclasses.replace(fresh, paused=False)
+
+
+def replay(engine: Engine, entry_id: str) -> QueueItem:
+    entry = dead_letter(engine, entry_id)
+    if entry.status == "resolved":
+        raise UserError(f"dead letter {entry_id} is resolved; nothing to replay")
+    item = enqueue_manual(engine, entry.job, trigger="replay", replay_of=entry_id)
+    replays = (*entry.replays, {"run_id": item.run_id, "at": engine._now()})
+    engine.store.put_dead_letter(
+        dataclasses.replace(entry, replays=replays, status="replayed").to_dict()
+    )
+    engine.store.append_records(
+        [engine._record("replayed", item, engine.store.applied().get(item.job), dlq_id=entry_id)],
+        engine.clock.now(),
+    )
+    return item
+
+
+def resolve(engine: Engine, entry_id: str, note: str) -> dict[str, Any]:
+    entry = dataclasses.replace(
+        dead_letter(engine, entry_id), status="resolved", note=note, resolved_at=engine._now()
+    )
+    engine.store.put_dead_letter(entry.to_dict())
+    stub = QueueItem(
+        id=entry_id,
+        run_id=entry.run_id,
+        job=entry.job,
+        trigger=entry.trigger,
+        priority="normal",
+        lock_key="",
+        queued_at="",
+        not_before="",
+        slot=entry.slot,
+        attempt=len(entry.attempts),
+    )
+    engine.store.append_records(
+        [engine._record("resolved", stub, None, dlq_id=entry_id, note=note)], engine.clock.now()
+    )
+    return entry.to_dict()
+
+
+def dead_letter(engine: Engine, entry_id: str) -> DeadLetter:
+    entry = engine.store.dead_letter(entry_id)
+    if entry is None:
+        raise UserError(f"no dead letter {entry_id!r}; see `agentjobs dlq list`")
+    return DeadLetter.from_dict(entry)
