@@ -163,6 +163,10 @@ def _command(
         "AGENTJOBS_HOST": item.host or "",  # the runner host that claimed it
         **(slot_env or {}),
     }
+    if spec.agent is not None:
+        from agentjobs.agents import agent_env
+
+        extra.update(agent_env(spec.agent))
     env = build_env(dict(spec.env), spec.env_file, extra)
     argv = command_for(spec, item)
     cwd = spec.workdir

@@ -18,7 +18,16 @@ import sys
 folder = os.environ["FAKE_AGENT_DIR"]
 calls_path = os.path.join(folder, "calls.jsonl")
 with open(calls_path, "a") as handle:
-    handle.write(json.dumps({"argv": sys.argv, "cwd": os.getcwd()}) + "\n")
+    handle.write(
+        json.dumps(
+            {
+                "argv": sys.argv,
+                "cwd": os.getcwd(),
+                "trust": os.environ.get("GEMINI_CLI_TRUST_WORKSPACE"),
+            }
+        )
+        + "\n"
+    )
 with open(calls_path) as handle:
     number = sum(1 for _ in handle)
 with open(os.path.join(folder, "modes.json")) as handle:

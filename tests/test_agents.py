@@ -344,3 +344,111 @@ def test_codex_gemini_aider_and_custom_verdicts() -> None:
     assert _judge("custom", "plain", 0, command=("x",)).outcome is None  # the exit code decides
     extra = _judge("claude", "org quota hit\n", 1, rate_limit_patterns=("quota hit",))
     assert extra.outcome == "rate_limited"
+
+
+# -- what the real Codex and Gemini CLIs print (issue 12, part 1): the shapes, byte for byte ----
+
+
+def _lines(*events: dict[str, Any]) -> str:
+    return "\n".join(json.dumps(e) for e in events) + "\n"
+
+
+def test_codex_usage_limit_is_a_usage_limit_with_its_reset_in_local_time() -> None:
+    local = datetime(2026, 11, 23, 12, 0).astimezone()  # the machine's zone: codex prints no zone
+    message = (
+        "You\u2019ve hit your usage limit. Upgrade to Pro (https://openai.com/chatgpt/pricing), "
+        "visit https://chatgpt.com/codex/settings/usage to purchase more credits or try again "
+        "at 2:44 PM."
+    )
+    out = _lines(
+        {"type": "error", "message": message},
+        {"type": "turn.failed", "error": {"message": message}},
+    )
+    verdict = preset_judge("codex", out, 1, local)
+    assert verdict.outcome == "rate_limited" and not verdict.permanent
+    assert verdict.reset_at == local.replace(hour=14, minute=44)
+    dated = message.replace("at 2:44 PM.", "at Sep 29th, 2027 12:55 AM.")
+    verdict = preset_judge("codex", _lines({"type": "error", "message": dated}), 1, local)
+    assert verdict.reset_at == datetime(2027, 9, 29, 0, 55).astimezone()
+
+
+def test_codex_recovering_by_itself_is_not_a_failure() -> None:
+    out = _lines(
+        {"type": "thread.started", "thread_id": "th-9"},
+        {
+            "type": "error",
+            "message": "Reconnecting... 1/5 (stream disconnected before completion: "
+            "error sending request for url (http://127.0.0.1:9/v1/responses))",
+        },
+        {"type": "error", "message": "Reconnecting... 2/5 (429 Too Many Requests)"},
+        {"type": "turn.completed", "usage": {"input_tokens": 9, "output_tokens": 3}},
+    )
+    verdict = _judge("codex", out, 0)
+    assert verdict.outcome == "succeeded" and verdict.error is None
+
+
+def test_codex_billing_and_a_non_git_workdir_are_permanent_with_the_clis_message() -> None:
+    billing = _lines(
+        {
+            "type": "turn.failed",
+            "error": {
+                "message": json.dumps(
+                    {
+                        "error": {
+                            "type": "insufficient_quota",
+                            "code": "insufficient_quota",
+                            "message": "Quota exceeded. Check your plan and billing details.",
+                        }
+                    }
+                )
+            },
+        }
+    )
+    verdict = _judge("codex", billing, 1)
+    assert (verdict.outcome, verdict.permanent) == ("failed", True)
+    assert verdict.error is not None and "Check your plan and billing details" in verdict.error
+    assert "{" not in verdict.error  # the CLI's message, not a JSON fragment
+    no_git = "Not inside a trusted directory and --skip-git-repo-check was not specified.\n"
+    verdict = _judge("codex", no_git, 1)
+    assert (verdict.outcome, verdict.permanent) == ("failed", True)
+    assert verdict.error is not None and "--skip-git-repo-check" in verdict.error
+
+
+def test_gemini_quota_exit_statuses_and_untrusted_workdirs() -> None:
+    quota = (
+        "[API Error: You have exhausted your daily quota on this model.]\n"
+        "Please wait and try again later. To increase your limits, request a quota increase "
+        "through AI Studio, or switch to another /auth method\n"
+    )
+    assert _judge("gemini", quota, 173).outcome == "rate_limited"  # HTTP 429 mod 256
+    assert _judge("gemini", "[API Error: something]", 173).outcome == "rate_limited"
+    unauthorized = _judge("gemini", "[API Error: API key not valid]", 145)  # 401
+    assert (unauthorized.outcome, unauthorized.permanent) == ("failed", True)
+    bad = _judge("gemini", "[API Error: Request contains an invalid argument.]", 144)  # 400
+    assert (bad.outcome, bad.permanent) == ("failed", True)
+    untrusted = "Gemini CLI is not running in a trusted directory. To proceed, ...\n"
+    verdict = _judge("gemini", untrusted, 55)
+    assert (verdict.outcome, verdict.permanent) == ("failed", True)
+    assert verdict.error is not None and "trusted directory" in verdict.error
+
+
+def test_gemini_attempts_run_with_the_workspace_trusted(
+    aj, fake, jobs_dir: Path, state_dir: Path
+) -> None:
+    from agentjobs.agents import agent_env
+
+    fake[0]("ok")
+    write(jobs_dir / "g.yaml", "agent: {kind: gemini, prompt: x}\n")
+    assert aj("apply").code == 0
+    assert aj("run", "g").code == 0
+    calls = Path(os.environ["FAKE_AGENT_DIR"], "calls.jsonl").read_text().splitlines()
+    assert [json.loads(line)["trust"] for line in calls] == ["true"]
+
+    assert agent_env(AgentSpec(kind="gemini", prompt="p")) == {"GEMINI_CLI_TRUST_WORKSPACE": "true"}
+    assert agent_env(AgentSpec(kind="codex", prompt="p")) == {}
+
+
+def preset_judge(kind: str, text: str, exit_code: int | None, now: datetime):  # type: ignore[no-untyped-def]
+    from agentjobs.agents import preset
+
+    return preset(kind).judge(text, exit_code, AgentSpec(kind=kind, prompt="p"), now)

@@ -109,9 +109,26 @@ _AUTH = re.compile(
 )
 _RATE = re.compile(
     r"usage limit reached|rate[_ ]limit(ed| reached|_error| exceeded)?|hit your limit|"
+    r"hit your usage limit|exhausted your (daily )?quota|"
     r"too many requests|\b429\b|quota exceeded|resource[_ ]exhausted",
     re.IGNORECASE,
 )
+# money, not a usage window: the plan or the balance must change first (OpenAI's
+# `insufficient_quota`); never retried as a usage limit, which would retry it forever
+_BILLING = re.compile(r"insufficient_quota|check your plan and billing", re.IGNORECASE)
+# codex: "...or try again at 2:44 PM." / "...try again at Sep 29th, 2026 12:55 AM." (the
+# machine's local time: no zone is printed)
+_TRY_AGAIN = re.compile(
+    r"try again at\s+(?:([A-Za-z]{3})[a-z]*\.?\s+(\d{1,2})(?:st|nd|rd|th)?,?\s+(\d{4}),?\s+)?"
+    r"(\d{1,2}):(\d{2})\s*([AP]M)",
+    re.IGNORECASE,
+)
+_MONTHS = {
+    m: n
+    for n, m in enumerate(
+        ["jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"], 1
+    )
+}
 _OVERLOADED = re.compile(r"overloaded|\b529\b|\b50[0234]\b|internal server error", re.IGNORECASE)
 _EPOCH = re.compile(r"usage limit reached\|(\d{9,11})", re.IGNORECASE)
 _RESETS_AT = re.compile(
@@ -128,6 +145,9 @@ def reset_from_text(text: str, now: datetime) -> datetime | None:
     epoch = _EPOCH.search(text)
     if epoch:
         return datetime.fromtimestamp(int(epoch.group(1)), UTC)
+    again = _TRY_AGAIN.search(text)
+    if again:
+        return _local_reset(again, now)
     match = _RESETS_AT.search(text)
     if match:
         hour, minute, half, zone = match.groups()
@@ -147,8 +167,61 @@ def reset_from_text(text: str, now: datetime) -> datetime | None:
     return None
 
 
+def _local_reset(found: re.Match[str], now: datetime) -> datetime | None:
+    """A `try again at` time in this machine's zone: on the date given, else the next one."""
+    from datetime import UTC
+
+    month, day, year, hour, minute, half = found.groups()
+    h = int(hour) % 12 + (12 if half.upper() == "PM" else 0)
+    local_now = now.astimezone()  # no zone argument: the machine's
+    try:
+        if year:
+            number = _MONTHS.get(month[:3].lower())
+            if number is None:
+                return None
+            moment = datetime(int(year), number, int(day), h, int(minute)).astimezone()
+        else:
+            moment = local_now.replace(hour=h, minute=int(minute), second=0, microsecond=0)
+            if moment <= local_now:
+                moment += timedelta(days=1)
+    except ValueError:  # not a real date
+        return None
+    return moment.astimezone(UTC)
+
+
+def message_of(text: str) -> str:
+    """The human message in an error text that may be a JSON body (`{"error": {"message":
+    ...}}`), else the text itself: records say what the CLI said, not a JSON fragment."""
+    try:
+        data = json.loads(text)
+    except ValueError:
+        return text
+    if isinstance(data, dict):
+        inner = data.get("error", data)
+        if isinstance(inner, dict) and isinstance(inner.get("message"), str):
+            return str(inner["message"])
+    return text
+
+
+def agent_env(agent: AgentSpec) -> dict[str, str]:
+    """What an unattended attempt of this agent needs in its environment: Gemini CLI refuses a
+    workdir nobody trusted interactively (exit 55) unless told to trust it."""
+    if agent.kind == "gemini":
+        return {"GEMINI_CLI_TRUST_WORKSPACE": "true"}
+    return {}
+
+
 def classify_text(text: str, extra_patterns: Sequence[str], now: datetime) -> Verdict | None:
     """A verdict from text alone, or None when the text says nothing we recognise."""
+    billing = _BILLING.search(text)
+    if billing:
+        line = next((x for x in text.splitlines() if _BILLING.search(x)), billing.group(0))
+        return Verdict(
+            "failed",
+            f"billing: {message_of(line.strip())[:300]} (a retry cannot fix this; check the "
+            "account's plan and balance)",
+            permanent=True,
+        )
     for pattern in extra_patterns:
         if re.search(pattern, text, re.MULTILINE):
             return Verdict(

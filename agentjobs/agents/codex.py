@@ -4,10 +4,11 @@
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from typing import Any
 
-from agentjobs.agents import Verdict, classify_text, events
+from agentjobs.agents import Verdict, classify_text, events, message_of
 from agentjobs.spec import AgentSpec
 
 
@@ -25,15 +26,29 @@ class Codex:
             kind = event.get("type")
             if kind == "thread.started":
                 facts["thread_id"] = event.get("thread_id")
-            elif kind == "turn.completed" and isinstance(event.get("usage"), dict):
-                facts["usage"] = event["usage"]
+            elif kind == "turn.completed":
+                # errors before a completed turn were transient: codex reconnected and retried
+                # by itself ("Reconnecting... 1/5 (...)"), as claude's api_retry events are
+                errors = []
+                if isinstance(event.get("usage"), dict):
+                    facts["usage"] = event["usage"]
             elif kind == "turn.failed":
-                errors.append(str((event.get("error") or {}).get("message") or "turn failed"))
+                errors.append(message_of(str((event.get("error") or {}).get("message") or "")))
             elif kind == "error":
-                errors.append(str(event.get("message") or "error"))
+                errors.append(message_of(str(event.get("message") or "error")))
+        errors = [e for e in errors if e]
         if not errors and exit_code == 0:
             return Verdict("succeeded", facts=facts)
         text = "\n".join(errors) or output[-65536:]
+        no_git = _NO_GIT.search(output)
+        if no_git:
+            return Verdict(
+                "failed",
+                f"codex: {no_git.group(0).strip()} (the workdir must be a git repository: "
+                "run `git init` there, or add --skip-git-repo-check to the agent's extra_args)",
+                permanent=True,
+                facts=facts,
+            )
         verdict = classify_text(text, agent.rate_limit_patterns, now)
         if verdict is not None:
             return Verdict(
@@ -42,3 +57,6 @@ class Codex:
         if errors:
             return Verdict("failed", f"codex reported: {errors[-1][:500]}", facts=facts)
         return Verdict(None, facts=facts)
+
+
+_NO_GIT = re.compile(r"[^\n]*--skip-git-repo-check was not specified[^\n]*")

@@ -1,14 +1,19 @@
 """Gemini CLI, headless: `gemini -p PROMPT --output-format stream-json`
-(https://github.com/google-gemini/gemini-cli/blob/main/docs/cli/headless.md). Its documented
-exit codes: 41 authentication, 42 input error, 44 sandbox error, 52 configuration error (a retry
-cannot fix these), 53 turn limit reached (can)."""
+(https://github.com/google-gemini/gemini-cli/blob/main/docs/cli/headless.md). Exit codes it is
+known to use: 41 authentication, 42 input error, 44 sandbox error, 52 configuration error, 55 a
+workdir not trusted (a retry cannot fix these), 53 turn limit reached (can); an API error ends
+it with the HTTP status mod 256 (0.61): 144 = 400, 145 = 401, 173 = 429 (a usage limit: daily
+quota, "[API Error: You have exhausted your daily quota on this model.]"). Attempts run with
+GEMINI_CLI_TRUST_WORKSPACE=true (`agents.agent_env`): an unattended runner trusts the job's
+workdir, which the job file names."""
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from typing import Any
 
-from agentjobs.agents import Verdict, classify_text, events
+from agentjobs.agents import Verdict, classify_text, events, reset_from_text
 from agentjobs.spec import AgentSpec
 
 PERMANENT_EXITS = {
@@ -16,7 +21,14 @@ PERMANENT_EXITS = {
     42: "the input was invalid (exit 42)",
     44: "the sandbox failed (exit 44)",
     52: "the configuration is invalid (exit 52)",
+    # an API error ends the CLI with the HTTP status mod 256 (0.61): 401 and 400
+    145: "authentication failed (HTTP 401): set GEMINI_API_KEY or log the CLI in",
+    144: "the API refused the request (HTTP 400)",
+    # not a trusted workdir (agentjobs sets GEMINI_CLI_TRUST_WORKSPACE=true; still refused)
+    55: "the workdir is not trusted by Gemini CLI (exit 55)",
 }
+RATE_LIMIT_EXIT = 173  # HTTP 429 mod 256
+_API_ERROR = re.compile(r"\[API Error: ([^\]]*)\]|[^\n]*not running in a trusted directory[^\n]*")
 
 
 class Gemini:
@@ -46,8 +58,19 @@ class Gemini:
                     error = str((event.get("error") or {}).get("message") or event.get("status"))
             elif event.get("type") == "error":
                 error = str(event.get("message") or "error")
+        said = _API_ERROR.search(output)
+        if error is None and said is not None:
+            error = (said.group(1) or said.group(0)).strip()
+        if exit_code == RATE_LIMIT_EXIT:
+            return Verdict(
+                "rate_limited",
+                f"usage or rate limit (HTTP 429): {error or 'exit 173'}",
+                reset_at=reset_from_text(output, now),
+                facts=facts,
+            )
         if exit_code in PERMANENT_EXITS:
-            return Verdict("failed", PERMANENT_EXITS[exit_code], permanent=True, facts=facts)
+            why = PERMANENT_EXITS[exit_code] + (f": {error}" if error else "")
+            return Verdict("failed", why, permanent=True, facts=facts)
         if exit_code == 0 and error is None:
             return Verdict("succeeded", facts=facts)
         verdict = classify_text(error or output[-65536:], agent.rate_limit_patterns, now)
