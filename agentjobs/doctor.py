@@ -45,6 +45,9 @@ class AgentCheck:
     wanted: tuple[str, ...]  # the variables looked for
     unredacted: tuple[str, ...] = ()  # set auth variables the job does not list in `secrets`
     problem: str | None = None  # e.g. the env file cannot be read
+    # codex only: whether its workdir is in a git repository (it refuses to run outside one
+    # unless given --skip-git-repo-check); None where it does not matter
+    git_repo: bool | None = None
 
     @property
     def found(self) -> bool:
@@ -70,6 +73,12 @@ class AgentCheck:
         if self.unredacted:
             names = ", ".join(self.unredacted)
             notes.append(f"{names} not listed in `secrets`: its value would not be redacted")
+        if self.git_repo is False:
+            notes.append(
+                "the workdir is not in a git repository: codex refuses to run there (exit 1, "
+                "a permanent failure); run `git init` there or add --skip-git-repo-check to "
+                "the agent's extra_args"
+            )
         return notes
 
     def to_dict(self) -> dict[str, Any]:
@@ -84,6 +93,7 @@ class AgentCheck:
             "auth_wanted": list(self.wanted),
             "unredacted": list(self.unredacted),
             "problem": self.problem,
+            "git_repo": self.git_repo,
         }
 
 
@@ -126,6 +136,13 @@ def check_agent(job: AppliedJob, environ: Mapping[str, str], version_of: Version
     # a custom command is not run: it may not know --version
     version = version_of([path, "--version"], environment) if path and wanted else None
     secrets = set(job.spec.get("secrets") or ())
+    git_repo = None
+    if kind == "codex" and "--skip-git-repo-check" not in (agent.get("extra_args") or ()):
+        from pathlib import Path
+
+        from agentjobs.gitinfo import in_repository
+
+        git_repo = in_repository(Path(str(job.spec.get("workdir", "."))))
     return AgentCheck(
         job=job.name,
         agent=kind,
@@ -136,6 +153,7 @@ def check_agent(job: AppliedJob, environ: Mapping[str, str], version_of: Version
         wanted=wanted,
         unredacted=tuple(name for name, _ in auth if name not in secrets),
         problem=problem,
+        git_repo=git_repo,
     )
 
 

@@ -18,6 +18,14 @@ def _git_dir(start: Path) -> Path | None:
     return None
 
 
+def in_repository(folder: Path) -> bool:
+    """Whether `folder` is inside a git repository (a `.git` directory or file above it)."""
+    try:
+        return _git_dir(folder.resolve()) is not None
+    except OSError:
+        return False
+
+
 def _common_dir(git_dir: Path) -> Path:
     common = git_dir / "commondir"
     if common.is_file():

@@ -80,7 +80,14 @@ def test_doctor_reports_cli_version_and_auth_names_and_fails_on_a_missing_cli(
     assert lines[3:] == [
         "review: `codex` is not on the job's PATH; install it or set PATH in env",
         "review: OPENAI_API_KEY not listed in `secrets`: its value would not be redacted",
+        # codex refuses a workdir outside git (issue 12): said before a night of failures
+        "review: the workdir is not in a git repository: codex refuses to run there (exit 1, a "
+        "permanent failure); run `git init` there or add --skip-git-repo-check to the agent's "
+        "extra_args",
     ]
+    (jobs_dir.parent / ".git").mkdir()  # the same jobs in a repository: nothing to say
+    again = cli("--state-dir", str(state_dir), "doctor")
+    assert "git repository" not in again.out
     assert TOKEN not in result.out + result.err
     assert OPENAI not in result.out + result.err
 
