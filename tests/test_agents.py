@@ -304,11 +304,13 @@ def test_corrective_section_is_bounded_and_templated() -> None:
     assert custom == "Attempt 2 ended failed: boom"
 
 
-def _judge(kind: str, text: str, exit_code: int | None, **agent: Any):  # type: ignore[no-untyped-def]
+def _judge(  # type: ignore[no-untyped-def]
+    kind: str, text: str, exit_code: int | None, now: datetime = T0, **agent: Any
+):
     from agentjobs.agents import preset
 
     spec = AgentSpec(kind=kind, prompt="p", **agent)
-    return preset(kind).judge(text, exit_code, spec, T0)
+    return preset(kind).judge(text, exit_code, spec, now)
 
 
 def test_codex_gemini_aider_and_custom_verdicts() -> None:
@@ -364,11 +366,11 @@ def test_codex_usage_limit_is_a_usage_limit_with_its_reset_in_local_time() -> No
         {"type": "error", "message": message},
         {"type": "turn.failed", "error": {"message": message}},
     )
-    verdict = preset_judge("codex", out, 1, local)
+    verdict = _judge("codex", out, 1, local)
     assert verdict.outcome == "rate_limited" and not verdict.permanent
     assert verdict.reset_at == local.replace(hour=14, minute=44)
     dated = message.replace("at 2:44 PM.", "at Sep 29th, 2027 12:55 AM.")
-    verdict = preset_judge("codex", _lines({"type": "error", "message": dated}), 1, local)
+    verdict = _judge("codex", _lines({"type": "error", "message": dated}), 1, local)
     assert verdict.reset_at == datetime(2027, 9, 29, 0, 55).astimezone()
 
 
@@ -446,9 +448,3 @@ def test_gemini_attempts_run_with_the_workspace_trusted(
 
     assert agent_env(AgentSpec(kind="gemini", prompt="p")) == {"GEMINI_CLI_TRUST_WORKSPACE": "true"}
     assert agent_env(AgentSpec(kind="codex", prompt="p")) == {}
-
-
-def preset_judge(kind: str, text: str, exit_code: int | None, now: datetime):  # type: ignore[no-untyped-def]
-    from agentjobs.agents import preset
-
-    return preset(kind).judge(text, exit_code, AgentSpec(kind=kind, prompt="p"), now)
