@@ -335,6 +335,12 @@ def test_codex_gemini_aider_and_custom_verdicts() -> None:
     assert (verdict.outcome, verdict.permanent) == ("failed", True)
     assert _judge("gemini", "", 42).permanent is True
     assert _judge("gemini", "", 53).error == "the turn limit was reached (exit 53)"
+    tool = _judge("gemini", "", 54)  # FATAL_TOOL_EXECUTION_ERROR: retried, not permanent
+    assert (tool.outcome, tool.permanent, tool.error) == (
+        "failed",
+        False,
+        "a tool failed fatally (exit 54)",
+    )
     assert (
         _judge("gemini", json.dumps({"type": "result", "status": "success"}), 0).outcome
         == "succeeded"

@@ -1,11 +1,11 @@
 """Gemini CLI, headless: `gemini -p PROMPT --output-format stream-json`
 (https://github.com/google-gemini/gemini-cli/blob/main/docs/cli/headless.md). Exit codes it is
 known to use: 41 authentication, 42 input error, 44 sandbox error, 52 configuration error, 55 a
-workdir not trusted (a retry cannot fix these), 53 turn limit reached (can); an API error ends
-it with the HTTP status mod 256 (0.61): 144 = 400, 145 = 401, 173 = 429 (a usage limit: daily
-quota, "[API Error: You have exhausted your daily quota on this model.]"). Attempts run with
-GEMINI_CLI_TRUST_WORKSPACE=true (`agents.agent_env`): an unattended runner trusts the job's
-workdir, which the job file names."""
+workdir not trusted (a retry cannot fix these); 53 turn limit reached, 54 a fatal tool error (a
+retry can); an API error ends it with the HTTP status mod 256 (0.61): 144 = 400, 145 = 401,
+173 = 429 (a usage limit: daily quota, "[API Error: You have exhausted your daily quota on this
+model.]"). Attempts run with GEMINI_CLI_TRUST_WORKSPACE=true (`agents.agent_env`): an
+unattended runner trusts the job's workdir, which the job file names."""
 
 from __future__ import annotations
 
@@ -26,6 +26,10 @@ PERMANENT_EXITS = {
     144: "the API refused the request (HTTP 400)",
     # not a trusted workdir (agentjobs sets GEMINI_CLI_TRUST_WORKSPACE=true; still refused)
     55: "the workdir is not trusted by Gemini CLI (exit 55)",
+}
+RETRYABLE_EXITS = {
+    53: "the turn limit was reached (exit 53)",
+    54: "a tool failed fatally (exit 54)",  # FATAL_TOOL_EXECUTION_ERROR
 }
 RATE_LIMIT_EXIT = 173  # HTTP 429 mod 256
 _API_ERROR = re.compile(r"\[API Error: ([^\]]*)\]|[^\n]*not running in a trusted directory[^\n]*")
@@ -78,6 +82,7 @@ class Gemini:
             return Verdict(
                 verdict.outcome, verdict.error, verdict.permanent, verdict.reset_at, facts
             )
-        if exit_code == 53:
-            return Verdict("failed", "the turn limit was reached (exit 53)", facts=facts)
+        if exit_code in RETRYABLE_EXITS:
+            why = RETRYABLE_EXITS[exit_code] + (f": {error}" if error else "")
+            return Verdict("failed", why, facts=facts)
         return Verdict("failed" if error else None, error, facts=facts)
