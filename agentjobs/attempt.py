@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -10,12 +12,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from agentjobs.errors import UserError
-from agentjobs.runner import Ending, ProcessResult, Redactor, StopFlag, run_process
-from agentjobs.spec import JobSpec
+from agentjobs.runner import AnyStop, Ending, ProcessResult, Redactor, StopFlag, run_process
+from agentjobs.spec import AgentSpec, JobSpec
 from agentjobs.store import AppliedJob, QueueItem
 
 if TYPE_CHECKING:
     from agentjobs.agents import Verdict
+    from agentjobs.pricing import Price
 
 MATCH_BYTES = 65536  # how much of the log `never_on`/`retry_on` output patterns search
 
@@ -83,10 +86,33 @@ def run_attempt(
     slot_env: Mapping[str, str] | None = None,
     pass_fds: Sequence[int] = (),
     worktrees: Path | None = None,
+    prices: Mapping[str, Price] | None = None,
+    cap_usd: float | None = None,
+    agent: AgentSpec | None = None,
 ) -> AttemptOutcome:
+    """Run one attempt of `applied` to its end. `agent` runs instead of the job's own (a
+    fallback); `cap_usd` is what the attempt may spend: claude is told (`--max-budget-usd`),
+    any other agent is stopped (outcome `budget`) once its streamed usage costs more."""
     from agentjobs.environment import secret_values
 
     spec = applied.parsed
+    if agent is not None:
+        spec = dataclasses.replace(spec, agent=agent)
+    if cap_usd is not None and spec.agent is not None and spec.agent.kind == "claude":
+        own = spec.agent.max_budget_usd
+        capped = cap_usd if own is None else min(own, cap_usd)
+        spec = dataclasses.replace(
+            spec, agent=dataclasses.replace(spec.agent, max_budget_usd=round(capped, 4))
+        )
+        cap_usd = None  # claude stops itself
+    watch = _Spend(spec, prices or {}, cap_usd, on_output) if spec.agent is not None else None
+    if watch is not None:
+        on_output = watch.output
+        outer = stop
+        stop = AnyStop(
+            (outer, lambda: getattr(outer, "reason", "") or "stopped by shutdown"),
+            (watch.over, watch.why),
+        )
     try:
         argv, cwd, env = _command(spec, item, slot_env, worktrees)
     except UserError as exc:
@@ -114,11 +140,17 @@ def run_attempt(
     verdict = None
     if spec.agent is not None and result.ending == Ending.EXITED:
         outcome, error, verdict = _judged(spec, result, log_path, outcome, error)
+    over_budget = watch is not None and watch.over.is_set()
+    if over_budget:
+        assert watch is not None
+        outcome, error = "budget", watch.why()
     if outcome == "succeeded" and spec.verify is not None:
         outcome, error, spent = _verified(spec, run, log_path)
         duration += spent
         tail = _tail_of(log_path, 4096)
     facts = dict(verdict.facts) if verdict is not None and verdict.facts else None
+    if watch is not None:
+        facts = {**(facts or {}), **watch.facts()}
     if spec.isolation == "worktree" and worktrees is not None:
         from agentjobs import worktree
 
@@ -130,7 +162,7 @@ def run_attempt(
     redactor = Redactor(secrets)
     return AttemptOutcome(
         agent=facts,
-        permanent=verdict.permanent if verdict is not None else False,
+        permanent=over_budget or (verdict.permanent if verdict is not None else False),
         reset_at=verdict.reset_at if verdict is not None else None,
         outcome=outcome,
         exit_code=result.exit_code,
@@ -146,6 +178,51 @@ def run_attempt(
             else tail
         ),
     )
+
+
+class _Spend:
+    """An agent attempt's usage and cost as its output streams (`pricing.Meter`), and the
+    flag that stops it when the cost passes `cap` (USD)."""
+
+    def __init__(
+        self,
+        spec: JobSpec,
+        prices: Mapping[str, Price],
+        cap: float | None,
+        then: Callable[[bytes], None] | None,
+    ) -> None:
+        from agentjobs.pricing import Meter, price_table
+
+        assert spec.agent is not None
+        self.meter = Meter(spec.agent.kind, spec.agent.model)
+        self.prices = prices or price_table(None)
+        self.cap, self.then = cap, then
+        self.over = threading.Event()
+        self.partial = b""
+
+    def output(self, chunk: bytes) -> None:
+        if self.then is not None:
+            self.then(chunk)
+        lines = (self.partial + chunk).split(b"\n")
+        self.partial = lines.pop()[-1_048_576:]  # a line longer than 1 MiB is no event
+        changed = False
+        for line in lines:
+            changed |= self.meter.feed_line(line.decode("utf-8", errors="replace"))
+        if changed and self.cap is not None and not self.over.is_set():
+            cost = self.meter.cost(self.prices)
+            if cost is not None and cost[0] > self.cap:
+                self.over.set()
+
+    def why(self) -> str:
+        cost = self.meter.cost(self.prices)
+        spent = f"${cost[0]:.4f}" if cost else "?"
+        return f"budget: the attempt spent {spent}, more than its cap ${self.cap or 0:.4f}"
+
+    def facts(self) -> dict[str, Any]:
+        if self.partial:
+            self.meter.feed_line(self.partial.decode("utf-8", errors="replace"))
+            self.partial = b""
+        return self.meter.facts(self.prices)
 
 
 def _command(

@@ -18,9 +18,10 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from agentjobs import planning
+from agentjobs import limits, planning
 from agentjobs.clock import Clock, iso
 from agentjobs.errors import UserError
+from agentjobs.limits import Limits
 from agentjobs.store import (
     AppliedJob,
     Claim,
@@ -298,21 +299,34 @@ class Engine:
         """Take the best runnable item (`Store.claim`): its lock key and a concurrency slot,
         marked running. None when nothing can run now; with `only`, a `Refusal` saying what
         holds that item back. `keep` and `first`: see `ClaimRequest`."""
-        per_host = self.store.config().get("max_concurrent_per_host")
-        return self.store.claim(
-            ClaimRequest(
-                host=self.host,
-                labels=frozenset(self.labels),
-                now=self._now(),
-                slots=self._slots(),
-                host_slots=int(per_host) if per_host else None,
-                timeout=self.lock_timeout,
-                pid=os.getpid(),
-                only=only,
-                keep=keep,
-                first=first,
-            )
+        config = self.store.config()
+        per_host = config.get("max_concurrent_per_host")
+        request = ClaimRequest(
+            host=self.host,
+            labels=frozenset(self.labels),
+            now=self._now(),
+            slots=self._slots(),
+            host_slots=int(per_host) if per_host else None,
+            timeout=self.lock_timeout,
+            pid=os.getpid(),
+            only=only,
+            keep=keep,
+            first=first,
+            limits=Limits.from_config(config),
         )
+        claimed = self.store.claim(request)
+        for job, reason in request.notices:  # each budget hold's first refusal of the day
+            self._budget_exceeded(job, reason)
+        return claimed
+
+    def _budget_exceeded(self, job: str, reason: str) -> None:
+        """One `budget_exceeded` event for a job whose items wait on a budget today."""
+        self._tell(f"{job}: {reason}")
+        applied = self.store.applied().get(job)
+        notify = applied.spec.get("notify") if applied and applied.parsed.notify else None
+        if notify:
+            event = {"event": "budget_exceeded", "job": job, "time": self._now()}
+            self._notifier().event(notify, {**event, "host": self.host, "error": reason})
 
     def _execute(
         self, claim: Claim, claim_next: bool = False, lane: Lane | None = None
@@ -493,6 +507,9 @@ class Engine:
         from agentjobs import settle
 
         done = settle.settle(item, applied, runtime.jobs.get(item.job), finished)
+        if finished.get("cost_usd"):
+            config = Limits.from_config(self.store.config())
+            limits.spent(runtime.ledger, applied.parsed if applied else None, finished, config)
         if done.hold is not None:
             runtime.holds[done.hold[0]] = done.hold[1]
         if done.retry is not None:

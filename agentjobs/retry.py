@@ -32,6 +32,7 @@ class Outcome(StrEnum):
     INTERRUPTED = "interrupted"
     SKIPPED = "skipped"
     RATE_LIMITED = "rate_limited"
+    BUDGET = "budget"  # stopped when it spent more than its cap (never retried)
 
 
 class Next(StrEnum):

@@ -45,7 +45,7 @@ class StopFlag(Protocol):
 class AnyStop:
     """Set when any of its flags is set; `reason` is the first set flag's (`reasons`)."""
 
-    def __init__(self, *flags: tuple[threading.Event, Callable[[], str]]) -> None:
+    def __init__(self, *flags: tuple[StopFlag, Callable[[], str]]) -> None:
         self.flags = flags
 
     def is_set(self) -> bool:

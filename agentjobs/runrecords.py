@@ -26,6 +26,8 @@ OMITTED_WHEN: dict[str, Any] = {
     "count": None,
     "first": None,
     "last": None,
+    "cost_usd": None,
+    "cost_estimated": False,
 }
 
 
@@ -78,6 +80,8 @@ class AttemptFinished(RunRecord):
     reason: str
     agent: dict[str, Any] | None = None
     hold: str | None = None  # the usage-limit key this attempt's retry holds
+    cost_usd: float | None = None  # the agent's own figure, or estimated (`pricing.py`)
+    cost_estimated: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "outcome", Outcome(self.outcome))

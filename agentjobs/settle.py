@@ -158,6 +158,7 @@ def finish_records(
         reason=decision.reason,
         **({"agent": ended.agent} if ended.agent else {}),
         **({"hold": hold} if hold else {}),
+        **_cost(ended.agent),
     )
     if decision.next != Next.DEAD_LETTER:
         return [finished]
@@ -171,6 +172,14 @@ def finish_records(
         outcome=ended.outcome,
     )
     return [finished, dead]
+
+
+def _cost(facts: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The record's `cost_usd` (and `cost_estimated`) from the agent's facts, if known."""
+    cost = (facts or {}).get("cost_usd")
+    if not isinstance(cost, int | float):
+        return {}
+    return {"cost_usd": cost, "cost_estimated": bool((facts or {}).get("cost_estimated"))}
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,6 +11,7 @@ import dataclasses
 import hashlib
 import json
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import lru_cache
@@ -33,7 +34,7 @@ MIN_LEASE = 1.0
 # A host label in `runs_on` (the same pattern is in schema/job.schema.json)
 HOST_LABEL_PATTERN = r"^[A-Za-z0-9_.-]+$"
 PRIORITIES = ("high", "normal", "low")
-DEFAULT_NOTIFY_EVENTS = ("failed", "dead_lettered", "silence", "timeout")
+DEFAULT_NOTIFY_EVENTS = ("failed", "dead_lettered", "silence", "timeout", "budget_exceeded")
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,6 +106,29 @@ class AgentSpec:
     output: str = "text"  # kind custom: text | stream-json
     limit_key: str | None = None  # shared usage limit; default the kind
     rate_limit_patterns: tuple[str, ...] = ()
+    # agents that run instead while this one's limit key is held by a usage limit (same prompt)
+    fallback: tuple[AgentSpec, ...] = ()
+
+    @property
+    def key(self) -> str:
+        """The usage limit it shares (an account): `limit_key`, default the kind."""
+        return self.limit_key or self.kind
+
+
+@dataclass(frozen=True, slots=True)
+class Budget:
+    """Hard caps in USD on a job's (or an account's) agent spending."""
+
+    per_run: float | None = None
+    per_day: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Rate:
+    """Pacing: at most `max` attempts start in any sliding window of `per` seconds."""
+
+    max: int
+    per: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,6 +175,8 @@ class JobSpec:
     notify: NotifySpec | None = None
     isolation: str = "none"  # none | worktree
     runs_on: tuple[str, ...] = ()  # host labels a host must all have; empty: any host
+    budget: Budget | None = None
+    rate: Rate | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return _plain(self)  # type: ignore[no-any-return]
@@ -182,9 +208,23 @@ class GlobalConfig:
     alerts: tuple[tuple[str, Any], ...] = ()  # thresholds; durations in seconds
     max_concurrent_per_host: int | None = None  # None: only `max_concurrent` limits a host
     lease: float = DEFAULT_LEASE  # seconds a host's hold on a running attempt lasts unrenewed
+    # model -> {input, output, cached} USD per million tokens, over pricing.DEFAULT_PRICES
+    pricing: tuple[tuple[str, Any], ...] = ()
+    budget: Budget | None = None  # all agents together (`budgets.per_day`)
+    accounts: tuple[tuple[str, Budget], ...] = ()  # limit key -> its caps (`budgets.accounts`)
+    rates: tuple[tuple[str, Rate], ...] = ()  # limit key -> pacing
+    timezone: str = "UTC"  # where a budget's day starts
 
     def to_dict(self) -> dict[str, Any]:
+        limits = {
+            "pricing": dict(self.pricing),
+            "budget": _plain(self.budget),
+            "accounts": {key: _plain(b) for key, b in self.accounts},
+            "rates": {key: _plain(r) for key, r in self.rates},
+        }
         return {
+            **{key: value for key, value in limits.items() if value},
+            **({"timezone": self.timezone} if self.timezone != "UTC" else {}),
             "max_concurrent": self.max_concurrent,
             **(
                 {"max_concurrent_per_host": self.max_concurrent_per_host}
@@ -258,7 +298,16 @@ def build_config(raw: dict[str, Any] | None) -> GlobalConfig:
         rate["window"] = parse_duration(rate.get("window", "24h"))
         alerts["failure_rate"] = rate
     per_host = raw.get("max_concurrent_per_host")
+    budgets = raw.get("budgets", {})
     return GlobalConfig(
+        pricing=tuple(sorted(raw.get("pricing", {}).items())),
+        budget=_budget({"per_day": budgets["per_day"]}) if "per_day" in budgets else None,
+        accounts=tuple(
+            (key, Budget(per_day=float(b["per_day"])))
+            for key, b in sorted(budgets.get("accounts", {}).items())
+        ),
+        rates=tuple((key, _rate(r)) for key, r in sorted(raw.get("rates", {}).items())),
+        timezone=raw.get("timezone", "UTC"),
         max_concurrent=int(raw.get("max_concurrent", DEFAULT_MAX_CONCURRENT)),
         retention=retention,
         defaults=tuple(sorted(defaults.items())),
@@ -366,34 +415,7 @@ def build_job(raw: dict[str, Any], source: Path, config: GlobalConfig) -> JobSpe
             jitter=_dur(raw_schedule.get("jitter"), 0.0) or 0.0,
         )
 
-    agent = None
-    if "agent" in doc:
-        a = doc["agent"]
-        agent = AgentSpec(
-            kind=a["kind"],
-            prompt=a.get("prompt"),
-            prompt_file=expand_path(a["prompt_file"], base) if "prompt_file" in a else None,
-            model=a.get("model"),
-            max_turns=a.get("max_turns"),
-            permission_mode=a.get("permission_mode"),
-            allowed_tools=tuple(a.get("allowed_tools", ())),
-            extra_args=tuple(a.get("extra_args", ())),
-            disallowed_tools=tuple(a.get("disallowed_tools", ())),
-            append_system_prompt=a.get("append_system_prompt"),
-            max_budget_usd=a.get("max_budget_usd"),
-            sandbox=a.get("sandbox"),
-            approval_mode=a.get("approval_mode"),
-            allow_commits=a.get("allow_commits", False),
-            command=tuple(a.get("command", ())),
-            output=a.get("output", "text"),
-            limit_key=a.get("limit_key"),
-            rate_limit_patterns=tuple(
-                [
-                    *a.get("rate_limit_patterns", ()),
-                    *dict(config.defaults).get("rate_limit_patterns", ()),
-                ]
-            ),
-        )
+    agent = _agent(doc["agent"], base, config) if "agent" in doc else None
 
     command: tuple[str, ...] = ()
     shell = None
@@ -472,7 +494,62 @@ def build_job(raw: dict[str, Any], source: Path, config: GlobalConfig) -> JobSpe
         notify=notify,
         isolation=doc.get("isolation", "none"),
         runs_on=tuple(sorted(doc.get("runs_on", ()))),  # a set of labels: order means nothing
+        budget=_budget(doc["budget"]) if "budget" in doc else None,
+        rate=_rate(doc["rate"]) if "rate" in doc else None,
     )
+
+
+def _agent(
+    a: Mapping[str, Any], base: Path, config: GlobalConfig, primary: AgentSpec | None = None
+) -> AgentSpec:
+    """An `agent:` block as an AgentSpec; a fallback (`primary` given) takes its prompt."""
+    agent = AgentSpec(
+        kind=a["kind"],
+        prompt=primary.prompt if primary else a.get("prompt"),
+        prompt_file=(
+            primary.prompt_file
+            if primary
+            else expand_path(a["prompt_file"], base)
+            if "prompt_file" in a
+            else None
+        ),
+        model=a.get("model"),
+        max_turns=a.get("max_turns"),
+        permission_mode=a.get("permission_mode"),
+        allowed_tools=tuple(a.get("allowed_tools", ())),
+        extra_args=tuple(a.get("extra_args", ())),
+        disallowed_tools=tuple(a.get("disallowed_tools", ())),
+        append_system_prompt=a.get("append_system_prompt"),
+        max_budget_usd=a.get("max_budget_usd"),
+        sandbox=a.get("sandbox"),
+        approval_mode=a.get("approval_mode"),
+        allow_commits=a.get("allow_commits", False),
+        command=tuple(a.get("command", ())),
+        output=a.get("output", "text"),
+        limit_key=a.get("limit_key"),
+        rate_limit_patterns=tuple(
+            [
+                *a.get("rate_limit_patterns", ()),
+                *dict(config.defaults).get("rate_limit_patterns", ()),
+            ]
+        ),
+    )
+    if primary is None and a.get("fallback"):
+        fallback = tuple(_agent(f, base, config, agent) for f in a["fallback"])
+        agent = dataclasses.replace(agent, fallback=fallback)
+    return agent
+
+
+def _budget(raw: Mapping[str, Any]) -> Budget:
+    per_run, per_day = raw.get("per_run"), raw.get("per_day")
+    return Budget(
+        per_run=None if per_run is None else float(per_run),
+        per_day=None if per_day is None else float(per_day),
+    )
+
+
+def _rate(raw: Mapping[str, Any]) -> Rate:
+    return Rate(max=int(raw["max"]), per=parse_duration(raw["per"]))
 
 
 # -- the stored form back into values ----------------------------------------------------------
@@ -484,16 +561,11 @@ def job_from_dict(data: dict[str, Any]) -> JobSpec:
     if d.get("schedule") is not None:
         d["schedule"] = Schedule(**d["schedule"])
     if d.get("agent") is not None:
-        a = dict(d["agent"])
-        for key in (
-            "allowed_tools",
-            "extra_args",
-            "disallowed_tools",
-            "command",
-            "rate_limit_patterns",
-        ):
-            a[key] = tuple(a.get(key, ()))
-        d["agent"] = AgentSpec(**a)
+        d["agent"] = _agent_from_dict(d["agent"])
+    if d.get("budget") is not None:
+        d["budget"] = Budget(**d["budget"])
+    if d.get("rate") is not None:
+        d["rate"] = Rate(**d["rate"])
     r = dict(d["retry"])
     r["backoff"] = Backoff(**r["backoff"])
     r["retry_on"] = tuple(OutcomeMatch(**m) for m in r.get("retry_on", ()))
@@ -513,3 +585,12 @@ def job_from_dict(data: dict[str, Any]) -> JobSpec:
     for key in ("labels", "env"):
         d[key] = tuple(tuple(pair) for pair in d.get(key, ()))
     return JobSpec(**d)
+
+
+def _agent_from_dict(data: Mapping[str, Any]) -> AgentSpec:
+    a = dict(data)
+    lists = ("allowed_tools", "extra_args", "disallowed_tools", "command", "rate_limit_patterns")
+    for key in lists:
+        a[key] = tuple(a.get(key, ()))
+    a["fallback"] = tuple(_agent_from_dict(f) for f in a.get("fallback", ()))
+    return AgentSpec(**a)

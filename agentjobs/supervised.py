@@ -72,6 +72,7 @@ def attempt(engine: Engine, claim: Claim, channel: Any) -> AttemptResult:
 def run(engine: Engine, claim: Claim) -> Ended:
     """Run the attempt under its limits (attempt.py) and stop whatever it left behind."""
     from agentjobs.attempt import run_attempt
+    from agentjobs.pricing import price_table
     from agentjobs.runner import AnyStop, StopFlag, kill_descendants
 
     item, hold = claim.item, claim.hold
@@ -98,6 +99,9 @@ def run(engine: Engine, claim: Claim) -> Ended:
         )
         engine.store.append_records([record], engine.clock.now())
 
+    agent = own = claim.job.parsed.agent
+    if own is not None and item.fallback is not None and item.fallback < len(own.fallback):
+        agent = own.fallback[item.fallback]  # the job's agent is held by a usage limit
     outcome = run_attempt(
         claim.job,
         item,
@@ -108,7 +112,15 @@ def run(engine: Engine, claim: Claim) -> Ended:
         slot_env={"AGENTJOBS_SLOT": item.slot or ""},
         pass_fds=hold.fds,
         worktrees=engine.store.local_dir / "worktrees",
+        prices=price_table(engine.store.config().get("pricing")) if agent else None,
+        cap_usd=item.cap_usd,
+        agent=agent,
     )
+    facts = outcome.agent
+    if agent is not None:
+        facts = {**(facts or {}), "limit_key": agent.key}
+        if agent is not own and own is not None:
+            facts["fallback"] = f"instead of {own.kind}: {item.fallback_reason}"
     kill_descendants(claim.job.parsed.kill_grace)
     ended = Ended(
         outcome=outcome.outcome,
@@ -120,7 +132,7 @@ def run(engine: Engine, claim: Claim) -> Ended:
         output=outcome.output_tail,
         output_for_match=outcome.output_for_match,
         duration_s=outcome.duration_s,
-        agent=outcome.agent,
+        agent=facts,
         permanent=outcome.permanent,
         reset_at=outcome.reset_at,
     )

@@ -157,7 +157,16 @@ def test_is_error_with_exit_0_is_a_failure_and_agent_facts_are_recorded(
         "usage": {"input_tokens": 10, "output_tokens": 20},
         "subtype": "success",
         "is_error": True,
+        # added by agentjobs: the agent, its account, tokens and cost (claude's own figure)
+        "kind": "claude",
+        "model": "fake",  # from the init event
+        "limit_key": "claude",
+        "tokens": {"input": 10, "cached": 0, "output": 20},
+        "turns": 3,
+        "cost_usd": 0.25,
+        "cost_estimated": False,
     }
+    assert (record["cost_usd"], "cost_estimated" in record) == (0.25, False)
     assert calls()[0][:3] == ["-p", "Fix the tests.", "--output-format"]
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
+    from agentjobs.limits import Limits
     from agentjobs.spec import JobSpec
     from agentjobs.store.files import FileStore
 
@@ -182,6 +183,11 @@ class QueueItem:
     # where the records ended when this attempt was claimed (`Store.records_mark`): recovery
     # looks for the attempt's end from there (None: an older state, or a shared store)
     records_at: str | None = None
+    # set by the claim (`limits.py`): what the attempt may spend, and the fallback agent it
+    # runs instead of the job's own (an index into agent.fallback) and why
+    cap_usd: float | None = None
+    fallback: int | None = None
+    fallback_reason: str | None = None
 
     # (priority rank, queued_at, id): the claim order, computed once (a claim finds the first
     # of a thousand queued items with `min` on it)
@@ -281,6 +287,8 @@ class Runtime:
     applied_version: str = ""
     # usage-limit holds: limit key (an agent kind or the job's limit_key) -> UTC time it lifts
     holds: dict[str, str] = field(default_factory=dict)
+    # spend per day, attempt starts, recent costs (`limits.py` documents its form)
+    ledger: dict[str, Any] = field(default_factory=dict)
 
     def items_of(self, job: str) -> list[QueueItem]:
         return [item for item in self.queue.values() if item.job == job]
@@ -332,6 +340,12 @@ class Hold(Protocol):
     def fenced_reason(self) -> str | None: ...
 
 
+def _no_limits() -> Limits:
+    from agentjobs.limits import Limits
+
+    return Limits()
+
+
 @dataclass(frozen=True, slots=True)
 class ClaimRequest:
     """What a claim needs from the engine: who claims, when, and for what.
@@ -352,6 +366,15 @@ class ClaimRequest:
     only: str | None = None
     keep: Hold | None = None
     first: Callable[[Runtime], bool] | None = None
+    limits: Limits = field(default_factory=_no_limits)  # budgets and rates (`limits.py`)
+    # (job, reason) of each budget hold first met today: one budget_exceeded event each
+    notices: list[tuple[str, str]] = field(default_factory=list)
+
+    @property
+    def moment(self) -> datetime:
+        from agentjobs.clock import parse
+
+        return parse(self.now)
 
     def note(self, item: QueueItem) -> str:
         """Who holds a key: read by `agentjobs status` and the holder message."""

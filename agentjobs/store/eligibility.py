@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import operator
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, MutableMapping
+from typing import Any
 
+from agentjobs import limits
+from agentjobs.limits import Allowance
 from agentjobs.store import AppliedJob, ClaimRequest, JobState, QueueItem
 
 _ORDER = operator.attrgetter("order")
@@ -32,27 +35,77 @@ def refusal(
     request: ClaimRequest,
     *,
     other_hosts: bool,
-) -> str | None:
-    """Why `request`'s host will not run an item of `job` now, or None.
+    ledger: MutableMapping[str, Any] | None = None,
+) -> Allowance:
+    """Whether `request`'s host may run an item of `job` now: an `Allowance` whose `reason`
+    says why not (None: it may, with the agent and the spending cap it names).
 
-    A manual run (`request.only`: a person asked for it) ignores `enabled`, pauses and usage
-    holds, but never this host's labels. With `other_hosts` (a shared store) a workdir missing
-    here is a reason too: another host may have it."""
+    A manual run (`request.only`: a person asked for it) ignores `enabled`, pauses, usage
+    holds and rates, but never this host's labels nor a budget (money is a hard cap). With
+    `other_hosts` (a shared store) a workdir missing here is a reason too: another host may
+    have it. Usage holds, rates, budgets and fallback agents: `limits.allowance`, from the
+    `ledger`. A budget hold's first refusal of the day marks its notice in the ledger and
+    adds it to `request.notices` (one `budget_exceeded` event)."""
     if job is None:
-        return "its job is no longer applied"
+        return Allowance("its job is no longer applied")
+    spec = job.parsed
     if request.only is None:
-        if not job.parsed.enabled:
-            return f"job {job.name} is disabled"
+        if not spec.enabled:
+            return Allowance(f"job {job.name} is disabled")
         if state is not None and state.paused:
-            return f"job {job.name} is paused"
-        limit = job.limit_key
-        if limit is not None and holds.get(limit, "") > request.now:
-            return f"held: {limit} usage limit until {holds[limit]}"
-    wanted = job.parsed.runs_on
+            return Allowance(f"job {job.name} is paused")
+    wanted = spec.runs_on
     missing = [label for label in wanted if label not in request.labels]
     if missing:
-        return f"host: host {request.host} lacks the label(s) {', '.join(missing)} (runs_on)"
-    workdir = job.parsed.workdir
+        return Allowance(
+            f"host: host {request.host} lacks the label(s) {', '.join(missing)} (runs_on)"
+        )
+    workdir = spec.workdir
     if other_hosts and workdir and not os.path.isdir(workdir):
-        return f"host: workdir {workdir} does not exist on host {request.host}"
-    return None
+        return Allowance(f"host: workdir {workdir} does not exist on host {request.host}")
+    if spec.agent is None:
+        return _GO
+    if not (holds or ledger) and not request.limits.applies_to(spec) and not spec.agent.fallback:
+        return _GO
+    allowed = limits.allowance(
+        spec, holds, ledger or {}, request.limits, request.moment, manual=request.only is not None
+    )
+    notice = allowed.notice
+    if notice is not None and ledger is not None and not limits.told(ledger, notice):
+        request.notices.append((job.name, allowed.reason or ""))
+    return allowed
+
+
+_GO = Allowance()
+
+
+def claimed(
+    item: QueueItem,
+    job: AppliedJob,
+    allowed: Allowance,
+    request: ClaimRequest,
+    ledger: MutableMapping[str, Any],
+) -> dict[str, Any]:
+    """What a claim allowed by `allowed` changes on the item (its agent and cap), after noting
+    the start in `ledger` for the rates that concern it."""
+    if (
+        allowed.fallback is None
+        and allowed.cap_usd is None
+        and not request.limits.rates
+        and (job.parsed.rate is None)
+    ):
+        return {}
+    limits.started(ledger, job.parsed, allowed, request.limits, request.moment)
+    return {
+        "cap_usd": allowed.cap_usd,
+        "fallback": allowed.fallback,
+        "fallback_reason": allowed.fallback_reason,
+    }
+
+
+def needs_ledger(request: ClaimRequest, jobs: Mapping[str, AppliedJob]) -> bool:
+    """Whether a claim judges a budget or a rate (and so reads, locks and writes the ledger)."""
+    configured = request.limits
+    if configured.budget or configured.accounts or configured.rates:
+        return True
+    return any(job.parsed.budget or job.parsed.rate for job in jobs.values())

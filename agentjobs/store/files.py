@@ -46,6 +46,7 @@ from agentjobs.errors import (
     UserError,
     environment_error,
 )
+from agentjobs.limits import Allowance
 from agentjobs.store import (
     STATE_FORMAT,
     AppliedChange,
@@ -61,7 +62,7 @@ from agentjobs.store import (
     Runtime,
     held_message,
 )
-from agentjobs.store.eligibility import in_order, refusal
+from agentjobs.store.eligibility import claimed, in_order, refusal
 
 # format N -> function turning a format-N state directory into format N+1 (none needed yet)
 MIGRATIONS: dict[int, Callable[[Path], None]] = {}
@@ -213,6 +214,8 @@ def _runtime_problem(data: Any) -> str | None:
     holds = data.get("holds", {})
     if not isinstance(holds, dict) or not all(isinstance(v, str) for v in holds.values()):
         return "holds is not an object of times"
+    if not isinstance(data.get("ledger", {}), dict):
+        return "ledger is not an object"
     return None
 
 
@@ -220,6 +223,17 @@ def _repair_hint(path: Path) -> str:
     return (
         f"run `agentjobs --state-dir {path.parent} repair` to rebuild it from the run records "
         "(or restore it from a backup)"
+    )
+
+
+def _copy(runtime: Runtime) -> Runtime:
+    """A working copy of `runtime` (its values are frozen; the ledger is plain JSON)."""
+    return Runtime(
+        dict(runtime.jobs),
+        dict(runtime.queue),
+        runtime.applied_version,
+        dict(runtime.holds),
+        json.loads(json.dumps(runtime.ledger)) if runtime.ledger else {},
     )
 
 
@@ -316,7 +330,7 @@ class FileStore:
             item = runtime.queue.get(only)
             if item is None or item.state != "queued":
                 return None
-            why = self._refusal(item, applied, runtime, request)
+            why = self._refusal(item, applied, runtime, request).reason
             if why is not None:
                 return Refusal(why.removeprefix("host:").strip())
             candidates: Iterable[QueueItem] = [item]
@@ -329,9 +343,10 @@ class FileStore:
                 ]
             )
         for item in candidates:
-            if only is None and (
-                item.lock_key in busy or self._refusal(item, applied, runtime, request)
-            ):
+            if item.lock_key in busy and only is None:
+                continue
+            allowed = self._refusal(item, applied, runtime, request)
+            if allowed.reason is not None:
                 continue
             if slot is None:
                 slot = locks.try_slot(self.locks_dir, request.slots)
@@ -354,6 +369,7 @@ class FileStore:
                 pid=request.pid,
                 # where this attempt's records will be: recovery reads from here (a stat)
                 records_at=self.records_mark(parse(request.now)),
+                **claimed(item, applied[item.job], allowed, request, runtime.ledger),
             )
             runtime.queue[item.id] = running
             state = runtime.jobs.get(item.job)
@@ -369,13 +385,14 @@ class FileStore:
     @staticmethod
     def _refusal(
         item: QueueItem, applied: Mapping[str, AppliedJob], runtime: Runtime, request: ClaimRequest
-    ) -> str | None:
+    ) -> Allowance:
         return refusal(
             applied.get(item.job),
             runtime.jobs.get(item.job),
             runtime.holds,
             request,
             other_hosts=False,
+            ledger=runtime.ledger,
         )
 
     def holder_message(self, key: str, runtime: Runtime) -> str:
@@ -619,13 +636,11 @@ class FileStore:
                 queue={i: QueueItem.from_dict(d) for i, d in data.get("queue", {}).items()},
                 applied_version=data.get("applied_version", ""),
                 holds=dict(data.get("holds", {})),
+                ledger=dict(data.get("ledger", {})),
             )
             if signature is not None:
                 self._runtime_cache = (signature, current)
-        # a copy: callers change theirs; the cached one stays as it is on disk
-        return Runtime(
-            dict(current.jobs), dict(current.queue), current.applied_version, dict(current.holds)
-        )
+        return _copy(current)  # callers change theirs; the cached one stays as it is on disk
 
     def runtime_problem(self) -> str | None:
         """Why runtime.json cannot be used (missing after an apply, damaged), or None."""
@@ -686,7 +701,9 @@ class FileStore:
         queue = self._fragments("queue", runtime.queue)
         return (
             f'{{"format":{STATE_FORMAT},"applied_version":{json.dumps(runtime.applied_version)},'
-            f'"jobs":{{{jobs}}},"queue":{{{queue}}},"holds":{json.dumps(runtime.holds)}}}\n'
+            f'"jobs":{{{jobs}}},"queue":{{{queue}}},"holds":{json.dumps(runtime.holds)}'
+            + (f',"ledger":{json.dumps(runtime.ledger)}' if runtime.ledger else "")
+            + "}\n"
         ).encode()
 
     @contextmanager
@@ -698,21 +715,22 @@ class FileStore:
                 dict(runtime.queue),
                 runtime.applied_version,
                 dict(runtime.holds),
+                json.dumps(runtime.ledger, sort_keys=True) if runtime.ledger else "",
             )
             yield runtime
-            after = (runtime.jobs, runtime.queue, runtime.applied_version, runtime.holds)
+            after = (
+                runtime.jobs,
+                runtime.queue,
+                runtime.applied_version,
+                runtime.holds,
+                json.dumps(runtime.ledger, sort_keys=True) if runtime.ledger else "",
+            )
             if after != before:  # frozen values: unchanged ones compare by identity first
                 path = self.root / "runtime.json"
                 atomic_write(path, self._runtime_bytes(runtime))
                 signature = self._signature(path)
                 if signature is not None:
-                    kept = Runtime(
-                        dict(runtime.jobs),
-                        dict(runtime.queue),
-                        runtime.applied_version,
-                        dict(runtime.holds),
-                    )
-                    self._runtime_cache = (signature, kept)
+                    self._runtime_cache = (signature, _copy(runtime))
 
     @_guarded("write")
     def write_applied(self, change: AppliedChange) -> None:

@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from agentjobs import records as records_mod
 from agentjobs.errors import StateUnavailableError, UserError
+from agentjobs.limits import Allowance
 from agentjobs.store import (
     PRIORITY_RANK,
     AppliedChange,
@@ -52,7 +53,7 @@ from agentjobs.store import (
     Runtime,
     held_message,
 )
-from agentjobs.store.eligibility import refusal
+from agentjobs.store.eligibility import claimed, needs_ledger, refusal
 
 if TYPE_CHECKING:
     import psycopg
@@ -177,7 +178,17 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX outbox_pending ON {SCHEMA}.outbox (id) WHERE NOT undelivered;
     """,
+    # 3: the ledger (limits.py): spend per day, attempt starts for rates, recent costs; one
+    # row, locked by a claim that judges a budget or a rate (caps hold across hosts)
+    f"""
+    CREATE TABLE {SCHEMA}.ledger (id int PRIMARY KEY CHECK (id = 1), data jsonb NOT NULL);
+    INSERT INTO {SCHEMA}.ledger (id, data) VALUES (1, '{{}}');
+    """,
 ]
+
+
+def _put_ledger(cur: psycopg.Cursor[Any], ledger: Mapping[str, Any]) -> None:
+    cur.execute(f"UPDATE {SCHEMA}.ledger SET data = %s WHERE id = 1", (json.dumps(ledger),))
 
 
 def default_local_dir() -> Path:
@@ -581,6 +592,7 @@ class PostgresStore:
             f"SELECT 'm', runtime_applied_version, NULL::jsonb FROM {SCHEMA}.meta "
             f"UNION ALL SELECT 'v', nextval('{SCHEMA}.row_version')::text, NULL "
             f"UNION ALL SELECT 'h', key, to_jsonb(until) FROM {SCHEMA}.holds "
+            f"UNION ALL SELECT 'g', '', data FROM {SCHEMA}.ledger "
             f"UNION ALL SELECT 'j', name, data FROM {SCHEMA}.jobs WHERE version > %(v)s "
             f"UNION ALL SELECT 'q', id, data FROM {SCHEMA}.queue WHERE version > %(v)s "
             f"UNION ALL SELECT 'r' || kind, key, NULL FROM {SCHEMA}.removed "
@@ -597,6 +609,8 @@ class PostgresStore:
                 runtime.queue[key] = QueueItem.from_dict(data)
             elif kind == "h":
                 runtime.holds[key] = data
+            elif kind == "g":
+                runtime.ledger = dict(data)
             elif kind == "m":
                 runtime.applied_version = key
             elif kind == "v":
@@ -619,7 +633,7 @@ class PostgresStore:
             (jobs if kind == "j" else queue).pop(key, None)
         jobs.update(changed.jobs)
         queue.update(changed.queue)
-        return Runtime(jobs, queue, changed.applied_version, changed.holds), version
+        return Runtime(jobs, queue, changed.applied_version, changed.holds, changed.ledger), version
 
     @_again_once
     def runtime(self) -> Runtime:
@@ -639,6 +653,7 @@ class PostgresStore:
                 dict(runtime.queue),
                 runtime.applied_version,
                 dict(runtime.holds),
+                json.loads(json.dumps(runtime.ledger)),
             )
             self._state_cache = None  # until the transaction commits
             yield runtime
@@ -696,6 +711,8 @@ class PostgresStore:
                         list(after.holds.items()),
                     )
                 changed = True
+            if after.ledger != before.ledger:
+                _put_ledger(cur, after.ledger)
             if after.applied_version != before.applied_version or changed:
                 cur.execute(
                     f"UPDATE {SCHEMA}.meta SET runtime_applied_version = %s, written = true",
@@ -1068,7 +1085,6 @@ class PostgresStore:
     ) -> Claim | Refusal | _Contended | None:
         """Take the best runnable item across hosts: leases for its key and a slot, marked
         running, in one transaction. Claimers skip each other's rows (`SKIP LOCKED`)."""
-        only = request.only
         duration = self.lease_duration()
         with self._db() as conn, conn.transaction(), conn.cursor() as cur:
             self._lock_meta(conn, request.timeout, "FOR SHARE")
@@ -1082,56 +1098,81 @@ class PostgresStore:
                     (request.keep.token,),
                 )
             context, busy, leased = self._claim_context(cur)
-            if only is not None:
-                cur.execute(
-                    f"SELECT id, job, lock_key, data::text FROM {SCHEMA}.queue "
-                    "WHERE id = %s AND state = 'queued' FOR UPDATE SKIP LOCKED",
-                    (only,),
+            ledgered = needs_ledger(request, applied)
+            if ledgered:  # locked: budgets and rates hold across hosts
+                cur.execute(f"SELECT data FROM {SCHEMA}.ledger WHERE id = 1 FOR UPDATE")
+                row = cur.fetchone()
+                context.ledger = dict(row[0]) if row else {}
+            was = json.dumps(context.ledger, sort_keys=True)
+            taken = self._claim_rows(cur, request, applied, context, busy, leased, duration)
+            if ledgered and json.dumps(context.ledger, sort_keys=True) != was:
+                _put_ledger(cur, context.ledger)
+            return taken
+
+    def _claim_rows(
+        self,
+        cur: psycopg.Cursor[Any],
+        request: ClaimRequest,
+        applied: Mapping[str, AppliedJob],
+        context: Runtime,
+        busy: set[str],
+        leased: set[str],
+        duration: float,
+    ) -> Claim | Refusal | _Contended | None:
+        """`_claim_once`'s choice among the due rows, in its transaction."""
+        only = request.only
+        if only is not None:
+            cur.execute(
+                f"SELECT id, job, lock_key, data::text FROM {SCHEMA}.queue "
+                "WHERE id = %s AND state = 'queued' FOR UPDATE SKIP LOCKED",
+                (only,),
+            )
+            batches: Iterable[list[tuple[str, str, str, str]]] = [cur.fetchall()]
+        else:
+            batches = self._candidates(cur, request.now, busy)
+        token = uuid.uuid4().hex
+        have_slot = False
+        seen: list[str] = []
+        for batch in batches:
+            for item_id, job, lock_key, data in batch:
+                seen.append(item_id)
+                allowed = self._why_not(
+                    cur, request, applied, context, busy, item_id, job, lock_key
                 )
-                batches: Iterable[list[tuple[str, str, str, str]]] = [cur.fetchall()]
-            else:
-                batches = self._candidates(cur, request.now, busy)
-            token = uuid.uuid4().hex
-            have_slot = False
-            seen: list[str] = []
-            for batch in batches:
-                for item_id, job, lock_key, data in batch:
-                    seen.append(item_id)
-                    why = self._why_not(
-                        cur, request, applied, context, busy, item_id, job, lock_key
+                why = allowed.reason
+                if why is not None:
+                    if only is not None:
+                        return Refusal(why)
+                    continue
+                if not have_slot:
+                    taken = self._take_slots(
+                        cur,
+                        token,
+                        request.host,
+                        request.slots,
+                        request.host_slots,
+                        leased,
+                        duration,
                     )
-                    if why is not None:
-                        if only is not None:
-                            return Refusal(why)
-                        continue
-                    if not have_slot:
-                        taken = self._take_slots(
-                            cur,
-                            token,
-                            request.host,
-                            request.slots,
-                            request.host_slots,
-                            leased,
-                            duration,
-                        )
-                        if taken is not None:
-                            return None if only is None else Refusal(taken)
-                        have_slot = True
-                    item = QueueItem.from_dict(json.loads(data))
-                    note = request.note(item)
-                    if not self._take_key(cur, token, request.host, item, duration, note):
-                        busy.add(lock_key)
-                        if only is not None:
-                            cur.execute(f"DELETE FROM {SCHEMA}.leases WHERE token = %s", (token,))
-                            return Refusal(self._held_message(cur, lock_key))
-                        continue
-                    running = self._mark_running(cur, request, item)
-                    return Claim(running, applied[item.job], Lease(self, token, duration))
-            if have_slot:
-                cur.execute(f"DELETE FROM {SCHEMA}.leases WHERE token = %s", (token,))
-            if only is None and self._skipped_rows(cur, request.now, busy, seen):
-                return CONTENDED
-            return None
+                    if taken is not None:
+                        return None if only is None else Refusal(taken)
+                    have_slot = True
+                item = QueueItem.from_dict(json.loads(data))
+                note = request.note(item)
+                if not self._take_key(cur, token, request.host, item, duration, note):
+                    busy.add(lock_key)
+                    if only is not None:
+                        cur.execute(f"DELETE FROM {SCHEMA}.leases WHERE token = %s", (token,))
+                        return Refusal(self._held_message(cur, lock_key))
+                    continue
+                changes = claimed(item, applied[item.job], allowed, request, context.ledger)
+                running = self._mark_running(cur, request, item, changes)
+                return Claim(running, applied[item.job], Lease(self, token, duration))
+        if have_slot:
+            cur.execute(f"DELETE FROM {SCHEMA}.leases WHERE token = %s", (token,))
+        if only is None and self._skipped_rows(cur, request.now, busy, seen):
+            return CONTENDED
+        return None
 
     def _why_not(
         self,
@@ -1143,14 +1184,20 @@ class PostgresStore:
         item_id: str,
         job: str,
         lock_key: str,
-    ) -> str | None:
+    ) -> Allowance:
         """Why this host does not claim a queued row now (its key is busy, `refusal`), or
         None. A reason about this host alone is kept in `host_notes` for `status`."""
         if lock_key in busy:  # who holds it is looked up only for the one item asked for
-            return "busy" if request.only is None else self._held_message(cur, lock_key)
-        reason = refusal(
-            applied.get(job), context.jobs.get(job), context.holds, request, other_hosts=True
+            return Allowance("busy" if request.only is None else self._held_message(cur, lock_key))
+        allowed = refusal(
+            applied.get(job),
+            context.jobs.get(job),
+            context.holds,
+            request,
+            other_hosts=True,
+            ledger=context.ledger,
         )
+        reason = allowed.reason
         if reason is not None and reason.startswith("host:"):
             cur.execute(
                 f"INSERT INTO {SCHEMA}.host_notes (host, item_id, reason) "
@@ -1158,10 +1205,16 @@ class PostgresStore:
                 "SET reason = excluded.reason, at = now()",
                 (request.host, item_id, reason[5:].strip()),
             )
-        return None if reason is None else reason.removeprefix("host:").strip()
+        if reason is None:
+            return allowed
+        return Allowance(reason.removeprefix("host:").strip())
 
     def _mark_running(
-        self, cur: psycopg.Cursor[Any], request: ClaimRequest, item: QueueItem
+        self,
+        cur: psycopg.Cursor[Any],
+        request: ClaimRequest,
+        item: QueueItem,
+        changes: Mapping[str, Any],
     ) -> QueueItem:
         """The claimed row as running, its job's last start, its host notes gone."""
         now = request.now
@@ -1172,6 +1225,7 @@ class PostgresStore:
                 "started_at": now,
                 "host": request.host,
                 "pid": request.pid,
+                **changes,
             }
         )
         cur.execute(

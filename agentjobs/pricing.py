@@ -1,0 +1,187 @@
+"""What an agent attempt cost: the CLI's own figure where it reports one (claude's
+`total_cost_usd`), else tokens times a price table (`estimated`).
+
+Prices are USD per million tokens: `input` (uncached prompt tokens), `output`, `cached` (prompt
+tokens read from the provider's cache). The defaults below are the providers' published list
+prices for the models each CLI uses by default; `pricing:` in agentjobs.yaml overrides or adds
+entries. A model is priced by the longest table entry it starts with (`gpt-5-codex-mini` by
+`gpt-5-codex-mini`, `gpt-5.1-codex` by `gpt-5.1-codex`, `gemini-2.5-pro-preview` by
+`gemini-2.5-pro`); a job without `agent.model` is priced as its CLI's default model
+(`DEFAULT_MODELS`). A model in no entry has no cost (recorded as unknown, never as 0).
+
+Usage comes from the stream each CLI prints: codex's `turn.completed.usage` (input includes
+cached), gemini's `result.stats` (input includes cached), claude's `result.usage` (input
+excludes cache reads). `Meter` adds it up event by event, so a running attempt's spend is known
+while it runs (the supervisor stops an attempt that passes its cap).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class Price:
+    input: float
+    output: float
+    cached: float
+
+
+# USD per million tokens (list prices; override in agentjobs.yaml `pricing:`)
+DEFAULT_PRICES: dict[str, Price] = {
+    # OpenAI (codex)
+    "gpt-5": Price(1.25, 10.0, 0.125),
+    "gpt-5-codex": Price(1.25, 10.0, 0.125),
+    "gpt-5.1": Price(1.25, 10.0, 0.125),
+    "gpt-5.1-codex": Price(1.25, 10.0, 0.125),
+    "gpt-5.1-codex-mini": Price(0.25, 2.0, 0.025),
+    "gpt-5-mini": Price(0.25, 2.0, 0.025),
+    "gpt-5-nano": Price(0.05, 0.40, 0.005),
+    "gpt-4.1": Price(2.0, 8.0, 0.50),
+    "o3": Price(2.0, 8.0, 0.50),
+    "o4-mini": Price(1.10, 4.40, 0.275),
+    "codex-mini-latest": Price(1.50, 6.0, 0.375),
+    # Google (gemini), prompts up to 200k tokens
+    "gemini-2.5-pro": Price(1.25, 10.0, 0.125),
+    "gemini-2.5-flash": Price(0.30, 2.50, 0.03),
+    "gemini-2.5-flash-lite": Price(0.10, 0.40, 0.01),
+    "gemini-3-pro": Price(2.0, 12.0, 0.20),
+    # Anthropic (claude reports its own cost; these price its usage when it does not)
+    "claude-opus-4": Price(15.0, 75.0, 1.50),
+    "claude-opus-4-5": Price(5.0, 25.0, 0.50),
+    "claude-sonnet-4": Price(3.0, 15.0, 0.30),
+    "claude-haiku-4-5": Price(1.0, 5.0, 0.10),
+    "claude-3-5-haiku": Price(0.80, 4.0, 0.08),
+}
+# the model a CLI uses when the job names none
+DEFAULT_MODELS = {"codex": "gpt-5-codex", "gemini": "gemini-2.5-pro", "claude": "claude-sonnet-4"}
+
+
+def price_table(configured: Mapping[str, Any] | None) -> dict[str, Price]:
+    """The defaults with agentjobs.yaml's `pricing:` entries over them."""
+    table = dict(DEFAULT_PRICES)
+    for model, entry in (configured or {}).items():
+        base = table.get(model, Price(0.0, 0.0, 0.0))
+        table[model] = Price(
+            float(entry.get("input", base.input)),
+            float(entry.get("output", base.output)),
+            float(entry.get("cached", entry.get("input", base.cached))),
+        )
+    return table
+
+
+def price_of(model: str, table: Mapping[str, Price]) -> Price | None:
+    """The entry for `model`: exact, else the longest entry it starts with."""
+    if model in table:
+        return table[model]
+    best = max((name for name in table if model.startswith(name)), key=len, default=None)
+    return None if best is None else table[best]
+
+
+@dataclass(slots=True)
+class Meter:
+    """An attempt's usage, added up from its stream events as they come."""
+
+    kind: str
+    model: str | None = None  # from the job, else from the stream's init event
+    input: int = 0  # uncached prompt tokens
+    cached: int = 0
+    output: int = 0
+    reported: float | None = None  # the CLI's own cost figure (claude)
+    turns: int | None = None
+    seen: bool = False  # any usage at all
+
+    def feed(self, event: Mapping[str, Any]) -> bool:
+        """Take one stream event; True when it changed the usage."""
+        kind = event.get("type")
+        if kind in ("init", "system") and self.model is None:
+            model = event.get("model")
+            if isinstance(model, str) and model:
+                self.model = model
+            return False
+        if self.kind == "codex" and kind == "turn.completed":
+            self.turns = (self.turns or 0) + 1
+            return self._add(event.get("usage"), cached_in_input=True)
+        if self.kind == "gemini" and kind == "result":
+            return self._add(event.get("stats"), cached_in_input=True)
+        if self.kind == "claude" and kind == "result":
+            if isinstance(event.get("num_turns"), int):
+                self.turns = event["num_turns"]
+            cost = event.get("total_cost_usd")
+            if isinstance(cost, int | float):
+                self.reported = float(cost)
+                self.seen = True
+            self.input = self.cached = self.output = 0  # the result's usage is the total
+            return self._add(event.get("usage"), cached_in_input=False) or cost is not None
+        return False
+
+    def feed_line(self, line: str) -> bool:
+        line = line.strip()
+        if not (line.startswith("{") and line.endswith("}")):
+            return False
+        try:
+            event = json.loads(line)
+        except ValueError:
+            return False
+        return isinstance(event, dict) and self.feed(event)
+
+    def _add(self, usage: Any, *, cached_in_input: bool) -> bool:
+        if not isinstance(usage, Mapping):
+            return False
+        given = _count(usage.get("input_tokens"))
+        out = _count(usage.get("output_tokens"))
+        cached = _count(
+            usage.get("cached_input_tokens")
+            or usage.get("cached")
+            or usage.get("cache_read_input_tokens")
+        )
+        created = _count(usage.get("cache_creation_input_tokens"))
+        if given is None and out is None:
+            return False
+        uncached = (given or 0) - (cached or 0) if cached_in_input else (given or 0)
+        self.input += max(0, uncached) + (created or 0)
+        self.cached += cached or 0
+        self.output += out or 0
+        self.seen = True
+        return True
+
+    def cost(self, table: Mapping[str, Price]) -> tuple[float, bool] | None:
+        """(USD, estimated) so far: the CLI's own figure, else tokens times the model's price;
+        None when there is no usage or no price for the model."""
+        if self.reported is not None:
+            return round(self.reported, 6), False
+        if not self.seen:
+            return None
+        price = price_of(self.model or DEFAULT_MODELS.get(self.kind, ""), table)
+        if price is None:
+            return None
+        usd = self.input * price.input + self.cached * price.cached + self.output * price.output
+        return round(usd / 1e6, 6), True
+
+    def facts(self, table: Mapping[str, Price]) -> dict[str, Any]:
+        """What the run record keeps under `agent`: model, tokens, turns, cost."""
+        facts: dict[str, Any] = {"kind": self.kind}
+        facts["model"] = self.model or DEFAULT_MODELS.get(self.kind)
+        if self.input or self.cached or self.output:
+            facts["tokens"] = {"input": self.input, "cached": self.cached, "output": self.output}
+        if self.turns is not None:
+            facts["turns"] = self.turns
+        cost = self.cost(table)
+        if cost is not None:
+            facts["cost_usd"], facts["cost_estimated"] = cost
+        return facts
+
+
+def _count(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def meter_output(kind: str, model: str | None, output: str) -> Meter:
+    """A meter fed every line of `output`."""
+    meter = Meter(kind, model)
+    for line in output.splitlines():
+        meter.feed_line(line)
+    return meter
