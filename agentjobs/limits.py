@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -64,7 +64,7 @@ class Limits:
         local = now.astimezone(ZoneInfo(self.timezone))
         start = local.replace(hour=0, minute=0, second=0, microsecond=0)
         following = (start + timedelta(days=1, hours=3)).replace(hour=0)  # DST-proof
-        return local.date().isoformat(), following
+        return local.date().isoformat(), following.astimezone(UTC)
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +77,10 @@ class Allowance:
     cap_usd: float | None = None  # the most this attempt may spend
     fallback: int | None = None  # index into agent.fallback of the agent to run instead
     fallback_reason: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.reason is None
 
 
 def allowance(
@@ -122,8 +126,9 @@ def allowance(
             continue
         spent = float(spent_today.get(scope, 0.0))
         if spent >= budget.per_day or spent + projected > budget.per_day:
+            likely = f"; this run ~${projected:.2f}" if spent < budget.per_day else ""
             return Allowance(
-                f"held: budget {name} (${spent:.2f} of ${budget.per_day:.2f}) until "
+                f"held: budget {name} (${spent:.2f} of ${budget.per_day:.2f}{likely}) until "
                 f"{iso(following)}",
                 notice=f"budget {name}@{day}",
             )

@@ -578,6 +578,30 @@ def _check_durations(
     lease = raw.get("lease")  # the global config's
     if lease is not None and parse_duration(lease) < MIN_LEASE:
         check.error("lease", f"lease must be at least {format_duration(MIN_LEASE)}")
+    _check_limits(raw, check)
+
+
+def _check_limits(raw: dict[str, Any], check: _Checker) -> None:
+    """Rates (a job's `rate`, the config's `rates`) and budgets that can work."""
+    from agentjobs.durations import parse_duration
+    from agentjobs.limits import MAX_RATE_WINDOW_S
+
+    rates = {"rate": raw["rate"]} if isinstance(raw.get("rate"), dict) else {}
+    rates.update({f"rates.{k}": v for k, v in (raw.get("rates") or {}).items()})
+    for where, rate in rates.items():
+        per = parse_duration(rate["per"])
+        if not 1 <= per <= MAX_RATE_WINDOW_S:
+            check.error(f"{where}.per", "a rate's window must be between 1s and 7d")
+    budget = raw.get("budget") or {}
+    if budget.get("per_run") and budget.get("per_day") and budget["per_run"] > budget["per_day"]:
+        check.error(
+            "budget.per_run", "per_run is more than per_day: no attempt could ever start"
+        )
+    if budget and not isinstance(raw.get("agent"), dict):
+        check.warn("budget", "budget applies to agent jobs only: a command job costs nothing")
+    for index, other in enumerate((raw.get("agent") or {}).get("fallback", ())):
+        if other.get("kind") == "custom" and not other.get("command"):
+            check.error(f"agent.fallback[{index}].command", "a custom fallback needs a command")
 
 
 # -- files -------------------------------------------------------------------------------------

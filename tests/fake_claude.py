@@ -9,6 +9,11 @@ $FAKE_AGENT_DIR/modes.json says (the last mode repeats):
     usage_limit   a rejected rate_limit_event (resetsAt = $FAKE_RESET_AT) and an error result
     auth          an error result with api_error_status 401, exit 1
     api_retry     two api_retry system events, then a successful result
+    cost=X        a successful result that cost X USD (total_cost_usd)
+Invoked as `codex` (the file name), it prints codex exec --json shapes instead:
+    ok | tokens=IN,CACHED,OUT   thread.started, an agent message, turn.completed with that usage
+    hang_after=IN,CACHED,OUT    the same turn.completed, then it keeps running (a minute)
+    usage_limit   codex's usage-limit error ("You've hit your usage limit ... try again at ...")
 """
 
 import json
@@ -40,6 +45,31 @@ def emit(event: dict) -> None:
     print(json.dumps(event), flush=True)
 
 
+if os.path.basename(sys.argv[0]) == "codex":
+    import time
+
+    emit({"type": "thread.started", "thread_id": f"thread-{number}"})
+    if mode == "usage_limit":
+        emit(
+            {
+                "type": "error",
+                "message": "You\u2019ve hit your usage limit. Upgrade to Pro "
+                "(https://chatgpt.com/explore/pro), visit https://chatgpt.com/codex/settings/usage "
+                "to purchase more credits or try again at 2:44 PM.",
+            }
+        )
+        emit({"type": "turn.failed", "error": {"message": "usage limit"}})
+        sys.exit(1)
+    emit({"type": "turn.started"})
+    emit({"type": "item.completed", "item": {"type": "agent_message", "text": f"did {mode}"}})
+    numbers = mode.partition("=")[2] or "1000,0,100"
+    given, cached, out = (int(n) for n in numbers.split(","))
+    usage = {"input_tokens": given, "cached_input_tokens": cached, "output_tokens": out}
+    emit({"type": "turn.completed", "usage": usage})
+    if mode.startswith("hang_after"):
+        time.sleep(60)
+    sys.exit(0)
+
 emit({"type": "system", "subtype": "init", "session_id": session, "model": "fake"})
 emit({"type": "assistant", "message": {"content": [{"type": "text", "text": f"working ({mode})"}]}})
 result = {
@@ -55,6 +85,8 @@ result = {
 }
 if mode == "ok":
     emit(result)
+elif mode.startswith("cost="):
+    emit({**result, "total_cost_usd": float(mode.partition("=")[2])})
 elif mode == "api_retry":
     emit({"type": "system", "subtype": "api_retry", "attempt": 1, "error": "overloaded"})
     emit({"type": "system", "subtype": "api_retry", "attempt": 2, "error": "overloaded"})
