@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from agentjobs.limits import Limits, allowance, spent, started
 from agentjobs.clock import parse
+from agentjobs.limits import Limits, allowance, spent, started
 from agentjobs.spec import AgentSpec, Budget, JobSpec, Rate
 from tests.conftest import State, write
 from tests.test_agents import fake  # noqa: F401  (the fixture)
@@ -193,7 +193,7 @@ def test_fallback_runs_only_while_the_primary_is_held_by_a_usage_limit(
     )
     assert ajs("apply", "--now", T0).code == 0
     ajs("tick", "--now", T0)
-    record = [r for r in state.records("attempt_finished") if r["job"] == "c"][0]
+    record = next(r for r in state.records("attempt_finished") if r["job"] == "c")
     assert record["outcome"] == "succeeded"
     assert record["agent"]["kind"] == "codex"
     assert record["agent"]["fallback"].startswith("instead of claude: claude usage limit until")
@@ -264,8 +264,18 @@ def test_a_rate_holds_across_hosts_claiming_at_once(
     assert ajs("apply", "--now", T0).code == 0
     ticks = [
         subprocess.Popen(
-            [sys.executable, "-m", "agentjobs", "--state-dir", state.location, "tick"]
-            + ["--now", T0, "--host", host],
+            [
+                sys.executable,
+                "-m",
+                "agentjobs",
+                "--state-dir",
+                state.location,
+                "tick",
+                "--now",
+                T0,
+                "--host",
+                host,
+            ],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
         )
