@@ -594,9 +594,7 @@ def _check_limits(raw: dict[str, Any], check: _Checker) -> None:
             check.error(f"{where}.per", "a rate's window must be between 1s and 7d")
     budget = raw.get("budget") or {}
     if budget.get("per_run") and budget.get("per_day") and budget["per_run"] > budget["per_day"]:
-        check.error(
-            "budget.per_run", "per_run is more than per_day: no attempt could ever start"
-        )
+        check.error("budget.per_run", "per_run is more than per_day: no attempt could ever start")
     if budget and not isinstance(raw.get("agent"), dict):
         check.warn("budget", "budget applies to agent jobs only: a command job costs nothing")
     for index, other in enumerate((raw.get("agent") or {}).get("fallback", ())):
