@@ -27,6 +27,7 @@ OMITTED_WHEN: dict[str, Any] = {
     "first": None,
     "last": None,
     "cost_usd": None,
+    "hold_until": None,
     "cost_estimated": False,
 }
 
@@ -80,6 +81,7 @@ class AttemptFinished(RunRecord):
     reason: str
     agent: dict[str, Any] | None = None
     hold: str | None = None  # the usage-limit key this attempt's retry holds
+    hold_until: str | None = None  # until when, if not until the retry (a fallback runs it)
     cost_usd: float | None = None  # the agent's own figure, or estimated (`pricing.py`)
     cost_estimated: bool = False
 

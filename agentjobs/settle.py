@@ -119,6 +119,7 @@ def finish_records(
 
     stamp = iso(now) or ""
     outcome = Outcome(ended.outcome)
+    fallback = bool(job and job.parsed.agent and job.parsed.agent.fallback)
     decision = conclude(
         job.parsed.retry if job else RetryPolicy(),
         outcome,
@@ -129,13 +130,22 @@ def finish_records(
         now=now,
         permanent=ended.permanent,
         error=ended.error,
-        reset_at=ended.reset_at,
+        # with fallback agents a usage limit is no reason to wait for the reset: the retry
+        # (after the backoff) runs the first fallback whose account is free
+        reset_at=None if fallback else ended.reset_at,
         job_deleted=job is None,
         rng=rng,
     )
     hold = None
     if outcome == Outcome.RATE_LIMITED and decision.next == Next.RETRY:
-        hold = job.limit_key if job else None  # other jobs sharing the limit wait as long
+        # other jobs sharing the limit wait as long: the account of the agent that ran (a
+        # fallback's own when one ran)
+        ran = (ended.agent or {}).get("limit_key")
+        hold = str(ran) if ran else job.limit_key if job else None
+    # the account stays held until its reset even when the retry (a fallback's) is sooner
+    hold_until = None
+    if hold and fallback and ended.reset_at is not None and ended.reset_at > now:
+        hold_until = iso(ended.reset_at)
     duration_s = ended.duration_s
     if duration_s is None:
         duration_s = max(0.0, (now - parse(ended.started_at)).total_seconds())
@@ -158,6 +168,7 @@ def finish_records(
         reason=decision.reason,
         **({"agent": ended.agent} if ended.agent else {}),
         **({"hold": hold} if hold else {}),
+        **({"hold_until": hold_until} if hold_until else {}),
         **_cost(ended.agent),
     )
     if decision.next != Next.DEAD_LETTER:
@@ -172,6 +183,12 @@ def finish_records(
         outcome=ended.outcome,
     )
     return [finished, dead]
+
+
+def _hold(finished: Mapping[str, Any]) -> tuple[str, str] | None:
+    """(account, until) a rate-limited attempt holds: until its retry, or its reset."""
+    until = finished.get("hold_until") or finished.get("next_attempt_at")
+    return (finished["hold"], until) if finished.get("hold") and until else None
 
 
 def _cost(facts: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -252,7 +269,7 @@ def settle(
         ),
         retry=retry,
         dead_letter=dead,
-        hold=(finished["hold"], next_at) if finished.get("hold") and next_at else None,
+        hold=_hold(finished),
         state=_job_state(state, job, item, outcome, stamp, next_step),
         events=events if job is not None and job.parsed.notify is not None else (),
         pings=pings if job is not None and job.parsed.notify is not None else (),

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -174,18 +175,25 @@ def test_fallback_runs_only_while_the_primary_is_held_by_a_usage_limit(
     state: State,
     ajs: Any,
     jobs_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     set_modes, calls = fake
     fallback = [{"kind": "codex", "model": "gpt-5-codex"}]
     for name in ("a", "b"):
         write(jobs_dir / f"{name}.yaml", _job(name, {"kind": "claude", "fallback": fallback}))
     assert ajs("apply").code == 0
+    reset = datetime.now(UTC) + timedelta(hours=2)
+    monkeypatch.setenv("FAKE_RESET_AT", str(int(reset.timestamp())))
     set_modes("is_error", "ok", "usage_limit", "ok")
     assert ajs("run", "a").code != 0  # an ordinary failure: no fallback
     assert ajs("run", "b").code == 0
     assert ajs("run", "a").code != 0  # claude's usage limit: held until its reset
     assert [c[0] for c in calls()] == ["-p", "-p", "-p"]  # claude each time
-    assert set(state.runtime().holds) == {"claude"}
+    runtime = state.runtime()
+    assert set(runtime.holds) == {"claude"}
+    # its retry does not wait for claude's reset: it runs a fallback after the backoff
+    retry = next(i for i in runtime.queue.values() if i.job == "a")
+    assert retry.not_before < runtime.holds["claude"]
     # a scheduled run while held runs the fallback
     write(
         jobs_dir / "c.yaml",
