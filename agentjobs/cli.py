@@ -7,6 +7,7 @@ directory and the exit code is 70 (EX_SOFTWARE), so it never looks like a plan w
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
@@ -636,8 +637,7 @@ def pause(ctx: Context, job: str) -> None:
     """Stop scheduling JOB (no new slots) without editing its file."""
     from agentjobs import operate
 
-    operate.set_paused(_engine(ctx), job, True)
-    click.echo(f"{job}: paused")
+    click.echo(f"{job}: {operate.set_paused(_engine(ctx), job, True)}")
 
 
 @cli.command()
@@ -647,8 +647,7 @@ def resume(ctx: Context, job: str) -> None:
     """Schedule JOB again, from now (the paused time is not caught up)."""
     from agentjobs import operate
 
-    operate.set_paused(_engine(ctx), job, False)
-    click.echo(f"{job}: resumed")
+    click.echo(f"{job}: {operate.set_paused(_engine(ctx), job, False)}")
 
 
 @cli.command()
@@ -1495,6 +1494,180 @@ def _crash_report(state_dir: str) -> str:
         except OSError:
             continue
     return "(could not write a crash report)"
+
+
+# -- describe and holds (the query layer, query.py) ---------------------------------------------
+
+
+@cli.command()
+@click.argument("job")
+@click.option("--now", "now_text", default=None, hidden=True)
+@pass_ctx
+def describe(ctx: Context, job: str, now_text: str | None) -> None:
+    """Everything about JOB: its spec and unapplied edits, state, next fire times, queue items
+    and why they wait, holds, recent runs, open dead letters."""
+    from agentjobs import query
+
+    store = ctx.store()
+    now = _now(now_text)
+    detail = query.describe(store, job, now, jobs_dir=ctx.jobs_dir)
+    if detail is None:
+        names = ", ".join(sorted(store.applied())) or "none applied"
+        raise UserError(f"no applied job named {job!r} (jobs: {names})")
+    if ctx.json:
+        _emit_json(query.as_json(detail))
+        return
+    click.echo("\n".join(_describe_lines(detail, now)))
+
+
+def _describe_lines(d: Any, now: datetime) -> list[str]:
+    """`describe` as text: kubectl-style sections."""
+    from agentjobs.durations import format_duration
+
+    row = d.row
+    spec = d.spec
+    agent = spec.get("agent") or {}
+    state = "enabled" if row.enabled else "disabled in its file"
+    if row.paused:
+        state += ", paused"
+    lines = [
+        f"Name:         {d.job}",
+        f"File:         {d.file or spec.get('source') or '-'}",
+        f"Schedule:     {row.schedule}",
+        f"Lock key:     {row.lock}",
+        f"State:        {state}",
+        f"Last run:     {_when(row.last)} ({row.result or 'never ran'})",
+    ]
+    if row.needs:
+        lines.append(f"Triggered by: {', '.join(row.needs)} (needs)")
+    if agent:
+        fallback = ", ".join(f["kind"] for f in agent.get("fallback") or ())
+        account = agent.get("limit_key") or agent.get("kind")
+        lines.append(
+            f"Agent:        {agent.get('kind')} (account {account}"
+            f"{', model ' + agent['model'] if agent.get('model') else ''}"
+            f"{', fallback ' + fallback if fallback else ''})"
+        )
+    if spec.get("budget"):
+        caps = ", ".join(f"{k} ${v:g}" for k, v in spec["budget"].items() if v is not None)
+        lines.append(f"Budget:       {caps}")
+    if d.ledger is not None and (d.ledger.spend or d.ledger.caps):
+        lines.append(f"Spend today:  {_ledger_text(d.ledger)}")
+    lines.append("Unapplied edits:" if d.drift else "Unapplied edits: none")
+    lines += [f"  {change}" for change in d.drift]
+    lines.append("Next fire times:" if d.fire_times else "Next fire times: none")
+    lines += [f"  {_when(t)}" for t in d.fire_times]
+    lines.append("Queue:" if d.waits else "Queue: empty")
+    for w in d.waits:
+        lines.append(f"  run {w.run_id} attempt {w.attempt} ({w.trigger}): {w.state}; {w.reason}")
+    if d.holds:
+        lines.append("Holds:")
+        lines += [f"  {h.kind}: {h.reason}" for h in d.holds]
+    lines.append("Recent runs:" if d.runs else "Recent runs: none")
+    if d.runs:
+        table = [
+            [
+                _when(r.time),
+                r.run_id,
+                str(r.attempt),
+                r.outcome,
+                f"{format_duration(r.duration_s)}" if r.duration_s is not None else "-",
+                _cost_text(r.cost_usd, r.cost_estimated),
+                r.detail[:60],
+            ]
+            for r in d.runs
+        ]
+        headers = ["TIME", "RUN", "ATTEMPT", "OUTCOME", "DURATION", "COST", "DETAIL"]
+        lines += ["  " + line for line in _table(headers, table).splitlines()]
+    lines.append("Dead letters:" if d.dead_letters else "Dead letters: none open")
+    for e in d.dead_letters:
+        lines.append(f"  {e.get('id')} {_when(e.get('created_at'))}: {e.get('reason')}")
+    return lines
+
+
+def _cost_text(cost: float | None, estimated: bool) -> str:
+    if cost is None:
+        return "-"
+    return f"{'~' if estimated else ''}${cost:.4f}"
+
+
+def _ledger_text(ledger: Any) -> str:
+    scopes = sorted(set(ledger.spend) | set(ledger.caps), key=lambda s: (s != "total", s))
+    parts = []
+    for scope in scopes:
+        spent = float(ledger.spend.get(scope, 0.0))
+        cap = ledger.caps.get(scope)
+        parts.append(f"{scope} ${spent:.2f}" + (f" of ${cap:.2f}" if cap else ""))
+    return ", ".join(parts)
+
+
+@cli.group(invoke_without_command=True)
+@click.option("--now", "now_text", default=None, hidden=True)
+@click.pass_context
+def holds(click_ctx: click.Context, now_text: str | None) -> None:
+    """Usage-limit holds in force, and budgets or rates holding items back."""
+    if click_ctx.invoked_subcommand is not None:
+        return
+    from agentjobs import query
+
+    ctx = click_ctx.find_object(Context)
+    assert ctx is not None
+    store = ctx.store()
+    rows = query.holds(store, _now(now_text))
+    released = store.read_json("hold_releases") or []
+    if ctx.json:
+        _emit_json({"holds": query.as_json(rows), "released": released[-20:]})
+        return
+    if not rows:
+        click.echo("no holds in force")
+    else:
+        table = [[h.kind, h.key, _when(h.until), ", ".join(h.jobs) or "-"] for h in rows]
+        click.echo(_table(["KIND", "KEY", "UNTIL", "JOBS"], table))
+    for entry in released[-5:]:
+        click.echo(
+            f"released early: {entry['key']} (held until {_when(entry['until'])}) by "
+            f"{entry['by']} at {_when(entry['released_at'])}"
+        )
+
+
+@holds.command("release")
+@click.argument("key")
+@pass_ctx
+def holds_release(ctx: Context, key: str) -> None:
+    """Lift account KEY's usage-limit hold now (recorded: who and when)."""
+    from agentjobs import operate
+
+    who = os.environ.get("USER") or os.environ.get("LOGNAME") or "unknown"
+    until = operate.release_hold(_engine(ctx), key, who)
+    click.echo(f"{key}: usage-limit hold released (it held until {_when(until)})")
+
+
+def _output_everywhere(group: click.Group) -> None:
+    """`-o/--output text|json` after any verb too (`agentjobs status -o json`), as before it:
+    each command without an `--output` of its own gets one that overrides the group's."""
+
+    def chosen(click_ctx: click.Context, _param: click.Parameter, value: str | None) -> None:
+        if value is not None and isinstance(click_ctx.obj, Context):
+            click_ctx.obj = dataclasses.replace(click_ctx.obj, output=value)
+
+    for command in group.commands.values():
+        if isinstance(command, click.Group):
+            _output_everywhere(command)
+        if any("--output" in getattr(p, "opts", ()) for p in command.params):
+            continue
+        command.params.append(
+            click.Option(
+                ["--output", "-o"],
+                type=click.Choice(["text", "json"]),
+                default=None,
+                expose_value=False,
+                callback=chosen,
+                help="Output format (also accepted before the verb).",
+            )
+        )
+
+
+_output_everywhere(cli)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

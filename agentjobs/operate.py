@@ -45,7 +45,9 @@ def enqueue_manual(
     return item
 
 
-def set_paused(engine: Engine, job: str, paused: bool) -> None:
+def set_paused(engine: Engine, job: str, paused: bool) -> str:
+    """Pause or resume `job`; says what happened, honestly: "paused", "already paused",
+    "resumed", "not paused", or that it stays off because its file says `enabled: false`."""
     from agentjobs.reconcile import fresh_state
 
     with engine.store.transaction(engine.lock_timeout) as runtime:
@@ -53,12 +55,43 @@ def set_paused(engine: Engine, job: str, paused: bool) -> None:
         if job not in applied or job not in runtime.jobs:
             raise UserError(f"no applied job named {job!r}")
         state = runtime.jobs[job]
+        enabled = applied[job].parsed.enabled
         if paused:
+            if state.paused:
+                return "already paused"
             runtime.jobs[job] = dataclasses.replace(state, paused=True)
-        elif state.paused:
+            return "paused"
+        if not state.paused:
+            said = "not paused"
+        else:
             # Resume from now: the paused period is not "missed".
             fresh = fresh_state(applied[job].parsed, engine.clock.now(), state)
             runtime.jobs[job] = dataclasses.replace(fresh, paused=False)
+            said = "resumed"
+        if not enabled:
+            said += (
+                "; it stays off: its file says `enabled: false` (set it to true and "
+                "`agentjobs apply`)"
+            )
+        return said
+
+
+def release_hold(engine: Engine, key: str, by: str) -> str:
+    """Lift account `key`'s usage-limit hold early; the release is kept in the `hold_releases`
+    log (who, when, until when it held). Returns until when it would have held."""
+    with engine.store.transaction(engine.lock_timeout) as runtime:
+        until = runtime.holds.get(key)
+        if until is None or until <= engine._now():
+            known = ", ".join(sorted(k for k, u in runtime.holds.items() if u > engine._now()))
+            raise UserError(
+                f"no usage-limit hold on {key!r}"
+                + (f"; holds in force: {known}" if known else "; no hold is in force")
+            )
+        del runtime.holds[key]
+    log = engine.store.read_json("hold_releases") or []
+    log.append({"key": key, "until": until, "released_at": engine._now(), "by": by})
+    engine.store.write_json("hold_releases", log[-200:])
+    return until
 
 
 def replay(engine: Engine, entry_id: str) -> QueueItem:
