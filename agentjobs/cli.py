@@ -637,7 +637,7 @@ def pause(ctx: Context, job: str) -> None:
     """Stop scheduling JOB (no new slots) without editing its file."""
     from agentjobs import operate
 
-    click.echo(f"{job}: {operate.set_paused(_engine(ctx), job, True)}")
+    _said(ctx, job, operate.set_paused(_engine(ctx), job, True))
 
 
 @cli.command()
@@ -647,7 +647,15 @@ def resume(ctx: Context, job: str) -> None:
     """Schedule JOB again, from now (the paused time is not caught up)."""
     from agentjobs import operate
 
-    click.echo(f"{job}: {operate.set_paused(_engine(ctx), job, False)}")
+    _said(ctx, job, operate.set_paused(_engine(ctx), job, False))
+
+
+def _said(ctx: Context, job: str, what: str) -> None:
+    """What pause/resume did: `JOB: what`, or {"job", "result"} as JSON."""
+    if ctx.json:
+        _emit_json({"job": job, "result": what})
+    else:
+        click.echo(f"{job}: {what}")
 
 
 @cli.command()
@@ -831,6 +839,16 @@ def logs(
     def start_of(path: Path) -> int:
         return tail_start(path, tail_lines) if tail_lines else 0
 
+    if ctx.json and not follow:  # the attempts' output as one JSON document
+        attempts = []
+        for path in existing:
+            with open(path, "rb") as handle:
+                handle.seek(start_of(path))
+                text = handle.read().decode("utf-8", errors="replace")
+            number = int(path.name.rsplit(".", 2)[-2])
+            attempts.append({"attempt": number, "log_path": str(path), "output": text})
+        _emit_json({"run_id": run_id, "attempts": attempts})
+        return
     for path in existing[:-1] if follow else existing:
         if len(existing) > 1:
             click.echo(f"==> {path.name} <==")
@@ -1639,6 +1657,9 @@ def holds_release(ctx: Context, key: str) -> None:
 
     who = os.environ.get("USER") or os.environ.get("LOGNAME") or "unknown"
     until = operate.release_hold(_engine(ctx), key, who)
+    if ctx.json:
+        _emit_json({"key": key, "released": True, "until": until, "by": who})
+        return
     click.echo(f"{key}: usage-limit hold released (it held until {_when(until)})")
 
 

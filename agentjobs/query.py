@@ -603,9 +603,7 @@ def _drift(job: AppliedJob, jobs_dir: Path | None) -> tuple[str | None, list[str
         if loaded.ok:
             changes.append(f"(file): no job file in {jobs_dir} defines {job.name} any more")
         return None, changes
-    changes += [
-        f"{c.path}: {_short(c.old)} -> {_short(c.new)}" for c in diff(job.spec, mine.data)
-    ]
+    changes += [f"{c.path}: {_short(c.old)} -> {_short(c.new)}" for c in diff(job.spec, mine.data)]
     if mine.source != job.source:
         changes.append(f"(source): {job.source} -> {mine.source}")
     return mine.source, changes

@@ -1,0 +1,161 @@
+"""The query layer (query.py) and the verbs that render it: why each item waits, describe, holds,
+`-o json` before and after a verb. Both backends (the `state` fixture)."""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from agentjobs import query
+from agentjobs.clock import parse
+from tests.conftest import State, wait_for, write
+from tests.test_engine import _spawn, job
+
+T0 = "2026-11-23T12:00:00Z"
+
+
+def test_each_queued_item_says_why_it_waits(ajs: Any, jobs_dir: Path, state: State) -> None:
+    write(jobs_dir / "agentjobs.yaml", "max_concurrent: 2\n")
+    write(jobs_dir / "long.yaml", job("sleep", "6", lock="repo"))
+    write(jobs_dir / "same.yaml", job("print", "x", lock="repo"))  # behind long's key
+    write(jobs_dir / "held.yaml", job("print", "x", lock="p"))
+    write(jobs_dir / "flaky.yaml", job("exit", "3", lock="f", retry={"attempts": 3}))
+    assert ajs("apply").code == 0
+    assert ajs("run", "flaky").code != 0  # its retry waits for the backoff
+    assert ajs("pause", "held").code == 0
+    holder = _spawn(state.location, "run", "long")
+    try:
+        wait_for(lambda: state.queue("running"))
+        assert ajs("run", "same").code == 0  # left queued: the key is busy
+        with state.store() as store:
+            waits = {w.job: w for w in query.waits(store, datetime.now(UTC))}
+        running = waits["long"]
+        assert (running.kind, running.state) == ("running", "running")
+        assert waits["same"].kind == "key"
+        assert waits["same"].reason.startswith(
+            f"lock key repo is held by run {running.run_id} of job long since "
+        )
+        assert waits["flaky"].kind == "retry"
+        assert waits["flaky"].reason.startswith("retry not before ")
+        described = ajs("describe", "same")
+        assert described.code == 0
+        assert f"held by run {running.run_id} of job long" in described.out
+        status = json.loads(ajs("status", "-o", "json").out)
+        same = next(r for r in status if r["job"] == "same")
+        assert same["queued"] == 1
+        assert same["waiting"].startswith("lock key repo is held by run")
+    finally:
+        holder.communicate(timeout=30)
+
+
+def test_describe_shows_unapplied_edits_fire_times_runs_and_dead_letters(
+    ajs: Any, jobs_dir: Path, state: State
+) -> None:
+    write(jobs_dir / "nightly.yaml", job("exit", "2", schedule={"cron": "0 2 * * *"}))
+    assert ajs("apply", "--now", T0).code == 0
+    assert ajs("run", "nightly").code != 0  # one attempt: dead-lettered
+    write(jobs_dir / "nightly.yaml", job("exit", "2", schedule={"cron": "0 3 * * *"}))
+    result = ajs("describe", "nightly", "--now", T0)
+    assert result.code == 0, result.err
+    out = result.out
+    assert 'schedule.cron: "0 2 * * *" -> "0 3 * * *"' in out
+    assert out.count("2026-11-2") >= 5  # five fire times
+    assert "Recent runs:" in out and "failed" in out
+    assert "Dead letters:" in out and "exit code 2" in out
+    data = json.loads(ajs("describe", "nightly", "-o", "json", "--now", T0).out)
+    assert data["fire_times"][:2] == ["2026-11-24T02:00:00+00:00", "2026-11-25T02:00:00+00:00"]
+    assert data["runs"][0]["outcome"] == "failed"
+    assert len(data["dead_letters"]) == 1
+    missing = ajs("describe", "nope")
+    assert (missing.code, missing.err.strip()) == (
+        2,
+        "agentjobs: error: no applied job named 'nope' (jobs: nightly)",
+    )
+
+
+def test_holds_list_and_release_is_recorded(
+    ajs: Any, jobs_dir: Path, state: State, monkeypatch: Any
+) -> None:
+    write(jobs_dir / "a.yaml", json.dumps({"agent": {"kind": "claude", "prompt": "x"}}))
+    assert ajs("apply").code == 0
+    until = "2099-01-01T00:00:00+00:00"
+    with state.store() as store, store.transaction(10) as runtime:
+        runtime.holds["claude"] = until
+    listed = ajs("holds")
+    assert listed.out.splitlines()[0].split() == ["KIND", "KEY", "UNTIL", "JOBS"]
+    assert listed.out.splitlines()[1].split()[:2] == ["usage", "claude"]
+    assert listed.out.splitlines()[1].split()[-1] == "a"
+    monkeypatch.setenv("USER", "alice")
+    released = ajs("holds", "release", "claude")
+    assert released.code == 0
+    assert released.out.startswith("claude: usage-limit hold released (it held until ")
+    assert state.runtime().holds == {}
+    after = json.loads(ajs("holds", "-o", "json").out)
+    assert after["holds"] == []
+    assert after["released"][0]["by"] == "alice"
+    assert after["released"][0]["until"] == until
+    again = ajs("holds", "release", "claude")
+    assert again.code == 2
+    assert "no usage-limit hold on 'claude'; no hold is in force" in again.err
+
+
+def test_honest_pause_and_resume(ajs: Any, jobs_dir: Path, state: State) -> None:
+    write(jobs_dir / "off.yaml", job("print", "x", enabled=False, schedule={"every": "1h"}))
+    assert ajs("apply").code == 0
+    assert ajs("resume", "off").out.strip() == (
+        "off: not paused; it stays off: its file says `enabled: false` (set it to true and "
+        "`agentjobs apply`)"
+    )
+    assert ajs("pause", "off").out.strip() == "off: paused"
+    assert ajs("pause", "off").out.strip() == "off: already paused"
+
+
+def test_output_json_is_accepted_before_and_after_every_verb(
+    ajs: Any, jobs_dir: Path, state: State
+) -> None:
+    write(jobs_dir / "a.yaml", job("print", "hello"))
+    assert ajs("apply").code == 0
+    assert ajs("run", "a").code == 0
+    run_id = state.records("attempt_finished")[0]["run_id"]
+    verbs = [
+        ["validate"],
+        ["plan"],
+        ["status"],
+        ["history"],
+        ["stats"],
+        ["describe", "a"],
+        ["holds"],
+        ["dlq", "list"],
+        ["notifications"],
+        ["logs", run_id],
+        ["pause", "a"],
+        ["resume", "a"],
+        ["apply"],
+        ["tick"],
+    ]
+    for verb in verbs:
+        for args in (["-o", "json", *verb], [*verb, "-o", "json"]):
+            result = ajs(*args)
+            assert result.code in (0, 3), (args, result.err)
+            try:
+                json.loads(result.out)
+            except ValueError:
+                raise AssertionError(f"{args}: not JSON: {result.out[:200]!r}") from None
+    assert "-o, --output [text|json]" in ajs("status", "--help").out
+
+
+def test_waits_are_fast_enough_to_ask_on_every_status(
+    ajs: Any, jobs_dir: Path, state: State
+) -> None:
+    """A rough guard, not a benchmark: a queue of 200 items is judged in well under a second."""
+    for n in range(20):
+        write(jobs_dir / f"j{n}.yaml", job("print", "x", schedule={"every": "1m"}, lock="one"))
+    assert ajs("apply", "--now", T0).code == 0
+    with state.store() as store:
+        started = time.monotonic()
+        waits = query.waits(store, parse(T0))
+        assert time.monotonic() - started < 2
+    assert all(w.kind in query.WAIT_KINDS for w in waits)
