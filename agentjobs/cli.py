@@ -968,7 +968,7 @@ def dlq() -> None:
 @click.option("--all", "show_all", is_flag=True, help="Include resolved entries.")
 @pass_ctx
 def dlq_list(ctx: Context, show_all: bool) -> None:
-    """Open dead letters (with --all, every one)."""
+    """Dead letters not resolved yet: open and replayed (with --all, resolved ones too)."""
     entries = [e for e in ctx.store().dead_letters() if show_all or e["status"] != "resolved"]
     if ctx.json:
         _emit_json(entries)
@@ -1046,7 +1046,10 @@ def dlq_resolve(ctx: Context, entry_id: str, note: str) -> None:
     """Mark a dead letter as handled (it is kept, never deleted)."""
     from agentjobs import operate
 
-    operate.resolve(_engine(ctx), entry_id, note)
+    entry = operate.resolve(_engine(ctx), entry_id, note)
+    if ctx.json:
+        _emit_json(entry)
+        return
     click.echo(f"resolved {entry_id}")
 
 

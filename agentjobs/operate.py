@@ -111,9 +111,14 @@ def replay(engine: Engine, entry_id: str) -> QueueItem:
 
 
 def resolve(engine: Engine, entry_id: str, note: str) -> dict[str, Any]:
-    entry = dataclasses.replace(
-        dead_letter(engine, entry_id), status="resolved", note=note, resolved_at=engine._now()
-    )
+    """Mark a dead letter handled, with a note; a resolved one is refused (its note stays)."""
+    found = dead_letter(engine, entry_id)
+    if found.status == "resolved":
+        raise UserError(
+            f"dead letter {entry_id} is already resolved ({found.resolved_at}: {found.note!r}); "
+            "its note stays as it is"
+        )
+    entry = dataclasses.replace(found, status="resolved", note=note, resolved_at=engine._now())
     engine.store.put_dead_letter(entry.to_dict())
     stub = QueueItem(
         id=entry_id,

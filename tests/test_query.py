@@ -159,3 +159,15 @@ def test_waits_are_fast_enough_to_ask_on_every_status(
         waits = query.waits(store, parse(T0))
         assert time.monotonic() - started < 2
     assert all(w.kind in query.WAIT_KINDS for w in waits)
+
+
+def test_a_second_resolve_keeps_the_first_note(ajs: Any, jobs_dir: Path, state: State) -> None:
+    write(jobs_dir / "bad.yaml", job("exit", "2"))
+    assert ajs("apply").code == 0
+    assert ajs("run", "bad").code != 0
+    entry = state.dead_letters()[0]["id"]
+    assert ajs("dlq", "resolve", entry, "--note", "fixed the script").code == 0
+    again = ajs("dlq", "resolve", entry, "--note", "other")
+    assert again.code == 2
+    assert "is already resolved" in again.err and "'fixed the script'" in again.err
+    assert state.dead_letters()[0]["note"] == "fixed the script"
