@@ -810,7 +810,8 @@ def logs(
     pretty: bool,
     tail_lines: int | None,
 ) -> None:
-    """Print the output of RUN_ID's attempts (streamed: constant memory whatever their size)."""
+    """Print the output of RUN_ID's attempts (streamed: constant memory whatever their size);
+    RUN_ID may be a job's name: its latest run."""
     import time
     from functools import partial
 
@@ -821,6 +822,11 @@ def logs(
         sys.stdout.buffer.write(data)
 
     store = ctx.store()
+    if run_id in store.applied():  # a job's name: its latest run
+        state = store.runtime().jobs.get(run_id)
+        if state is None or not state.last_run_id:
+            raise UserError(f"job {run_id} has not run yet; see `agentjobs status`")
+        run_id = state.last_run_id
     if not all(c.isalnum() for c in run_id):
         raise UserError(f"{run_id!r} is not a run id; see `agentjobs history`")
     numbers = [attempt] if attempt else list(range(1, 101))

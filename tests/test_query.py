@@ -171,3 +171,11 @@ def test_a_second_resolve_keeps_the_first_note(ajs: Any, jobs_dir: Path, state: 
     assert again.code == 2
     assert "is already resolved" in again.err and "'fixed the script'" in again.err
     assert state.dead_letters()[0]["note"] == "fixed the script"
+
+
+def test_logs_of_a_job_name_show_its_latest_run(ajs: Any, jobs_dir: Path, state: State) -> None:
+    write(jobs_dir / "a.yaml", job("print", "hello"))
+    assert ajs("apply").code == 0
+    assert "has not run yet" in ajs("logs", "a").err
+    assert ajs("run", "a").code == 0
+    assert ajs("logs", "a").out == "hello\n"
