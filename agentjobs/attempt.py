@@ -19,6 +19,7 @@ from agentjobs.store import AppliedJob, QueueItem
 if TYPE_CHECKING:
     from agentjobs.agents import Verdict
     from agentjobs.pricing import Price
+    from agentjobs.progress import Reporter
 
 MATCH_BYTES = 65536  # how much of the log `never_on`/`retry_on` output patterns search
 
@@ -89,10 +90,13 @@ def run_attempt(
     prices: Mapping[str, Price] | None = None,
     cap_usd: float | None = None,
     agent: AgentSpec | None = None,
+    progress: Reporter | None = None,
 ) -> AttemptOutcome:
     """Run one attempt of `applied` to its end. `agent` runs instead of the job's own (a
     fallback); `cap_usd` is what the attempt may spend: claude is told (`--max-budget-usd`),
-    any other agent is stopped (outcome `budget`) once its streamed usage costs more."""
+    any other agent is stopped (outcome `budget`) once its streamed usage costs more.
+    `progress` is told what the output says while it streams (progress.py); its report file
+    is the attempt's `AGENTJOBS_PROGRESS`."""
     from agentjobs.environment import secret_values
 
     spec = applied.parsed
@@ -105,14 +109,20 @@ def run_attempt(
             spec, agent=dataclasses.replace(spec.agent, max_budget_usd=round(capped, 4))
         )
         cap_usd = None  # claude stops itself
-    watch = _Spend(spec, prices or {}, cap_usd, on_output) if spec.agent is not None else None
-    if watch is not None:
+    watch = None
+    if spec.agent is not None or progress is not None:
+        watch = _Watch(spec, prices or {}, cap_usd, on_output, progress)
         on_output = watch.output
+    if watch is not None and watch.meter is not None:
         outer = stop
         stop = AnyStop(
             (outer, lambda: getattr(outer, "reason", "") or "stopped by shutdown"),
             (watch.over, watch.why),
         )
+    if progress is not None and progress.file is not None:
+        from agentjobs.progress import ENV
+
+        slot_env = {**(slot_env or {}), ENV: str(progress.file)}
     try:
         argv, cwd, env = _command(spec, item, slot_env, worktrees)
     except UserError as exc:
@@ -120,6 +130,8 @@ def run_attempt(
         log_path.write_text(f"[agentjobs] {exc}\n")
         return AttemptOutcome("failed", None, None, str(exc), str(exc), 0.0, str(exc))
     secrets = secret_values(env, spec.secrets)
+    if progress is not None:
+        progress.redact = Redactor(secrets).text  # what a command writes to its report file
     run = functools.partial(
         run_process,
         cwd=cwd,
@@ -149,7 +161,7 @@ def run_attempt(
         duration += spent
         tail = _tail_of(log_path, 4096)
     facts = dict(verdict.facts) if verdict is not None and verdict.facts else None
-    if watch is not None:
+    if watch is not None and watch.meter is not None:
         facts = {**(facts or {}), **watch.facts()}
     if spec.isolation == "worktree" and worktrees is not None:
         from agentjobs import worktree
@@ -180,9 +192,11 @@ def run_attempt(
     )
 
 
-class _Spend:
-    """An agent attempt's usage and cost as its output streams (`pricing.Meter`), and the
-    flag that stops it when the cost passes `cap` (USD)."""
+class _Watch:
+    """What an attempt's output says as it streams, from one pass over its lines: an agent's
+    usage and cost (`pricing.Meter`), with the flag that stops it when the cost passes `cap`
+    (USD), and its turns and tool call in flight (`progress.Activity`); a command's
+    `::progress` lines. What changes goes to the attempt's `progress`."""
 
     def __init__(
         self,
@@ -190,37 +204,69 @@ class _Spend:
         prices: Mapping[str, Price],
         cap: float | None,
         then: Callable[[bytes], None] | None,
+        progress: Reporter | None,
     ) -> None:
-        from agentjobs.pricing import Meter, price_table
+        from agentjobs.pricing import Meter, price_table, stream_event
+        from agentjobs.progress import PREFIX, Activity
 
-        assert spec.agent is not None
-        self.meter = Meter(spec.agent.kind, spec.agent.model)
+        self.event_of, self.prefix = stream_event, PREFIX.encode()
+        self.meter = Meter(spec.agent.kind, spec.agent.model) if spec.agent is not None else None
+        self.activity = Activity(spec.agent.kind) if spec.agent is not None else None
         self.prices = prices or price_table(None)
-        self.cap, self.then = cap, then
+        self.cap, self.then, self.progress = cap, then, progress
         self.over = threading.Event()
         self.partial = b""
 
     def output(self, chunk: bytes) -> None:
         if self.then is not None:
             self.then(chunk)
-        lines = (self.partial + chunk).split(b"\n")
-        self.partial = lines.pop()[-1_048_576:]  # a line longer than 1 MiB is no event
-        changed = False
-        for line in lines:
-            changed |= self.meter.feed_line(line.decode("utf-8", errors="replace"))
-        if changed and self.cap is not None and not self.over.is_set():
+        if self.progress is not None:
+            self.progress.output()
+        data = self.partial + chunk
+        cut = data.rfind(b"\n") + 1
+        whole, rest = data[:cut], data[cut:]
+        if self.meter is None:
+            # a command: only a line's start matters, and most output has no report at all
+            self.partial = rest[:4096]
+            if self.prefix not in whole:
+                return
+        else:
+            self.partial = rest[-1_048_576:]  # a line longer than 1 MiB is no event
+        for line in whole.split(b"\n")[:-1]:
+            self._line(line.decode("utf-8", errors="replace"))
+
+    def _line(self, line: str) -> None:
+        if self.meter is None:  # a command: its progress lines
+            if self.progress is not None:
+                self.progress.line(line)
+            return
+        event = self.event_of(line)
+        if event is None:
+            return
+        costs = self.meter.feed(event)
+        moved = self.activity is not None and self.activity.feed(event)
+        if costs and self.cap is not None and not self.over.is_set():
             cost = self.meter.cost(self.prices)
             if cost is not None and cost[0] > self.cap:
                 self.over.set()
+        if self.progress is not None and (costs or moved):
+            changes: dict[str, Any] = {}
+            if moved and self.activity is not None:
+                changes.update(turns=self.activity.turns or None, tool=self.activity.tool)
+            cost = self.meter.cost(self.prices) if costs else None
+            if cost is not None:
+                changes.update(cost_usd=cost[0], cost_estimated=cost[1])
+            self.progress.update(**changes)
 
     def why(self) -> str:
-        cost = self.meter.cost(self.prices)
+        cost = self.meter.cost(self.prices) if self.meter is not None else None
         spent = f"${cost[0]:.4f}" if cost else "?"
         return f"budget: the attempt spent {spent}, more than its cap ${self.cap or 0:.4f}"
 
     def facts(self) -> dict[str, Any]:
+        assert self.meter is not None
         if self.partial:
-            self.meter.feed_line(self.partial.decode("utf-8", errors="replace"))
+            self._line(self.partial.decode("utf-8", errors="replace"))
             self.partial = b""
         return self.meter.facts(self.prices)
 

@@ -591,12 +591,22 @@ def tick(
 @cli.command()
 @click.argument("job")
 @click.option("--wait", is_flag=True, help="Wait for the lock key instead of leaving it queued.")
+@click.option(
+    "--pretty", is_flag=True, help="Render an agent's JSON events as readable lines as they come."
+)
 @_host_options
 @pass_ctx
-def run(ctx: Context, job: str, wait: bool, host_id: str | None, labels: str) -> None:
+def run(ctx: Context, job: str, wait: bool, pretty: bool, host_id: str | None, labels: str) -> None:
     """Run JOB now, in the foreground, streaming its output."""
+    import contextlib
+
+    from agentjobs.liveview import LiveView
+
     engine = _engine(ctx, stream=not ctx.json, host=host_id, labels=labels)
-    with _Shutdown(engine.stop) as shutdown:
+    view = LiveView(pretty=pretty) if engine.on_output is not None else None
+    if view is not None:
+        engine.on_output = view.write
+    with _Shutdown(engine.stop) as shutdown, view or contextlib.nullcontext():
         item, outcome = engine.run_now(job, wait=wait)
     if isinstance(outcome, str):
         message = f"{job}: not started: {outcome}; run {item.run_id} stays queued for a later tick"

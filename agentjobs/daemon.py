@@ -10,6 +10,8 @@ previous run is still in flight is skipped (or queued) at its time, not run late
 poll - and wakes at once when `apply` changes the applied jobs or an attempt ends (a slot is
 free). One daemon per state directory (a lock). SIGTERM/SIGINT: stop claiming, stop running
 attempts gracefully (their workers forward the stop to the supervisors), wait for them, exit.
+Its log lines, and those of its passes, start with the UTC time they were said (`stamped`): a
+daemon's log is read long after, often not through journald.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import os
 import threading
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from agentjobs import locks
@@ -99,13 +102,31 @@ def next_wake(runtime: Runtime, now: str) -> str | None:
     return min(times) if times else None
 
 
+def stamped(say: Callable[[str], None]) -> Callable[[str], None]:
+    """`say` with each line prefixed by the UTC time it was said (the wall clock's: when the
+    line was written, whatever the schedule's clock)."""
+
+    def stamped_say(line: str) -> None:
+        say(f"{datetime.now(UTC):%Y-%m-%dT%H:%M:%SZ} {line}")
+
+    return stamped_say
+
+
 def run(
     store: Store,
     make_engine: Callable[[threading.Event], Engine],
     stop: threading.Event,
     say: Callable[[str], None],
 ) -> None:
-    """Loop until `stop` is set. `make_engine(stop)` returns the engine of one pass."""
+    """Loop until `stop` is set. `make_engine(stop)` returns the engine of one pass. What
+    the daemon and its passes say is `stamped`."""
+    say = stamped(say)
+
+    def pass_engine(event: threading.Event) -> Engine:
+        engine = make_engine(event)
+        engine.say = stamped(engine.say)
+        return engine
+
     # one daemon per state directory; with a shared database, one per host (its local dir)
     held = locks.try_lock(store.local_dir / "locks" / "daemon.lock")
     if held is None:
@@ -118,7 +139,7 @@ def run(
         while not stop.is_set():
             # what the pass saw: an apply or an attempt's end after this looks again at once
             version, ended = store.applied_version(), workers.ended()
-            engine = make_engine(stop)
+            engine = pass_engine(stop)
             engine.daemon_pass(workers)
             if stop.is_set():
                 break
@@ -140,7 +161,7 @@ def run(
         # stopped: the workers forward the stop to their attempts' supervisors (graceful:
         # interrupted and recorded); wait for them, then end as a stopped tick ends
         workers.join()
-        make_engine(stop).daemon_pass(workers)
+        pass_engine(stop).daemon_pass(workers)
     finally:
         held.release()
         say("daemon stopped")

@@ -12,14 +12,16 @@ entries. A model is priced by the longest table entry it starts with (`gpt-5-cod
 Usage comes from the stream each CLI prints: codex's `turn.completed.usage` (input includes
 cached), gemini's `result.stats` (input includes cached), claude's `result.usage` (input
 excludes cache reads). `Meter` adds it up event by event, so a running attempt's spend is known
-while it runs (the supervisor stops an attempt that passes its cap).
+while it runs (the supervisor stops an attempt that passes its cap, `status` shows it). Until
+claude's result arrives, its spend is estimated from the usage of each of its messages
+(`assistant` events, counted once per message id); the result's totals then replace it.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 
@@ -93,6 +95,10 @@ class Meter:
     reported: float | None = None  # the CLI's own cost figure (claude)
     turns: int | None = None
     seen: bool = False  # any usage at all
+    # claude before its result: each message's (input, cached, output) by message id (one
+    # message arrives as several events with the same usage)
+    messages: dict[str, tuple[int, int, int]] = field(default_factory=dict)
+    final: bool = False  # claude's result came: its totals are the usage
 
     def feed(self, event: Mapping[str, Any]) -> bool:
         """Take one stream event; True when it changed the usage."""
@@ -107,6 +113,8 @@ class Meter:
             return self._add(event.get("usage"), cached_in_input=True)
         if self.kind == "gemini" and kind == "result":
             return self._add(event.get("stats"), cached_in_input=True)
+        if self.kind == "claude" and kind == "assistant" and not self.final:
+            return self._message(event.get("message"))
         if self.kind == "claude" and kind == "result":
             if isinstance(event.get("num_turns"), int):
                 self.turns = event["num_turns"]
@@ -114,37 +122,41 @@ class Meter:
             if isinstance(cost, int | float):
                 self.reported = float(cost)
                 self.seen = True
+            self.final = True
             self.input = self.cached = self.output = 0  # the result's usage is the total
             return self._add(event.get("usage"), cached_in_input=False) or cost is not None
         return False
 
+    def _message(self, message: Any) -> bool:
+        """A claude message's usage, in place of what the same message said before."""
+        if not isinstance(message, Mapping):
+            return False
+        counted = _tokens(message.get("usage"), cached_in_input=False)
+        if counted is None:
+            return False
+        ident = message.get("id")
+        key = ident if isinstance(ident, str) else f"#{len(self.messages)}"
+        before = self.messages.get(key, (0, 0, 0))
+        if counted == before:
+            return False
+        self.messages[key] = counted
+        self.input += counted[0] - before[0]
+        self.cached += counted[1] - before[1]
+        self.output += counted[2] - before[2]
+        self.seen = True
+        return True
+
     def feed_line(self, line: str) -> bool:
-        line = line.strip()
-        if not (line.startswith("{") and line.endswith("}")):
-            return False
-        try:
-            event = json.loads(line)
-        except ValueError:
-            return False
-        return isinstance(event, dict) and self.feed(event)
+        event = stream_event(line)
+        return event is not None and self.feed(event)
 
     def _add(self, usage: Any, *, cached_in_input: bool) -> bool:
-        if not isinstance(usage, Mapping):
+        counted = _tokens(usage, cached_in_input=cached_in_input)
+        if counted is None:
             return False
-        given = _count(usage.get("input_tokens"))
-        out = _count(usage.get("output_tokens"))
-        cached = _count(
-            usage.get("cached_input_tokens")
-            or usage.get("cached")
-            or usage.get("cache_read_input_tokens")
-        )
-        created = _count(usage.get("cache_creation_input_tokens"))
-        if given is None and out is None:
-            return False
-        uncached = (given or 0) - (cached or 0) if cached_in_input else (given or 0)
-        self.input += max(0, uncached) + (created or 0)
-        self.cached += cached or 0
-        self.output += out or 0
+        self.input += counted[0]
+        self.cached += counted[1]
+        self.output += counted[2]
         self.seen = True
         return True
 
@@ -173,6 +185,36 @@ class Meter:
         if cost is not None:
             facts["cost_usd"], facts["cost_estimated"] = cost
         return facts
+
+
+def stream_event(line: str) -> dict[str, Any] | None:
+    """The JSON object on one line of an agent's output; None for any other line."""
+    line = line.strip()
+    if not (line.startswith("{") and line.endswith("}")):
+        return None
+    try:
+        event = json.loads(line)
+    except ValueError:
+        return None
+    return event if isinstance(event, dict) else None
+
+
+def _tokens(usage: Any, *, cached_in_input: bool) -> tuple[int, int, int] | None:
+    """(uncached input, cached input, output) tokens of one usage object; None without any."""
+    if not isinstance(usage, Mapping):
+        return None
+    given = _count(usage.get("input_tokens"))
+    out = _count(usage.get("output_tokens"))
+    cached = _count(
+        usage.get("cached_input_tokens")
+        or usage.get("cached")
+        or usage.get("cache_read_input_tokens")
+    )
+    created = _count(usage.get("cache_creation_input_tokens"))
+    if given is None and out is None:
+        return None
+    uncached = (given or 0) - (cached or 0) if cached_in_input else (given or 0)
+    return max(0, uncached) + (created or 0), cached or 0, out or 0
 
 
 def _count(value: Any) -> int | None:

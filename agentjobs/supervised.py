@@ -21,6 +21,7 @@ from agentjobs.store import AppliedJob, Claim, QueueItem, Store
 
 if TYPE_CHECKING:
     from agentjobs.engine import Engine
+    from agentjobs.progress import Reporter
 
 _T = TypeVar("_T")
 _REOPENED: dict[tuple[int, int], Store] = {}
@@ -61,16 +62,32 @@ def handle(tick: Engine, request: dict[str, Any], fds: list[int], channel: Any) 
 
 
 def attempt(engine: Engine, claim: Claim, channel: Any) -> AttemptResult:
-    """Run the attempt, then record and settle how it ended; its hold goes last."""
+    """Run the attempt, then record and settle how it ended; its progress goes once it is
+    settled, its hold last."""
+    from agentjobs.progress import Reporter
+
+    item = claim.item
+    progress: Reporter | None = None
     try:
-        records = finish(engine, claim, run(engine, claim))
+        log_path = engine.store.log_path(item.run_id, item.attempt)
+        progress = Reporter(
+            engine.store,
+            item.run_id,
+            item.attempt,
+            engine.clock.now,
+            file=log_path.with_suffix(".progress"),  # the attempt's AGENTJOBS_PROGRESS
+        )
+        records = finish(engine, claim, run(engine, claim, progress))
         return settle_attempt(engine, claim, channel, records)
     finally:
+        if progress is not None:
+            progress.clear()
         claim.hold.release()
 
 
-def run(engine: Engine, claim: Claim) -> Ended:
-    """Run the attempt under its limits (attempt.py) and stop whatever it left behind."""
+def run(engine: Engine, claim: Claim, progress: Reporter | None = None) -> Ended:
+    """Run the attempt under its limits (attempt.py) and stop whatever it left behind;
+    `progress` is kept while it runs."""
     from agentjobs.attempt import run_attempt
     from agentjobs.pricing import price_table
     from agentjobs.runner import AnyStop, StopFlag, kill_descendants
@@ -102,20 +119,27 @@ def run(engine: Engine, claim: Claim) -> Ended:
     agent = own = claim.job.parsed.agent
     if own is not None and item.fallback is not None and item.fallback < len(own.fallback):
         agent = own.fallback[item.fallback]  # the job's agent is held by a usage limit
-    outcome = run_attempt(
-        claim.job,
-        item,
-        log_path=log_path,
-        stop=stop,
-        on_start=started,
-        on_output=engine.on_output,
-        slot_env={"AGENTJOBS_SLOT": item.slot or ""},
-        pass_fds=hold.fds,
-        worktrees=engine.store.local_dir / "worktrees",
-        prices=price_table(engine.store.config().get("pricing")) if agent else None,
-        cap_usd=item.cap_usd,
-        agent=agent,
-    )
+    if progress is not None:
+        progress.start()
+    try:
+        outcome = run_attempt(
+            claim.job,
+            item,
+            log_path=log_path,
+            stop=stop,
+            on_start=started,
+            on_output=engine.on_output,
+            slot_env={"AGENTJOBS_SLOT": item.slot or ""},
+            pass_fds=hold.fds,
+            worktrees=engine.store.local_dir / "worktrees",
+            prices=price_table(engine.store.config().get("pricing")) if agent else None,
+            cap_usd=item.cap_usd,
+            agent=agent,
+            progress=progress,
+        )
+    finally:
+        if progress is not None:
+            progress.stop()
     facts = outcome.agent
     if agent is not None:
         facts = {**(facts or {}), "limit_key": agent.key}

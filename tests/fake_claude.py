@@ -10,6 +10,9 @@ $FAKE_AGENT_DIR/modes.json says (the last mode repeats):
     auth          an error result with api_error_status 401, exit 1
     api_retry     two api_retry system events, then a successful result
     cost=X        a successful result that cost X USD (total_cost_usd)
+    tool_wait     an assistant message (id, usage) calling Bash(make test), then nothing until
+                  $FAKE_AGENT_DIR/release exists (30 s at most); then the tool's result and a
+                  successful result event
 Invoked as `codex` (the file name), it prints codex exec --json shapes instead:
     ok | tokens=IN,CACHED,OUT   thread.started, an agent message, turn.completed with that usage
     hang_after=IN,CACHED,OUT    the same turn.completed, then it keeps running (a minute)
@@ -84,6 +87,19 @@ result = {
     "usage": {"input_tokens": 10, "output_tokens": 20},
 }
 if mode == "ok":
+    emit(result)
+elif mode == "tool_wait":
+    import time
+
+    call = {"type": "tool_use", "id": "toolu_1", "name": "Bash", "input": {"command": "make test"}}
+    usage = {"input_tokens": 1000, "cache_read_input_tokens": 0, "output_tokens": 500}
+    message = {"id": "msg_1", "role": "assistant", "content": [call], "usage": usage}
+    emit({"type": "assistant", "message": message})
+    deadline = time.monotonic() + 30
+    while not os.path.exists(os.path.join(folder, "release")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    answer = {"type": "tool_result", "tool_use_id": "toolu_1", "content": "ok"}
+    emit({"type": "user", "message": {"role": "user", "content": [answer]}})
     emit(result)
 elif mode.startswith("cost="):
     emit({**result, "total_cost_usd": float(mode.partition("=")[2])})

@@ -167,6 +167,27 @@ def test_counters_and_side_files(store: Store) -> None:
     assert store.read_json("missing.json") is None
 
 
+def test_a_running_attempts_progress_is_replaced_in_place_and_cleared_by_its_attempt(
+    store: Store,
+) -> None:
+    with store.transaction(5):
+        pass  # the store exists from here
+    assert store.progress() == {}
+    store.put_progress("R1", 1, {"percent": 10.0, "message": "copying"})
+    store.put_progress("R1", 1, {"percent": 40.0, "message": "copying"})
+    store.put_progress("R2", 2, {"turns": 3, "tool": "Bash(make test)"})
+    assert store.progress() == {
+        "R1": {"percent": 40.0, "message": "copying", "attempt": 1},
+        "R2": {"turns": 3, "tool": "Bash(make test)", "attempt": 2},
+    }
+    store.clear_progress("R2", 1)  # an earlier attempt's end leaves a later one's progress
+    store.clear_progress("R1", 1)
+    store.clear_progress("R9", 1)  # none: nothing to do
+    assert store.progress() == {"R2": {"turns": 3, "tool": "Bash(make test)", "attempt": 2}}
+    store.clear_progress("R2", 2)
+    assert store.progress() == {}
+
+
 def _event(n: int, key: str | None = None) -> OutboxEvent:
     return OutboxEvent(
         id=f"01OUTBOX{n:018d}",

@@ -498,6 +498,12 @@ class Store(Protocol):
       store another host's clock may run ahead, so the clock check (engine) is off.
     - `records_with_state`: records are written in the state's own transaction (PostgreSQL),
       not appended ahead of it (files: a supervisor appends its finish before settling).
+    - `put_progress(run_id, attempt, data)`: a running attempt's progress (progress.py,
+      `Progress.to_dict()`), in place of what its run had; written by the attempt's
+      supervisor at most once a second, never inside a `transaction`; a failure raises as any
+      write does and the caller skips it. `progress()`: run id -> the data last put, with
+      its `attempt`. `clear_progress(run_id, attempt)`: that attempt's progress goes (it is
+      settled); nothing when the run has none or a later attempt's.
     """
 
     locks_dir: Path
@@ -591,6 +597,12 @@ class Store(Protocol):
     def orphans_possible(self, runtime: Runtime) -> bool: ...
 
     def close_thread(self) -> None: ...
+
+    def put_progress(self, run_id: str, attempt: int, data: Mapping[str, Any]) -> None: ...
+
+    def progress(self) -> dict[str, dict[str, Any]]: ...
+
+    def clear_progress(self, run_id: str, attempt: int) -> None: ...
 
 
 def is_database_url(location: str) -> bool:

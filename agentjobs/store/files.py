@@ -13,6 +13,8 @@ Layout (format 1):
     locks/           lock-key and concurrency-slot lock files (locks.py)
     outbox/          ID.json, one per notification waiting for delivery (notify.py);
                      outbox/undelivered/ID.json: the ones that failed all their tries (kept)
+    progress/        RUN_ID.json, the progress of each running attempt (progress.py); gone
+                     once the attempt is settled
 
 Every write is temp file + fsync + os.replace + fsync of the directory (DESIGN.md invariant 4).
 """
@@ -958,6 +960,60 @@ class FileStore:
             except FileNotFoundError:
                 counts.append(0)
         return counts[0], counts[1]
+
+    # -- running attempts' progress (progress.py) -------------------------------------------
+
+    def _progress_path(self, run_id: str) -> Path:
+        if not run_id.isalnum():
+            raise ValueError(f"not a run id: {run_id!r}")
+        return self.root / "progress" / f"{run_id}.json"
+
+    @_guarded("write")
+    def put_progress(self, run_id: str, attempt: int, data: Mapping[str, Any]) -> None:
+        """One small file per running attempt, replaced atomically (a reader sees the old
+        progress or the new one)."""
+        path = self._progress_path(run_id)
+        if not path.parent.is_dir():
+            path.parent.mkdir(mode=0o700, exist_ok=True)
+        atomic_write(path, _dump({**data, "attempt": attempt}))
+
+    @_guarded("read")
+    def progress(self) -> dict[str, dict[str, Any]]:
+        """Every progress file; one that is damaged or removed meanwhile is skipped (progress
+        is for showing, and its attempt shows as running all the same)."""
+        folder = self.root / "progress"
+        try:
+            names = sorted(n for n in os.listdir(folder) if n.endswith(".json"))
+        except (FileNotFoundError, NotADirectoryError):
+            return {}
+        found = {}
+        for name in names:
+            if name.startswith("."):
+                continue  # a write in flight (atomic_write's temp file)
+            try:
+                data = json.loads((folder / name).read_bytes())
+            except (FileNotFoundError, ValueError):
+                continue
+            if isinstance(data, dict) and isinstance(data.get("attempt"), int):
+                found[name.removesuffix(".json")] = data
+        return found
+
+    @_guarded("write")
+    def clear_progress(self, run_id: str, attempt: int) -> None:
+        path = self._progress_path(run_id)
+        try:
+            data = json.loads(path.read_bytes())
+        except FileNotFoundError:
+            return
+        except ValueError:
+            data = None  # damaged: nobody's progress
+        if (
+            isinstance(data, dict)
+            and isinstance(data.get("attempt"), int)
+            and data["attempt"] > attempt
+        ):
+            return  # a later attempt's
+        path.unlink(missing_ok=True)
 
     # -- side files and record days (metrics cache, notifier counters) ---------------------
 

@@ -184,6 +184,16 @@ MIGRATIONS: list[str] = [
     CREATE TABLE {SCHEMA}.ledger (id int PRIMARY KEY CHECK (id = 1), data jsonb NOT NULL);
     INSERT INTO {SCHEMA}.ledger (id, data) VALUES (1, '{{}}');
     """,
+    # 4: running attempts' progress (progress.py), one row per run, written about once a
+    # second: unlogged (no WAL; emptied by a crash, when no attempt runs on anyway)
+    f"""
+    CREATE UNLOGGED TABLE {SCHEMA}.progress (
+        run_id text PRIMARY KEY,
+        attempt int NOT NULL,
+        data jsonb NOT NULL,
+        updated_at timestamptz NOT NULL DEFAULT now()
+    );
+    """,
 ]
 
 
@@ -950,6 +960,31 @@ class PostgresStore:
                 f"undelivered) FROM {SCHEMA}.outbox"
             ).fetchone()
         return (int(row[0]), int(row[1])) if row else (0, 0)
+
+    # -- running attempts' progress (progress.py) -------------------------------------------
+
+    def put_progress(self, run_id: str, attempt: int, data: Mapping[str, Any]) -> None:
+        with self._db() as conn:
+            conn.execute(
+                f"INSERT INTO {SCHEMA}.progress (run_id, attempt, data) VALUES (%s, %s, %s) "
+                "ON CONFLICT (run_id) DO UPDATE SET attempt = excluded.attempt, "
+                "data = excluded.data, updated_at = now()",
+                (run_id, attempt, json.dumps(dict(data))),
+            )
+
+    @_again_once
+    def progress(self) -> dict[str, dict[str, Any]]:
+        with self._db() as conn:
+            rows = conn.execute(f"SELECT run_id, attempt, data FROM {SCHEMA}.progress").fetchall()
+        return {run_id: {**data, "attempt": attempt} for run_id, attempt, data in rows}
+
+    @_again_once
+    def clear_progress(self, run_id: str, attempt: int) -> None:
+        with self._db() as conn:
+            conn.execute(
+                f"DELETE FROM {SCHEMA}.progress WHERE run_id = %s AND attempt <= %s",
+                (run_id, attempt),
+            )
 
     # -- leases ----------------------------------------------------------------------------
 
