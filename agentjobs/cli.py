@@ -1597,6 +1597,8 @@ def _describe_lines(d: Any, now: datetime) -> list[str]:
     lines.append("Queue:" if d.waits else "Queue: empty")
     for w in d.waits:
         lines.append(f"  run {w.run_id} attempt {w.attempt} ({w.trigger}): {w.state}; {w.reason}")
+        if w.progress_text:
+            lines.append(f"    progress: {w.progress_text}")
     if d.holds:
         lines.append("Holds:")
         lines += [f"  {h.kind}: {h.reason}" for h in d.holds]

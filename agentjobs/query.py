@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from agentjobs.clock import iso, parse
+from agentjobs.progress import Progress
 from agentjobs.store import AppliedJob, ClaimRequest, QueueItem, Runtime, Store
 
 # the kinds of reasons an item waits, for filters and colours
@@ -63,6 +64,8 @@ class Wait:
     reason: str
     started_at: str | None = None
     host: str | None = None
+    progress: Progress | None = None  # a running attempt's live progress (progress.py)
+    progress_text: str | None = None  # it in one line: "40% copying · turn 3 · quiet 12s"
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,22 +189,26 @@ class _Context:
     labels: frozenset[str] = frozenset()
     notes: dict[str, list[tuple[str, str]]] = field(default_factory=dict)
     hosts: list[dict[str, Any]] = field(default_factory=list)
+    progress: dict[str, Progress] = field(default_factory=dict)  # run id -> live progress
 
     @classmethod
     def read(
         cls, store: Store, now: datetime, host: str = "", labels: Iterable[str] = ()
     ) -> _Context:
         from agentjobs.engine import default_host
+        from agentjobs.progress import running_progress
 
+        runtime = store.runtime()
         return cls(
             store,
             now,
             store.applied(),
-            store.runtime(),
+            runtime,
             host or default_host(),
             frozenset(labels),
             store.host_notes(),
             store.hosts(),
+            running_progress(store, runtime) if any(runtime.queue) else {},
         )
 
     def request(self) -> ClaimRequest:
@@ -244,7 +251,10 @@ def _waits(ctx: _Context) -> list[Wait]:
     for item in [i for i in items if i.state == "running"] + list(
         in_order([i for i in items if i.state == "queued"])
     ):
+        from agentjobs.progress import describe_progress
+
         kind, reason = _why(item, ctx, running, request, ledger, refusal)
+        live = ctx.progress.get(item.run_id) if item.state == "running" else None
         if kind == "ready" and slots_taken >= slots:
             kind, reason = "slots", f"all {slots} concurrency slots are in use"
         if kind == "ready" and item.not_before > stamp:
@@ -265,6 +275,8 @@ def _waits(ctx: _Context) -> list[Wait]:
                 reason,
                 item.started_at,
                 item.host,
+                live,
+                describe_progress(live, ctx.now) if live is not None else None,
             )
         )
     return out
