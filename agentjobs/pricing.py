@@ -105,7 +105,9 @@ class Meter:
         kind = event.get("type")
         if kind in ("init", "system") and self.model is None:
             model = event.get("model")
-            if isinstance(model, str) and model:
+            # gemini's init says `auto` (0.61): its router picks the models, so it is priced as
+            # the default model
+            if isinstance(model, str) and model and model != "auto":
                 self.model = model
             return False
         if self.kind == "codex" and kind == "turn.completed":

@@ -463,3 +463,90 @@ def test_gemini_attempts_run_with_the_workspace_trusted(
 
     assert agent_env(AgentSpec(kind="gemini", prompt="p")) == {"GEMINI_CLI_TRUST_WORKSPACE": "true"}
     assert agent_env(AgentSpec(kind="codex", prompt="p")) == {}
+
+
+# -- what the real CLIs print against tests/scripted_api.py (tests/test_real_clis.py) ---------
+
+_GEMINI_STATS = {"total_tokens": 0, "input_tokens": 0, "output_tokens": 0, "cached": 0}
+
+
+def test_gemini_api_errors_record_the_apis_message_not_its_json_body() -> None:
+    # gemini 0.61, a bad key (Google answers 400 API_KEY_INVALID) and a 401: exit 144 and 145,
+    # with the API's JSON body inside `[API Error: ...]`
+    def result(body: dict[str, Any]) -> str:
+        return _lines(
+            {"type": "init", "session_id": "s-1", "model": "auto"},
+            {
+                "type": "result",
+                "status": "error",
+                "error": {"type": "unknown", "message": f"[API Error: {json.dumps(body)}]"},
+                "stats": _GEMINI_STATS,
+            },
+        )
+
+    bad_key = {
+        "error": {
+            "code": 400,
+            "message": "API key not valid. Please pass a valid API key.",
+            "status": "INVALID_ARGUMENT",
+            "details": [
+                {
+                    "@type": "type.googleapis.com/google.rpc.ErrorInfo",
+                    "reason": "API_KEY_INVALID",
+                    "domain": "googleapis.com",
+                    "metadata": {"service": "generativelanguage.googleapis.com"},
+                }
+            ],
+        }
+    }
+    verdict = _judge("gemini", result(bad_key), 144)
+    assert (verdict.outcome, verdict.permanent, verdict.error) == (
+        "failed",
+        True,
+        "the API refused the request (HTTP 400): "
+        "[API Error: API key not valid. Please pass a valid API key.]",
+    )
+    unauthenticated = {
+        "error": {
+            "code": 401,
+            "message": "Request had invalid authentication credentials.",
+            "status": "UNAUTHENTICATED",
+        }
+    }
+    verdict = _judge("gemini", result(unauthenticated), 145)
+    assert (verdict.permanent, verdict.error) == (
+        True,
+        "authentication failed (HTTP 401): set GEMINI_API_KEY or log the CLI in: "
+        "[API Error: Request had invalid authentication credentials.]",
+    )
+
+
+def test_gemini_auto_model_is_priced_as_the_default_model() -> None:
+    # gemini 0.61's init names its router (`auto`), not a model; its result counts the router's
+    # classifier call and the turn
+    from agentjobs.pricing import meter_output, price_table
+
+    out = _lines(
+        {"type": "init", "session_id": "s-1", "model": "auto"},
+        {
+            "type": "result",
+            "status": "success",
+            "stats": {
+                "total_tokens": 264,
+                "input_tokens": 240,
+                "output_tokens": 24,
+                "cached": 0,
+                "input": 240,
+                "duration_ms": 99,
+                "tool_calls": 0,
+                "models": {
+                    "gemini-3.5-flash-lite": {"total_tokens": 132, "input_tokens": 120},
+                    "gemini-3.8-flash": {"total_tokens": 132, "input_tokens": 120},
+                },
+            },
+        },
+    )
+    facts = meter_output("gemini", None, out).facts(price_table(None))
+    assert facts["model"] == "gemini-2.5-pro"
+    assert facts["tokens"] == {"input": 240, "cached": 0, "output": 24}
+    assert facts["cost_usd"] > 0 and facts["cost_estimated"] is True

@@ -13,7 +13,7 @@ import re
 from datetime import datetime
 from typing import Any
 
-from agentjobs.agents import Verdict, classify_text, events, reset_from_text
+from agentjobs.agents import Verdict, classify_text, events, message_of, reset_from_text
 from agentjobs.spec import AgentSpec
 
 PERMANENT_EXITS = {
@@ -60,6 +60,7 @@ class Gemini:
                 facts["stats"] = event.get("stats")
                 if event.get("status") not in (None, "success"):
                     error = str((event.get("error") or {}).get("message") or event.get("status"))
+                    error = _unwrapped(error)
             elif event.get("type") == "error":
                 error = str(event.get("message") or "error")
         said = _API_ERROR.search(output)
@@ -86,3 +87,10 @@ class Gemini:
             why = RETRYABLE_EXITS[exit_code] + (f": {error}" if error else "")
             return Verdict("failed", why, facts=facts)
         return Verdict("failed" if error else None, error, facts=facts)
+
+
+def _unwrapped(error: str) -> str:
+    """`[API Error: {"error": {"message": M, ...}}]` as `[API Error: M]`: 0.61 puts the API's
+    JSON body there for a 400 or 401 (a bad key), its own message for a quota."""
+    body = re.fullmatch(r"\[API Error: (\{.*\})\]", error, re.DOTALL)
+    return f"[API Error: {message_of(body.group(1))}]" if body else error
