@@ -59,8 +59,9 @@ PACKAGES = {
     "gemini": "@google/gemini-cli",
 }
 KINDS = tuple(PACKAGES)
-# variables of the developer's own environment that would point a CLI elsewhere or log it in
-_FOREIGN = re.compile(r"^(ANTHROPIC_|CLAUDE_|OPENAI_|CODEX_|GEMINI_|GOOGLE_|VERTEX)")
+# the developer's own variables that would point a CLI elsewhere, log it in, or (CLAUDECODE)
+# make claude refuse to start inside a Claude Code session
+_FOREIGN = re.compile(r"^(ANTHROPIC_|CLAUDE|OPENAI_|CODEX_|GEMINI_|GOOGLE_|VERTEX)")
 
 
 def _in_ci() -> bool:
@@ -135,7 +136,7 @@ class Rig:
             check=False,
         )
 
-    def job(self, silence: str = "30s", **env: str) -> None:
+    def job(self, silence: str = "30s") -> None:
         """The job `j` and its agent applied: one attempt may be retried twice, 10 minutes on."""
         spec = {
             "agent": {"kind": self.kind, "prompt": "Say done."},
@@ -143,7 +144,6 @@ class Rig:
             "timeout": "2m",
             "silence_timeout": silence,
             "kill_grace": "1s",
-            **({"env": env} if env else {}),
         }
         write(self.root / "repo" / "jobs.d" / "j.yaml", json.dumps(spec))
         applied = self.agentjobs("apply")
@@ -259,11 +259,9 @@ def test_a_successful_turn_records_the_agents_usage(rig: Rig) -> None:
 
 def test_a_usage_limit_holds_the_agents_limit_and_is_not_dead_lettered(rig: Rig) -> None:
     rig.api.script("usage_limit")
-    # claude: the subscription's limit (an OAuth token), the one that comes with a reset time
-    env = {"CLAUDE_CODE_OAUTH_TOKEN": "sk-ant-oat01-scripted"} if rig.kind == "claude" else {}
-    if env:
-        rig.env.pop("ANTHROPIC_API_KEY")
-    rig.env.update(env)
+    if rig.kind == "claude":  # a subscription's limit (an OAuth token): it has a reset time
+        del rig.env["ANTHROPIC_API_KEY"]
+        rig.env["CLAUDE_CODE_OAUTH_TOKEN"] = "sk-ant-oat01-scripted"
     rig.job()
     started = datetime.now(UTC)
     run = rig.agentjobs("run", "j")
@@ -282,6 +280,7 @@ def test_a_usage_limit_holds_the_agents_limit_and_is_not_dead_lettered(rig: Rig)
     elif rig.kind == "codex":
         # "try again at 9:17 PM", the machine's local time, to the minute
         assert "You\u2019ve hit your usage limit" in run.stdout
+        assert record["error"] == "usage or rate limit: hit your usage limit"
         assert started + timedelta(minutes=58) < until < started + timedelta(minutes=62)
     else:
         # the daily quota says no reset time: the retry backoff (10m) holds it
@@ -316,7 +315,10 @@ def test_a_bad_key_is_dead_lettered_after_one_attempt(rig: Rig) -> None:
         )
         assert record["agent"]["api_retries"] == 1  # CLAUDE_CODE_MAX_RETRIES
     elif rig.kind == "codex":
-        assert reason.startswith("a retry cannot fix this: authentication failed (")
+        assert reason == (
+            "a retry cannot fix this: authentication failed (401): log the agent CLI in, or set "
+            "its API key or token in the job's env_file"
+        )
         assert "unexpected status 401 Unauthorized: Incorrect API key provided" in run.stdout
         assert len(rig.api.model_calls()) == 6  # codex's own five reconnects
     else:
