@@ -117,6 +117,13 @@ def generation_schema() -> dict[str, Any]:
     props["agent"]["properties"]["prompt_file"] = _enum([PROMPT_FILE])
     props["agent"]["properties"]["rate_limit_patterns"]["items"] = _enum(REGEXES)
     props["env_file"] = _enum([ENV_FILE])
+    # limits that can work: a rate's window within 7 days, per_run never above per_day, a
+    # fallback that needs no command of its own
+    props["rate"]["properties"]["per"] = _enum([d for d in DURATIONS if d != "2w"])
+    props["budget"]["properties"]["per_run"] = {"type": "number", "enum": [0.5, 1]}
+    props["budget"]["properties"]["per_day"] = {"type": "number", "enum": [1, 20]}
+    fallback = props["agent"]["properties"]["fallback"]["items"]["properties"]
+    fallback["kind"] = _enum(["claude", "codex", "gemini", "aider"])
     props["needs"]["items"] = _enum(list(HELPERS))
     return schema
 
