@@ -34,10 +34,11 @@ if TYPE_CHECKING:
     import threading
 
     from agentjobs.clock import Clock
+    from agentjobs.costs import SpendToday
     from agentjobs.engine import Engine
     from agentjobs.reconcile import Plan
     from agentjobs.settle import AttemptResult
-    from agentjobs.store import AppliedJob, Store
+    from agentjobs.store import AppliedJob, Runtime, Store
     from agentjobs.transcript import Transcript
     from agentjobs.validate import LoadResult
 
@@ -369,13 +370,15 @@ def _describe_schedule(schedule: dict[str, Any] | None) -> str:
 @click.option("--now", "now_text", default=None, hidden=True)
 @pass_ctx
 def status(ctx: Context, now_text: str | None) -> None:
-    """A table of applied jobs: schedule, next run, last run and result."""
+    """A table of applied jobs: schedule, next run, last run and result; today's spend."""
     store = ctx.store()
     now = _now(now_text)
     applied = store.applied()
     runtime = store.runtime()
     notes = store.host_notes()  # why hosts left queued items alone (workdir, runs_on labels)
     hosts = store.hosts()
+    spend, waits = _spend_and_waits(store, applied, runtime, now)
+    spent = {s.scope: s.usd for s in spend.scopes} if spend else {}
     rows = []
     for name in sorted(applied):
         job = applied[name]
@@ -402,6 +405,9 @@ def status(ctx: Context, now_text: str | None) -> None:
                 "result": state.last_outcome if state else None,
                 "lock": job.spec.get("lock"),
                 "held": _held(job, runtime.holds, now),
+                # a budget or a rate its due queued items wait on (the claim's own reason)
+                "limit_hold": waits.get(name),
+                "spend_today": spent.get(f"job:{name}"),
                 "skipped_by": [
                     {"host": host, "reason": reason}
                     for item in waiting
@@ -422,6 +428,8 @@ def status(ctx: Context, now_text: str | None) -> None:
         if r["held"] and not r["running"]:
             key, until = r["held"]
             result = f"held: {key} usage limit until {_when(until)}"
+        elif r["limit_hold"] and not r["running"]:
+            result = r["limit_hold"]
         elif r["skipped_by"] and not r["running"]:
             result = "waiting: " + "; ".join(n["reason"] for n in r["skipped_by"])
         table.append(
@@ -443,10 +451,41 @@ def status(ctx: Context, now_text: str | None) -> None:
             for h in hosts
         ]
         click.echo("hosts: " + ", ".join(seen))
+    if spend is not None:
+        _render_spend(spend.to_dict())
     from agentjobs.notify import pending_summary
 
     for line in pending_summary(store):  # nothing is dropped silently (notify.py)
         click.echo(line)
+
+
+def _spend_and_waits(
+    store: Store, applied: dict[str, AppliedJob], runtime: Runtime, now: datetime
+) -> tuple[SpendToday | None, dict[str, str]]:
+    """Today's spend against the caps, and the jobs whose queued items wait on a budget or a
+    rate (`costs.py`). Without limits configured and with an empty ledger (the usual `status`)
+    only the stored config and specs are looked at: no spec is parsed, nothing is asked."""
+    from agentjobs import costs
+
+    config = store.config()
+    configured = costs.limits_configured(config, applied)
+    if not configured and not runtime.ledger:
+        return None, {}
+    spend = costs.spend_today(config, applied, runtime.ledger, now)
+    return spend, costs.limit_waits(applied, runtime, config, now) if configured else {}
+
+
+def _render_spend(spend: dict[str, Any]) -> None:
+    """`SpendToday.to_dict()` as `spend today (DAY, ZONE):` and a line per scope, named as
+    budget holds name it: `job nightly  $4.80 of $5.00`."""
+    click.echo(f"spend today ({spend['day']}, {spend['timezone']}):")
+    names = {scope: scope.replace(":", " ", 1) for scope in spend["spend"]}
+    width = max(map(len, names.values()))
+    for scope, usd in spend["spend"].items():
+        cap = spend["caps"].get(scope)
+        click.echo(
+            f"  {names[scope].ljust(width)}  ${usd:.2f}{'' if cap is None else f' of ${cap:.2f}'}"
+        )
 
 
 def _ago(moment: str, now: datetime) -> str:
@@ -691,7 +730,8 @@ def history(
     limit: int | None,
     history_output: str | None,
 ) -> None:
-    """Finished attempts and skipped slots, newest last."""
+    """Finished attempts and skipped slots (with each agent attempt's cost), newest last."""
+    from agentjobs import costs
     from agentjobs.clock import iso
 
     since_at = _since(since)
@@ -714,6 +754,15 @@ def history(
         ):
             rows.append(record)
     rows.reverse()
+    # what each attempt cost (claude's own figure, or estimated from tokens) and its turns
+    rows = [
+        {
+            **r,
+            **costs.as_fields(costs.attempt_cost(r)),
+            "turns": costs.attempt_turns(r),
+        }
+        for r in rows
+    ]
     if ctx.json:
         _emit_json(rows)
         return
@@ -726,13 +775,14 @@ def history(
             r.get("trigger", ""),
             r.get("outcome", ""),
             f"{r['duration_s']:.1f}s" if r.get("duration_s") is not None else "-",
+            _cost_cell(r),
+            "-" if r["turns"] is None else str(r["turns"]),
             r.get("error") or _skip_detail(r) or r.get("reason") or "",
         ]
         for r in rows
     ]
-    click.echo(
-        _table(["TIME", "JOB", "RUN", "ATTEMPT", "TRIGGER", "OUTCOME", "DURATION", "DETAIL"], table)
-    )
+    headers = ["TIME", "JOB", "RUN", "ATTEMPT", "TRIGGER", "OUTCOME", "DURATION", "COST", "TURNS"]
+    click.echo(_table([*headers, "DETAIL"], table))
 
 
 def _skip_detail(record: dict[str, Any]) -> str | None:
@@ -985,7 +1035,13 @@ def dlq() -> None:
 @pass_ctx
 def dlq_list(ctx: Context, show_all: bool) -> None:
     """Dead letters not resolved yet: open and replayed (with --all, resolved ones too)."""
-    entries = [e for e in ctx.store().dead_letters() if show_all or e["status"] != "resolved"]
+    from agentjobs import costs
+
+    entries = [
+        {**e, **costs.as_fields(costs.run_cost(e["attempts"]))}  # the run's attempts' cost
+        for e in ctx.store().dead_letters()
+        if show_all or e["status"] != "resolved"
+    ]
     if ctx.json:
         _emit_json(entries)
         return
@@ -999,12 +1055,14 @@ def dlq_list(ctx: Context, show_all: bool) -> None:
             e["status"],
             e["created_at"],
             str(len(e["attempts"])),
+            _cost_cell(e),
             e["attempts"][-1]["outcome"] if e["attempts"] else "-",
             e["reason"],
         ]
         for e in entries
     ]
-    click.echo(_table(["ID", "JOB", "STATUS", "CREATED", "ATTEMPTS", "LAST", "REASON"], table))
+    headers = ["ID", "JOB", "STATUS", "CREATED", "ATTEMPTS", "COST", "LAST", "REASON"]
+    click.echo(_table(headers, table))
 
 
 @dlq.command("show")
@@ -1012,26 +1070,33 @@ def dlq_list(ctx: Context, show_all: bool) -> None:
 @pass_ctx
 def dlq_show(ctx: Context, entry_id: str) -> None:
     """Everything about one dead letter: the spec as it was and every attempt."""
+    from agentjobs import costs
+
     entry = ctx.store().dead_letter(entry_id)
     if entry is None:
         raise UserError(f"no dead letter {entry_id!r}; see `agentjobs dlq list`")
+    spent = costs.run_cost(entry["attempts"])
     if ctx.json:
-        _emit_json(entry)
+        _emit_json({**entry, **costs.as_fields(spent)})
         return
     click.echo(
         f"dead letter {entry['id']}: job {entry['job']}, {entry['status']}, "
         f"created {entry['created_at']}"
     )
     click.echo(f"reason: {entry['reason']}")
+    if spent is not None:
+        count = len(entry["attempts"])
+        click.echo(f"cost: {spent.text()} over {count} attempt{'s' * (count != 1)}")
     if entry.get("note"):
         click.echo(f"note: {entry['note']}")
     for replay in entry.get("replays", []):
         click.echo(f"replayed as run {replay['run_id']} at {replay['at']}")
     for a in entry["attempts"]:
+        cost = costs.attempt_cost(a)
         click.echo(
             f"- attempt {a['attempt']}: {a['outcome']} "
             f"{a.get('error') or ''} ({a['started_at']} .. {a['finished_at']}) "
-            f"log {a.get('log_path')}"
+            f"log {a.get('log_path')}{f', cost {cost.text()}' if cost else ''}"
         )
         if a.get("output_tail"):
             for line in a["output_tail"].rstrip().splitlines()[-10:]:
@@ -1102,7 +1167,7 @@ def gc(ctx: Context) -> None:
 @click.option("--now", "now_text", default=None, hidden=True)
 @pass_ctx
 def metrics(ctx: Context, textfile: Path | None, now_text: str | None) -> None:
-    """Prometheus metrics: queue, running attempts, attempts and durations by job, dead letters."""
+    """Prometheus metrics: queue, running, attempts, cost and durations by job, dead letters."""
     from agentjobs.metrics import render, write_textfile
 
     text = render(ctx.store(), _now(now_text))
@@ -1127,17 +1192,48 @@ def _seconds_text(value: float | None) -> str:
 
 def _rate_text(totals: dict[str, Any]) -> str:
     rate = totals["failure_rate"]
+    runs = totals["runs"]
     return (
         f"{totals['processed']} processed, {totals['failed']} failed"
         f" ({'-' if rate is None else f'{rate:.0%}'}), {totals['dead_lettered']} dead-lettered"
+        f" ({runs} run{'s' * (runs != 1)})"
     )
+
+
+def _cost_cell(row: dict[str, Any]) -> str:
+    """A cost field pair (`cost_usd`, `cost_estimated`) as `$0.1234`, `~$0.1234` or `-`."""
+    from agentjobs.costs import Cost, text
+
+    usd = row["cost_usd"]
+    return text(None if usd is None else Cost(usd, row["cost_estimated"]))
+
+
+def _render_cost_review(cost: dict[str, Any]) -> None:
+    """The stats' cost section: in all, by day, by job and by account (last 7 budget days)."""
+    total = cost["total"]
+    click.echo(
+        f"cost, last 7 days ({cost['timezone']} days): {_cost_cell(total)} in "
+        f"{total['runs']} run{'s' * (total['runs'] != 1)}, "
+        f"{total['attempts']} attempt{'s' * (total['attempts'] != 1)}"
+    )
+    sections = (
+        ("DAY", "day", cost["days"]),
+        ("JOB", "job", cost["jobs"]),
+        ("ACCOUNT", "account", cost["accounts"]),
+    )
+    for header, key, rows in sections:
+        if not rows:
+            continue
+        click.echo("")
+        table = [[r[key], _cost_cell(r), str(r["runs"]), str(r["attempts"])] for r in rows]
+        click.echo(_table([header, "COST", "RUNS", "ATTEMPTS"], table))
 
 
 @cli.command()
 @click.option("--now", "now_text", default=None, hidden=True)
 @pass_ctx
 def stats(ctx: Context, now_text: str | None) -> None:
-    """The morning review: today and 7 days, durations by job, dead letters, held jobs."""
+    """The morning review: today and 7 days, durations and cost by job, dead letters, held jobs."""
     from agentjobs.stats import morning_review
 
     review = morning_review(ctx.store(), _now(now_text))
@@ -1151,6 +1247,7 @@ def stats(ctx: Context, now_text: str | None) -> None:
         rows = [
             [
                 j["job"],
+                str(j["runs"]),
                 str(j["attempts"]),
                 str(j["failed"]),
                 _seconds_text(j["avg_duration_s"]),
@@ -1159,11 +1256,18 @@ def stats(ctx: Context, now_text: str | None) -> None:
             ]
             for j in review["jobs"]
         ]
-        click.echo(_table(["JOB (7 DAYS)", "ATTEMPTS", "FAILED", "AVG", "P95", "MAX"], rows))
+        headers = ["JOB (7 DAYS)", "RUNS", "ATTEMPTS", "FAILED", "AVG", "P95", "MAX"]
+        click.echo(_table(headers, rows))
         slowest = ", ".join(
             f"{j['job']} {_seconds_text(j['p95_duration_s'])}" for j in review["slowest"]
         )
         click.echo(f"slowest (p95): {slowest}")
+    if review["cost"]["total"]["cost_usd"] is not None:
+        click.echo("")
+        _render_cost_review(review["cost"])
+    if review["spend_today"] is not None:
+        click.echo("")
+        _render_spend(review["spend_today"])
     click.echo("")
     open_letters = review["dead_letters_open"]
     click.echo(f"open dead letters: {len(open_letters)}")

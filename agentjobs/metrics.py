@@ -1,9 +1,10 @@
 """Prometheus text exposition of the queue, the run records and the notifier's failures.
 
-Gauges come from the runtime snapshot; counters and the duration histogram come from the run
-records. Past UTC days never change, so their aggregates are cached in `metrics-cache.json` in the
-state directory, keyed by day with the record file's (size, mtime) so a rewritten or removed day
-file (retention) is noticed; only today's (and any later) file is read on every call. Format:
+Gauges come from the runtime snapshot; counters (attempts, cost) and the duration histogram come
+from the run records. Past UTC days never change, so their aggregates are cached in
+`metrics-cache.json` in the state directory, keyed by day with the record file's (size, mtime) so
+a rewritten or removed day file (retention) is noticed; only today's (and any later) file is read
+on every call. Format:
 https://prometheus.io/docs/instrumenting/exposition_formats/#text-based-format
 """
 
@@ -16,11 +17,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
+from agentjobs import costs
 from agentjobs.store import PRIORITY_RANK, Store
 
 BUCKETS = (1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 1800.0, 3600.0, 7200.0)
 CACHE_FILE = "metrics-cache.json"
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2  # 2: cost by job and agent
 NOTIFY_FAILURES_FILE = "notify-failures.json"
 
 
@@ -66,11 +68,13 @@ class Durations:
 
 @dataclass(slots=True)
 class Aggregate:
-    """Counters over some records: attempts by (job, outcome), durations and last success by job."""
+    """Counters over some records: attempts by (job, outcome), cost in USD by (job, agent kind),
+    durations and last success by job."""
 
     attempts: dict[str, dict[str, int]] = field(default_factory=dict)
     durations: dict[str, Durations] = field(default_factory=dict)
     last_success: dict[str, str] = field(default_factory=dict)
+    costs: dict[str, dict[str, float]] = field(default_factory=dict)
 
     def count(self, records: Iterable[Mapping[str, Any]]) -> Aggregate:
         for record in records:
@@ -88,6 +92,11 @@ class Aggregate:
                 finished = str(record.get("finished_at") or record.get("time") or "")
                 if finished > self.last_success.get(job, ""):
                     self.last_success[job] = finished
+            cost = costs.attempt_cost(record)
+            if cost is not None:
+                by_agent = self.costs.setdefault(job, {})
+                agent = costs.attempt_agent(record) or ""
+                by_agent[agent] = round(by_agent.get(agent, 0.0) + cost.usd, 6)
         return self
 
     def add(self, other: Aggregate) -> None:
@@ -100,12 +109,17 @@ class Aggregate:
         for job, finished in other.last_success.items():
             if finished > self.last_success.get(job, ""):
                 self.last_success[job] = finished
+        for job, by_agent in other.costs.items():
+            mine_usd = self.costs.setdefault(job, {})
+            for agent, usd in by_agent.items():
+                mine_usd[agent] = round(mine_usd.get(agent, 0.0) + usd, 6)
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "attempts": self.attempts,
             "durations": {job: d.to_dict() for job, d in self.durations.items()},
             "last_success": self.last_success,
+            "costs": self.costs,
         }
 
     @classmethod
@@ -114,6 +128,7 @@ class Aggregate:
             attempts={job: dict(by) for job, by in data["attempts"].items()},
             durations={job: Durations.from_dict(d) for job, d in data["durations"].items()},
             last_success=dict(data["last_success"]),
+            costs={job: {a: float(x) for a, x in by.items()} for job, by in data["costs"].items()},
         )
 
 
@@ -240,6 +255,16 @@ def render(store: Store, now: datetime) -> str:
     for job in sorted(counters.attempts):
         for outcome, n in sorted(counters.attempts[job].items()):
             out.sample("agentjobs_attempts_total", n, job=job, outcome=outcome)
+
+    out.family(
+        "agentjobs_cost_usd_total",
+        "counter",
+        "What finished agent attempts cost in USD (their own figure, or estimated from tokens), "
+        "by job and agent.",
+    )
+    for job in sorted(counters.costs):
+        for agent, usd in sorted(counters.costs[job].items()):
+            out.sample("agentjobs_cost_usd_total", usd, job=job, agent=agent)
 
     out.family("agentjobs_dead_letters_open", "gauge", "Dead letters not yet resolved by a person.")
     dead = store.dead_letters() if store.exists() else []

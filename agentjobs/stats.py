@@ -1,7 +1,10 @@
-"""The morning review: what ran, what failed and what waits for a person, today and over 7 days.
+"""The morning review: what ran, what failed, what it cost and what waits for a person, today and
+over 7 days.
 
 Reads the last eight day files of run records (never the whole history), the dead letters and the
-runtime snapshot.
+runtime snapshot. Counts are of attempts (`processed`, `attempts`) and of runs (the distinct runs
+those attempts belong to). Cost (`costs.py`) is summed over the last 7 budget days (today and the
+6 before it, in the config's `timezone`, as budgets count days): by day, by job and by account.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from agentjobs import costs
 from agentjobs.clock import iso
 from agentjobs.store import Store
 
@@ -31,6 +35,7 @@ def _totals(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     failed = sum(r.get("outcome") != "succeeded" for r in finished)
     return {
         "processed": len(finished),
+        "runs": len({r.get("run_id") for r in finished}),
         "succeeded": len(finished) - failed,
         "failed": failed,
         "dead_lettered": sum(r.get("event") == "dead_lettered" for r in records),
@@ -39,27 +44,28 @@ def _totals(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
 
 
 def morning_review(store: Store, now: datetime) -> dict[str, Any]:
-    """Counts for today (UTC) and the last 7 days, durations by job, open dead letters and held
-    jobs (a usage-limit hold in force, or paused)."""
+    """Counts for today (UTC) and the last 7 days, durations by job, cost (`_cost_review`) and
+    today's spend against the caps, open dead letters and held jobs (a usage-limit hold in
+    force, paused, or queued items waiting on a budget or a rate)."""
     now = now.astimezone(UTC)
     day_start = iso(now.replace(hour=0, minute=0, second=0, microsecond=0)) or ""
     week_start_at = now - timedelta(days=WINDOW_DAYS)
     week_start = iso(week_start_at) or ""
     exists = store.exists()
-    week = [
-        r
-        for r in (store.records(week_start_at) if exists else ())
-        if str(r.get("time", "")) >= week_start
-    ]
+    # the cost window's first budget day starts at most 7 days and a DST hour ago
+    read = list(store.records(week_start_at - timedelta(hours=1)) if exists else ())
+    week = [r for r in read if str(r.get("time", "")) >= week_start]
     today = [r for r in week if str(r.get("time", "")) >= day_start]
 
     durations: dict[str, list[float]] = {}
     outcomes: dict[str, dict[str, int]] = {}
+    runs: dict[str, set[str]] = {}
     for r in week:
         if r.get("event") != "attempt_finished" or r.get("outcome") == "skipped":
             continue
         job = str(r.get("job", ""))
         durations.setdefault(job, []).append(float(r.get("duration_s") or 0.0))
+        runs.setdefault(job, set()).add(str(r.get("run_id", "")))
         by = outcomes.setdefault(job, {})
         by[str(r.get("outcome"))] = by.get(str(r.get("outcome")), 0) + 1
     jobs: list[dict[str, Any]] = []
@@ -70,6 +76,7 @@ def morning_review(store: Store, now: datetime) -> dict[str, Any]:
         jobs.append(
             {
                 "job": job,
+                "runs": len(runs[job]),
                 "attempts": attempts,
                 "failed": failed,
                 "failure_rate": round(failed / attempts, 4),
@@ -97,6 +104,12 @@ def morning_review(store: Store, now: datetime) -> dict[str, Any]:
     holds = {k: v for k, v in (runtime.holds.items() if runtime else ()) if v > now_text}
     held: list[dict[str, Any]] = []
     applied = store.applied() if exists else {}
+    config = store.config() if exists else {}
+    waits = (
+        costs.limit_waits(applied, runtime, config, now)
+        if runtime is not None and costs.limits_configured(config, applied)
+        else {}
+    )
     for name in sorted(set(applied) | set(runtime.jobs if runtime else ())):
         state = runtime.jobs.get(name) if runtime else None
         if state is not None and state.paused:
@@ -106,12 +119,17 @@ def morning_review(store: Store, now: datetime) -> dict[str, Any]:
         key = spec.limit_key if spec else None
         if key is not None and key in holds:
             held.append({"job": name, "reason": f"{key} usage limit", "until": holds[key]})
+        elif name in waits:  # a budget or a rate (the reason says until when)
+            held.append({"job": name, "reason": waits[name].removeprefix("held: "), "until": None})
 
+    spend = costs.spend_today(config, applied, runtime.ledger, now) if runtime else None
     return {
         "now": now_text,
         "today": _totals(today),
         "last_7_days": _totals(week),
         "jobs": jobs,
+        "cost": _cost_review(read, config, now),
+        "spend_today": spend.to_dict() if spend else None,
         "slowest": [
             {"job": j["job"], "p95_duration_s": j["p95_duration_s"], "attempts": j["attempts"]}
             for j in slowest
@@ -119,4 +137,51 @@ def morning_review(store: Store, now: datetime) -> dict[str, Any]:
         "dead_letters_open": dead_letters,
         "holds": [{"key": k, "until": v} for k, v in sorted(holds.items())],
         "held_jobs": held,
+    }
+
+
+def _cost_review(
+    records: Sequence[Mapping[str, Any]], config: Mapping[str, Any], now: datetime
+) -> dict[str, Any]:
+    """Runs, attempts and cost over the last 7 budget days: in all, by day (oldest first, every
+    day), by job and by account (those with a known cost)."""
+    from datetime import date
+
+    from agentjobs.clock import parse
+    from agentjobs.limits import Limits
+
+    limits = Limits.from_config(config)
+    today = date.fromisoformat(limits.day(now)[0])
+    days = {(today - timedelta(days=back)).isoformat(): costs.Tally() for back in range(6, -1, -1)}
+    everything = costs.Tally()
+    jobs: dict[str, costs.Tally] = {}
+    accounts: dict[str, costs.Tally] = {}
+    for r in records:
+        if r.get("event") != "attempt_finished" or r.get("outcome") == "skipped":
+            continue
+        try:
+            day, _ = limits.day(parse(str(r.get("finished_at") or r.get("time"))))
+        except ValueError:
+            continue  # a damaged time: no day to count it in
+        if day not in days:
+            continue
+        for tally in (everything, days[day], jobs.setdefault(str(r.get("job", "")), costs.Tally())):
+            tally.add(r)
+        account = costs.attempt_account(r)
+        if account is not None:
+            accounts.setdefault(account, costs.Tally()).add(r)
+    return {
+        "timezone": limits.timezone,
+        "total": everything.to_dict(),
+        "days": [{"day": day, **tally.to_dict()} for day, tally in days.items()],
+        "jobs": [
+            {"job": job, **tally.to_dict()}
+            for job, tally in sorted(jobs.items())
+            if tally.cost is not None
+        ],
+        "accounts": [
+            {"account": key, **tally.to_dict()}
+            for key, tally in sorted(accounts.items())
+            if tally.cost is not None
+        ],
     }

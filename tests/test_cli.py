@@ -63,6 +63,8 @@ def test_status_json(cli, jobs_dir: Path, state_dir: Path) -> None:
         "result": None,
         "lock": "app",
         "held": None,
+        "limit_hold": None,
+        "spend_today": None,
         "skipped_by": [],
     }
     assert rows[1]["next"] is None and rows[1]["enabled"] is False

@@ -583,6 +583,8 @@ def test_history_filters_and_logs(ajs, jobs_dir: Path, state: State) -> None:
         "TRIGGER",
         "OUTCOME",
         "DURATION",
+        "COST",
+        "TURNS",
         "DETAIL",
     ]
     run_id = rows[0]["run_id"]

@@ -182,6 +182,7 @@ def test_stats_json_counts_today_and_the_week(aj, history: None, jobs_dir: Path)
     review = json.loads(result.out)
     assert review["today"] == {
         "processed": 1,
+        "runs": 1,
         "succeeded": 1,
         "failed": 0,
         "dead_lettered": 0,
@@ -189,6 +190,7 @@ def test_stats_json_counts_today_and_the_week(aj, history: None, jobs_dir: Path)
     }
     assert review["last_7_days"] == {
         "processed": 5,
+        "runs": 4,
         "succeeded": 3,
         "failed": 2,
         "dead_lettered": 1,
