@@ -34,7 +34,6 @@ if TYPE_CHECKING:
     import threading
 
     from agentjobs.clock import Clock
-    from agentjobs.costs import SpendToday
     from agentjobs.engine import Engine
     from agentjobs.reconcile import Plan
     from agentjobs.settle import AttemptResult
@@ -358,63 +357,41 @@ def _held(job: AppliedJob, holds: dict[str, str], now: datetime) -> tuple[str, s
     return (key, until) if until and until > (iso(now) or "") else None
 
 
-def _describe_schedule(schedule: dict[str, Any] | None) -> str:
-    from agentjobs.spec import Schedule
-
-    if not schedule:
-        return "manual"
-    return Schedule(**schedule).describe()
-
-
 @cli.command()
 @click.option("--now", "now_text", default=None, hidden=True)
 @pass_ctx
 def status(ctx: Context, now_text: str | None) -> None:
     """A table of applied jobs: schedule, next run, last run and result; today's spend."""
+    from agentjobs import query
+
     store = ctx.store()
     now = _now(now_text)
     applied = store.applied()
     runtime = store.runtime()
-    notes = store.host_notes()  # why hosts left queued items alone (workdir, runs_on labels)
     hosts = store.hosts()
-    spend, waits = _spend_and_waits(store, applied, runtime, now)
-    spent = {s.scope: s.usd for s in spend.scopes} if spend else {}
-    rows = []
-    for name in sorted(applied):
-        job = applied[name]
-        state = runtime.jobs.get(name)
-        fresh = state is not None and state.schedule_hash == job.schedule_hash
-        enabled = job.spec.get("enabled", True)
-        paused = bool(state and state.paused)
-        waiting = [i for i in runtime.queue.values() if i.job == name]
-        running = any(i.state == "running" for i in waiting)
-        # NEXT: the scheduled slot, or sooner a queued run (a retry's backoff, a manual run)
-        times = [i.not_before for i in waiting if i.state == "queued"]
-        if fresh and state is not None and state.next_due and enabled and not paused:
-            times.append(state.next_due)
-        rows.append(
-            {
-                "job": name,
-                "schedule": _describe_schedule(job.spec.get("schedule")),
-                "enabled": enabled,
-                "paused": paused,
-                "running": running,
-                "queued": sum(1 for i in waiting if i.state == "queued"),
-                "next": min(times) if times else None,
-                "last": state.last_started if state else None,
-                "result": state.last_outcome if state else None,
-                "lock": job.spec.get("lock"),
-                "held": _held(job, runtime.holds, now),
-                # a budget or a rate its due queued items wait on (the claim's own reason)
-                "limit_hold": waits.get(name),
-                "spend_today": spent.get(f"job:{name}"),
-                "skipped_by": [
-                    {"host": host, "reason": reason}
-                    for item in waiting
-                    for host, reason in notes.get(item.id, ())
-                ],
-            }
-        )
+    spend = _spend_today(store, applied, runtime, now)
+    rows: list[dict[str, Any]] = [
+        {
+            "job": j.job,
+            "schedule": j.schedule,
+            "enabled": j.enabled,
+            "paused": j.paused,
+            "running": bool(j.running),
+            "queued": j.queued,
+            "next": j.next,  # the scheduled slot, or sooner a queued run (a retry, a manual run)
+            "last": j.last,
+            "result": j.result,
+            "lock": applied[j.job].spec.get("lock"),
+            "held": _held(applied[j.job], runtime.holds, now),
+            # why its first queued item waits, and the usage limit, budget or rate holding its
+            # items: the claim's own reasons (query.py)
+            "waiting": j.waiting,
+            "limit_hold": j.held,
+            "spend_today": spend["spend"].get(f"job:{j.job}") if spend else None,
+            "skipped_by": [{"host": host, "reason": reason} for host, reason in j.skipped_by],
+        }
+        for j in query.jobs(store, now)
+    ]
     if ctx.json:
         _emit_json(rows)
         return
@@ -452,40 +429,39 @@ def status(ctx: Context, now_text: str | None) -> None:
         ]
         click.echo("hosts: " + ", ".join(seen))
     if spend is not None:
-        _render_spend(spend.to_dict())
+        _render_spend(spend)
     from agentjobs.notify import pending_summary
 
     for line in pending_summary(store):  # nothing is dropped silently (notify.py)
         click.echo(line)
 
 
-def _spend_and_waits(
+def _spend_today(
     store: Store, applied: dict[str, AppliedJob], runtime: Runtime, now: datetime
-) -> tuple[SpendToday | None, dict[str, str]]:
-    """Today's spend against the caps, and the jobs whose queued items wait on a budget or a
-    rate (`costs.py`). Without limits configured and with an empty ledger (the usual `status`)
-    only the stored config and specs are looked at: no spec is parsed, nothing is asked."""
+) -> dict[str, Any] | None:
+    """Today's spend against the caps (`costs.ledger_view`); without limits configured and
+    with an empty ledger (the usual `status`) only the stored config and specs are looked at."""
     from agentjobs import costs
 
-    config = store.config()
-    configured = costs.limits_configured(config, applied)
-    if not configured and not runtime.ledger:
-        return None, {}
-    spend = costs.spend_today(config, applied, runtime.ledger, now)
-    return spend, costs.limit_waits(applied, runtime, config, now) if configured else {}
+    if not costs.limits_configured(store.config(), applied) and not runtime.ledger:
+        return None
+    return costs.ledger_view(store, now)
 
 
-def _render_spend(spend: dict[str, Any]) -> None:
-    """`SpendToday.to_dict()` as `spend today (DAY, ZONE):` and a line per scope, named as
-    budget holds name it: `job nightly  $4.80 of $5.00`."""
-    click.echo(f"spend today ({spend['day']}, {spend['timezone']}):")
-    names = {scope: scope.replace(":", " ", 1) for scope in spend["spend"]}
+def _render_spend(ledger: dict[str, Any]) -> None:
+    """`costs.ledger_view` as `spend today (DAY, ZONE):` and a line per scope (total, accounts,
+    jobs), named as budget holds name them: `job nightly  $4.80 of $5.00`."""
+    click.echo(f"spend today ({ledger['day']}, {ledger['timezone']}):")
+    rank = {"total": 0, "account": 1, "job": 2}
+    scopes = sorted(
+        set(ledger["spend"]) | set(ledger["caps"]), key=lambda s: (rank.get(s.split(":")[0], 3), s)
+    )
+    names = {scope: scope.replace(":", " ", 1) for scope in scopes}
     width = max(map(len, names.values()))
-    for scope, usd in spend["spend"].items():
-        cap = spend["caps"].get(scope)
-        click.echo(
-            f"  {names[scope].ljust(width)}  ${usd:.2f}{'' if cap is None else f' of ${cap:.2f}'}"
-        )
+    for scope in scopes:
+        cap = ledger["caps"].get(scope)
+        of = "" if cap is None else f" of ${cap:.2f}"
+        click.echo(f"  {names[scope].ljust(width)}  ${ledger['spend'].get(scope, 0.0):.2f}{of}")
 
 
 def _ago(moment: str, now: datetime) -> str:
@@ -731,8 +707,8 @@ def history(
     history_output: str | None,
 ) -> None:
     """Finished attempts and skipped slots (with each agent attempt's cost), newest last."""
-    from agentjobs import costs
     from agentjobs.clock import iso
+    from agentjobs.query import run_row
 
     since_at = _since(since)
     floor = iso(since_at) or ""
@@ -754,45 +730,34 @@ def history(
         ):
             rows.append(record)
     rows.reverse()
-    # what each attempt cost (claude's own figure, or estimated from tokens) and its turns
-    rows = [
-        {
-            **r,
-            **costs.as_fields(costs.attempt_cost(r)),
-            "turns": costs.attempt_turns(r),
-        }
-        for r in rows
-    ]
+    # each record as the query layer reads it: with what the attempt cost (claude's own
+    # figure, or estimated from tokens) and its turns
+    shown = [run_row(r) for r in rows]
     if ctx.json:
-        _emit_json(rows)
+        _emit_json(
+            [
+                {**r, "cost_usd": s.cost_usd, "cost_estimated": s.cost_estimated, "turns": s.turns}
+                for r, s in zip(rows, shown, strict=True)
+            ]
+        )
         return
     table = [
         [
-            r.get("time", ""),
-            r.get("job", ""),
-            r.get("run_id", ""),
-            str(r.get("attempt", "")),
-            r.get("trigger", ""),
-            r.get("outcome", ""),
-            f"{r['duration_s']:.1f}s" if r.get("duration_s") is not None else "-",
-            _cost_cell(r),
-            "-" if r["turns"] is None else str(r["turns"]),
-            r.get("error") or _skip_detail(r) or r.get("reason") or "",
+            s.time,
+            s.job,
+            s.run_id,
+            str(s.attempt),
+            s.trigger,
+            s.outcome,
+            f"{s.duration_s:.1f}s" if s.duration_s is not None else "-",
+            _cost_text(s.cost_usd, s.cost_estimated),
+            "-" if s.turns is None else str(s.turns),
+            s.detail,
         ]
-        for r in rows
+        for s in shown
     ]
     headers = ["TIME", "JOB", "RUN", "ATTEMPT", "TRIGGER", "OUTCOME", "DURATION", "COST", "TURNS"]
     click.echo(_table([*headers, "DETAIL"], table))
-
-
-def _skip_detail(record: dict[str, Any]) -> str | None:
-    """A skip record that stands for several slots: the reason, how many, from when to when."""
-    count = record.get("count")
-    if record.get("event") != "slot_skipped" or not isinstance(count, int) or count < 2:
-        return None
-    about = "" if record.get("count_exact", True) else "about "
-    span = f"{record.get('first')} to {record.get('last')}"
-    return f"{record.get('reason')}: {about}{count} slots, {span}"
 
 
 def _export_records(
@@ -1055,7 +1020,7 @@ def dlq_list(ctx: Context, show_all: bool) -> None:
             e["status"],
             e["created_at"],
             str(len(e["attempts"])),
-            _cost_cell(e),
+            _cost_text(e["cost_usd"], e["cost_estimated"]),
             e["attempts"][-1]["outcome"] if e["attempts"] else "-",
             e["reason"],
         ]
@@ -1086,7 +1051,10 @@ def dlq_show(ctx: Context, entry_id: str) -> None:
     click.echo(f"reason: {entry['reason']}")
     if spent is not None:
         count = len(entry["attempts"])
-        click.echo(f"cost: {spent.text()} over {count} attempt{'s' * (count != 1)}")
+        click.echo(
+            f"cost: {_cost_text(spent.usd, spent.estimated)} over {count} "
+            f"attempt{'s' * (count != 1)}"
+        )
     if entry.get("note"):
         click.echo(f"note: {entry['note']}")
     for replay in entry.get("replays", []):
@@ -1096,7 +1064,8 @@ def dlq_show(ctx: Context, entry_id: str) -> None:
         click.echo(
             f"- attempt {a['attempt']}: {a['outcome']} "
             f"{a.get('error') or ''} ({a['started_at']} .. {a['finished_at']}) "
-            f"log {a.get('log_path')}{f', cost {cost.text()}' if cost else ''}"
+            f"log {a.get('log_path')}"
+            + (f", cost {_cost_text(cost.usd, cost.estimated)}" if cost else "")
         )
         if a.get("output_tail"):
             for line in a["output_tail"].rstrip().splitlines()[-10:]:
@@ -1200,19 +1169,12 @@ def _rate_text(totals: dict[str, Any]) -> str:
     )
 
 
-def _cost_cell(row: dict[str, Any]) -> str:
-    """A cost field pair (`cost_usd`, `cost_estimated`) as `$0.1234`, `~$0.1234` or `-`."""
-    from agentjobs.costs import Cost, text
-
-    usd = row["cost_usd"]
-    return text(None if usd is None else Cost(usd, row["cost_estimated"]))
-
-
 def _render_cost_review(cost: dict[str, Any]) -> None:
     """The stats' cost section: in all, by day, by job and by account (last 7 budget days)."""
     total = cost["total"]
+    spent = _cost_text(total["cost_usd"], total["cost_estimated"])
     click.echo(
-        f"cost, last 7 days ({cost['timezone']} days): {_cost_cell(total)} in "
+        f"cost, last 7 days ({cost['timezone']} days): {spent} in "
         f"{total['runs']} run{'s' * (total['runs'] != 1)}, "
         f"{total['attempts']} attempt{'s' * (total['attempts'] != 1)}"
     )
@@ -1225,7 +1187,15 @@ def _render_cost_review(cost: dict[str, Any]) -> None:
         if not rows:
             continue
         click.echo("")
-        table = [[r[key], _cost_cell(r), str(r["runs"]), str(r["attempts"])] for r in rows]
+        table = [
+            [
+                r[key],
+                _cost_text(r["cost_usd"], r["cost_estimated"]),
+                str(r["runs"]),
+                str(r["attempts"]),
+            ]
+            for r in rows
+        ]
         click.echo(_table([header, "COST", "RUNS", "ATTEMPTS"], table))
 
 
@@ -1265,9 +1235,9 @@ def stats(ctx: Context, now_text: str | None) -> None:
     if review["cost"]["total"]["cost_usd"] is not None:
         click.echo("")
         _render_cost_review(review["cost"])
-    if review["spend_today"] is not None:
+    if review["ledger"] is not None:
         click.echo("")
-        _render_spend(review["spend_today"])
+        _render_spend(review["ledger"])
     click.echo("")
     open_letters = review["dead_letters_open"]
     click.echo(f"open dead letters: {len(open_letters)}")
@@ -1729,6 +1699,7 @@ def _describe_lines(d: Any, now: datetime) -> list[str]:
 
 
 def _cost_text(cost: float | None, estimated: bool) -> str:
+    """`$0.1234`, `~$0.1234` when estimated from tokens, `-` when unknown."""
     if cost is None:
         return "-"
     return f"{'~' if estimated else ''}${cost:.4f}"

@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from agentjobs import costs
+from agentjobs import costs, query
 from agentjobs.clock import iso
 from agentjobs.store import Store
 
@@ -105,11 +105,9 @@ def morning_review(store: Store, now: datetime) -> dict[str, Any]:
     held: list[dict[str, Any]] = []
     applied = store.applied() if exists else {}
     config = store.config() if exists else {}
-    waits = (
-        costs.limit_waits(applied, runtime, config, now)
-        if runtime is not None and costs.limits_configured(config, applied)
-        else {}
-    )
+    configured = costs.limits_configured(config, applied)
+    # a budget or a rate holding a job's items, as the claim's rule words it (query.py)
+    limited = {j.job: j.held for j in query.jobs(store, now) if j.held} if configured else {}
     for name in sorted(set(applied) | set(runtime.jobs if runtime else ())):
         state = runtime.jobs.get(name) if runtime else None
         if state is not None and state.paused:
@@ -119,17 +117,20 @@ def morning_review(store: Store, now: datetime) -> dict[str, Any]:
         key = spec.limit_key if spec else None
         if key is not None and key in holds:
             held.append({"job": name, "reason": f"{key} usage limit", "until": holds[key]})
-        elif name in waits:  # a budget or a rate (the reason says until when)
-            held.append({"job": name, "reason": waits[name].removeprefix("held: "), "until": None})
+        elif limited.get(name):  # a budget or a rate: the reason says until when
+            held.append(
+                {"job": name, "reason": limited[name].removeprefix("held: "), "until": None}
+            )
 
-    spend = costs.spend_today(config, applied, runtime.ledger, now) if runtime else None
+    spent = configured or (runtime is not None and bool(runtime.ledger))
+    ledger = costs.ledger_view(store, now) if spent else None
     return {
         "now": now_text,
         "today": _totals(today),
         "last_7_days": _totals(week),
         "jobs": jobs,
         "cost": _cost_review(read, config, now),
-        "spend_today": spend.to_dict() if spend else None,
+        "ledger": ledger,  # today's spend against the caps
         "slowest": [
             {"job": j["job"], "p95_duration_s": j["p95_duration_s"], "attempts": j["attempts"]}
             for j in slowest

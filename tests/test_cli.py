@@ -63,6 +63,7 @@ def test_status_json(cli, jobs_dir: Path, state_dir: Path) -> None:
         "result": None,
         "lock": "app",
         "held": None,
+        "waiting": None,
         "limit_hold": None,
         "spend_today": None,
         "skipped_by": [],

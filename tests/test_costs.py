@@ -263,7 +263,7 @@ def test_status_shows_spend_today_against_the_caps_and_jobs_held_by_a_budget_or_
     now = "2026-11-23T13:30:00Z"
     rows = {r["job"]: r for r in json.loads(ajs("-o", "json", "status", "--now", now).out)}
     assert rows["fix"]["limit_hold"] == (
-        "held: budget job fix ($0.25 of $0.30) until 2026-11-24T00:00:00+00:00"
+        "held: budget job fix ($0.25 of $0.30; this run ~$0.25) until 2026-11-24T00:00:00+00:00"
     )
     assert rows["paced"]["limit_hold"] == (
         "held: rate job:paced 1/1d until 2026-11-24T12:00:00+00:00"
@@ -274,7 +274,10 @@ def test_status_shows_spend_today_against_the_caps_and_jobs_held_by_a_budget_or_
 
     lines = ajs("status", "--now", now).out.splitlines()
     fix = next(line for line in lines if line.startswith("fix "))
-    assert "held: budget job fix ($0.25 of $0.30) until 2026-11-24T00:00:00+00:00" in fix
+    assert (
+        "held: budget job fix ($0.25 of $0.30; this run ~$0.25) until 2026-11-24T00:00:00+00:00"
+        in fix
+    )
     paced = next(line for line in lines if line.startswith("paced "))
     assert "held: rate job:paced 1/1d until 2026-11-24T12:00:00+00:00" in paced
     at = lines.index("spend today (2026-11-23, UTC):")
@@ -286,7 +289,7 @@ def test_status_shows_spend_today_against_the_caps_and_jobs_held_by_a_budget_or_
     ]
 
     review = json.loads(ajs("-o", "json", "stats", "--now", now).out)
-    assert review["spend_today"] == {
+    assert review["ledger"] == {
         "day": "2026-11-23",
         "timezone": "UTC",
         "spend": {"total": 0.5, "account:claude": 0.5, "job:fix": 0.25, "job:paced": 0.25},
@@ -295,7 +298,7 @@ def test_status_shows_spend_today_against_the_caps_and_jobs_held_by_a_budget_or_
     assert review["held_jobs"] == [
         {
             "job": "fix",
-            "reason": "budget job fix ($0.25 of $0.30) until 2026-11-24T00:00:00+00:00",
+            "reason": "budget job fix ($0.25 of $0.30; this run ~$0.25) until 2026-11-24T00:00:00+00:00",
             "until": None,
         },
         {
@@ -314,4 +317,4 @@ def test_status_without_limits_or_spend_shows_no_spend(aj, jobs_dir: Path) -> No
     assert aj("apply", "--now", T0).code == 0
     assert aj("tick", "--now", T0).code == 0
     assert "spend today" not in aj("status", "--now", T0).out
-    assert json.loads(aj("-o", "json", "stats", "--now", T0).out)["spend_today"] is None
+    assert json.loads(aj("-o", "json", "stats", "--now", T0).out)["ledger"] is None
