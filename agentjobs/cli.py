@@ -83,15 +83,34 @@ def _emit_json(value: Any) -> None:
     click.echo(json.dumps(value, indent=2, default=str))
 
 
-def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+def _table(headers: Sequence[str], rows: Sequence[Sequence[str]], width: int | None = None) -> str:
+    """Aligned columns; with `width`, the widest columns are cut (ending in `…`) until a line
+    fits. Cells may hold colour codes: widths count what shows."""
     widths = [len(h) for h in headers]
     for row in rows:
-        widths = [max(w, len(c)) for w, c in zip(widths, row, strict=True)]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]
-    lines += [
-        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows
-    ]
-    return "\n".join(lines)
+        widths = [max(w, _shown(c)) for w, c in zip(widths, row, strict=True)]
+    if width is not None:
+        while sum(widths) + 2 * (len(widths) - 1) > width and max(widths) > 12:
+            widest = widths.index(max(widths))
+            widths[widest] -= 1
+
+    def line(cells: Sequence[str]) -> str:
+        return "  ".join(_fit(c, w) for c, w in zip(cells, widths, strict=True)).rstrip()
+
+    return "\n".join([line(headers), *(line(row) for row in rows)])
+
+
+def _shown(cell: str) -> int:
+    return len(click.unstyle(cell)) if "\x1b" in cell else len(cell)
+
+
+def _fit(cell: str, width: int) -> str:
+    """`cell` padded to `width`, or cut to it (a coloured cell loses its colour when cut)."""
+    shown = _shown(cell)
+    if shown <= width:
+        return cell + " " * (width - shown)
+    plain = click.unstyle(cell)
+    return plain[: width - 1] + "…"
 
 
 def _render_problems(problems: Sequence[Problem]) -> None:
@@ -346,6 +365,50 @@ def _left(moment: str | None, now: datetime) -> str:
     return format_duration(seconds)
 
 
+_RESULT_COLOURS = {"succeeded": "green", "skipped": "yellow", "rate_limited": "yellow"}
+
+
+def _now_column(j: Any, r: dict[str, Any], now: datetime, paint: Callable[[str, str], str]) -> str:
+    """What the job is doing now: running (attempt, for how long, its progress), held, queued
+    and why (the first queued item's reason), or waiting on hosts; `-` when idle."""
+    from agentjobs.durations import format_duration
+
+    if j.running:
+        w = j.running[0]
+        since = (now - datetime.fromisoformat(w.started_at)).total_seconds() if w.started_at else 0
+        text = f"running attempt {w.attempt} for {format_duration(max(0.0, since))}"
+        return paint(text + (f" ({w.progress_text})" if w.progress_text else ""), "cyan")
+    if r["held"]:
+        key, until = r["held"]
+        return paint(f"held: {key} usage limit until {_when(until)}", "yellow")
+    if r["limit_hold"]:
+        return paint(r["limit_hold"], "yellow")
+    if r["skipped_by"]:
+        return "waiting: " + "; ".join(n["reason"] for n in r["skipped_by"])
+    if j.queued:
+        return f"queued {j.queued}: {j.waiting}"
+    return "-"
+
+
+def _painter() -> Callable[[str, str], str]:
+    """Colours only on a terminal, never with NO_COLOR set (no-color.org)."""
+    if not sys.stdout.isatty() or os.environ.get("NO_COLOR"):
+        return lambda text, _colour: text
+    return lambda text, colour: click.style(text, fg=colour) if colour else text
+
+
+def _terminal_width() -> int | None:
+    """The width a table must fit: COLUMNS, else the terminal's; None when writing to a pipe
+    or a file (scripts get whole lines)."""
+    import shutil
+
+    if os.environ.get("COLUMNS", "").isdigit():
+        return int(os.environ["COLUMNS"])
+    if sys.stdout.isatty():
+        return shutil.get_terminal_size().columns
+    return None
+
+
 def _held(job: AppliedJob, holds: dict[str, str], now: datetime) -> tuple[str, str] | None:
     """(limit key, until) when the job's agent shares a usage limit that is in force."""
     from agentjobs.clock import iso
@@ -370,6 +433,7 @@ def status(ctx: Context, now_text: str | None) -> None:
     runtime = store.runtime()
     hosts = store.hosts()
     spend = _spend_today(store, applied, runtime, now)
+    found = query.jobs(store, now)
     rows: list[dict[str, Any]] = [
         {
             "job": j.job,
@@ -389,8 +453,20 @@ def status(ctx: Context, now_text: str | None) -> None:
             "limit_hold": j.held,
             "spend_today": spend["spend"].get(f"job:{j.job}") if spend else None,
             "skipped_by": [{"host": host, "reason": reason} for host, reason in j.skipped_by],
+            "attempts_running": [
+                {
+                    "run_id": w.run_id,
+                    "attempt": w.attempt,
+                    "started_at": w.started_at,
+                    "host": w.host,
+                    "progress": query.as_json(w.progress),
+                }
+                for w in j.running
+            ],
+            "dead_letters": j.dead_letters,
+            "needs": list(j.needs),
         }
-        for j in query.jobs(store, now)
+        for j in found
     ]
     if ctx.json:
         _emit_json(rows)
@@ -398,29 +474,30 @@ def status(ctx: Context, now_text: str | None) -> None:
     if not rows:
         click.echo(f"no jobs applied in {store.describe()}; run `agentjobs apply`")
         return
+    paint = _painter()
     table = []
-    for r in rows:
+    for j, r in zip(found, rows, strict=True):
         flags = [f for f, on in (("disabled", not r["enabled"]), ("paused", r["paused"])) if on]
-        result = "running" if r["running"] else (r["result"] or "-")
-        if r["held"] and not r["running"]:
-            key, until = r["held"]
-            result = f"held: {key} usage limit until {_when(until)}"
-        elif r["limit_hold"] and not r["running"]:
-            result = r["limit_hold"]
-        elif r["skipped_by"] and not r["running"]:
-            result = "waiting: " + "; ".join(n["reason"] for n in r["skipped_by"])
+        result = r["result"] or "-"
+        if j.dead_letters:
+            result += f", {j.dead_letters} dead-lettered"
+        schedule = r["schedule"]
+        if schedule == "manual" and j.needs:
+            schedule = f"after {', '.join(j.needs)} (needs)"
         table.append(
             [
                 r["job"],
-                r["schedule"] + "".join(f" ({f})" for f in flags),
+                schedule + "".join(f" ({f})" for f in flags),
                 _when(r["next"]),
                 _left(r["next"], now),
                 _when(r["last"]),
-                result,
+                paint(result, _RESULT_COLOURS.get(str(r["result"]), "red") if r["result"] else ""),
+                _now_column(j, r, now, paint),
                 str(r["lock"]),
             ]
         )
-    click.echo(_table(["JOB", "SCHEDULE", "NEXT", "LEFT", "LAST", "RESULT", "LOCK"], table))
+    headers = ["JOB", "SCHEDULE", "NEXT", "LEFT", "LAST", "RESULT", "NOW", "LOCK"]
+    click.echo(_table(headers, table, width=_terminal_width()))
     if hosts:  # the runner hosts that ticked against this database, and when they last did
         seen = [
             f"{h['host']} ({','.join(h['labels']) + '; ' if h['labels'] else ''}"

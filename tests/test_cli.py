@@ -39,11 +39,16 @@ def test_status_is_a_list_timers_table(
     assert result.code == 0
     lock = str(Path(J).resolve().parent)
     assert result.out.splitlines() == [
-        "JOB      SCHEDULE                    NEXT                     LEFT    LAST  RESULT  LOCK",
-        "docs     every 8h                    2026-11-23 12:00:00 UTC  due     -     -       app",
-        f"manual   manual (disabled)           -                        -       -     -       {lock}",
-        "nightly  30 2 * * * (Europe/Berlin)  2026-11-24 01:30:00 UTC  12h30m  -     -       app",
+        "JOB      SCHEDULE                    NEXT                     LEFT    LAST  RESULT  NOW  LOCK",
+        "docs     every 8h                    2026-11-23 12:00:00 UTC  due     -     -       -    app",
+        f"manual   manual (disabled)           -                        -       -     -       -    {lock}",
+        "nightly  30 2 * * * (Europe/Berlin)  2026-11-24 01:30:00 UTC  12h30m  -     -       -    app",
     ]
+    # a terminal 80 columns wide: the widest columns are cut to fit
+    monkeypatch.setenv("COLUMNS", "80")
+    narrow = cli("--state-dir", str(state_dir), "status", "--now", "2026-11-23T13:00:00Z")
+    assert all(len(line) <= 80 for line in narrow.out.splitlines())
+    assert "…" in narrow.out
 
 
 def test_status_json(cli, jobs_dir: Path, state_dir: Path) -> None:
@@ -67,6 +72,9 @@ def test_status_json(cli, jobs_dir: Path, state_dir: Path) -> None:
         "limit_hold": None,
         "spend_today": None,
         "skipped_by": [],
+        "attempts_running": [],
+        "dead_letters": 0,
+        "needs": [],
     }
     assert rows[1]["next"] is None and rows[1]["enabled"] is False
 

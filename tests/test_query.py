@@ -47,6 +47,12 @@ def test_each_queued_item_says_why_it_waits(ajs: Any, jobs_dir: Path, state: Sta
         same = next(r for r in status if r["job"] == "same")
         assert same["queued"] == 1
         assert same["waiting"].startswith("lock key repo is held by run")
+        text = ajs("status").out
+        long_line = next(line for line in text.splitlines() if line.startswith("long "))
+        assert "running attempt 1 for " in long_line
+        same_line = next(line for line in text.splitlines() if line.startswith("same "))
+        assert "queued 1: lock key repo is held by run" in same_line
+        assert "\x1b[" not in text  # no colours into a pipe
     finally:
         holder.communicate(timeout=30)
 
@@ -69,6 +75,8 @@ def test_describe_shows_unapplied_edits_fire_times_runs_and_dead_letters(
     assert data["fire_times"][:2] == ["2026-11-24T02:00:00+00:00", "2026-11-25T02:00:00+00:00"]
     assert data["runs"][0]["outcome"] == "failed"
     assert len(data["dead_letters"]) == 1
+    line = ajs("status", "--now", T0).out.splitlines()[1]
+    assert "failed, 1 dead-lettered" in line
     missing = ajs("describe", "nope")
     assert (missing.code, missing.err.strip()) == (
         2,
