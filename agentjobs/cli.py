@@ -42,6 +42,20 @@ if TYPE_CHECKING:
     from agentjobs.validate import LoadResult
 
 EXIT_OK, EXIT_FAILED, EXIT_INVALID, EXIT_CHANGES, EXIT_BUG = 0, 1, 2, 3, 70
+# what `history --outcome` takes (retry.Outcome's values; listed here to keep `retry` off the
+# start-up path of every verb)
+OUTCOMES = (
+    "succeeded",
+    "failed",
+    "timeout",
+    "silence",
+    "verify_failed",
+    "lost",
+    "interrupted",
+    "skipped",
+    "rate_limited",
+    "budget",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -763,7 +777,19 @@ def _said(ctx: Context, job: str, what: str) -> None:
 @cli.command()
 @click.argument("job", required=False)
 @click.option("--since", default=None, help="ISO time or a duration ago (e.g. 24h).")
-@click.option("--outcome", default=None, help="Only attempts with this outcome.")
+@click.option(
+    "--outcome",
+    type=click.Choice(OUTCOMES),
+    default=None,
+    help="Only attempts with this outcome.",
+)
+@click.option("--lock", default=None, help="Only runs under this lock key.")
+@click.option(
+    "--workdir",
+    default=None,
+    type=click.Path(path_type=Path),
+    help="Only runs of jobs working in this directory.",
+)
 @click.option("--limit", type=int, default=None, help="At most this many rows [default: 50].")
 @click.option(
     "--output",
@@ -780,36 +806,35 @@ def history(
     job: str | None,
     since: str | None,
     outcome: str | None,
+    lock: str | None,
+    workdir: Path | None,
     limit: int | None,
     history_output: str | None,
 ) -> None:
     """Finished attempts and skipped slots (with each agent attempt's cost), newest last."""
+    from agentjobs import query
     from agentjobs.clock import iso
-    from agentjobs.query import run_row
 
     since_at = _since(since)
-    floor = iso(since_at) or ""
+    store = ctx.store()
+    wanted = query.Filters(
+        job=job,
+        outcome=outcome,
+        since=since_at,
+        locks=query.locks_of(store, lock, str(workdir) if workdir else None),
+    )
+    if job is not None and job not in store.applied() and not query.ever_ran(store, job):
+        names = ", ".join(sorted(store.applied())) or "none applied"
+        raise UserError(f"no job named {job!r} has applied or run (jobs: {names})")
     if history_output == "jsonl":
-        _export_records(ctx, job, outcome, since_at, floor, limit)
+        _export_records(ctx, job, outcome, since_at, iso(since_at) or "", limit)
         return
     if history_output == "json":
         ctx = Context(ctx.jobs_dir, ctx.state_dir, "json")
-    limit = 50 if limit is None else limit
-    rows: list[dict[str, Any]] = []
-    for record in ctx.store().records(since_at, newest_first=True):
-        if len(rows) >= limit:
-            break
-        if (
-            record.get("event") in ("attempt_finished", "slot_skipped")
-            and (job is None or record.get("job") == job)
-            and (outcome is None or record.get("outcome") == outcome)
-            and record.get("time", "") >= floor
-        ):
-            rows.append(record)
-    rows.reverse()
+    rows = query.records(store, wanted, limit=50 if limit is None else limit)
     # each record as the query layer reads it: with what the attempt cost (claude's own
     # figure, or estimated from tokens) and its turns
-    shown = [run_row(r) for r in rows]
+    shown = [query.run_row(r) for r in rows]
     if ctx.json:
         _emit_json(
             [
@@ -820,7 +845,7 @@ def history(
         return
     table = [
         [
-            s.time,
+            _when(s.time),
             s.job,
             s.run_id,
             str(s.attempt),
@@ -834,7 +859,7 @@ def history(
         for s in shown
     ]
     headers = ["TIME", "JOB", "RUN", "ATTEMPT", "TRIGGER", "OUTCOME", "DURATION", "COST", "TURNS"]
-    click.echo(_table([*headers, "DETAIL"], table))
+    click.echo(_table([*headers, "DETAIL"], table, width=_terminal_width()))
 
 
 def _export_records(
@@ -873,7 +898,14 @@ def _since(text: str | None) -> datetime | None:
     try:
         return datetime.now(UTC) - timedelta(seconds=parse_duration(text))
     except ValueError:
+        pass
+    try:
         return _now(text)
+    except UserError:
+        raise UserError(
+            f"--since {text}: neither a duration ago (24h, 7d) nor an ISO time "
+            "(2026-11-24T02:00:00Z)"
+        ) from None
 
 
 def _hosts_of_run(store: Store, run_id: str) -> list[str]:

@@ -444,6 +444,39 @@ def ledger(store: Store, now: datetime) -> Ledger:
 # -- history and runs --------------------------------------------------------------------------
 
 
+@dataclass(frozen=True, slots=True)
+class Filters:
+    """Which records `history` shows: by job, outcome, lock keys, time."""
+
+    job: str | None = None
+    outcome: str | None = None
+    since: datetime | None = None
+    locks: frozenset[str] | None = None  # None: any lock key
+
+    def match(self, record: Mapping[str, Any], floor: str) -> bool:
+        return (
+            record.get("event") in ("attempt_finished", "slot_skipped")
+            and (self.job is None or record.get("job") == self.job)
+            and (self.outcome is None or record.get("outcome") == self.outcome)
+            and (self.locks is None or record.get("lock_key") in self.locks)
+            and str(record.get("time", "")) >= floor
+        )
+
+
+def records(store: Store, wanted: Filters, limit: int | None = 50) -> list[dict[str, Any]]:
+    """The finished-attempt and skipped-slot records `wanted` matches, oldest first (the
+    newest `limit`), as stored."""
+    floor = iso(wanted.since) or ""
+    found: list[dict[str, Any]] = []
+    for record in store.records(wanted.since, newest_first=True):
+        if limit is not None and len(found) >= limit:
+            break
+        if wanted.match(record, floor):
+            found.append(record)
+    found.reverse()
+    return found
+
+
 def history(
     store: Store,
     *,
@@ -455,21 +488,31 @@ def history(
 ) -> list[RunRow]:
     """Finished attempts and skipped slots matching the filters, oldest first (the newest
     `limit`)."""
-    floor = iso(since) or ""
-    rows: list[RunRow] = []
-    for record in store.records(since, newest_first=True):
-        if limit is not None and len(rows) >= limit:
-            break
-        if (
-            record.get("event") in ("attempt_finished", "slot_skipped")
-            and (job is None or record.get("job") == job)
-            and (outcome is None or record.get("outcome") == outcome)
-            and (lock is None or record.get("lock_key") == lock)
-            and str(record.get("time", "")) >= floor
-        ):
-            rows.append(run_row(record))
-    rows.reverse()
-    return rows
+    wanted = Filters(job, outcome, since, frozenset([lock]) if lock is not None else None)
+    return [run_row(r) for r in records(store, wanted, limit)]
+
+
+def locks_of(store: Store, lock: str | None, workdir: str | None) -> frozenset[str] | None:
+    """The lock keys `--lock` and `--workdir` stand for (a workdir: the lock keys of the jobs
+    working there, and the directory itself, a job's default key); None: no filter."""
+    if lock is None and workdir is None:
+        return None
+    keys: set[str] = set() if lock is None else {lock}
+    if workdir is not None:
+        import os
+
+        where = os.path.realpath(os.path.expanduser(workdir))
+        keys.add(where)
+        keys |= {job.parsed.lock for job in store.applied().values() if job.parsed.workdir == where}
+    return frozenset(keys)
+
+
+def ever_ran(store: Store, job: str, days: int = 30) -> bool:
+    """Whether `job` has records in the last `days` (a job deleted since still has history)."""
+    from datetime import UTC
+
+    since = datetime.now(UTC) - timedelta(days=days)
+    return any(r.get("job") == job for r in store.records(since, newest_first=True))
 
 
 def run_row(record: Mapping[str, Any]) -> RunRow:

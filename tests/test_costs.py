@@ -83,7 +83,7 @@ def test_history_shows_each_attempts_cost_estimated_or_not_and_its_turns(
     table = aj("history").out.splitlines()
     header = table[0].split()
     assert header[6:] == ["DURATION", "COST", "TURNS", "DETAIL"]
-    assert [line.split()[7:9] for line in table[1:]] == [
+    assert [line.split()[9:11] for line in table[1:]] == [
         ["$0.2500", "3"],
         ["~$0.0060", "1"],
         ["-", "-"],

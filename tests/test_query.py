@@ -187,3 +187,33 @@ def test_logs_of_a_job_name_show_its_latest_run(ajs: Any, jobs_dir: Path, state:
     assert "has not run yet" in ajs("logs", "a").err
     assert ajs("run", "a").code == 0
     assert ajs("logs", "a").out == "hello\n"
+
+
+def test_history_filters_and_errors_name_what_is_valid(
+    ajs: Any, jobs_dir: Path, state: State, tmp_path: Path
+) -> None:
+    from agentjobs.cli import OUTCOMES
+    from agentjobs.retry import Outcome
+
+    assert set(OUTCOMES) == {o.value for o in Outcome}
+    other = tmp_path / "other"
+    other.mkdir()
+    write(jobs_dir / "a.yaml", job("print", "a"))
+    write(jobs_dir / "b.yaml", job("print", "b", workdir=str(other)))
+    assert ajs("apply").code == 0
+    assert ajs("run", "a").code == 0
+    assert ajs("run", "b").code == 0
+    by_workdir = json.loads(ajs("history", "--workdir", str(other), "-o", "json").out)
+    assert [r["job"] for r in by_workdir] == ["b"]
+    by_lock = json.loads(ajs("history", "--lock", str(other), "-o", "json").out)
+    assert [r["job"] for r in by_lock] == ["b"]
+    unknown = ajs("history", "nope")
+    assert unknown.code == 2
+    assert "no job named 'nope' has applied or run (jobs: a, b)" in unknown.err
+    bad = ajs("history", "--outcome", "failure")
+    assert bad.code == 2
+    assert "'failure' is not one of 'succeeded', 'failed'" in bad.err
+    since = ajs("history", "--since", "yesterday")
+    assert since.code == 2
+    assert "--since yesterday: neither a duration ago" in since.err
+    assert "--now" not in since.err
