@@ -1127,7 +1127,7 @@ def dlq_list(ctx: Context, show_all: bool) -> None:
             e["id"],
             e["job"],
             e["status"],
-            e["created_at"],
+            _when(e["created_at"]),
             str(len(e["attempts"])),
             _cost_text(e["cost_usd"], e["cost_estimated"]),
             e["attempts"][-1]["outcome"] if e["attempts"] else "-",
@@ -1155,7 +1155,7 @@ def dlq_show(ctx: Context, entry_id: str) -> None:
         return
     click.echo(
         f"dead letter {entry['id']}: job {entry['job']}, {entry['status']}, "
-        f"created {entry['created_at']}"
+        f"created {_when(entry['created_at'])}"
     )
     click.echo(f"reason: {entry['reason']}")
     if spent is not None:
@@ -1167,12 +1167,12 @@ def dlq_show(ctx: Context, entry_id: str) -> None:
     if entry.get("note"):
         click.echo(f"note: {entry['note']}")
     for replay in entry.get("replays", []):
-        click.echo(f"replayed as run {replay['run_id']} at {replay['at']}")
+        click.echo(f"replayed as run {replay['run_id']} at {_when(replay['at'])}")
     for a in entry["attempts"]:
         cost = costs.attempt_cost(a)
         click.echo(
             f"- attempt {a['attempt']}: {a['outcome']} "
-            f"{a.get('error') or ''} ({a['started_at']} .. {a['finished_at']}) "
+            f"{a.get('error') or ''} ({_when(a['started_at'])} .. {_when(a['finished_at'])}) "
             f"log {a.get('log_path')}"
             + (f", cost {_cost_text(cost.usd, cost.estimated)}" if cost else "")
         )

@@ -234,7 +234,7 @@ def test_dead_letters_show_what_the_run_cost(aj, agents: Any, jobs_dir: Path) ->
     assert (entry["cost_usd"], entry["cost_estimated"]) == (0.5, False)
     table = aj("dlq", "list").out.splitlines()
     assert table[0].split()[4:7] == ["ATTEMPTS", "COST", "LAST"]
-    assert table[1].split()[4:7] == ["2", "$0.5000", "failed"]
+    assert table[1].split()[6:9] == ["2", "$0.5000", "failed"]
     shown = aj("dlq", "show", entry["id"])
     assert "cost: $0.5000 over 2 attempts" in shown.out
     assert shown.out.count(", cost $0.2500") == 2
