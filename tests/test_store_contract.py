@@ -17,6 +17,7 @@ from agentjobs.errors import UserError
 from agentjobs.store import (
     AppliedChange,
     AppliedJob,
+    CancelRequest,
     Claim,
     ClaimRequest,
     JobState,
@@ -120,6 +121,34 @@ def test_snapshots_are_copies(store: Store) -> None:
     snapshot = store.runtime()
     snapshot.queue.clear()
     assert set(store.runtime().queue) == {"a@1"}
+
+
+def test_one_queue_item_reads_as_another_process_last_wrote_it(store: Store) -> None:
+    # what an attempt's supervisor looks at every second for a cancel (cancel.py)
+    assert store.queue_item("a@1") is None
+    with store.transaction(5) as runtime:
+        runtime.queue["a@1"] = _item(1)
+    assert store.queue_item("a@1") == _item(1)
+    other = store.reopened()  # `agentjobs cancel`, in another process
+    try:
+        with other.transaction(5) as runtime:
+            runtime.queue["a@1"] = dataclasses.replace(
+                _item(1),
+                cancel_by="alice",
+                cancel_at="2026-11-23T12:05:00+00:00",
+                cancel_reason="x",
+            )
+        seen = store.queue_item("a@1")
+        assert seen is not None
+        assert seen.cancel == CancelRequest("alice", "2026-11-23T12:05:00+00:00", "x")
+        assert store.runtime().queue["a@1"] == seen
+        with other.transaction(5) as runtime:
+            del runtime.queue["a@1"]
+        assert store.queue_item("a@1") is None
+    finally:
+        close = getattr(other, "close", None)  # a PostgresStore's connections
+        if close is not None:
+            close()
 
 
 def test_the_lock_times_out_with_a_clear_error(store: Store, tmp_path: Path) -> None:

@@ -153,6 +153,16 @@ _QUEUE_STATES: dict[str, QueueState] = {state.value: state for state in QueueSta
 
 
 @dataclass(frozen=True, slots=True)
+class CancelRequest:
+    """A person's cancel of a running attempt (`agentjobs cancel`, cancel.py): who, when (UTC),
+    why. Kept on the running item, where the attempt's supervisor, on whichever host, looks."""
+
+    by: str
+    at: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
 class QueueItem:
     """A run waiting for, or holding, its lock key.
 
@@ -188,6 +198,11 @@ class QueueItem:
     cap_usd: float | None = None
     fallback: int | None = None
     fallback_reason: str | None = None
+    # a person cancelled this running attempt (`CancelRequest`, cancel.py): its supervisor
+    # stops it and records it `cancelled`; a settle that would retry the run ends it instead
+    cancel_by: str | None = None
+    cancel_at: str | None = None
+    cancel_reason: str | None = None
 
     # (priority rank, queued_at, id): the claim order, computed once (a claim finds the first
     # of a thousand queued items with `min` on it)
@@ -201,6 +216,13 @@ class QueueItem:
         set_ = object.__setattr__
         set_(self, "state", state)
         set_(self, "order", (PRIORITY_RANK.get(self.priority, 1), self.queued_at, self.id))
+
+    @property
+    def cancel(self) -> CancelRequest | None:
+        """The cancel a person requested for this running attempt, if any."""
+        if self.cancel_by is None:
+            return None
+        return CancelRequest(self.cancel_by, self.cancel_at or "", self.cancel_reason or "")
 
     def to_dict(self) -> dict[str, Any]:
         # None fields are left out (from_dict restores them): a smaller runtime.json to fsync
@@ -449,6 +471,8 @@ class Store(Protocol):
       (`GlobalConfig.to_dict()`, `{}` before any apply).
     - `applied_version()`: an opaque value that changes whenever the applied jobs change.
     - `runtime()`: a snapshot of job states and the queue (no lock; never torn).
+    - `queue_item(id)`: one queued or running item as last written, or None (no lock; cheap
+      enough for a supervisor to look for a cancel of its attempt every second).
     - `transaction(timeout)`: lock, read the runtime, yield it for changes, write it back
       atomically if it changed. Enqueueing a slot and advancing its job's marker in one
       transaction is what makes slots fire exactly once.
@@ -525,6 +549,8 @@ class Store(Protocol):
     def applied_version(self) -> str: ...
 
     def runtime(self) -> Runtime: ...
+
+    def queue_item(self, item_id: str) -> QueueItem | None: ...
 
     def transaction(self, timeout: float) -> AbstractContextManager[Runtime]: ...
 

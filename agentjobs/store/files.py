@@ -621,6 +621,15 @@ class FileStore:
         """The job states and the queue. A missing runtime.json after an apply, or one of the
         wrong shape, is refused (`StateDamagedError`): starting over from nothing would drop
         pending retries and run every job again at once (issue 10, item 9)."""
+        return _copy(self._current())  # callers change theirs; the cached one stays as on disk
+
+    @_guarded("read")
+    def queue_item(self, item_id: str) -> QueueItem | None:
+        """A stat of runtime.json, and a read only when another process replaced it."""
+        return self._current().queue.get(item_id)
+
+    def _current(self) -> Runtime:
+        """runtime.json as last read (read again when its signature changed): not a copy."""
         path = self.root / "runtime.json"
         signature = self._signature(path)
         cached = self._runtime_cache
@@ -642,7 +651,7 @@ class FileStore:
             )
             if signature is not None:
                 self._runtime_cache = (signature, current)
-        return _copy(current)  # callers change theirs; the cached one stays as it is on disk
+        return current
 
     def runtime_problem(self) -> str | None:
         """Why runtime.json cannot be used (missing after an apply, damaged), or None."""

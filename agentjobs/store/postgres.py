@@ -650,6 +650,14 @@ class PostgresStore:
         with self._db() as conn:  # one statement: one snapshot
             return self._read_runtime(conn)[0]
 
+    @_again_once
+    def queue_item(self, item_id: str) -> QueueItem | None:
+        with self._db() as conn:
+            row = conn.execute(
+                f"SELECT data FROM {SCHEMA}.queue WHERE id = %s", (item_id,)
+            ).fetchone()
+        return None if row is None else QueueItem.from_dict(row[0])
+
     # -- the protocol: writes --------------------------------------------------------------
 
     @contextmanager
