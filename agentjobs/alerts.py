@@ -42,7 +42,7 @@ def measure(store: Store, alerts: Mapping[str, Any], now: datetime) -> dict[str,
             for r in store.records(since)
             if r.get("event") == "attempt_finished"
             and r.get("time", "") >= floor
-            and r.get("outcome") not in ("interrupted", "rate_limited")
+            and r.get("outcome") not in ("interrupted", "rate_limited", "cancelled")
         ]
         failed = sum(1 for o in outcomes if o != "succeeded")
         share = failed / len(outcomes) if outcomes else 0.0

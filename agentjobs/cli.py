@@ -33,9 +33,11 @@ from agentjobs.errors import (
 if TYPE_CHECKING:
     import threading
 
+    from agentjobs.cancel import Cancellation, CancelSwitch
     from agentjobs.clock import Clock
     from agentjobs.engine import Engine
     from agentjobs.reconcile import Plan
+    from agentjobs.runrecords import AttemptFinished
     from agentjobs.settle import AttemptResult
     from agentjobs.store import AppliedJob, Runtime, Store
     from agentjobs.transcript import Transcript
@@ -55,6 +57,7 @@ OUTCOMES = (
     "skipped",
     "rate_limited",
     "budget",
+    "cancelled",
 )
 
 
@@ -694,26 +697,126 @@ def tick(
         raise Exit(EXIT_FAILED)
 
 
+class _OnInterrupt:
+    """`run`'s Ctrl-C, inside its `_Shutdown` (SIGTERM stays the shutdown's): `retry` stops
+    the attempt as a shutdown does (recorded `interrupted`, retried); `cancel` arms the
+    engine's cancel switch (recorded `cancelled`, never retried); `ask` asks on the terminal,
+    once, from a thread (the output keeps streaming meanwhile; `before_asking` quiets what
+    would draw over the question). A Ctrl-C after the first does not wait for an answer: it
+    stops the attempt. The exit code stays 130."""
+
+    def __init__(
+        self,
+        shutdown: _Shutdown,
+        choice: str,
+        switch: CancelSwitch | None,
+        before_asking: Callable[[], None] = lambda: None,
+    ) -> None:
+        self.shutdown, self.choice, self.switch = shutdown, choice, switch
+        self.before_asking = before_asking
+        self._first = True
+
+    def __enter__(self) -> _OnInterrupt:
+        import signal
+
+        self._old = signal.signal(signal.SIGINT, self._handler)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        import signal
+
+        signal.signal(signal.SIGINT, self._old)
+
+    def _handler(self, number: int, _frame: object) -> None:
+        import threading
+
+        self.shutdown.signal = number
+        first, self._first = self._first, False
+        if not first or self.switch is None:
+            self.shutdown.stop.set()
+        elif self.choice == "cancel":
+            self.switch.event.set()
+        else:
+            threading.Thread(target=self._ask, args=(self.switch,), daemon=True).start()
+
+    def _ask(self, switch: CancelSwitch) -> None:
+        self.before_asking()
+        click.echo(
+            "\nagentjobs: cancel the run, or leave it to be retried? [c/R] ", err=True, nl=False
+        )
+        try:  # the descriptor, not sys.stdin: a thread blocked holding its buffer's lock
+            # would abort the interpreter's exit should the run end first
+            answer = os.read(0, 256).decode(errors="replace")
+        except OSError:
+            answer = ""
+        if answer.strip().lower() in ("c", "cancel"):
+            switch.event.set()
+        else:
+            self.shutdown.stop.set()
+
+
+def _user() -> str:
+    """Who is cancelling, for the record: $USER, else the login name."""
+    import getpass
+
+    try:
+        return os.environ.get("USER") or getpass.getuser()
+    except (KeyError, OSError):
+        return f"uid {os.getuid()}"
+
+
 @cli.command()
 @click.argument("job")
 @click.option("--wait", is_flag=True, help="Wait for the lock key instead of leaving it queued.")
 @click.option(
     "--pretty", is_flag=True, help="Render an agent's JSON events as readable lines as they come."
 )
+@click.option(
+    "--on-interrupt",
+    type=click.Choice(["cancel", "retry"]),
+    default=None,
+    help="What Ctrl-C does: cancel the run (never retried), or stop the attempt and leave the "
+    "run to be retried [default: ask on a terminal, else retry].",
+)
 @_host_options
 @pass_ctx
-def run(ctx: Context, job: str, wait: bool, pretty: bool, host_id: str | None, labels: str) -> None:
+def run(
+    ctx: Context,
+    job: str,
+    wait: bool,
+    pretty: bool,
+    on_interrupt: str | None,
+    host_id: str | None,
+    labels: str,
+) -> None:
     """Run JOB now, in the foreground, streaming its output."""
     import contextlib
 
+    from agentjobs.cancel import Cancellation, CancelSwitch
     from agentjobs.liveview import LiveView
 
     engine = _engine(ctx, stream=not ctx.json, host=host_id, labels=labels)
     view = LiveView(pretty=pretty) if engine.on_output is not None else None
     if view is not None:
         engine.on_output = view.write
-    with _Shutdown(engine.stop) as shutdown, view or contextlib.nullcontext():
+    terminal = sys.stdin is not None and sys.stdin.isatty()
+    choice = on_interrupt or ("ask" if terminal else "retry")
+    if choice != "retry":
+        engine.cancel = CancelSwitch(_user(), "Ctrl-C on agentjobs run")
+    with (
+        _Shutdown(engine.stop) as shutdown,
+        _OnInterrupt(shutdown, choice, engine.cancel, view.hush if view else lambda: None),
+        view or contextlib.nullcontext(),
+    ):
         item, outcome = engine.run_now(job, wait=wait)
+    if isinstance(outcome, Cancellation):  # cancelled while it waited for its lock key
+        if ctx.json:
+            _emit_json({"run_id": item.run_id, "started": False, "cancelled": outcome.to_dict()})
+        else:
+            click.echo(
+                f"agentjobs: {job}: cancelled before it started [run {item.run_id}]", err=True
+            )
+        raise Exit(shutdown.code or EXIT_OK)
     if isinstance(outcome, str):
         message = f"{job}: not started: {outcome}; run {item.run_id} stays queued for a later tick"
         if ctx.json:
@@ -744,6 +847,73 @@ def run(ctx: Context, job: str, wait: bool, pretty: bool, host_id: str | None, l
         raise Exit(shutdown.code)
     if not outcome.ok:
         raise Exit(EXIT_FAILED)
+
+
+@cli.command("cancel")
+@click.argument("run_id", metavar="RUN")
+@click.option(
+    "--reason", default="agentjobs cancel", show_default=True, help="Why, for the record."
+)
+@click.option("--no-wait", is_flag=True, help="Do not wait for a running attempt to be stopped.")
+@pass_ctx
+def cancel_run(ctx: Context, run_id: str, reason: str, no_wait: bool) -> None:
+    """Cancel RUN (a run id, or any unique start of one): a queued run is removed; a running
+    attempt is stopped by its supervisor (TERM, kill_grace, KILL of its whole process group,
+    on whichever host) and recorded `cancelled`. Never retried, never dead-lettered."""
+    from agentjobs import cancel
+
+    engine = _engine(ctx)
+    done = cancel.cancel(engine, run_id, _user(), reason)
+    settled, record = None, None
+    if done.was == "running" and not no_wait:
+        settled, record = cancel.wait_settled(engine.store, done)
+    if ctx.json:
+        outcome = str(record.outcome) if record else None
+        _emit_json({**done.to_dict(), "settled": settled, "outcome": outcome})
+    else:
+        click.echo(_cancelled_text(done, settled, record))
+    if settled is False:
+        raise Exit(EXIT_FAILED)
+
+
+def _cancelled_text(
+    done: Cancellation, settled: bool | None, record: AttemptFinished | None
+) -> str:
+    from agentjobs.cancel import POLL_S
+
+    run = f"run {done.run_id} (job {done.job}"
+    if done.was == "over":
+        return f"{run}) is already cancelled (by {done.by} at {done.at})"
+    if done.was == "queued":
+        return f"cancelled {run}): removed from the queue before attempt {done.attempt} ran"
+    where = f"{run}, attempt {done.attempt}{f' on host {done.host}' if done.host else ''})"
+    asked = f"already cancelled by {done.by} at {done.at}; " if done.already else ""
+    if settled is None:
+        grace = f"{done.kill_grace:g}s" if done.kill_grace is not None else "kill_grace"
+        return (
+            f"cancelling {where}: {asked}its supervisor stops it within about {POLL_S:g}s "
+            f"(TERM, then KILL after {grace})"
+        )
+    if not settled:
+        return (
+            f"{where}: {asked}the cancel is recorded, but the attempt still runs: its supervisor "
+            "stops it once it looks (or, if it is gone, the run is recorded once its lease or "
+            "key is free)"
+        )
+    if record is None:
+        return f"{where}: {asked}no longer running; see `agentjobs history`"
+    if record.outcome == "cancelled":
+        how = f" with {record.signal}" if record.signal else ""
+        return (
+            f"cancelled {where}: {asked}stopped{how} after {record.duration_s}s of running; "
+            f"log {record.log_path}"
+        )
+    first = f"{where}: {asked}it ended ({record.outcome}) before its supervisor saw the cancel"
+    if record.outcome == "succeeded":
+        return f"{first}; nothing was cancelled"
+    if record.next == "dead_letter":
+        return f"{first}, and is dead-lettered: see `agentjobs dlq show {done.run_id}`"
+    return f"{first}; the run is not retried"
 
 
 @cli.command()

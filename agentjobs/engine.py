@@ -34,6 +34,7 @@ from agentjobs.store import (
 )
 
 if TYPE_CHECKING:
+    from agentjobs.cancel import Cancellation, CancelSwitch
     from agentjobs.daemon import Workers
     from agentjobs.notify import Notifier
     from agentjobs.settle import AttemptResult, Recorder, Settlement
@@ -75,6 +76,8 @@ class Engine:
     lock_timeout: float = DEFAULT_LOCK_TIMEOUT
     max_concurrent: int | None = None  # None: the applied global config's (default 2)
     stop: threading.Event = field(default_factory=threading.Event)
+    # armed (`agentjobs run`'s Ctrl-C): what runs in the foreground is cancelled, not stopped
+    cancel: CancelSwitch | None = None
     on_output: Callable[[bytes], None] | None = None  # live output (run in the foreground)
     say: Callable[[str], None] = lambda _line: None  # progress and retry log lines
     notifier: Notifier | None = None  # None: made on first use
@@ -396,6 +399,8 @@ class Engine:
                 after_fork=claim.hold.let_go,
                 settle=by_tick,
                 stop=self.stop,
+                cancel=self.cancel.event if self.cancel is not None else None,
+                on_cancel=lambda: self._cancel_claimed(claim),
                 say=self._tell,
                 on_output=self.on_output,
             )
@@ -423,6 +428,23 @@ class Engine:
                 next_at=None,
                 log_path=str(self.store.log_path(item.run_id, item.attempt)),
             ).to_dict()
+
+    def _cancel_claimed(self, claim: Claim) -> None:
+        """The foreground attempt's cancel (`self.cancel` armed): recorded in the state, where
+        its supervisor sees it (cancel.py). Should the state refuse the write, the attempt is
+        stopped as by a shutdown instead (and retried), and the person is told."""
+        from agentjobs import cancel
+
+        assert self.cancel is not None
+        item = claim.item
+        try:
+            cancel.cancel_run(self, item.run_id, self.cancel.by, self.cancel.reason)
+        except UserError as exc:
+            self._tell(
+                f"{item.job}: run {item.run_id}: cannot record the cancel ({exc}); stopping the "
+                "attempt instead: it is retried"
+            )
+            self.stop.set()
 
     def _settle_claimed(
         self, claim: Claim, finished: Mapping[str, Any], claim_next: bool = False
@@ -518,6 +540,12 @@ class Engine:
             runtime.queue.pop(item.id, None)
         if done.dead_letter is not None:
             self.store.put_dead_letter(done.dead_letter.to_dict())
+        cancel = item.cancel
+        if done.cancelled is not None and cancel is not None:  # the retry a cancel dropped
+            record = self._record(
+                "cancelled", done.cancelled, applied, by=cancel.by, reason=cancel.reason
+            )
+            self.store.append_records([record], self.clock.now())
         if done.message:
             self._tell(done.message)
         if applied is not None:
@@ -581,12 +609,18 @@ class Engine:
 
     def run_now(
         self, job: str, wait: bool = False, poll: float = 0.25
-    ) -> tuple[QueueItem, AttemptResult | str]:
-        """Enqueue a manual run and run it in the foreground; or say what holds it back."""
+    ) -> tuple[QueueItem, AttemptResult | Cancellation | str]:
+        """Enqueue a manual run and run it in the foreground; or say what holds it back. With
+        `self.cancel` armed while it waits for its key (`wait`), the run is cancelled."""
         from agentjobs import operate
 
         item = operate.enqueue_manual(self, job)
         while True:
+            if self.cancel is not None and self.cancel.event.is_set():
+                from agentjobs import cancel
+
+                switch = self.cancel
+                return item, cancel.cancel_run(self, item.run_id, switch.by, switch.reason)
             claim = self._claim(only=item.id)
             if isinstance(claim, Claim):
                 try:

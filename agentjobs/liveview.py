@@ -64,6 +64,13 @@ class LiveView:
                 sys.stdout.buffer.flush()
                 self._line_start = data.endswith(b"\n")
 
+    def hush(self) -> None:
+        """No elapsed-time line from now on (a question waits on the terminal, and a redraw
+        would wipe it); the output still streams."""
+        self._stop.set()
+        with self._lock:
+            self._wipe()
+
     def _lines(self, lines: list[str]) -> None:
         for line in lines:
             sys.stdout.write(line + "\n")

@@ -455,7 +455,7 @@ class Filters:
 
     def match(self, record: Mapping[str, Any], floor: str) -> bool:
         return (
-            record.get("event") in ("attempt_finished", "slot_skipped")
+            record.get("event") in ("attempt_finished", "slot_skipped", "cancelled")
             and (self.job is None or record.get("job") == self.job)
             and (self.outcome is None or record.get("outcome") == self.outcome)
             and (self.locks is None or record.get("lock_key") in self.locks)
@@ -464,8 +464,8 @@ class Filters:
 
 
 def records(store: Store, wanted: Filters, limit: int | None = 50) -> list[dict[str, Any]]:
-    """The finished-attempt and skipped-slot records `wanted` matches, oldest first (the
-    newest `limit`), as stored."""
+    """The finished-attempt, skipped-slot and cancelled-run records `wanted` matches, oldest
+    first (the newest `limit`), as stored."""
     floor = iso(wanted.since) or ""
     found: list[dict[str, Any]] = []
     for record in store.records(wanted.since, newest_first=True):
@@ -486,8 +486,8 @@ def history(
     lock: str | None = None,
     limit: int | None = 50,
 ) -> list[RunRow]:
-    """Finished attempts and skipped slots matching the filters, oldest first (the newest
-    `limit`)."""
+    """Finished attempts, skipped slots and runs cancelled while queued matching the filters,
+    oldest first (the newest `limit`)."""
     wanted = Filters(job, outcome, since, frozenset([lock]) if lock is not None else None)
     return [run_row(r) for r in records(store, wanted, limit)]
 

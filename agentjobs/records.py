@@ -31,6 +31,7 @@ EVENTS = (
     "dead_lettered",
     "replayed",
     "resolved",
+    "cancelled",
 )
 
 

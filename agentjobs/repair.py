@@ -168,7 +168,7 @@ def rebuild(
                 runs.pop(run_id, None)  # done or dead-lettered
         elif event == "replayed":
             _track(runs, run_id, record)
-        elif event == "dead_lettered":
+        elif event in ("dead_lettered", "cancelled"):  # over: a cancel removed its retry
             runs.pop(run_id, None)
     runtime = Runtime(holds=holds)
     for name, job in applied.items():

@@ -33,6 +33,7 @@ class Outcome(StrEnum):
     SKIPPED = "skipped"
     RATE_LIMITED = "rate_limited"
     BUDGET = "budget"  # stopped when it spent more than its cap (never retried)
+    CANCELLED = "cancelled"  # stopped by a person (`agentjobs cancel`): the run ends here
 
 
 class Next(StrEnum):
@@ -100,6 +101,8 @@ def decide(
     """What follows an attempt. `attempts_used` counts this attempt if it counts."""
     if outcome == Outcome.SUCCEEDED:
         return Decision(Next.DONE, reason="succeeded")
+    if outcome == Outcome.CANCELLED:  # a person's decision: never retried, never dead-lettered
+        return Decision(Next.DONE, counts=False, reason="cancelled: never retried")
     if outcome in NOT_COUNTED:
         return Decision(Next.RETRY, now, counts=False, reason=f"{outcome.value}: not counted")
     for match in policy.never_on:

@@ -29,6 +29,8 @@ OMITTED_WHEN: dict[str, Any] = {
     "cost_usd": None,
     "hold_until": None,
     "cost_estimated": False,
+    "by": None,
+    "cancelled_at": None,
 }
 
 
@@ -84,6 +86,8 @@ class AttemptFinished(RunRecord):
     hold_until: str | None = None  # until when, if not until the retry (a fallback runs it)
     cost_usd: float | None = None  # the agent's own figure, or estimated (`pricing.py`)
     cost_estimated: bool = False
+    by: str | None = None  # outcome cancelled: who cancelled the attempt
+    cancelled_at: str | None = None  # and when they asked (UTC)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "outcome", Outcome(self.outcome))
@@ -128,9 +132,32 @@ class Resolved(RunRecord):
     note: str
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Cancelled(RunRecord):
+    """A run that a person cancelled while it waited in the queue (its `attempt` never ran):
+    removed, never retried, never dead-lettered. A running attempt that is cancelled ends
+    with its `attempt_finished` instead (outcome `cancelled`, `by`, `cancelled_at`)."""
+
+    event: ClassVar[str] = "cancelled"
+    by: str  # the user who cancelled it
+    reason: str
+    outcome: Outcome = Outcome.CANCELLED
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "outcome", Outcome(self.outcome))
+
+
 BY_EVENT: dict[str, type[RunRecord]] = {
     cls.event: cls
-    for cls in (AttemptStarted, AttemptFinished, SlotSkipped, DeadLettered, Replayed, Resolved)
+    for cls in (
+        AttemptStarted,
+        AttemptFinished,
+        SlotSkipped,
+        DeadLettered,
+        Replayed,
+        Resolved,
+        Cancelled,
+    )
 }
 
 

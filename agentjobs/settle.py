@@ -20,7 +20,15 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from agentjobs.clock import iso, parse
-from agentjobs.store import AppliedJob, AttemptSummary, DeadLetter, JobState, QueueItem, QueueState
+from agentjobs.store import (
+    AppliedJob,
+    AttemptSummary,
+    CancelRequest,
+    DeadLetter,
+    JobState,
+    QueueItem,
+    QueueState,
+)
 
 if TYPE_CHECKING:
     import random
@@ -66,6 +74,7 @@ class Ended:
     agent: dict[str, Any] | None = None  # the agent's facts (session id, cost...)
     permanent: bool = False  # the agent said a retry cannot fix it
     reset_at: datetime | None = None  # when the agent's usage limit resets
+    cancel: CancelRequest | None = None  # outcome cancelled: who asked, when
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,6 +179,7 @@ def finish_records(
         **({"hold": hold} if hold else {}),
         **({"hold_until": hold_until} if hold_until else {}),
         **_cost(ended.agent),
+        **({"by": ended.cancel.by, "cancelled_at": ended.cancel.at} if ended.cancel else {}),
     )
     if decision.next != Next.DEAD_LETTER:
         return [finished]
@@ -212,6 +222,9 @@ class Settlement:
     pings: tuple[str, ...]  # health-check pings (`notify.ping`)
     fields: Mapping[str, Any]  # what every event of this settlement says
     message: str | None  # one line for whoever watches (a retry, a dead letter)
+    # the retry a person's cancel dropped (the attempt ended by itself before its supervisor
+    # saw the cancel): the engine records it `cancelled` (`Engine._settle`)
+    cancelled: QueueItem | None = None
 
 
 def settle(
@@ -236,8 +249,17 @@ def settle(
         output_tail=(finished.get("output_tail") or "")[-1024:],
         agent=finished.get("agent"),
     )
-    retry = dead = message = None
-    if next_step == "retry":
+    retry = dead = message = cancelled = None
+    cancel = item.cancel
+    if next_step == "retry" and cancel is not None:
+        # cancelled while it ended by itself: the run ends, its retry is recorded cancelled
+        cancelled = _next_attempt(item, job, outcome, next_at or stamp, summary)
+        next_step, next_at = "done", None
+        message = (
+            f"{item.job}: run {item.run_id} attempt {item.attempt} {outcome}"
+            f"{f' ({error})' if error else ''}; not retried: cancelled by {cancel.by}"
+        )
+    elif next_step == "retry":
         retry = _next_attempt(item, job, outcome, next_at or stamp, summary)
         message = (
             f"{item.job}: run {item.run_id} attempt {item.attempt} {outcome}"
@@ -270,11 +292,12 @@ def settle(
         retry=retry,
         dead_letter=dead,
         hold=_hold(finished),
-        state=_job_state(state, job, item, outcome, stamp, next_step),
+        state=job_state_after(state, job, item, outcome, stamp, next_step),
         events=events if job is not None and job.parsed.notify is not None else (),
         pings=pings if job is not None and job.parsed.notify is not None else (),
         fields={"outcome": outcome, "error": error, "next": next_step, "next_attempt_at": next_at},
         message=message,
+        cancelled=cancelled,
     )
 
 
@@ -298,7 +321,7 @@ def _next_attempt(
     )
 
 
-def _job_state(
+def job_state_after(
     state: JobState | None,
     job: AppliedJob | None,
     item: QueueItem,
@@ -306,6 +329,8 @@ def _job_state(
     stamp: str,
     next_step: str,
 ) -> JobState | None:
+    """The job's state once `item`'s run took a step: its last run and outcome, and, when the
+    run is over, its next `every` slot."""
     if state is None:
         return None
     state = dataclasses.replace(
@@ -337,8 +362,10 @@ def finish_events(
         recovered = ("recovered",) if previous not in (None, "succeeded") else ()
         return ("succeeded", *recovered), ("success",)
     specific = {"timeout": "timeout", "silence": "silence", "rate_limited": "rate_limited"}
-    events = () if outcome == "interrupted" else (specific.get(outcome, "failed"),)
-    pings = () if outcome in ("interrupted", "rate_limited") else ("fail",)
+    # neither is the job's failure: a shutdown's, a person's decision
+    quiet = outcome in ("interrupted", "cancelled")
+    events = () if quiet else (specific.get(outcome, "failed"),)
+    pings = () if quiet or outcome == "rate_limited" else ("fail",)
     if dlq_id:
         events = (*events, "dead_lettered")
     return events, pings

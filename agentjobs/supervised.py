@@ -22,6 +22,7 @@ from agentjobs.store import AppliedJob, Claim, QueueItem, Store
 if TYPE_CHECKING:
     from agentjobs.engine import Engine
     from agentjobs.progress import Reporter
+    from agentjobs.runner import StopFlag
 
 _T = TypeVar("_T")
 _REOPENED: dict[tuple[int, int], Store] = {}
@@ -49,6 +50,7 @@ def handle(tick: Engine, request: dict[str, Any], fds: list[int], channel: Any) 
         on_output=channel.output,
         say=channel.say,
         notifier=None,
+        cancel=None,  # the tick's: a cancel reaches this process through the state
         _messages=[],
         _failures=[],
         _guard=threading.Lock(),
@@ -88,18 +90,47 @@ def attempt(engine: Engine, claim: Claim, channel: Any) -> AttemptResult:
 def run(engine: Engine, claim: Claim, progress: Reporter | None = None) -> Ended:
     """Run the attempt under its limits (attempt.py) and stop whatever it left behind;
     `progress` is kept while it runs."""
+    from agentjobs.cancel import Watch
+    from agentjobs.runner import AnyStop
+
+    item, hold = claim.item, claim.hold
+    # a person's cancel (cancel.py), seen in the state, stops the attempt as a shutdown would
+    watch = Watch(engine.store, item)
+    flags: list[tuple[StopFlag, Callable[[], str]]] = [
+        (engine.stop, lambda: "stopped by shutdown"),
+        (watch, watch.why),
+    ]
+    if hold.lost is not None:  # a lost lease stops the attempt like a shutdown would
+        flags.append((hold.lost, lambda: hold.reason))
+    watch.start()
+    try:
+        ended = _run(engine, claim, AnyStop(*flags), progress)
+    finally:
+        watch.stop()
+    cancel = watch.request
+    if cancel is not None and ended.outcome != "succeeded":
+        # a person's decision: the run ends here (never retried, never dead-lettered)
+        by_itself = "" if ended.outcome == "interrupted" else f"; it had ended: {ended.outcome}"
+        ended = dataclasses.replace(
+            ended,
+            outcome="cancelled",
+            error=f"cancelled by {cancel.by}: {cancel.reason}{by_itself}",
+            permanent=False,
+            reset_at=None,
+            cancel=cancel,
+        )
+    return ended
+
+
+def _run(engine: Engine, claim: Claim, stop: StopFlag, progress: Reporter | None) -> Ended:
+    """The attempt under `stop`, its end as the runner and the agent's judge saw it."""
     from agentjobs.attempt import run_attempt
     from agentjobs.pricing import price_table
-    from agentjobs.runner import AnyStop, StopFlag, kill_descendants
+    from agentjobs.runner import kill_descendants
 
     item, hold = claim.item, claim.hold
     log_path = engine.store.log_path(item.run_id, item.attempt)
     started_at = engine._now()
-    stop: StopFlag = engine.stop
-    if hold.lost is not None:  # a lost lease stops the attempt like a shutdown would
-        stop = AnyStop(
-            (engine.stop, lambda: "stopped by shutdown"), (hold.lost, lambda: hold.reason)
-        )
 
     def started(pid: int) -> None:
         hold.started(pid)  # a lease's renewals and fence, now that the group exists

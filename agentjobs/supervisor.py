@@ -242,13 +242,17 @@ def supervise(
     stop: threading.Event,
     say: Callable[[str], None],
     on_output: Callable[[bytes], None] | None,
+    cancel: threading.Event | None = None,
+    on_cancel: Callable[[], None] = lambda: None,
 ) -> dict[str, Any]:
     """Run `request` in a supervisor process of `lane`; its result dict comes back.
 
     `keep_fds` (the attempt's lock descriptors) stay open in the supervisor; `after_fork()` runs
     here once the supervisor holds them (to let go of this process's copies); `settle(record)`
     is called here with the attempt's `attempt_finished` record once the supervisor appended
-    it, and says whether it settled the attempt (else the supervisor does). Raises
+    it, and says whether it settled the attempt (else the supervisor does). `stop` set: the
+    supervisor is told to interrupt the attempt (SIGTERM); `cancel` set: `on_cancel()` is
+    called here, once (it records a cancel the supervisor finds in the state). Raises
     `FinishPending` (the supervisor keeps trying to record) or `SupervisorLost`.
     """
     out_r, out_w = os.pipe2(os.O_CLOEXEC) if on_output is not None else (-1, -1)
@@ -263,7 +267,7 @@ def supervise(
     reuse = False
     try:
         _tell(link, b"g")
-        result = _wait(pid, link, out_r, stop, say, on_output, settle)
+        result = _wait(pid, link, out_r, stop, say, on_output, settle, (cancel, on_cancel))
         reuse = bool(result.pop("idle", False)) and not stop.is_set()
         return result
     finally:
@@ -289,15 +293,20 @@ def _wait(
     say: Callable[[str], None],
     on_output: Callable[[bytes], None] | None,
     settle: Callable[[dict[str, Any]], bool],
+    cancel: tuple[threading.Event | None, Callable[[], None]],
 ) -> dict[str, Any]:
     fds = [link.fileno()] + ([out_r] if out_r >= 0 else [])
     stopped = False
+    cancelled, on_cancel = cancel
     try:
         while fds:
             if stop.is_set() and not stopped:
                 stopped = True
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGTERM)  # graceful: the supervisor interrupts
+            if cancelled is not None and cancelled.is_set():
+                cancelled = None  # once
+                on_cancel()
             ready, _, _ = select.select(fds, [], [], 0.1)
             for fd in ready:
                 if fd == out_r:

@@ -192,6 +192,17 @@ def test_repair_rebuilds_the_pending_retry_and_it_runs(aj: Any) -> None:
     assert len(fine) == 1  # not run again at once
 
 
+def test_repair_leaves_out_a_retry_that_was_cancelled(aj: Any) -> None:
+    # issue 13: a `cancelled` record ends its run; repair must not bring its retry back
+    _with_a_pending_retry(aj)
+    (was,) = json.loads((aj.state / "runtime.json").read_text())["queue"].values()
+    assert aj("cancel", was["run_id"]).returncode == 0
+    result = aj("repair", "--force", "--now", "2026-11-23T12:05:00Z")
+    assert result.returncode == 0, result.stderr
+    assert "0 pending retries" in result.stdout
+    assert json.loads((aj.state / "runtime.json").read_text())["queue"] == {}
+
+
 def test_repair_of_an_attempt_that_started_and_never_finished_records_it_lost_and_retries(
     aj: Any,
 ) -> None:

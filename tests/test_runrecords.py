@@ -57,6 +57,7 @@ EVENTS: dict[str, dict[str, Any]] = {
     "dead_lettered": {"dlq_id": "01M8SAQF08J0ADS1MFMJXBJ5W8", "reason": "x", "outcome": "failed"},
     "replayed": {"dlq_id": "01M8SAQF08J0ADS1MFMJXBJ5W8"},
     "resolved": {"dlq_id": "01M8SAQF08J0ADS1MFMJXBJ5W8", "note": "fixed by hand"},
+    "cancelled": {"by": "alice", "reason": "agentjobs cancel", "outcome": "cancelled"},
 }
 
 
@@ -91,3 +92,18 @@ def test_absent_fields_stay_out_of_the_line_and_unknown_ones_are_refused() -> No
         runrecords.decode({"event": "resolved", **BASE})
     with pytest.raises(ValueError):
         runrecords.make("attempt_finished", **BASE, **{**EVENTS["attempt_finished"], "next": "x"})
+
+
+def test_a_cancelled_attempt_says_who_cancelled_it_and_when_and_others_do_not() -> None:
+    fields = {**EVENTS["attempt_finished"], "outcome": "cancelled", "next": "done"}
+    data = runrecords.encode(
+        runrecords.make("attempt_finished", **BASE, **fields, by="alice", cancelled_at=T)
+    )
+    jsonschema.validate(data, SCHEMA)
+    assert (data["outcome"], data["by"], data["cancelled_at"]) == ("cancelled", "alice", T)
+    plain = runrecords.encode(
+        runrecords.make("attempt_finished", **BASE, **EVENTS["attempt_finished"])
+    )
+    assert "by" not in plain and "cancelled_at" not in plain
+    with pytest.raises(jsonschema.ValidationError):  # a cancelled record names who did it
+        jsonschema.validate({"event": "cancelled", **BASE, "reason": "x"}, SCHEMA)

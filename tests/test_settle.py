@@ -11,7 +11,7 @@ from typing import Any
 from agentjobs.clock import iso
 from agentjobs.settle import Ended, Recorder, finish_events, finish_records, settle
 from agentjobs.spec import AgentSpec, Backoff, JobSpec, RetryPolicy, Schedule
-from agentjobs.store import AppliedJob, AttemptSummary, JobState, QueueItem
+from agentjobs.store import AppliedJob, AttemptSummary, CancelRequest, JobState, QueueItem
 
 T0 = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
 RECORDER = Recorder(host="h1", pid=4242)
@@ -146,3 +146,38 @@ def test_an_interrupted_attempt_tells_nobody_and_uses_up_nothing() -> None:
     finished = finish_records(item(), job(retry=POLICY), ended("interrupted"), NOW, RECORDER)[0]
     done = settle(item(), job(retry=POLICY), None, finished)
     assert done.retry is not None and done.retry.failures == 0 and done.retry.not_before == iso(NOW)
+
+
+def test_a_cancelled_attempt_ends_the_run_quietly_never_retried_nor_dead_lettered() -> None:
+    # a person's decision (issue 13): attempts left or not, no retry, no dead letter, no alarm
+    spec = job(retry=POLICY, notify={"webhook": "http://127.0.0.1:9/h"})
+    cancel = CancelRequest("alice", iso(NOW) or "", "wrong branch")
+    last = item(attempt=3, failures=2)
+    for attempt in (item(), last):
+        records = finish_records(
+            attempt, spec, ended("cancelled", error="cancelled", cancel=cancel), NOW, RECORDER
+        )
+        assert [r["event"] for r in records] == ["attempt_finished"]
+        finished = records[0]
+        assert (finished["next"], finished["by"], finished["cancelled_at"]) == (
+            "done",
+            "alice",
+            iso(NOW),
+        )
+        done = settle(attempt, spec, JobState(schedule_hash="h1"), finished)
+        assert done.retry is None and done.dead_letter is None and done.cancelled is None
+        assert (done.events, done.pings) == ((), ())
+        assert done.state is not None and done.state.last_outcome == "cancelled"
+
+
+def test_a_cancel_as_the_attempt_fails_by_itself_ends_the_run_instead_of_a_retry() -> None:
+    # the supervisor had not looked yet: its record says retry, the cancel on the item wins
+    spec = job(retry=POLICY)
+    finished = finish_records(item(), spec, ended("failed", exit_code=1), NOW, RECORDER)[0]
+    assert finished["next"] == "retry"
+    cancelled = item(cancel_by="alice", cancel_at=iso(NOW), cancel_reason="stop it")
+    done = settle(cancelled, spec, JobState(schedule_hash="h1"), finished)
+    assert done.retry is None and done.dead_letter is None
+    assert done.cancelled is not None and done.cancelled.attempt == 2  # recorded `cancelled`
+    assert (done.result.outcome, done.result.next) == ("failed", "done")
+    assert done.message is not None and "not retried: cancelled by alice" in done.message
