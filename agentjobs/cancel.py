@@ -17,7 +17,6 @@ from __future__ import annotations
 import dataclasses
 import threading
 import time
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -71,22 +70,9 @@ def cancel(engine: Engine, text: str, by: str, reason: str) -> Cancellation:
     """Cancel the run that `text` names (a whole run id or a unique prefix, among the runs in
     the queue and in the records). A second cancel of a run says so (`already`); a run that
     is over, unknown or ambiguous is a `UserError` (one line)."""
-    return cancel_run(engine, resolve(engine.store, text), by, reason)
+    from agentjobs.query import resolve_run
 
-
-def resolve(store: Store, text: str) -> str:
-    """The run id `text` names (`ids.resolve_run`), among the runs queued or running and those
-    in the records (a prefix of a finished run must not name a running one by chance: ULIDs
-    of one minute share their first characters). A whole id of a queued or running run is
-    taken as it is, without reading the records."""
-    from agentjobs.ids import resolve_run
-
-    live = {i.run_id: f"job {i.job}, {i.state}" for i in store.runtime().queue.values()}
-    if text in live:
-        return text
-    known = {run_id: _describe(end) for run_id, end in _ends(store, text).items()}
-    known.update(live)
-    return resolve_run(text, known)
+    return cancel_run(engine, resolve_run(engine.store, text), by, reason)
 
 
 def cancel_run(engine: Engine, run_id: str, by: str, reason: str) -> Cancellation:
@@ -143,7 +129,9 @@ def cancel_run(engine: Engine, run_id: str, by: str, reason: str) -> Cancellatio
 def _over(store: Store, run_id: str) -> Cancellation:
     """A run no longer queued or running: cancelled before (`already`), else a `UserError`
     saying how it ended."""
-    end = _ends(store, run_id).get(run_id)
+    from agentjobs.query import describe_end, run_ends
+
+    end = run_ends(store, run_id).get(run_id)
     if end is None:
         raise UserError(f"run {run_id} is not queued or running; nothing to cancel")
     if end.get("outcome") == "cancelled":
@@ -158,37 +146,7 @@ def _over(store: Store, run_id: str) -> Cancellation:
             str((end.get("reason") if end.get("event") == "cancelled" else end.get("error")) or ""),
             already=True,
         )
-    raise UserError(f"run {run_id} is over: {_describe(end)}; nothing to cancel")
-
-
-def _ends(store: Store, prefix: str) -> dict[str, dict[str, Any]]:
-    """The last record that ended each run (or its attempt) whose id starts with `prefix`, by
-    run id: one pass over the records, kept only for matching ids."""
-    wanted = prefix.strip().upper()
-    ends: dict[str, dict[str, Any]] = {}
-    kinds = ("attempt_finished", "dead_lettered", "cancelled", "slot_skipped")
-    for record in store.records():
-        run_id = record.get("run_id")
-        if isinstance(run_id, str) and run_id.upper().startswith(wanted):
-            if record.get("event") in kinds:
-                ends[run_id] = record
-            else:
-                ends.setdefault(run_id, record)
-    return ends
-
-
-def _describe(end: Mapping[str, Any]) -> str:
-    """How a run ended, from its last record: "job fix, succeeded at T"."""
-    event, job, when = end.get("event"), end.get("job"), end.get("time")
-    if event == "dead_lettered":
-        return f"job {job}, dead-lettered at {when}"
-    if event == "cancelled" or end.get("outcome") == "cancelled":
-        return f"job {job}, cancelled by {end.get('by') or '?'} at {when}"
-    if event == "slot_skipped":
-        return f"job {job}, skipped ({end.get('reason')}) at {when}"
-    if event == "attempt_finished":
-        return f"job {job}, {end.get('outcome')} at {when}"
-    return f"job {job}, {str(event).replace('_', ' ')} at {when}"
+    raise UserError(f"run {run_id} is over: {describe_end(end)}; nothing to cancel")
 
 
 def wait_settled(

@@ -1133,6 +1133,10 @@ def logs(
         run_id = state.last_run_id
     if not all(c.isalnum() for c in run_id):
         raise UserError(f"{run_id!r} is not a run id; see `agentjobs history`")
+    if not store.log_path(run_id, attempt or 1).exists():  # a short id (a prefix)
+        from agentjobs.query import resolve_run
+
+        run_id = resolve_run(store, run_id)
     numbers = [attempt] if attempt else list(range(1, 101))
     paths = [store.log_path(run_id, n) for n in numbers]
     existing = [p for p in paths if p.exists()]
@@ -1316,7 +1320,8 @@ def dlq_show(ctx: Context, entry_id: str) -> None:
     """Everything about one dead letter: the spec as it was and every attempt."""
     from agentjobs import costs
 
-    entry = ctx.store().dead_letter(entry_id)
+    store = ctx.store()
+    entry = store.dead_letter(_dead_letter_id(store, entry_id))
     if entry is None:
         raise UserError(f"no dead letter {entry_id!r}; see `agentjobs dlq list`")
     spent = costs.run_cost(entry["attempts"])
@@ -1351,6 +1356,13 @@ def dlq_show(ctx: Context, entry_id: str) -> None:
                 click.echo(f"    | {line}")
 
 
+def _dead_letter_id(store: Store, text: str) -> str:
+    """A dead letter's whole id from a unique prefix of it (`query.resolve_dead_letter`)."""
+    from agentjobs.query import resolve_dead_letter
+
+    return resolve_dead_letter(store, text)
+
+
 @dlq.command("replay")
 @click.argument("entry_id")
 @pass_ctx
@@ -1358,7 +1370,9 @@ def dlq_replay(ctx: Context, entry_id: str) -> None:
     """Enqueue a fresh run of the dead letter's job (new attempts), linked to it."""
     from agentjobs import operate
 
-    item = operate.replay(_engine(ctx), entry_id)
+    engine = _engine(ctx)
+    entry_id = _dead_letter_id(engine.store, entry_id)
+    item = operate.replay(engine, entry_id)
     if ctx.json:
         _emit_json({"run_id": item.run_id, "dlq_id": entry_id})
     else:
@@ -1375,7 +1389,9 @@ def dlq_resolve(ctx: Context, entry_id: str, note: str) -> None:
     """Mark a dead letter as handled (it is kept, never deleted)."""
     from agentjobs import operate
 
-    entry = operate.resolve(_engine(ctx), entry_id, note)
+    engine = _engine(ctx)
+    entry_id = _dead_letter_id(engine.store, entry_id)
+    entry = operate.resolve(engine, entry_id, note)
     if ctx.json:
         _emit_json(entry)
         return
@@ -1895,12 +1911,16 @@ def _crash_report(state_dir: str) -> str:
 @pass_ctx
 def describe(ctx: Context, job: str, now_text: str | None) -> None:
     """Everything about JOB: its spec and unapplied edits, state, next fire times, queue items
-    and why they wait, holds, recent runs, open dead letters."""
+    and why they wait, holds, recent runs, open dead letters. Given a run id (or a unique start
+    of one) instead: that run's attempts, where it stands and what it cost."""
     from agentjobs import query
 
     store = ctx.store()
     now = _now(now_text)
     detail = query.describe(store, job, now, jobs_dir=ctx.jobs_dir)
+    if detail is None and job.isalnum() and job.upper() == job:  # a run id, or its start
+        _describe_run(ctx, store, query.resolve_run(store, job), now)
+        return
     if detail is None:
         names = ", ".join(sorted(store.applied())) or "none applied"
         raise UserError(f"no applied job named {job!r} (jobs: {names})")
@@ -1908,6 +1928,39 @@ def describe(ctx: Context, job: str, now_text: str | None) -> None:
         _emit_json(query.as_json(detail))
         return
     click.echo("\n".join(_describe_lines(detail, now)))
+
+
+def _describe_run(ctx: Context, store: Store, run_id: str, now: datetime) -> None:
+    """`describe RUN`: the run's attempts (from its records), where it stands, its dead
+    letter, what it cost."""
+    from agentjobs import query
+
+    found = query.run(store, run_id, now)
+    if found is None:
+        raise UserError(f"nothing is known of run {run_id}; see `agentjobs history`")
+    if ctx.json:
+        _emit_json(query.as_json(found))
+        return
+    click.echo(f"Run:          {found.run_id}")
+    click.echo(f"Job:          {found.job}")
+    if found.wait is not None:
+        click.echo(f"Now:          {found.wait.state}; {found.wait.reason}")
+        if found.wait.progress_text:
+            click.echo(f"Progress:     {found.wait.progress_text}")
+    click.echo(f"Cost:         {_cost_text(found.cost_usd, False) if found.cost_usd else '-'}")
+    click.echo("Attempts:")
+    for r in found.records:
+        if r.get("event") == "attempt_finished":
+            row = query.run_row(r)
+            click.echo(
+                f"  {row.attempt}: {row.outcome} at {_when(row.time)} after "
+                f"{row.duration_s or 0:.1f}s, cost {_cost_text(row.cost_usd, row.cost_estimated)}"
+                + (f": {row.detail}" if row.detail else "")
+            )
+    if found.dead_letter is not None:
+        click.echo(
+            f"Dead letter:  {found.dead_letter.get('status')}: {found.dead_letter['reason']}"
+        )
 
 
 def _describe_lines(d: Any, now: datetime) -> list[str]:

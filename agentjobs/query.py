@@ -667,3 +667,61 @@ def _drift(job: AppliedJob, jobs_dir: Path | None) -> tuple[str | None, list[str
 def _short(value: Any) -> str:
     text = json.dumps(value, sort_keys=True, default=str)
     return text if len(text) <= 80 else text[:77] + "..."
+
+
+# -- short ids ---------------------------------------------------------------------------------
+
+
+def resolve_run(store: Store, text: str) -> str:
+    """The run id `text` names (`ids.resolve_run`), among the runs queued or running and those
+    in the records (a prefix of a finished run must not name a running one by chance: ULIDs
+    of one minute share their first characters). A whole id of a queued or running run is
+    taken as it is, without reading the records."""
+    from agentjobs import ids
+
+    live = {i.run_id: f"job {i.job}, {i.state}" for i in store.runtime().queue.values()}
+    if text in live:
+        return text
+    known = {run_id: describe_end(end) for run_id, end in run_ends(store, text).items()}
+    known.update(live)
+    return ids.resolve_run(text, known)
+
+
+def resolve_dead_letter(store: Store, text: str) -> str:
+    """The dead letter `text` names: its whole id or a unique prefix (`ids.resolve_run`)."""
+    from agentjobs import ids
+
+    entries = {str(e["id"]): f"job {e.get('job')}, {e.get('status')}" for e in store.dead_letters()}
+    if text in entries:
+        return text
+    return ids.resolve_run(text, entries)
+
+
+def run_ends(store: Store, prefix: str) -> dict[str, dict[str, Any]]:
+    """The last record that ended each run (or its attempt) whose id starts with `prefix`, by
+    run id: one pass over the records, kept only for matching ids."""
+    wanted = prefix.strip().upper()
+    ends: dict[str, dict[str, Any]] = {}
+    kinds = ("attempt_finished", "dead_lettered", "cancelled", "slot_skipped")
+    for record in store.records():
+        run_id = record.get("run_id")
+        if isinstance(run_id, str) and run_id.upper().startswith(wanted):
+            if record.get("event") in kinds:
+                ends[run_id] = record
+            else:
+                ends.setdefault(run_id, record)
+    return ends
+
+
+def describe_end(end: Mapping[str, Any]) -> str:
+    """How a run ended, from its last record: "job fix, succeeded at T"."""
+    event, job, when = end.get("event"), end.get("job"), end.get("time")
+    if event == "dead_lettered":
+        return f"job {job}, dead-lettered at {when}"
+    if event == "cancelled" or end.get("outcome") == "cancelled":
+        return f"job {job}, cancelled by {end.get('by') or '?'} at {when}"
+    if event == "slot_skipped":
+        return f"job {job}, skipped ({end.get('reason')}) at {when}"
+    if event == "attempt_finished":
+        return f"job {job}, {end.get('outcome')} at {when}"
+    return f"job {job}, {str(event).replace('_', ' ')} at {when}"

@@ -217,3 +217,27 @@ def test_history_filters_and_errors_name_what_is_valid(
     assert since.code == 2
     assert "--since yesterday: neither a duration ago" in since.err
     assert "--now" not in since.err
+
+
+def test_short_ids_name_runs_and_dead_letters_everywhere(
+    ajs: Any, jobs_dir: Path, state: State
+) -> None:
+    write(jobs_dir / "bad.yaml", job("print", "oops", "exit", "2"))
+    assert ajs("apply").code == 0
+    assert ajs("run", "bad").code != 0
+    assert ajs("run", "bad").code != 0
+    first, second = [r["run_id"] for r in state.records("attempt_finished")]
+    short = next(
+        first[:n] for n in range(4, 26) if not second.startswith(first[:n])
+    )  # the shortest prefix that names only the first run
+    assert ajs("logs", short).out == "oops\n"
+    described = ajs("describe", short)
+    assert described.code == 0 and f"Run:          {first}" in described.out
+    common = next(n for n in range(26) if first[n] != second[n])
+    ambiguous = ajs("logs", first[:common])
+    assert ambiguous.code == 2
+    assert f"run {first[:common]} is ambiguous: 2 runs start with it" in ambiguous.err
+    assert first in ambiguous.err and second in ambiguous.err
+    shown = ajs("dlq", "show", short)
+    assert shown.code == 0 and shown.out.startswith(f"dead letter {first}: job bad")
+    assert ajs("dlq", "resolve", short, "--note", "ok").out.strip() == f"resolved {first}"
