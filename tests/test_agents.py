@@ -438,6 +438,8 @@ def test_gemini_quota_exit_statuses_and_untrusted_workdirs() -> None:
         "through AI Studio, or switch to another /auth method\n"
     )
     assert _judge("gemini", quota, 173).outcome == "rate_limited"  # HTTP 429 mod 256
+    # no reset time is printed: a daily quota resets at midnight Pacific time
+    assert _judge("gemini", quota, 173).reset_at == datetime(2026, 11, 24, 8, tzinfo=UTC)
     assert _judge("gemini", "[API Error: something]", 173).outcome == "rate_limited"
     unauthorized = _judge("gemini", "[API Error: API key not valid]", 145)  # 401
     assert (unauthorized.outcome, unauthorized.permanent) == ("failed", True)

@@ -45,6 +45,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 
@@ -283,13 +284,16 @@ def test_a_usage_limit_holds_the_agents_limit_and_is_not_dead_lettered(rig: Rig)
         assert record["error"] == "usage or rate limit: hit your usage limit"
         assert started + timedelta(minutes=58) < until < started + timedelta(minutes=62)
     else:
-        # the daily quota says no reset time: the retry backoff (10m) holds it
+        # the daily quota names no reset time: held until midnight Pacific time, when
+        # Google's daily quotas reset (plus up to a minute's spread)
         assert record["exit_code"] == 173
         assert record["error"].startswith(
             "usage or rate limit (HTTP 429): [API Error: You have exhausted your daily quota "
             "on this model.]\nPlease wait and try again later."
         )
-        assert started + timedelta(minutes=9) < until < started + timedelta(minutes=12)
+        pacific = started.astimezone(ZoneInfo("America/Los_Angeles"))
+        midnight = (pacific + timedelta(days=1)).replace(hour=0, minute=0, second=0)
+        assert midnight <= until <= midnight + timedelta(minutes=1, seconds=1)
     assert "next attempt at" in run.stderr
     status = rig.agentjobs("status")
     assert f"held: {rig.kind} usage limit until " in status.stdout

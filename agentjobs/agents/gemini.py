@@ -70,7 +70,7 @@ class Gemini:
             return Verdict(
                 "rate_limited",
                 f"usage or rate limit (HTTP 429): {error or 'exit 173'}",
-                reset_at=reset_from_text(output, now),
+                reset_at=reset_from_text(output, now) or _daily_reset(output, now),
                 facts=facts,
             )
         if exit_code in PERMANENT_EXITS:
@@ -94,3 +94,16 @@ def _unwrapped(error: str) -> str:
     JSON body there for a 400 or 401 (a bad key), its own message for a quota."""
     body = re.fullmatch(r"\[API Error: (\{.*\})\]", error, re.DOTALL)
     return f"[API Error: {message_of(body.group(1))}]" if body else error
+
+
+def _daily_reset(output: str, now: datetime) -> datetime | None:
+    """A daily quota names no reset time; Google's daily quotas reset at midnight Pacific
+    time: hold until then rather than trying again every backoff all night."""
+    if "daily quota" not in output.lower():
+        return None
+    from datetime import UTC, timedelta
+    from zoneinfo import ZoneInfo
+
+    pacific = now.astimezone(ZoneInfo("America/Los_Angeles"))
+    midnight = (pacific + timedelta(days=1)).replace(hour=0, minute=0, second=0, microsecond=0)
+    return midnight.astimezone(UTC)
