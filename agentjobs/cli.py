@@ -1872,6 +1872,93 @@ def state_import(ctx: Context, source: Path) -> None:
     click.echo(", ".join(f"{n} {kind}" for kind, n in sorted(counts.items())) or "nothing")
 
 
+# -- the web dashboard and the static report (agentjobs/web/, issue 14) -----------------------
+
+
+def _web(module: str) -> Any:
+    """A module of the dashboard, or one line saying to install the `ui` extra."""
+    import importlib
+
+    try:
+        return importlib.import_module(f"agentjobs.web.{module}")
+    except ModuleNotFoundError as exc:
+        if exc.name and not exc.name.startswith("agentjobs"):
+            from agentjobs.web import MISSING
+
+            raise UserError(MISSING.format(name=exc.name)) from None
+        raise
+
+
+@cli.command()
+@click.option(
+    "--host",
+    "bind",
+    default="127.0.0.1",
+    show_default=True,
+    help="Address to listen on; any but a loopback address needs the access token.",
+)
+@click.option(
+    "--port", type=click.IntRange(0, 65535), default=8765, show_default=True, help="0: any."
+)
+@click.option("--read-only", is_flag=True, help="Show everything, offer no actions.")
+@click.option("--now", "now_text", default=None, hidden=True)
+@click.option("--poll-interval", type=click.FloatRange(0.05, 60), default=1.0, hidden=True)
+@pass_ctx
+def ui(
+    ctx: Context,
+    bind: str,
+    port: int,
+    read_only: bool,
+    now_text: str | None,
+    poll_interval: float,
+) -> None:
+    """Serve the web dashboard: overview, timeline, jobs, runs, dead letters, a JSON API
+    (needs the `ui` extra: pip install 'agentjobs[ui]')."""
+    server = _web("server")
+    _web("app")  # every dependency, before anything is printed
+
+    def say(line: str) -> None:
+        click.echo(f"agentjobs ui: {line}", err=True)
+
+    server.serve(
+        ctx.store,
+        host=bind,
+        port=port,
+        read_only=read_only,
+        jobs_dir=ctx.jobs_dir if ctx.jobs_dir.is_dir() else None,
+        clock=_clock(now_text),
+        say=say,
+        poll_interval=poll_interval,
+    )
+
+
+@cli.command()
+@click.option(
+    "--html",
+    "html_file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    required=True,
+    help="Write the report here, as one self-contained HTML file.",
+)
+@click.option(
+    "--span",
+    type=click.Choice(["6h", "24h", "7d"]),
+    default="24h",
+    show_default=True,
+    help="How much of the timeline to show.",
+)
+@click.option("--now", "now_text", default=None, hidden=True)
+@pass_ctx
+def report(ctx: Context, html_file: Path, span: str, now_text: str | None) -> None:
+    """The dashboard's overview, timeline and failures as one static HTML file to commit or
+    mail (needs the `ui` extra)."""
+    size = _web("report").write_report(ctx.store(), html_file, _now(now_text), span)
+    if ctx.json:
+        _emit_json({"file": str(html_file), "bytes": size})
+    else:
+        click.echo(f"wrote {html_file} ({size} bytes)")
+
+
 # -- entry point -----------------------------------------------------------------------------
 
 

@@ -19,11 +19,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Iterable, Mapping
+import os
+import threading
+from collections import OrderedDict
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 from agentjobs.clock import iso, parse
 from agentjobs.progress import Progress
@@ -725,3 +728,823 @@ def describe_end(end: Mapping[str, Any]) -> str:
     if event == "attempt_finished":
         return f"job {job}, {end.get('outcome')} at {when}"
     return f"job {job}, {str(event).replace('_', ' ')} at {when}"
+
+
+# -- the dashboard (issue 14): parsed record days, the timeline, the overview, pages of runs,
+# dead letters by cause, one run with its logs, and what changed since the last look ----------
+
+
+@runtime_checkable
+class _DayStore(Protocol):
+    """What the day cache needs from a backend (both have it): the record days with a
+    signature each, and one day's records after a mark."""
+
+    def record_days(self) -> dict[str, tuple[int, int]]: ...
+
+    def day_records_after(self, day: str, mark: int) -> tuple[list[dict[str, Any]], int]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class _Entry:
+    """One record as the dashboard reads it: what the timeline, the pages of runs and the event
+    feed need, without the output tail or the agent's facts (parsed days stay in memory)."""
+
+    event: str
+    time: str
+    run_id: str
+    job: str
+    attempt: int
+    lock_key: str
+    trigger: str
+    started_at: str
+    finished_at: str
+    queued_at: str
+    next: str
+    hold: str  # the usage-limit key this attempt put on hold, "" for none
+    hold_until: str  # when that hold lifts
+    row: RunRow | None  # attempt_finished and slot_skipped: the history row
+
+
+_DETAIL_KEPT = 300  # characters of an error kept in memory per entry
+
+
+def _entry(record: Mapping[str, Any]) -> _Entry:
+    import sys
+
+    event = sys.intern(str(record.get("event", "")))
+    row = run_row(record) if event in ("attempt_finished", "slot_skipped") else None
+    if row is not None and len(row.detail) > _DETAIL_KEPT:
+        row = dataclasses.replace(row, detail=row.detail[: _DETAIL_KEPT - 3] + "...")
+    hold = str(record.get("hold") or "")
+    return _Entry(
+        event=event,
+        time=str(record.get("time", "")),
+        run_id=str(record.get("run_id", "")),
+        job=sys.intern(str(record.get("job", ""))),
+        attempt=int(record.get("attempt") or 0),
+        lock_key=sys.intern(str(record.get("lock_key", ""))),
+        trigger=sys.intern(str(record.get("trigger", ""))),
+        started_at=str(record.get("started_at") or ""),
+        finished_at=str(record.get("finished_at") or ""),
+        queued_at=str(record.get("queued_at") or ""),
+        next=str(record.get("next") or ""),
+        hold=hold,
+        hold_until=str(record.get("hold_until") or record.get("next_attempt_at") or "")
+        if hold
+        else "",
+        row=row,
+    )
+
+
+@dataclass(slots=True)
+class _Day:
+    signature: tuple[int, int]
+    mark: int
+    entries: list[_Entry]
+
+
+class DayCache:
+    """Parsed record days for a reader that comes back often (the dashboard).
+
+    A day is parsed once and kept while its signature (`record_days`: size and mtime of the day
+    file; count and newest seq on PostgreSQL) stays the same; a day that grew is read from the
+    mark where the last read ended (`day_records_after`), so today costs what was appended
+    since, not the whole day again. At most `days` days are kept, the least recently used
+    leaving first: memory stays flat however many pages are loaded. Thread-safe (a server's
+    worker threads share one)."""
+
+    def __init__(self, days: int = 16) -> None:
+        self.days = days
+        self.parsed = 0  # records parsed so far (the tests and the benchmark read it)
+        self._kept: OrderedDict[tuple[str, str], _Day] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def signatures(self, store: Store) -> dict[str, tuple[int, int]]:
+        """Every day that has records, with its signature (empty when the store has none)."""
+        if not isinstance(store, _DayStore) or not store.exists():
+            return {}
+        return store.record_days()
+
+    def entries(
+        self, store: Store, days: Sequence[str], signatures: Mapping[str, tuple[int, int]]
+    ) -> dict[str, list[_Entry]]:
+        """The entries of each of `days` (that has records), oldest first."""
+        out: dict[str, list[_Entry]] = {}
+        if not isinstance(store, _DayStore):  # no day files: read from the first day on
+            for record in store.records(parse(f"{min(days)}T00:00:00+00:00") if days else None):
+                day = str(record.get("time", ""))[:10]
+                if day in days:
+                    out.setdefault(day, []).append(_entry(record))
+            return out
+        where = store.describe()
+        for day in days:
+            signature = signatures.get(day)
+            if signature is None:
+                continue
+            key = (where, day)
+            with self._lock:
+                kept = self._kept.get(key)
+                if kept is not None:
+                    self._kept.move_to_end(key)
+            if kept is None or kept.signature != signature:
+                kept = self._read(store, day, signature, kept)
+                with self._lock:
+                    self._kept[key] = kept
+                    self._kept.move_to_end(key)
+                    while len(self._kept) > self.days:
+                        self._kept.popitem(last=False)
+            out[day] = kept.entries
+        return out
+
+    def _read(
+        self, store: _DayStore, day: str, signature: tuple[int, int], kept: _Day | None
+    ) -> _Day:
+        # grown: read what was appended; shrunk (archived, cut back) or unknown: all of it
+        grew = kept is not None and signature[0] >= kept.signature[0]
+        records, mark = store.day_records_after(day, kept.mark if grew and kept else 0)
+        entries = (list(kept.entries) if grew and kept else []) + [_entry(r) for r in records]
+        if grew and getattr(store, "records_with_state", False) and len(entries) != signature[0]:
+            # a transaction that committed out of seq order left a record behind the mark
+            records, mark = store.day_records_after(day, 0)
+            entries = [_entry(r) for r in records]
+        self.parsed += len(records)
+        return _Day(signature, mark, entries)
+
+
+def _days_between(first: datetime, last: datetime) -> list[str]:
+    day = first.astimezone(UTC).date()
+    end = last.astimezone(UTC).date()
+    out = []
+    while day <= end:
+        out.append(day.isoformat())
+        day += timedelta(days=1)
+    return out
+
+
+# -- the timeline ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Bar:
+    """An attempt on the timeline (or, where a lane has more than fit, `attempts` of them in a
+    row merged: `outcome` is then the worst of theirs)."""
+
+    run_id: str
+    job: str
+    attempt: int
+    start: str
+    end: str
+    outcome: str  # an outcome, or "running"
+    trigger: str = ""
+    duration_s: float | None = None
+    cost_usd: float | None = None
+    attempts: int = 1
+    row: int = 0  # sub-row in a lane whose runs may overlap (worktree runs)
+
+
+@dataclass(frozen=True, slots=True)
+class Band:
+    """A period drawn under a lane's bars: a run waiting in the queue, or a usage-limit hold."""
+
+    kind: str  # wait | hold
+    start: str
+    end: str
+    label: str
+    run_id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Lane:
+    """One lock key (a working directory): its jobs, attempts and periods. Bars in a lane
+    never overlap (DESIGN.md invariant 1), except in a lane of worktree runs (`shared`),
+    where each run has a key of its own and the bars are stacked in rows."""
+
+    key: str
+    jobs: tuple[str, ...]
+    bars: tuple[Bar, ...]
+    bands: tuple[Band, ...]
+    shared: bool = False
+    rows: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class Timeline:
+    start: str
+    end: str
+    now: str
+    lanes: tuple[Lane, ...]
+    days_read: tuple[str, ...]
+
+
+_WORST = (
+    "lost",
+    "timeout",
+    "silence",
+    "failed",
+    "verify_failed",
+    "budget",
+    "rate_limited",
+    "interrupted",
+    "cancelled",
+    "skipped",
+    "running",
+    "succeeded",
+)
+
+
+def _worst(outcomes: Iterable[str]) -> str:
+    rank = {o: i for i, o in enumerate(_WORST)}
+    return min(outcomes, key=lambda o: rank.get(o, 0))
+
+
+def timeline(
+    store: Store,
+    start: datetime,
+    end: datetime,
+    now: datetime,
+    *,
+    cache: DayCache | None = None,
+    max_bars: int = 600,
+) -> Timeline:
+    """The attempts of every lock key between `start` and `end`, one lane per key, with the
+    periods runs waited in the queue and usage-limit holds. Reads the record days of the
+    window (and the day after it: attempts that started inside and ended after), never the
+    whole history. A lane with more than `max_bars` attempts merges neighbours into one bar."""
+    cache = cache or DayCache(days=0)
+    lo, hi, stamp = iso(start) or "", iso(end) or "", iso(now) or ""
+    signatures = cache.signatures(store)
+    days = [d for d in _days_between(start, end + timedelta(days=1)) if d in signatures]
+    entries = cache.entries(store, days, signatures)
+    applied = store.applied()
+    runtime = store.runtime()
+    finished: dict[tuple[str, int], _Entry] = {}
+    for day in days:
+        for e in entries.get(day, ()):
+            if e.event == "attempt_finished" and e.row is not None:
+                finished.setdefault((e.run_id, e.attempt), e)
+    bars: dict[str, list[Bar]] = {}
+    bands: dict[str, list[Band]] = {}
+    ends: dict[str, str] = {}  # run id -> when its previous attempt ended (its wait starts)
+    for e in sorted(finished.values(), key=lambda e: (e.started_at, e.attempt)):
+        begin, stop = e.started_at or e.time, e.finished_at or e.time
+        waited_from = max(e.queued_at, ends.get(e.run_id, ""))
+        ends[e.run_id] = stop
+        lane = _lane_key(e.lock_key)
+        if begin < hi and stop > lo:
+            assert e.row is not None
+            bars.setdefault(lane, []).append(
+                Bar(
+                    e.run_id,
+                    e.job,
+                    e.attempt,
+                    begin,
+                    stop,
+                    e.row.outcome,
+                    e.trigger,
+                    e.row.duration_s,
+                    e.row.cost_usd,
+                )
+            )
+        if waited_from and waited_from < begin and begin > lo and waited_from < hi:
+            bands.setdefault(lane, []).append(
+                Band("wait", waited_from, begin, f"{e.job} queued", e.run_id)
+            )
+        if e.hold and e.hold_until > lo and stop < hi:
+            bands.setdefault(lane, []).append(
+                Band("hold", stop, e.hold_until, f"{e.hold} usage limit", e.run_id)
+            )
+    for item in runtime.queue.values():
+        lane = _lane_key(item.lock_key)
+        if item.state == "running" and item.started_at and item.started_at < hi:
+            bars.setdefault(lane, []).append(
+                Bar(item.run_id, item.job, item.attempt, item.started_at, stamp, "running")
+            )
+        waited_from = max(item.queued_at, ends.get(item.run_id, ""))
+        waited_to = (item.started_at or stamp) if item.state == "running" else stamp
+        if waited_from and lo < waited_to and waited_from < min(waited_to, hi):
+            bands.setdefault(lane, []).append(
+                Band("wait", waited_from, waited_to, f"{item.job} queued", item.run_id)
+            )
+    for key, until in runtime.holds.items():
+        if until <= stamp:
+            continue
+        for job in applied.values():
+            if job.limit_key == key:
+                lane = _lane_key(str(job.spec.get("lock")))
+                bands.setdefault(lane, []).append(Band("hold", stamp, until, f"{key} usage limit"))
+    jobs_of: dict[str, set[str]] = {}
+    for name, job in applied.items():
+        jobs_of.setdefault(_lane_key(str(job.spec.get("lock"))), set()).add(name)
+    for lane, found in bars.items():
+        jobs_of.setdefault(lane, set()).update(b.job for b in found)
+    lanes = []
+    for key in sorted(jobs_of):
+        shared = key.endswith(_WORKTREE_LANE)
+        mine = sorted(bars.get(key, ()), key=lambda b: (b.start, b.attempt))
+        rows = 1
+        if shared:
+            mine, rows = _stacked(mine)
+        elif len(mine) > max_bars:
+            mine = _merged(mine, max_bars)
+        lanes.append(
+            Lane(
+                key,
+                tuple(sorted(jobs_of[key])),
+                tuple(mine),
+                tuple(sorted(bands.get(key, ()), key=lambda b: b.start)),
+                shared,
+                rows,
+            )
+        )
+    return Timeline(lo, hi, stamp, tuple(lanes), tuple(days))
+
+
+_WORKTREE_LANE = " (worktree runs)"
+
+
+def _lane_key(lock_key: str) -> str:
+    """Worktree runs hold a key of their own (`LOCK#worktree-RUN`): one lane for all of them."""
+    base, sep, _ = lock_key.partition("#worktree-")
+    return base + _WORKTREE_LANE if sep else lock_key
+
+
+def _stacked(bars: list[Bar]) -> tuple[list[Bar], int]:
+    """Each bar in the first row where it overlaps nothing."""
+    row_ends: list[str] = []
+    out = []
+    for bar in bars:
+        row = next((i for i, e in enumerate(row_ends) if e <= bar.start), len(row_ends))
+        if row == len(row_ends):
+            row_ends.append(bar.end)
+        row_ends[row] = bar.end
+        out.append(dataclasses.replace(bar, row=row))
+    return out, max(1, len(row_ends))
+
+
+def _merged(bars: list[Bar], limit: int) -> list[Bar]:
+    """About `limit` bars: runs of consecutive attempts merged, worst outcome shown."""
+    size = -(-len(bars) // limit)
+    out = []
+    for i in range(0, len(bars), size):
+        group = bars[i : i + size]
+        if len(group) == 1:
+            out.append(group[0])
+            continue
+        cost = sum(b.cost_usd or 0.0 for b in group)
+        out.append(
+            Bar(
+                group[0].run_id,
+                ", ".join(sorted({b.job for b in group})),
+                0,
+                group[0].start,
+                max(b.end for b in group),
+                _worst(b.outcome for b in group),
+                duration_s=sum(b.duration_s or 0.0 for b in group),
+                cost_usd=round(cost, 6),
+                attempts=len(group),
+            )
+        )
+    return out
+
+
+# -- the overview ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Overview:
+    """The morning question: what runs, what waits and why, what failed today, what needs me,
+    what it cost; the next runs."""
+
+    now: str
+    day: str  # the config's day (budgets' time zone)
+    jobs: tuple[JobRow, ...]
+    running: tuple[Wait, ...]
+    queued: tuple[Wait, ...]
+    finished_today: int
+    failed_today: tuple[RunRow, ...]
+    dead_letters: tuple[dict[str, Any], ...]
+    holds: tuple[HoldRow, ...]
+    ledger: Ledger
+    spend_today: float
+    spend_estimated: bool
+    next_runs: tuple[JobRow, ...]
+
+
+def overview(store: Store, now: datetime, *, cache: DayCache | None = None) -> Overview:
+    """Everything the overview shows, from one read of the state and today's records."""
+    from agentjobs.limits import Limits
+
+    cache = cache or DayCache(days=0)
+    ctx = _Context.read(store, now)
+    all_waits = _waits(ctx)
+    dead = _open_dead_letters(store)
+    rows = _rows(ctx, all_waits, dead)
+    limits = Limits.from_config(ctx.store.config())
+    day, following = limits.day(now)
+    began = following - timedelta(days=1)
+    floor = iso(began) or ""
+    signatures = cache.signatures(store)
+    days = [d for d in _days_between(began, now) if d in signatures]
+    finished = [
+        e.row
+        for entries in cache.entries(store, days, signatures).values()
+        for e in entries
+        if e.event == "attempt_finished" and e.row is not None and e.time >= floor
+    ]
+    failed = [r for r in finished if r.outcome not in ("succeeded", "cancelled")]
+    spend = sum(r.cost_usd or 0.0 for r in finished)
+    soon = sorted((r for r in rows if r.next), key=lambda r: r.next or "")
+    return Overview(
+        now=iso(now) or "",
+        day=day,
+        jobs=tuple(rows),
+        running=tuple(w for w in all_waits if w.state == "running"),
+        queued=tuple(w for w in all_waits if w.state == "queued"),
+        finished_today=len(finished),
+        failed_today=tuple(reversed(failed)),
+        dead_letters=tuple(sorted(dead, key=lambda e: str(e.get("created_at")), reverse=True)),
+        holds=tuple(_holds(ctx, all_waits)),
+        ledger=ledger(store, now),
+        spend_today=round(spend, 6),
+        spend_estimated=any(r.cost_estimated for r in finished),
+        next_runs=tuple(soon[:10]),
+    )
+
+
+# -- pages of runs -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class RunsPage:
+    """Finished attempts and skipped slots, newest first; `older` continues the list (a
+    cursor, `DAY.INDEX`), None at the first record."""
+
+    rows: tuple[RunRow, ...]
+    older: str | None
+    days_read: tuple[str, ...]
+
+
+def runs_page(
+    store: Store,
+    *,
+    job: str | None = None,
+    lock: str | None = None,
+    outcome: str | None = None,
+    older: str | None = None,
+    limit: int = 50,
+    max_days: int = 7,
+    cache: DayCache | None = None,
+) -> RunsPage:
+    """One page of `history`, newest first, reading at most `max_days` record days: a filter
+    that matches little costs a few days a page, never a scan of all history (the page says
+    where to go on)."""
+    cache = cache or DayCache(days=0)
+    day_from, _, index_text = (older or "").partition(".")
+    signatures = cache.signatures(store)
+    days = sorted((d for d in signatures if not day_from or d <= day_from), reverse=True)
+    rows: list[RunRow] = []
+    read: list[str] = []
+    cursor: str | None = None
+    for n, day in enumerate(days):
+        if n >= max_days:
+            cursor = day  # go on from the end of this day
+            break
+        read.append(day)
+        entries = cache.entries(store, [day], signatures).get(day, [])
+        top = len(entries)
+        if day == day_from and index_text.isdigit():
+            top = min(top, int(index_text))
+        for i in range(top - 1, -1, -1):
+            row = entries[i].row
+            if (
+                row is not None
+                and (job is None or row.job == job)
+                and (outcome is None or row.outcome == outcome)
+                and (lock is None or row.lock_key == lock)
+            ):
+                rows.append(row)
+                if len(rows) >= limit:
+                    cursor = f"{day}.{i}" if i > 0 else (days[n + 1] if n + 1 < len(days) else None)
+                    break
+        if len(rows) >= limit:
+            break
+    return RunsPage(tuple(rows), cursor, tuple(read))
+
+
+# -- dead letters by cause ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetterGroup:
+    """Dead letters whose last attempt failed the same way (numbers and ids masked)."""
+
+    cause: str
+    outcome: str
+    entries: tuple[dict[str, Any], ...]
+
+
+def dead_letter_groups(store: Store, *, resolved: bool = False) -> list[DeadLetterGroup]:
+    """Open dead letters (and replayed or resolved ones with `resolved`) grouped by cause,
+    the biggest group first, newest first within one."""
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for entry in store.dead_letters():
+        if not resolved and entry.get("status", "open") != "open":
+            continue
+        attempts = entry.get("attempts") or [{}]
+        last = attempts[-1] if isinstance(attempts[-1], dict) else {}
+        outcome = str(last.get("outcome") or "")
+        groups.setdefault((outcome, dead_letter_cause(entry)), []).append(entry)
+    out = [
+        DeadLetterGroup(
+            cause,
+            outcome,
+            tuple(sorted(found, key=lambda e: str(e.get("created_at")), reverse=True)),
+        )
+        for (outcome, cause), found in groups.items()
+    ]
+    return sorted(out, key=lambda g: (-len(g.entries), g.cause))
+
+
+def dead_letter_cause(entry: Mapping[str, Any]) -> str:
+    """What a dead letter's last attempt died of, with what varies (numbers, ids, hashes,
+    paths' run ids) masked, so the same failure on different runs reads the same."""
+    import re
+
+    attempts = entry.get("attempts") or [{}]
+    last = attempts[-1] if isinstance(attempts[-1], dict) else {}
+    text = str(last.get("error") or entry.get("reason") or last.get("outcome") or "unknown")
+    first = text.strip().splitlines()[0] if text.strip() else "unknown"
+    masked = re.sub(r"[0-9A-HJKMNP-TV-Z]{26}", "<run>", first)
+    masked = re.sub(r"\b[0-9a-f]{7,40}\b", "<hash>", masked)
+    masked = re.sub(r"\d+(\.\d+)?", "N", masked)
+    return masked[:160]
+
+
+# -- one run -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptLog:
+    """An attempt's log as the run page shows it: the last `max_bytes`, and the output of
+    `verify` apart (the runner writes it after an `[agentjobs] verify` line)."""
+
+    attempt: int
+    path: str
+    exists: bool
+    size: int
+    text: str
+    cut: int  # bytes left out at the start
+    verify: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class RunView:
+    """One run for its page and `GET /api/runs/{id}`: where it stands (`state`), its records
+    (the `attempt_finished` of each attempt, oldest first), the item that is queued or running,
+    its dead letter."""
+
+    detail: RunDetail
+    state: str  # queued | running | retrying | dead_lettered | replayed | resolved | an outcome
+    attempts: int
+    finished: bool
+
+
+def run_view(store: Store, run_id: str, now: datetime) -> RunView | None:
+    """Run `run_id`: its finished attempts are found from the time in its id on (a ULID: the
+    run's enqueue time), with one search of the records since then for that id (files: a byte
+    search that parses only its lines; PostgreSQL: one query), not a scan of every day.
+    A run whose id says another time (a `--now` replay) is looked up the slow way (`run`)."""
+    started = _ulid_time(run_id)
+    if started is None:
+        return None
+    wait = next((w for w in waits(store, now) if w.run_id == run_id), None)
+    probes = [
+        QueueItem(
+            id=f"{run_id}.{n}",
+            run_id=run_id,
+            job="",
+            trigger="manual",
+            priority="normal",
+            lock_key="",
+            queued_at="",
+            not_before="",
+            attempt=n,
+            started_at=iso(started),
+        )
+        for n in range(1, 101)
+    ]
+    found = store.finished_records(probes, now)
+    records = tuple(found[key] for key in sorted(found))
+    dead = store.dead_letter(run_id)
+    if not records and wait is None and dead is None:
+        slow = run(store, run_id, now)
+        if slow is None:
+            return None
+        records = tuple(r for r in slow.records if r.get("event") == "attempt_finished")
+        wait, dead = slow.wait, slow.dead_letter
+    job = records[0]["job"] if records else wait.job if wait else str((dead or {}).get("job", ""))
+    detail = RunDetail(run_id, str(job), records, wait, dead)
+    return RunView(detail, *_run_state(detail))
+
+
+def _run_state(detail: RunDetail) -> tuple[str, int, bool]:
+    attempts = max([int(r.get("attempt") or 0) for r in detail.records] or [0])
+    if detail.wait is not None:
+        attempts = max(attempts, detail.wait.attempt)
+        if detail.wait.state == "running":
+            return "running", attempts, False
+        return ("retrying" if detail.wait.attempt > 1 else "queued"), attempts, False
+    if detail.dead_letter is not None:
+        status = str(detail.dead_letter.get("status", "open"))
+        return ("dead_lettered" if status == "open" else status), attempts, True
+    if detail.records:
+        return str(detail.records[-1].get("outcome", "")), attempts, True
+    return "unknown", attempts, True
+
+
+def _ulid_time(run_id: str) -> datetime | None:
+    """When a run id (a ULID) was made: its first 10 characters are milliseconds."""
+    alphabet = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+    if len(run_id) != 26 or any(c not in alphabet for c in run_id):
+        return None
+    millis = 0
+    for c in run_id[:10]:
+        millis = millis * 32 + alphabet.index(c)
+    try:
+        return datetime.fromtimestamp(millis / 1000, UTC)
+    except (OverflowError, OSError, ValueError):
+        return None
+
+
+VERIFY_MARK = b"\n[agentjobs] verify\n"
+
+
+def attempt_log(store: Store, run_id: str, attempt: int, max_bytes: int = 1 << 20) -> AttemptLog:
+    """The last `max_bytes` of an attempt's log on this host (attempt logs stay on the host
+    that ran the attempt), decoded; `verify`'s output apart."""
+    path = store.log_path(run_id, attempt)
+    try:
+        with open(path, "rb") as handle:
+            size = os.fstat(handle.fileno()).st_size
+            cut = max(0, size - max_bytes)
+            handle.seek(cut)
+            data = handle.read(max_bytes)
+    except FileNotFoundError:
+        return AttemptLog(attempt, str(path), False, 0, "", 0, None)
+    verify = None
+    at = data.rfind(VERIFY_MARK)
+    if at >= 0:
+        verify = data[at + len(VERIFY_MARK) :].decode("utf-8", errors="replace")
+        data = data[: at + 1]
+    return AttemptLog(
+        attempt, str(path), True, size, data.decode("utf-8", errors="replace"), cut, verify
+    )
+
+
+# -- what changed (the dashboard's live events) --------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """What `changes` compares: the queue, each job's last attempt, the usage-limit holds."""
+
+    items: Mapping[str, QueueItem]
+    last: Mapping[str, tuple[str | None, str | None, str | None]]  # job -> run, finished, outcome
+    holds: Mapping[str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """One thing that happened: `queued`, `started`, `finished` (an attempt; `outcome`),
+    `dead_lettered`, `held` (a usage limit until `until`), `released`."""
+
+    kind: str
+    time: str
+    job: str = ""
+    run_id: str = ""
+    attempt: int = 0
+    outcome: str = ""
+    key: str = ""
+    until: str = ""
+    detail: str = ""
+
+
+def snapshot(store: Store) -> Snapshot:
+    runtime = store.runtime()
+    return Snapshot(
+        dict(runtime.queue),
+        {
+            name: (state.last_run_id, state.last_finished, state.last_outcome)
+            for name, state in runtime.jobs.items()
+        },
+        dict(runtime.holds),
+    )
+
+
+def changes(store: Store, before: Snapshot, now: datetime) -> tuple[Snapshot, list[Change]]:
+    """What happened between `before` and now, read from the state (the queue, each job's
+    last attempt, the holds): cheap on both backends, so a server can ask every second. An
+    attempt that ended is looked up in the records from its claim's mark (its outcome,
+    whether it was dead-lettered); one that came and went between two looks is still seen
+    through its job's last attempt."""
+    after = snapshot(store)
+    stamp = iso(now) or ""
+    out: list[Change] = []
+    for item_id, item in after.items.items():
+        old = before.items.get(item_id)
+        if old is None and item.state == "queued":
+            out.append(Change("queued", stamp, item.job, item.run_id, item.attempt))
+        if item.state == "running" and (
+            old is None or old.state != "running" or old.attempt != item.attempt
+        ):
+            out.append(
+                Change("started", item.started_at or stamp, item.job, item.run_id, item.attempt)
+            )
+    ended = [
+        old
+        for item_id, old in before.items.items()
+        if old.state == "running"
+        and (
+            (new := after.items.get(item_id)) is None
+            or new.attempt != old.attempt
+            or new.state != "running"
+        )
+    ]
+    found = store.finished_records(ended, now) if ended else {}
+    seen: set[tuple[str, int]] = set()
+    for old in ended:
+        record = found.get((old.run_id, old.attempt))
+        if record is None:
+            continue  # settled later; its job's last attempt tells (below)
+        seen.add((old.run_id, old.attempt))
+        out.append(_finished(record, stamp))
+    for job, last in after.last.items():
+        if last == before.last.get(job) or last[0] is None:
+            continue
+        run_id = str(last[0])
+        if any(run_id == r for r, _ in seen):
+            if last[2] != "succeeded" and _dead(store, run_id):
+                out.append(Change("dead_lettered", stamp, job, run_id, outcome=str(last[2])))
+            continue
+        out.append(Change("finished", last[1] or stamp, job, run_id, outcome=str(last[2] or "")))
+        if last[2] != "succeeded" and _dead(store, run_id):
+            out.append(Change("dead_lettered", stamp, job, run_id, outcome=str(last[2])))
+    for key, until in after.holds.items():
+        if before.holds.get(key) != until and until > stamp:
+            out.append(Change("held", stamp, key=key, until=until))
+    for key in before.holds.keys() - after.holds.keys():
+        out.append(Change("released", stamp, key=key))
+    return after, out
+
+
+def _finished(record: Mapping[str, Any], stamp: str) -> Change:
+    return Change(
+        "finished",
+        str(record.get("finished_at") or record.get("time") or stamp),
+        str(record.get("job", "")),
+        str(record.get("run_id", "")),
+        int(record.get("attempt") or 0),
+        str(record.get("outcome", "")),
+        detail=str(record.get("next") or ""),
+    )
+
+
+def _dead(store: Store, run_id: str) -> bool:
+    entry = store.dead_letter(run_id)
+    return entry is not None and entry.get("status", "open") == "open"
+
+
+def job_detail(
+    store: Store,
+    name: str,
+    now: datetime,
+    *,
+    jobs_dir: Path | None = None,
+    runs: int = 10,
+    cache: DayCache | None = None,
+) -> JobDetail | None:
+    """`describe`'s `JobDetail`, its recent runs read from the newest record days (at most
+    7, through the day cache) rather than searched for through all history: the dashboard's
+    job page and `GET /api/jobs/{job}`. None when no such job is applied."""
+    ctx = _Context.read(store, now)
+    job = ctx.applied.get(name)
+    if job is None:
+        return None
+    file, drift = _drift(job, jobs_dir)
+    all_waits = _waits(ctx)
+    dead = _open_dead_letters(store)
+    row = next(r for r in _rows(ctx, all_waits, dead) if r.job == name)
+    page = runs_page(store, job=name, limit=runs, cache=cache)
+    return JobDetail(
+        job=name,
+        spec=dict(job.spec),
+        file=file,
+        drift=tuple(drift),
+        row=row,
+        fire_times=tuple(_fire_times(job, now, 5)),
+        waits=tuple(w for w in all_waits if w.job == name),
+        holds=tuple(h for h in _holds(ctx, all_waits) if name in h.jobs),
+        runs=tuple(reversed(page.rows)),
+        dead_letters=tuple(e for e in dead if e.get("job") == name),
+        ledger=ledger(store, now) if job.parsed.agent is not None else None,
+    )

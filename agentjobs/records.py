@@ -314,3 +314,30 @@ def prune_logs(logs_dir: Path, older_than: float, keep: set[str]) -> int:
         except FileNotFoundError:
             continue
     return removed
+
+
+def read_after(path: Path, offset: int) -> tuple[list[dict[str, Any]], int]:
+    """The records of one file from byte `offset` on (an offset this returned before) and the
+    offset after the last whole line: a reader that keeps a parsed day file reads only what
+    was appended since (the dashboard's day cache, query.DayCache). A line still being
+    written waits for the next call; a torn or damaged line is skipped."""
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(offset)
+            data = handle.read()
+    except FileNotFoundError:
+        return [], 0
+    except OSError as exc:
+        raise environment_error(path, exc, "read") from None
+    end = data.rfind(b"\n") + 1
+    out = []
+    for line in data[:end].split(b"\n"):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue  # a torn line (a crash mid-append): `read_file` warns about it
+        if isinstance(record, dict):
+            out.append(record)
+    return out, offset + end

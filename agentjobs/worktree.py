@@ -10,6 +10,7 @@ branch stays for review. A failed run keeps its worktree for inspection until `a
 from __future__ import annotations
 
 import shutil
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -91,3 +92,20 @@ def collect(folder: Path, active: set[str]) -> list[str]:
         Path(f"{path}.base").unlink(missing_ok=True)
         removed.append(str(path))
     return removed
+
+
+def diffstat(facts: Mapping[str, Any], repo: str | None) -> str | None:
+    """`git diff --stat` of a run's work against the commit its worktree started from: the
+    commit made on its branch (looked up in `repo`, the job's workdir, which shares the
+    branch), or, for a worktree kept after a failure, what is in it now. None when there is
+    nothing to compare (no base, no change, the repository or worktree is gone)."""
+    base, commit, path = facts.get("base"), facts.get("commit"), facts.get("path")
+    if not isinstance(base, str) or not base:
+        return None
+    if isinstance(commit, str) and commit and repo and Path(repo).is_dir():
+        code, output = capture(["git", "diff", "--stat", base, commit], cwd=repo)
+    elif isinstance(path, str) and Path(path).is_dir():
+        code, output = capture(["git", "diff", "--stat", base], cwd=path)
+    else:
+        return None
+    return (output.rstrip() or None) if code == 0 else None

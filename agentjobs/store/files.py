@@ -1080,3 +1080,9 @@ class FileStore:
     def day_records(self, day: str) -> Iterator[dict[str, Any]]:
         """The records of one UTC day (`YYYY-MM-DD`), oldest first."""
         return records_mod.read_file(self.root / "records" / f"{day}.jsonl")
+
+    @_guarded("read")
+    def day_records_after(self, day: str, mark: int) -> tuple[list[dict[str, Any]], int]:
+        """The records of one UTC day appended after `mark` (0, or a mark this returned), oldest
+        first, and the mark to pass next time (a byte offset: the day file only grows)."""
+        return records_mod.read_after(self.root / "records" / f"{day}.jsonl", mark)

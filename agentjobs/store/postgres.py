@@ -836,6 +836,19 @@ class PostgresStore:
         for (data,) in rows:
             yield data
 
+    @_again_once
+    def day_records_after(self, day: str, mark: int) -> tuple[list[dict[str, Any]], int]:
+        """The records of one UTC day after `mark` (0, or a mark this returned), oldest first,
+        and the mark to pass next time (the newest `seq` read). A record of a transaction that
+        commits after a later one's is behind the mark: readers compare counts
+        (`record_days`) and read the day again when one is missing (query.DayCache)."""
+        with self._db() as conn:
+            rows = conn.execute(
+                f"SELECT seq, data FROM {SCHEMA}.records WHERE day = %s AND seq > %s ORDER BY seq",
+                (day, mark),
+            ).fetchall()
+        return [data for _, data in rows], max((int(seq) for seq, _ in rows), default=mark)
+
     def log_path(self, run_id: str, attempt: int) -> Path:
         return records_mod.log_path(self.local_dir / "logs", run_id, attempt)
 
