@@ -990,7 +990,7 @@ def timeline(
         waited_from = max(e.queued_at, ends.get(e.run_id, ""))
         ends[e.run_id] = stop
         lane = _lane_key(e.lock_key)
-        if begin < hi and stop > lo:
+        if begin <= hi and stop >= lo:
             assert e.row is not None
             bars.setdefault(lane, []).append(
                 Bar(
@@ -1015,7 +1015,7 @@ def timeline(
             )
     for item in runtime.queue.values():
         lane = _lane_key(item.lock_key)
-        if item.state == "running" and item.started_at and item.started_at < hi:
+        if item.state == "running" and item.started_at and item.started_at <= hi:
             bars.setdefault(lane, []).append(
                 Bar(item.run_id, item.job, item.attempt, item.started_at, stamp, "running")
             )
@@ -1479,7 +1479,8 @@ def changes(store: Store, before: Snapshot, now: datetime) -> tuple[Snapshot, li
         seen.add((old.run_id, old.attempt))
         out.append(_finished(record, stamp))
     for job, last in after.last.items():
-        if last == before.last.get(job) or last[0] is None:
+        # a claim sets the run and its start; a settled attempt sets when it finished
+        if last[0] is None or last[1] is None or last[1] == before.last.get(job, (None,) * 3)[1]:
             continue
         run_id = str(last[0])
         if any(run_id == r for r, _ in seen):

@@ -241,3 +241,145 @@ def test_short_ids_name_runs_and_dead_letters_everywhere(
     shown = ajs("dlq", "show", short)
     assert shown.code == 0 and shown.out.startswith(f"dead letter {first}: job bad")
     assert ajs("dlq", "resolve", short, "--note", "ok").out.strip() == f"resolved {first}"
+
+
+# -- the dashboard's reads (issue 14) -----------------------------------------------------------
+
+DAY1, DAY2, DAY3 = "2026-11-23", "2026-11-24", "2026-11-25"
+
+
+def _three_days(ajs: Any, jobs_dir: Path) -> None:
+    """Job `a` (every hour, lock `k`) run by ticks on three days: two on the first two, one on
+    the third."""
+    write(jobs_dir / "a.yaml", job("print", "x", schedule={"every": "1h"}, lock="k"))
+    assert ajs("apply", "--now", f"{DAY1}T09:00:00Z").code == 0
+    for moment in (
+        f"{DAY1}T10:00:00Z",
+        f"{DAY1}T11:30:00Z",
+        f"{DAY2}T10:00:00Z",
+        f"{DAY2}T11:30:00Z",
+        f"{DAY3}T10:00:00Z",
+    ):
+        assert ajs("tick", "--now", moment).code == 0
+
+
+def test_the_timeline_reads_only_its_window_and_a_grown_day_only_from_its_end(
+    ajs: Any, jobs_dir: Path, state: State
+) -> None:
+    _three_days(ajs, jobs_dir)
+    per_day: dict[str, int] = {}
+    for record in state.records():
+        per_day[record["time"][:10]] = per_day.get(record["time"][:10], 0) + 1
+    cache = query.DayCache()
+    with state.store() as store:
+        now = parse(f"{DAY3}T12:00:00+00:00")
+        first = query.timeline(
+            store,
+            parse(f"{DAY2}T09:00:00+00:00"),
+            parse(f"{DAY2}T12:00:00+00:00"),
+            now,
+            cache=cache,
+        )
+        assert first.days_read == (DAY2, DAY3)  # and the day after: attempts that ended there
+        assert cache.parsed == per_day[DAY2] + per_day[DAY3]
+        [lane] = first.lanes
+        assert (lane.key, lane.jobs) == ("k", ("a",))
+        assert [b.start[:13] for b in lane.bars] == [f"{DAY2}T10", f"{DAY2}T11"]
+        again = query.timeline(
+            store,
+            parse(f"{DAY2}T09:00:00+00:00"),
+            parse(f"{DAY2}T12:00:00+00:00"),
+            now,
+            cache=cache,
+        )
+        assert again == first and cache.parsed == per_day[DAY2] + per_day[DAY3]
+    assert ajs("tick", "--now", f"{DAY3}T11:30:00Z").code == 0  # appends to DAY3
+    added = sum(1 for r in state.records() if r["time"][:10] == DAY3) - per_day[DAY3]
+    assert added >= 2
+    with state.store() as store:
+        later = parse(f"{DAY3}T12:00:00+00:00")
+        tl = query.timeline(store, parse(f"{DAY3}T00:00:00+00:00"), later, later, cache=cache)
+        assert cache.parsed == per_day[DAY2] + per_day[DAY3] + added  # the new lines only
+        assert len(tl.lanes[0].bars) == 2
+
+
+def test_pages_of_runs_go_back_through_every_day_without_reading_all_of_them(
+    ajs: Any, jobs_dir: Path, state: State
+) -> None:
+    _three_days(ajs, jobs_dir)
+    cache = query.DayCache()
+    with state.store() as store:
+        everything = list(reversed(query.history(store, limit=None)))
+        seen: list[query.RunRow] = []
+        older = None
+        pages = 0
+        while True:
+            page = query.runs_page(store, older=older, limit=2, cache=cache)
+            seen += page.rows
+            pages += 1
+            older = page.older
+            if older is None:
+                break
+        assert seen == everything and pages >= 3
+        first = query.runs_page(store, limit=100, max_days=1, cache=cache)
+        assert first.days_read == (DAY3,)
+        assert first.older == DAY2  # the next page starts at the end of the day before
+        assert all(r.time.startswith(DAY3) for r in first.rows)
+        only = query.runs_page(store, job="a", outcome="succeeded", limit=100, cache=cache)
+        assert [r.run_id for r in only.rows] == [
+            r.run_id for r in everything if r.event == "attempt_finished"
+        ]
+
+
+def test_dead_letters_are_grouped_by_cause_and_a_run_is_found_by_its_id(
+    ajs: Any, jobs_dir: Path, state: State
+) -> None:
+    write(jobs_dir / "three.yaml", job("exit", "3"))
+    write(jobs_dir / "four.yaml", job("exit", "4"))
+    write(jobs_dir / "ok.yaml", job("print", "fine"))
+    assert ajs("apply").code == 0
+    for name in ("three", "four", "ok"):
+        ajs("run", name)
+    with state.store() as store:
+        [group] = query.dead_letter_groups(store)
+        assert (group.cause, group.outcome, len(group.entries)) == ("exit code N", "failed", 2)
+        now = datetime.now(UTC)
+        ok = next(r for r in state.records("attempt_finished") if r["job"] == "ok")
+        view = query.run_view(store, ok["run_id"], now)
+        assert view is not None
+        assert (view.state, view.finished, view.attempts) == ("succeeded", True, 1)
+        assert view.detail.records[0]["output_tail"] == "fine\n"
+        dead = query.run_view(store, group.entries[0]["id"], now)
+        assert dead is not None and dead.state == "dead_lettered"
+        assert query.run_view(store, "01AAAAAAAAAAAAAAAAAAAAAAAA", now) is None
+        assert query.run_view(store, "not-a-ulid", now) is None
+        log = query.attempt_log(store, ok["run_id"], 1)
+        assert (log.exists, log.text, log.verify) == (True, "fine\n", None)
+
+
+def test_changes_say_what_was_queued_started_finished_dead_lettered_and_held(
+    ajs: Any, jobs_dir: Path, state: State
+) -> None:
+    from agentjobs import operate
+    from agentjobs.engine import Engine
+
+    write(jobs_dir / "ok.yaml", job("print", "fine"))
+    write(jobs_dir / "bad.yaml", job("exit", "5"))
+    assert ajs("apply").code == 0
+    with state.store() as store:
+        before = query.snapshot(store)
+        queued = operate.enqueue_manual(Engine(store), "ok")
+        after, found = query.changes(store, before, datetime.now(UTC))
+        assert [(c.kind, c.job, c.run_id) for c in found] == [("queued", "ok", queued.run_id)]
+        assert ajs("tick").code == 0
+        assert ajs("run", "bad").code == 1  # came and went between two looks
+        with store.transaction(10) as runtime:
+            runtime.holds["claude"] = "2099-01-01T00:00:00+00:00"
+        _, found = query.changes(store, after, datetime.now(UTC))
+    kinds = {(c.kind, c.job, c.outcome) for c in found}
+    assert ("finished", "ok", "succeeded") in kinds
+    assert ("finished", "bad", "failed") in kinds
+    assert ("dead_lettered", "bad", "failed") in kinds
+    assert [(c.kind, c.key, c.until) for c in found if c.kind == "held"] == [
+        ("held", "claude", "2099-01-01T00:00:00+00:00")
+    ]

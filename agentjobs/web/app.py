@@ -271,8 +271,7 @@ class _Views:
         refusal = _foreign_origin(request)
         if refusal is not None:
             return {}, self._error(request, 403, refusal)
-        form = await request.form()
-        fields = {k: v for k, v in form.items() if isinstance(v, str)}
+        fields = await _form(request)
         if not self.s.csrf.valid(request.cookies.get(security.CSRF_COOKIE), fields.get("csrf")):
             return fields, self._error(
                 request,
@@ -622,6 +621,22 @@ def run_json(view: query.RunView, now: datetime) -> dict[str, Any]:
         elapsed = (now - parse(wait.started_at)).total_seconds()
         data["progress"] = {"attempt": wait.attempt, "elapsed_s": round(max(elapsed, 0.0), 1)}
     return data
+
+
+MAX_FORM = 64 * 1024
+
+
+async def _form(request: Request) -> dict[str, str]:
+    """An urlencoded form (our pages post nothing else), parsed without python-multipart;
+    a body over MAX_FORM bytes is not read past it."""
+    from urllib.parse import parse_qsl
+
+    body = b""
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_FORM:
+            return {}
+    return dict(parse_qsl(body.decode("utf-8", errors="replace"), keep_blank_values=True))
 
 
 def _foreign_origin(request: Request) -> str | None:

@@ -131,13 +131,12 @@ def safe_spec(spec: Mapping[str, Any]) -> dict[str, Any]:
     env = spec.get("env")
     if isinstance(env, Mapping):
         out["env"] = {k: _masked(str(k), v, named) for k, v in env.items()}
-    elif isinstance(env, list | tuple):
-        out["env"] = [
-            [pair[0], _masked(str(pair[0]), pair[1], named)]
-            if isinstance(pair, list | tuple) and len(pair) == 2
-            else pair
+    elif isinstance(env, list | tuple):  # stored as [name, value] pairs: shown as a mapping
+        out["env"] = {
+            str(pair[0]): _masked(str(pair[0]), pair[1], named)
             for pair in env
-        ]
+            if isinstance(pair, list | tuple) and len(pair) == 2
+        }
     return out
 
 
