@@ -763,6 +763,9 @@ class _Entry:
     hold: str  # the usage-limit key this attempt put on hold, "" for none
     hold_until: str  # when that hold lifts
     row: RunRow | None  # attempt_finished and slot_skipped: the history row
+    queued_s: float = 0.0  # the times as epoch seconds (parsed once, when the day is read)
+    started_s: float = 0.0
+    finished_s: float = 0.0
 
 
 _DETAIL_KEPT = 300  # characters of an error kept in memory per entry
@@ -793,7 +796,17 @@ def _entry(record: Mapping[str, Any]) -> _Entry:
         if hold
         else "",
         row=row,
+        queued_s=_epoch(record.get("queued_at")),
+        started_s=_epoch(record.get("started_at")),
+        finished_s=_epoch(record.get("finished_at")),
     )
+
+
+def _epoch(text: Any) -> float:
+    try:
+        return datetime.fromisoformat(text).timestamp() if isinstance(text, str) else 0.0
+    except ValueError:
+        return 0.0
 
 
 @dataclass(slots=True)
@@ -969,9 +982,11 @@ def timeline(
     """The attempts of every lock key between `start` and `end`, one lane per key, with the
     periods runs waited in the queue and usage-limit holds. Reads the record days of the
     window (and the day after it: attempts that started inside and ended after), never the
-    whole history. A lane with more than `max_bars` attempts merges neighbours into one bar."""
+    whole history. A lane with more than `max_bars` attempts merges neighbours into one bar;
+    a wait shorter than 1/2000 of the window (less than half a pixel) is left out."""
     cache = cache or DayCache(days=0)
     lo, hi, stamp = iso(start) or "", iso(end) or "", iso(now) or ""
+    shortest = (end - start).total_seconds() / 2000
     signatures = cache.signatures(store)
     days = [d for d in _days_between(start, end + timedelta(days=1)) if d in signatures]
     entries = cache.entries(store, days, signatures)
@@ -982,16 +997,33 @@ def timeline(
         for e in entries.get(day, ()):
             if e.event == "attempt_finished" and e.row is not None:
                 finished.setdefault((e.run_id, e.attempt), e)
+    lanes_of: dict[str, str] = {}
+
+    def lane_of(lock_key: str) -> str:
+        found = lanes_of.get(lock_key)
+        if found is None:
+            found = lanes_of[lock_key] = _lane_key(lock_key)
+        return found
+
+    def wait_from(run_id: str, attempt: int, queued_at: str, queued_s: float) -> tuple[str, float]:
+        """A run waits from its enqueue; a retry from the end of the attempt before."""
+        before = finished.get((run_id, attempt - 1)) if attempt > 1 else None
+        if before is not None and before.finished_s > queued_s:
+            return before.finished_at, before.finished_s
+        return queued_at, queued_s
+
+    def seen(since: str, since_s: float, until: str, until_s: float) -> bool:
+        """Whether a wait shows in the window (long enough to see)."""
+        return bool(since) and until > lo and since < hi and until_s - since_s >= shortest
+
     bars: dict[str, list[Bar]] = {}
     bands: dict[str, list[Band]] = {}
-    ends: dict[str, str] = {}  # run id -> when its previous attempt ended (its wait starts)
-    for e in sorted(finished.values(), key=lambda e: (e.started_at, e.attempt)):
+    for e in finished.values():
         begin, stop = e.started_at or e.time, e.finished_at or e.time
-        waited_from = max(e.queued_at, ends.get(e.run_id, ""))
-        ends[e.run_id] = stop
-        lane = _lane_key(e.lock_key)
+        lane = lanes_of.get(e.lock_key) or lane_of(e.lock_key)
+        row = e.row
+        assert row is not None
         if begin <= hi and stop >= lo:
-            assert e.row is not None
             bars.setdefault(lane, []).append(
                 Bar(
                     e.run_id,
@@ -999,48 +1031,51 @@ def timeline(
                     e.attempt,
                     begin,
                     stop,
-                    e.row.outcome,
+                    row.outcome,
                     e.trigger,
-                    e.row.duration_s,
-                    e.row.cost_usd,
+                    row.duration_s,
+                    row.cost_usd,
                 )
             )
-        if waited_from and waited_from < begin and begin > lo and waited_from < hi:
+        since, since_s = wait_from(e.run_id, e.attempt, e.queued_at, e.queued_s)
+        if since and since < begin and seen(since, since_s, begin, e.started_s):
             bands.setdefault(lane, []).append(
-                Band("wait", waited_from, begin, f"{e.job} queued", e.run_id)
+                Band("wait", since, begin, f"{e.job} queued", e.run_id)
             )
         if e.hold and e.hold_until > lo and stop < hi:
             bands.setdefault(lane, []).append(
                 Band("hold", stop, e.hold_until, f"{e.hold} usage limit", e.run_id)
             )
     for item in runtime.queue.values():
-        lane = _lane_key(item.lock_key)
+        lane = lane_of(item.lock_key)
         if item.state == "running" and item.started_at and item.started_at <= hi:
             bars.setdefault(lane, []).append(
                 Bar(item.run_id, item.job, item.attempt, item.started_at, stamp, "running")
             )
-        waited_from = max(item.queued_at, ends.get(item.run_id, ""))
-        waited_to = (item.started_at or stamp) if item.state == "running" else stamp
-        if waited_from and lo < waited_to and waited_from < min(waited_to, hi):
+        since, since_s = wait_from(
+            item.run_id, item.attempt, item.queued_at, _epoch(item.queued_at)
+        )
+        until = (item.started_at or stamp) if item.state == "running" else stamp
+        if since and since < until and seen(since, since_s, until, _epoch(until)):
             bands.setdefault(lane, []).append(
-                Band("wait", waited_from, waited_to, f"{item.job} queued", item.run_id)
+                Band("wait", since, until, f"{item.job} queued", item.run_id)
             )
     for key, until in runtime.holds.items():
         if until <= stamp:
             continue
         for job in applied.values():
             if job.limit_key == key:
-                lane = _lane_key(str(job.spec.get("lock")))
+                lane = lane_of(str(job.spec.get("lock")))
                 bands.setdefault(lane, []).append(Band("hold", stamp, until, f"{key} usage limit"))
     jobs_of: dict[str, set[str]] = {}
     for name, job in applied.items():
-        jobs_of.setdefault(_lane_key(str(job.spec.get("lock"))), set()).add(name)
+        jobs_of.setdefault(lane_of(str(job.spec.get("lock"))), set()).add(name)
     for lane, found in bars.items():
         jobs_of.setdefault(lane, set()).update(b.job for b in found)
     lanes = []
     for key in sorted(jobs_of):
         shared = key.endswith(_WORKTREE_LANE)
-        mine = sorted(bars.get(key, ()), key=lambda b: (b.start, b.attempt))
+        mine = sorted(bars.get(key, ()), key=_bar_order)
         rows = 1
         if shared:
             mine, rows = _stacked(mine)
@@ -1051,12 +1086,20 @@ def timeline(
                 key,
                 tuple(sorted(jobs_of[key])),
                 tuple(mine),
-                tuple(sorted(bands.get(key, ()), key=lambda b: b.start)),
+                tuple(sorted(bands.get(key, ()), key=_band_order)),
                 shared,
                 rows,
             )
         )
     return Timeline(lo, hi, stamp, tuple(lanes), tuple(days))
+
+
+def _bar_order(bar: Bar) -> tuple[str, int]:
+    return bar.start, bar.attempt
+
+
+def _band_order(band: Band) -> str:
+    return band.start
 
 
 _WORKTREE_LANE = " (worktree runs)"

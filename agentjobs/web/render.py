@@ -55,7 +55,9 @@ def environment(static: bool = False) -> jinja2.Environment:
         relative=relative,
         pretty_json=pretty_json,
     )
-    env.globals.update(static=static, outcome_class=outcome_class)
+    env.globals.update(
+        static=static, outcome_class=outcome_class, bar_title=bar_title, band_title=band_title
+    )
     return env
 
 
@@ -167,7 +169,6 @@ class BarView:
     x: float
     width: float
     y: float
-    title: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,7 +178,6 @@ class BandView:
     width: float
     y: float
     height: float
-    title: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -218,28 +218,35 @@ def window(span: str, end: str | None, now: datetime) -> tuple[str, datetime, da
 
 
 def timeline_view(tl: query.Timeline, span: str, now: datetime) -> TimelineView:
+    """Where each bar and band goes on a lane's 0..WIDTH axis. A bar shorter than MIN_WIDTH
+    is widened to it, but never into the next bar of its row: bars that do not overlap in
+    time never overlap on the page."""
     start, end = datetime.fromisoformat(tl.start), datetime.fromisoformat(tl.end)
-    total = (end - start).total_seconds() or 1.0
+    origin = start.timestamp()
+    scale = WIDTH / ((end - start).total_seconds() or 1.0)
 
     def x(moment: str) -> float:
-        offset = (datetime.fromisoformat(moment) - start).total_seconds()
-        return max(0.0, min(WIDTH, offset / total * WIDTH))
+        offset = (datetime.fromisoformat(moment).timestamp() - origin) * scale
+        return WIDTH if offset > WIDTH else 0.0 if offset < 0 else offset
 
     lanes = []
     attempts = 0
     for lane in tl.lanes:
+        count = len(lane.bars)
         starts = [x(b.start) for b in lane.bars]
         bars = []
         for i, bar in enumerate(lane.bars):
             left, right = starts[i], x(bar.end)
-            # the next bar in the same row: a short bar is widened up to it, never into it
-            following = next(
-                (starts[j] for j in range(i + 1, len(lane.bars)) if lane.bars[j].row == bar.row),
-                WIDTH,
-            )
+            if lane.shared:  # stacked rows: the next bar in this row
+                following = next(
+                    (starts[j] for j in range(i + 1, count) if lane.bars[j].row == bar.row),
+                    WIDTH,
+                )
+            else:
+                following = starts[i + 1] if i + 1 < count else WIDTH
             right = max(right, min(left + MIN_WIDTH, following))
             attempts += bar.attempts
-            bars.append(BarView(bar, left, max(right - left, 0.0), bar.row * ROW + 2, _title(bar)))
+            bars.append(BarView(bar, left, max(right - left, 0.0), bar.row * ROW + 2))
         base = lane.rows * ROW
         bands = []
         for band in lane.bands:
@@ -247,14 +254,13 @@ def timeline_view(tl: query.Timeline, span: str, now: datetime) -> TimelineView:
             if right <= left:
                 continue
             if band.kind == "wait":
-                y, height = base + 1, WAIT
+                bands.append(BandView(band, left, right - left, base + 1, WAIT))
             else:
-                y, height = 0.0, base + WAIT + 2
-            title = f"{band.label}: {when(band.start)} to {when(band.end)}"
-            bands.append(BandView(band, left, right - left, y, height, title))
+                bands.append(BandView(band, left, right - left, 0.0, base + WAIT + 2))
         lanes.append(LaneView(lane, tuple(bars), tuple(bands), base + WAIT + 2))
     now_x = x(tl.now) if tl.start <= tl.now <= tl.end else None
     step = SPANS[span][1]
+    total = (end - start).total_seconds()
     later = end + timedelta(seconds=total)
     return TimelineView(
         tl,
@@ -270,7 +276,54 @@ def timeline_view(tl: query.Timeline, span: str, now: datetime) -> TimelineView:
     )
 
 
-def _title(bar: query.Bar) -> str:
+def timeline_data(view: TimelineView) -> dict[str, Any]:
+    """The bars and bands as compact JSON for the page's script to draw (thousands of bars
+    cost the server a `json.dumps`, not a template each): per lane, bars as [x, width, y,
+    run id, attempt, outcome, job, start, end, seconds, cost, attempts] and bands as [x,
+    width, y, height, kind, label, start, end]; `classes` maps an outcome to its CSS."""
+    classes: dict[str, str] = {}
+    lanes = []
+    for lv in view.lanes:
+        bars = []
+        for b in lv.bars:
+            bar = b.bar
+            if bar.outcome not in classes:
+                classes[bar.outcome] = outcome_class(bar.outcome)
+            bars.append(
+                [
+                    round(b.x, 3),
+                    round(b.width, 3),
+                    b.y,
+                    bar.run_id,
+                    bar.attempt,
+                    bar.outcome,
+                    bar.job,
+                    bar.start,
+                    bar.end,
+                    bar.duration_s,
+                    bar.cost_usd,
+                    bar.attempts,
+                ]
+            )
+        bands = [
+            [
+                round(b.x, 3),
+                round(b.width, 3),
+                b.y,
+                b.height,
+                b.band.kind,
+                b.band.label,
+                b.band.start,
+                b.band.end,
+            ]
+            for b in lv.bands
+        ]
+        lanes.append({"key": lv.lane.key, "bars": bars, "bands": bands})
+    return {"lanes": lanes, "classes": classes, "bar": BAR}
+
+
+def bar_title(bar: query.Bar) -> str:
+    """A bar's tooltip (the static report's; the page's script writes the same)."""
     if bar.attempts > 1:
         return (
             f"{bar.attempts} attempts ({bar.job}), worst {bar.outcome}: "
@@ -282,6 +335,10 @@ def _title(bar: query.Bar) -> str:
         f"{bar.job} run {bar.run_id} attempt {bar.attempt}: {bar.outcome}{took}{spent} "
         f"({when(bar.start)} to {when(bar.end)})"
     )
+
+
+def band_title(band: query.Band) -> str:
+    return f"{band.label}: {when(band.start)} to {when(band.end)}"
 
 
 def _ticks(start: datetime, end: datetime, step: float, x: Any) -> Sequence[tuple[float, str]]:
