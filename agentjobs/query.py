@@ -1204,7 +1204,7 @@ def overview(store: Store, now: datetime, *, cache: DayCache | None = None) -> O
         running=tuple(w for w in all_waits if w.state == "running"),
         queued=tuple(w for w in all_waits if w.state == "queued"),
         finished_today=len(finished),
-        failed_today=tuple(reversed(failed)),
+        failed_today=tuple(sorted(failed, key=_newest_first)),
         dead_letters=tuple(sorted(dead, key=lambda e: str(e.get("created_at")), reverse=True)),
         holds=tuple(_holds(ctx, all_waits)),
         ledger=ledger(store, now),
@@ -1212,6 +1212,10 @@ def overview(store: Store, now: datetime, *, cache: DayCache | None = None) -> O
         spend_estimated=any(r.cost_estimated for r in finished),
         next_runs=tuple(soon[:10]),
     )
+
+
+def _newest_first(row: RunRow) -> tuple[float, str]:
+    return -_epoch(row.time), row.run_id
 
 
 # -- pages of runs -----------------------------------------------------------------------------

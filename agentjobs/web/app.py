@@ -19,7 +19,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlsplit
@@ -47,6 +47,7 @@ from agentjobs.web import render, security
 from agentjobs.web.events import EventFeed, sse
 
 STATIC = Path(__file__).with_name("static")
+WORKER_THREADS = 8
 LOCK_TIMEOUT = 10.0  # seconds an action waits for the state lock (a tick may hold it)
 CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
@@ -79,6 +80,16 @@ class Settings:
     def now(self) -> datetime:
         return self.clock.now()
 
+    def warm(self) -> None:
+        """Read what the first pages read (today's and yesterday's records) into the cache."""
+        import contextlib
+
+        now = self.now()
+        with contextlib.suppress(Exception):  # a state that cannot be read says so on a page
+            start, end = now - timedelta(seconds=render.SPANS[render.DEFAULT_SPAN][0]), now
+            query.timeline(self.store(), start, end, now, cache=self.cache)
+            query.overview(self.store(), now, cache=self.cache)
+
     def close(self) -> None:
         with self._lock:
             close = getattr(self._store, "close", None)
@@ -95,10 +106,12 @@ def create_app(
     jobs_dir: Path | None = None,
     clock: Clock | None = None,
     poll_interval: float = 1.0,
+    warm: bool = False,
 ) -> Starlette:
     """The dashboard for the state `open_store()` opens. With `token`, every request must
     carry it (bearer header or the session cookie `/login?token=` sets); without, requests
-    must name a loopback host."""
+    must name a loopback host. `warm`: fill the day cache (the overview's and the 24 h
+    timeline's days) in the background at start-up."""
     settings = Settings(
         open_store,
         read_only=read_only,
@@ -112,6 +125,13 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
+        import anyio.to_thread
+
+        # pages are rendered in worker threads, each with its own database connection on
+        # PostgreSQL: a few threads, not anyio's default 40
+        anyio.to_thread.current_default_thread_limiter().total_tokens = WORKER_THREADS
+        if warm:  # parse today's and yesterday's records now, not on the first visitor's time
+            threading.Thread(target=settings.warm, name="agentjobs-ui-warm", daemon=True).start()
         try:
             yield
         finally:

@@ -52,6 +52,7 @@ def serve(
         jobs_dir=jobs_dir,
         clock=clock,
         poll_interval=poll_interval,
+        warm=True,
     )
     config = uvicorn.Config(
         app,
@@ -68,6 +69,9 @@ def _bind(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     listener = socket.socket(family, socket.SOCK_STREAM)
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    # accepted connections inherit it: a small page's head and body are not held back by
+    # Nagle's algorithm for the client's delayed ACK (40 ms a page)
+    listener.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     try:
         listener.bind((host, port))
     except OSError as exc:
