@@ -1499,8 +1499,10 @@ def changes(store: Store, before: Snapshot, now: datetime) -> tuple[Snapshot, li
     out: list[Change] = []
     for item_id, item in after.items.items():
         old = before.items.get(item_id)
-        if old is None and item.state == "queued":
-            out.append(Change("queued", stamp, item.job, item.run_id, item.attempt))
+        if old is None:  # new since the last look (it may be claimed already)
+            out.append(
+                Change("queued", item.queued_at or stamp, item.job, item.run_id, item.attempt)
+            )
         if item.state == "running" and (
             old is None or old.state != "running" or old.attempt != item.attempt
         ):
