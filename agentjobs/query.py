@@ -831,6 +831,7 @@ class DayCache:
         self.parsed = 0  # records parsed so far (the tests and the benchmark read it)
         self._kept: OrderedDict[tuple[str, str], _Day] = OrderedDict()
         self._lock = threading.Lock()
+        self._reading = threading.Lock()
 
     def signatures(self, store: Store) -> dict[str, tuple[int, int]]:
         """Every day that has records, with its signature (empty when the store has none)."""
@@ -860,12 +861,16 @@ class DayCache:
                 if kept is not None:
                     self._kept.move_to_end(key)
             if kept is None or kept.signature != signature:
-                kept = self._read(store, day, signature, kept)
-                with self._lock:
-                    self._kept[key] = kept
-                    self._kept.move_to_end(key)
-                    while len(self._kept) > self.days:
-                        self._kept.popitem(last=False)
+                with self._reading:  # one reader parses a day; the others wait and take it
+                    with self._lock:
+                        kept = self._kept.get(key)
+                    if kept is None or kept.signature != signature:
+                        kept = self._read(store, day, signature, kept)
+                        with self._lock:
+                            self._kept[key] = kept
+                            self._kept.move_to_end(key)
+                            while len(self._kept) > self.days:
+                                self._kept.popitem(last=False)
             out[day] = kept.entries
         return out
 
