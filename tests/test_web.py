@@ -380,3 +380,46 @@ def test_tick_and_status_do_not_import_the_web_stack(
             check=True,
         )
         assert done.stdout.splitlines()[-2:] == ["[]", "[]"], (verb, done.stdout, done.stderr)
+
+
+def test_a_run_page_shows_verify_apart_and_the_worktree_branch_with_its_diffstat(
+    aj: Any, jobs_dir: Path, state_dir: Path
+) -> None:
+    repo = jobs_dir.parent
+    for args in (["init", "-q", "-b", "main"], ["add", "-A"], ["commit", "-q", "-m", "init"]):
+        if args[0] == "add":
+            (repo / "README").write_text("hello\n")
+        subprocess.run(
+            ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@x", *args],
+            check=True,
+            capture_output=True,
+        )
+    script = (
+        "from pathlib import Path; Path('made.txt').write_text('one\\ntwo\\n'); print('did it')"
+    )
+    write(
+        jobs_dir / "iso.yaml",
+        json.dumps(
+            {
+                "command": [sys.executable, "-c", script],
+                "workdir": "..",
+                "isolation": "worktree",
+                "verify": [
+                    sys.executable,
+                    str(REPO / "tests" / "fake_agent.py"),
+                    "print",
+                    "3 checks ok",
+                ],
+            }
+        ),
+    )
+    assert aj("apply").code == 0
+    assert aj("run", "iso").code == 0
+    state = State.files(state_dir)
+    [finished] = state.records("attempt_finished")
+    run_id = finished["run_id"]
+    with client(state) as c:
+        page = c.get(f"/runs/{run_id}").text
+    assert re.search(r'<pre class="log verify">3 checks ok\n</pre>', page), page
+    assert f"agentjobs/iso/{run_id}" in page
+    assert re.search(r"made\.txt \| 2 \+\+", page), page
