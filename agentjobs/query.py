@@ -814,6 +814,7 @@ class _Day:
     signature: tuple[int, int]
     mark: int
     entries: list[_Entry]
+    finished: list[_Entry]  # the attempt_finished entries (what the timeline draws)
 
 
 class DayCache:
@@ -840,14 +841,19 @@ class DayCache:
         return store.record_days()
 
     def entries(
-        self, store: Store, days: Sequence[str], signatures: Mapping[str, tuple[int, int]]
+        self,
+        store: Store,
+        days: Sequence[str],
+        signatures: Mapping[str, tuple[int, int]],
+        finished: bool = False,
     ) -> dict[str, list[_Entry]]:
-        """The entries of each of `days` (that has records), oldest first."""
+        """The entries of each of `days` (that has records), oldest first; with `finished`,
+        only the attempt_finished ones."""
         out: dict[str, list[_Entry]] = {}
         if not isinstance(store, _DayStore):  # no day files: read from the first day on
             for record in store.records(parse(f"{min(days)}T00:00:00+00:00") if days else None):
                 day = str(record.get("time", ""))[:10]
-                if day in days:
+                if day in days and (not finished or record.get("event") == "attempt_finished"):
                     out.setdefault(day, []).append(_entry(record))
             return out
         where = store.describe()
@@ -871,7 +877,7 @@ class DayCache:
                             self._kept.move_to_end(key)
                             while len(self._kept) > self.days:
                                 self._kept.popitem(last=False)
-            out[day] = kept.entries
+            out[day] = kept.finished if finished else kept.entries
         return out
 
     def _read(
@@ -886,7 +892,7 @@ class DayCache:
             records, mark = store.day_records_after(day, 0)
             entries = [_entry(r) for r in records]
         self.parsed += len(records)
-        return _Day(signature, mark, entries)
+        return _Day(signature, mark, entries, [e for e in entries if e.event == "attempt_finished"])
 
 
 def _days_between(first: datetime, last: datetime) -> list[str]:
@@ -994,13 +1000,13 @@ def timeline(
     shortest = (end - start).total_seconds() / 2000
     signatures = cache.signatures(store)
     days = [d for d in _days_between(start, end + timedelta(days=1)) if d in signatures]
-    entries = cache.entries(store, days, signatures)
+    entries = cache.entries(store, days, signatures, finished=True)
     applied = store.applied()
     runtime = store.runtime()
     finished: dict[tuple[str, int], _Entry] = {}
     for day in days:
         for e in entries.get(day, ()):
-            if e.event == "attempt_finished" and e.row is not None:
+            if e.row is not None:
                 finished.setdefault((e.run_id, e.attempt), e)
     lanes_of: dict[str, str] = {}
 

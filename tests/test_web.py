@@ -423,3 +423,20 @@ def test_a_run_page_shows_verify_apart_and_the_worktree_branch_with_its_diffstat
     assert re.search(r'<pre class="log verify">3 checks ok\n</pre>', page), page
     assert f"agentjobs/iso/{run_id}" in page
     assert re.search(r"made\.txt \| 2 \+\+", page), page
+
+
+def test_a_lock_key_with_markup_is_escaped_in_the_timeline_and_its_data(
+    ajs: Any, jobs_dir: Path, state: State
+) -> None:
+    lock = "</script><script>alert('key')</script>&"
+    write(jobs_dir / "odd.yaml", job("print", "x", lock=lock))
+    assert ajs("apply").code == 0
+    assert ajs("run", "odd").code == 0
+    with client(state) as c:
+        page = c.get("/timeline").text
+    assert "<script>alert" not in page and "</script><script>" not in page
+    data = re.search(r'<script type="application/json" class="timeline-data">(.*?)</script>', page)
+    assert data is not None
+    lanes = json.loads(data.group(1))["lanes"]
+    assert [lane["key"] for lane in lanes] == [lock]
+    assert len(lanes[0]["bars"]) == 1

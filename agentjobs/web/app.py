@@ -188,12 +188,6 @@ class _Guard:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        headers = Headers(scope=scope)
-        refusal = self._refusal(scope, headers)
-        if refusal is not None:
-            await refusal(scope, receive, send)
-            return
-
         began = time.perf_counter()
 
         async def with_headers(message: Message) -> None:
@@ -209,6 +203,10 @@ class _Guard:
                 out.setdefault("cache-control", "no-store")
             await send(message)
 
+        refusal = self._refusal(scope, Headers(scope=scope))
+        if refusal is not None:
+            await refusal(scope, receive, with_headers)
+            return
         await self.app(scope, receive, with_headers)
 
     def _refusal(self, scope: Scope, headers: Headers) -> Response | None:

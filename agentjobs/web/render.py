@@ -14,6 +14,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import jinja2
+from markupsafe import Markup
 
 from agentjobs import query
 from agentjobs.durations import format_duration
@@ -54,6 +55,7 @@ def environment(static: bool = False) -> jinja2.Environment:
         cost=cost,
         relative=relative,
         pretty_json=pretty_json,
+        script_json=script_json,
     )
     env.globals.update(
         static=static, outcome_class=outcome_class, bar_title=bar_title, band_title=band_title
@@ -278,10 +280,12 @@ def timeline_view(tl: query.Timeline, span: str, now: datetime) -> TimelineView:
 
 def timeline_data(view: TimelineView) -> dict[str, Any]:
     """The bars and bands as compact JSON for the page's script to draw (thousands of bars
-    cost the server a `json.dumps`, not a template each): per lane, bars as [x, width, y,
-    run id, attempt, outcome, job, start, end, seconds, cost, attempts] and bands as [x,
-    width, y, height, kind, label, start, end]; `classes` maps an outcome to its CSS."""
+    cost the server a `json.dumps`, not a template each). Per lane, bars as [x, width, y,
+    run id, attempt, outcome, job (an index into `jobs`), start, end (epoch seconds),
+    seconds, cost, attempts] and bands as [x, width, y, height, kind, label, start, end];
+    `classes` maps an outcome to its CSS classes."""
     classes: dict[str, str] = {}
+    jobs: dict[str, int] = {}
     lanes = []
     for lv in view.lanes:
         bars = []
@@ -289,17 +293,18 @@ def timeline_data(view: TimelineView) -> dict[str, Any]:
             bar = b.bar
             if bar.outcome not in classes:
                 classes[bar.outcome] = outcome_class(bar.outcome)
+            job = jobs.setdefault(bar.job, len(jobs))
             bars.append(
                 [
-                    round(b.x, 3),
-                    round(b.width, 3),
+                    round(b.x, 2),
+                    round(b.width, 2),
                     b.y,
                     bar.run_id,
                     bar.attempt,
                     bar.outcome,
-                    bar.job,
-                    bar.start,
-                    bar.end,
+                    job,
+                    _epoch(bar.start),
+                    _epoch(bar.end),
                     bar.duration_s,
                     bar.cost_usd,
                     bar.attempts,
@@ -307,19 +312,34 @@ def timeline_data(view: TimelineView) -> dict[str, Any]:
             )
         bands = [
             [
-                round(b.x, 3),
-                round(b.width, 3),
+                round(b.x, 2),
+                round(b.width, 2),
                 b.y,
                 b.height,
                 b.band.kind,
                 b.band.label,
-                b.band.start,
-                b.band.end,
+                _epoch(b.band.start),
+                _epoch(b.band.end),
             ]
             for b in lv.bands
         ]
         lanes.append({"key": lv.lane.key, "bars": bars, "bands": bands})
-    return {"lanes": lanes, "classes": classes, "bar": BAR}
+    return {"lanes": lanes, "classes": classes, "jobs": list(jobs), "bar": BAR}
+
+
+def script_json(value: Any) -> Markup:
+    """`value` as compact JSON safe inside a <script> element (`<`, `>`, `&`, `'` escaped as
+    JSON escapes, as Jinja's `tojson` does, without its indentation and key sorting)."""
+    import json
+
+    text = json.dumps(value, separators=(",", ":"))
+    for char, escaped in (("<", "\\u003c"), (">", "\\u003e"), ("&", "\\u0026"), ("'", "\\u0027")):
+        text = text.replace(char, escaped)
+    return Markup(text)
+
+
+def _epoch(moment: str) -> int:
+    return int(datetime.fromisoformat(moment).timestamp())
 
 
 def bar_title(bar: query.Bar) -> str:

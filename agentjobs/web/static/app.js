@@ -5,9 +5,8 @@
 
   var SVG = "http://www.w3.org/2000/svg";
 
-  function when(iso) {
-    var d = new Date(iso);
-    return isNaN(d) ? iso : d.toLocaleString();
+  function when(epoch) {
+    return new Date(epoch * 1000).toLocaleString();
   }
 
   function seconds(s) {
@@ -46,9 +45,10 @@
           frag.appendChild(r);
         });
         lane.bars.forEach(function (b) {
+          var job = data.jobs[b[6]];
           var title = b[11] > 1
-            ? b[11] + " attempts (" + b[6] + "), worst " + b[5] + ": " + when(b[7]) + " to " + when(b[8])
-            : b[6] + " run " + b[3] + " attempt " + b[4] + ": " + b[5]
+            ? b[11] + " attempts (" + job + "), worst " + b[5] + ": " + when(b[7]) + " to " + when(b[8])
+            : job + " run " + b[3] + " attempt " + b[4] + ": " + b[5]
               + (b[9] !== null ? " in " + seconds(b[9]) : "")
               + (b[10] !== null ? ", $" + b[10].toFixed(4) : "")
               + " (" + when(b[7]) + " to " + when(b[8]) + ")";
