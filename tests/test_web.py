@@ -440,3 +440,24 @@ def test_a_lock_key_with_markup_is_escaped_in_the_timeline_and_its_data(
     lanes = json.loads(data.group(1))["lanes"]
     assert [lane["key"] for lane in lanes] == [lock]
     assert len(lanes[0]["bars"]) == 1
+
+
+def test_a_running_attempt_shows_its_progress_on_the_run_page_and_in_the_api(
+    ajs: Any, jobs_dir: Path, state: State
+) -> None:
+    from tests.conftest import wait_for
+    from tests.test_engine import _spawn
+
+    write(jobs_dir / "long.yaml", job("print", "::progress 40 copying", "sleep", "4"))
+    assert ajs("apply").code == 0
+    runner = _spawn(state.location, "run", "long")
+    try:
+        wait_for(lambda: state.queue("running"))
+        run_id = state.queue("running")[0].run_id
+        with client(state) as c:
+            wait_for(lambda: "40% copying" in c.get(f"/runs/{run_id}").text, timeout=10)
+            status = c.get(f"/api/runs/{run_id}").json()
+        assert status["state"] == "running" and status["progress"]["attempt"] == 1
+        assert status["wait"]["progress_text"].startswith("40% copying")
+    finally:
+        runner.communicate(timeout=30)
