@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from agentjobs.clock import iso, parse
+from agentjobs.errors import UserError
 from agentjobs.progress import Progress
 from agentjobs.store import AppliedJob, ClaimRequest, QueueItem, Runtime, Store
 
@@ -691,12 +692,16 @@ def resolve_run(store: Store, text: str) -> str:
 
 
 def resolve_dead_letter(store: Store, text: str) -> str:
-    """The dead letter `text` names: its whole id or a unique prefix (`ids.resolve_run`)."""
+    """The dead letter `text` names: its whole id (looked up alone), or a unique prefix of one
+    (`ids.resolve_run`, among every entry)."""
     from agentjobs import ids
 
-    entries = {str(e["id"]): f"job {e.get('job')}, {e.get('status')}" for e in store.dead_letters()}
-    if text in entries:
+    if store.dead_letter(text) is not None:
         return text
+    entries = {str(e["id"]): f"job {e.get('job')}, {e.get('status')}" for e in store.dead_letters()}
+    wanted = text.strip().upper()
+    if not wanted or not any(i.upper().startswith(wanted) for i in entries):
+        raise UserError(f"no dead letter {text!r}; see `agentjobs dlq list`")
     return ids.resolve_run(text, entries)
 
 

@@ -101,6 +101,12 @@ class Fence:
     def __init__(self, proc: subprocess.Popen[bytes]) -> None:
         self.proc = proc
         self._lock = threading.Lock()
+        self._closing = False
+
+    def fired(self) -> bool:
+        """Whether the fence killed the group: it ended without being told to end quietly
+        (a renewal that came back late does not undo that)."""
+        return not self._closing and self.proc.poll() is not None
 
     def _send(self, byte: bytes) -> None:
         with self._lock:
@@ -118,6 +124,7 @@ class Fence:
         self._send(b"k\n")
 
     def close(self) -> None:
+        self._closing = True
         self._send(b"d\n")
         with self._lock:
             if self.proc.stdin is not None:

@@ -349,7 +349,10 @@ class Lease:
         """Why the attempt was stopped for its lease (lost, or renewals overdue), or None."""
         if self.lost.is_set():
             return self.reason
-        if self.overdue():
+        fired = self._fence is not None and self._fence.fired()
+        if self.overdue() or fired:
+            # (fired: a renewal sent in time but answered after the fence's window, while the
+            # database went away, leaves `overdue` false; the fence killed the group anyway)
             return f"the lease could not be renewed for {self.duration * 2 / 3:g}s"
         return None
 
