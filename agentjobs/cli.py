@@ -221,7 +221,7 @@ pass_ctx = click.make_pass_decorator(Context)
 @pass_ctx
 def validate(ctx: Context, paths: tuple[Path, ...]) -> None:
     """Check job files (default: the jobs directory) and report every problem."""
-    from agentjobs.validate import load
+    from agentjobs.validate import load, summary
 
     targets = list(paths) or [ctx.jobs_dir]
     if not paths and not ctx.jobs_dir.is_dir():
@@ -231,14 +231,7 @@ def validate(ctx: Context, paths: tuple[Path, ...]) -> None:
         _emit_json([p.as_dict() for p in result.problems])
     else:
         _render_problems(result.problems)
-        errors = len(result.errors)
-        if errors:
-            files = len({p.file for p in result.errors})
-            click.echo(
-                f"{errors} error{'s' * (errors != 1)} in {files} file{'s' * (files != 1)}", err=True
-            )
-        else:
-            click.echo(f"ok: {len(result.jobs)} jobs in {result.files} files", err=True)
+        click.echo(summary(result.problems, len(result.jobs), result.files), err=True)
     if result.errors:
         raise Exit(EXIT_INVALID)
 
@@ -2214,11 +2207,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exit as exc:
         return exc.code
     except InvalidJobError as exc:
+        from agentjobs.validate import summary
+
         _render_problems(exc.problems)
-        errors = [p for p in exc.problems if p.severity == "error"]
-        click.echo(
-            f"agentjobs: {len(errors)} error(s) in the job files; nothing was changed", err=True
-        )
+        click.echo(f"agentjobs: {summary(exc.problems)}; nothing was changed", err=True)
         return EXIT_INVALID
     except UserError as exc:
         click.echo(f"agentjobs: error: {exc}", err=True)
