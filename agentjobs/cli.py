@@ -646,6 +646,17 @@ def _attempt_json(result: AttemptResult) -> dict[str, Any]:
     return dataclasses.asdict(result)
 
 
+def _warn_if_ahead(moment: datetime) -> None:
+    """`tick --now` in the future stays usable (tests, replays), but what it writes carries
+    that time: say so (issue 13). A minute of slack for clocks that are merely close."""
+    if (moment - datetime.now(UTC)).total_seconds() > 60:
+        click.echo(
+            f"agentjobs: warning: --now {moment.isoformat()} is ahead of this machine's clock; "
+            "the records this tick writes and the next runs it schedules carry that time",
+            err=True,
+        )
+
+
 @cli.command()
 @click.option("--now", "now_text", default=None, help="Evaluate schedules at this ISO time.")
 @click.option(
@@ -664,6 +675,8 @@ def tick(
     labels: str,
 ) -> None:
     """One scheduling pass: recover, enqueue what is due, run what is free, exit."""
+    if now_text:  # as `_clock` reads it: an empty --now is the real clock
+        _warn_if_ahead(_now(now_text))
     engine = _engine(ctx, now_text, max_concurrent, host=host_id, labels=labels)
     with _Shutdown(engine.stop) as shutdown:
         result = engine.tick()
