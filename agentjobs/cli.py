@@ -1681,6 +1681,15 @@ def install_systemd(
     click.echo(f"{'then' if write else 'after writing them (--write)'} run: {steps}")
 
 
+_log_format_option = click.option(
+    "--log-format",
+    type=click.Choice(["text", "json"]),  # logs.FORMATS; logs.py imports loguru when used
+    default="text",
+    show_default=True,
+    help="Log lines: timestamped text, or one JSON object a line (journald, log shippers).",
+)
+
+
 @cli.command()
 @click.option(
     "--max-concurrent",
@@ -1696,6 +1705,7 @@ def install_systemd(
 )
 @click.option("--prune", is_flag=True, help="With --watch: delete jobs whose file is gone.")
 @click.option("--now", "now_text", default=None, hidden=True)
+@_log_format_option
 @_host_options
 @pass_ctx
 def daemon(
@@ -1704,6 +1714,7 @@ def daemon(
     watch_files: bool,
     prune: bool,
     now_text: str | None,
+    log_format: str,
     host_id: str | None,
     labels: str,
 ) -> None:
@@ -1711,6 +1722,9 @@ def daemon(
     import threading
 
     from agentjobs import daemon as daemon_loop
+    from agentjobs import logs
+
+    log = logs.configure(log_format)
 
     # SIGHUP must not end the daemon; the global config is read again on every pass anyway
     with _Shutdown(ignore_hangup=True) as shutdown:
@@ -1733,26 +1747,23 @@ def daemon(
                 raise UserError(f"jobs directory {ctx.jobs_dir} not found; pass --jobs-dir")
             threading.Thread(
                 target=watching.run,
-                args=(
-                    ctx.jobs_dir,
-                    ctx.store(),
-                    prune,
-                    stop,
-                    _lock_timeout(),
-                    lambda line: click.echo(f"agentjobs: watch: {line}", err=True),
-                ),
+                args=(ctx.jobs_dir, ctx.store(), prune, stop, _lock_timeout(), log),
                 daemon=True,
             ).start()
-        daemon_loop.run(
-            store, one_pass, stop, lambda line: click.echo(f"agentjobs: {line}", err=True)
-        )
+        try:
+            daemon_loop.run(store, one_pass, stop, log)
+        except UserError as exc:  # in the daemon's log format, not a line of another shape
+            log.bind(source="daemon").error(f"error: {exc}")
+            raise Exit(EXIT_INVALID) from None
 
 
 @cli.command()
 @click.option("--prune", is_flag=True, help="Delete applied jobs whose file is gone.")
+@_log_format_option
 @pass_ctx
-def watch(ctx: Context, prune: bool) -> None:
+def watch(ctx: Context, prune: bool, log_format: str) -> None:
     """Validate and apply the jobs directory on every change (Ctrl-C to stop)."""
+    from agentjobs import logs
     from agentjobs import watch as watching
 
     if not ctx.jobs_dir.is_dir():
@@ -1764,7 +1775,7 @@ def watch(ctx: Context, prune: bool) -> None:
             prune,
             shutdown.stop,
             _lock_timeout(),
-            lambda line: click.echo(line, err=False),
+            logs.configure(log_format),
         )
 
 
