@@ -22,6 +22,10 @@ if TYPE_CHECKING:
     from agentjobs.progress import Reporter
 
 MATCH_BYTES = 65536  # how much of the log `never_on`/`retry_on` output patterns search
+MISSING_CLI_ADVICE = (
+    "check the PATH the job runs with (set PATH in its `env` or the crontab) "
+    "or run `agentjobs doctor`"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,6 +152,11 @@ def run_attempt(
         argv, timeout=spec.timeout, silence_timeout=spec.silence_timeout, on_start=on_start
     )
     outcome, error = _exit_outcome(result)
+    # an agent CLI that is not there (or not executable) stays missing on a retry: permanent,
+    # with where to look (issue 13)
+    missing = spec.agent is not None and result.ending == Ending.NOT_STARTED
+    if missing:
+        error = f"{error}; {MISSING_CLI_ADVICE}"
     duration, tail = result.duration_s, result.output_tail
     verdict = None
     if spec.agent is not None and result.ending == Ending.EXITED:
@@ -174,7 +183,7 @@ def run_attempt(
     redactor = Redactor(secrets)
     return AttemptOutcome(
         agent=facts,
-        permanent=over_budget or (verdict.permanent if verdict is not None else False),
+        permanent=over_budget or missing or (verdict.permanent if verdict is not None else False),
         reset_at=verdict.reset_at if verdict is not None else None,
         outcome=outcome,
         exit_code=result.exit_code,

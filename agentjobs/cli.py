@@ -221,7 +221,7 @@ pass_ctx = click.make_pass_decorator(Context)
 @pass_ctx
 def validate(ctx: Context, paths: tuple[Path, ...]) -> None:
     """Check job files (default: the jobs directory) and report every problem."""
-    from agentjobs.validate import load
+    from agentjobs.validate import load, summary
 
     targets = list(paths) or [ctx.jobs_dir]
     if not paths and not ctx.jobs_dir.is_dir():
@@ -231,14 +231,7 @@ def validate(ctx: Context, paths: tuple[Path, ...]) -> None:
         _emit_json([p.as_dict() for p in result.problems])
     else:
         _render_problems(result.problems)
-        errors = len(result.errors)
-        if errors:
-            files = len({p.file for p in result.errors})
-            click.echo(
-                f"{errors} error{'s' * (errors != 1)} in {files} file{'s' * (files != 1)}", err=True
-            )
-        else:
-            click.echo(f"ok: {len(result.jobs)} jobs in {result.files} files", err=True)
+        click.echo(summary(result.problems, len(result.jobs), result.files), err=True)
     if result.errors:
         raise Exit(EXIT_INVALID)
 
@@ -653,6 +646,17 @@ def _attempt_json(result: AttemptResult) -> dict[str, Any]:
     return dataclasses.asdict(result)
 
 
+def _warn_if_ahead(moment: datetime) -> None:
+    """`tick --now` in the future stays usable (tests, replays), but what it writes carries
+    that time: say so (issue 13). A minute of slack for clocks that are merely close."""
+    if (moment - datetime.now(UTC)).total_seconds() > 60:
+        click.echo(
+            f"agentjobs: warning: --now {moment.isoformat()} is ahead of this machine's clock; "
+            "the records this tick writes and the next runs it schedules carry that time",
+            err=True,
+        )
+
+
 @cli.command()
 @click.option("--now", "now_text", default=None, help="Evaluate schedules at this ISO time.")
 @click.option(
@@ -671,6 +675,8 @@ def tick(
     labels: str,
 ) -> None:
     """One scheduling pass: recover, enqueue what is due, run what is free, exit."""
+    if now_text:  # as `_clock` reads it: an empty --now is the real clock
+        _warn_if_ahead(_now(now_text))
     engine = _engine(ctx, now_text, max_concurrent, host=host_id, labels=labels)
     with _Shutdown(engine.stop) as shutdown:
         result = engine.tick()
@@ -1675,6 +1681,15 @@ def install_systemd(
     click.echo(f"{'then' if write else 'after writing them (--write)'} run: {steps}")
 
 
+_log_format_option = click.option(
+    "--log-format",
+    type=click.Choice(["text", "json"]),  # logs.FORMATS; logs.py imports loguru when used
+    default="text",
+    show_default=True,
+    help="Log lines: timestamped text, or one JSON object a line (journald, log shippers).",
+)
+
+
 @cli.command()
 @click.option(
     "--max-concurrent",
@@ -1690,6 +1705,7 @@ def install_systemd(
 )
 @click.option("--prune", is_flag=True, help="With --watch: delete jobs whose file is gone.")
 @click.option("--now", "now_text", default=None, hidden=True)
+@_log_format_option
 @_host_options
 @pass_ctx
 def daemon(
@@ -1698,6 +1714,7 @@ def daemon(
     watch_files: bool,
     prune: bool,
     now_text: str | None,
+    log_format: str,
     host_id: str | None,
     labels: str,
 ) -> None:
@@ -1705,6 +1722,9 @@ def daemon(
     import threading
 
     from agentjobs import daemon as daemon_loop
+    from agentjobs import logs
+
+    log = logs.configure(log_format)
 
     # SIGHUP must not end the daemon; the global config is read again on every pass anyway
     with _Shutdown(ignore_hangup=True) as shutdown:
@@ -1727,26 +1747,23 @@ def daemon(
                 raise UserError(f"jobs directory {ctx.jobs_dir} not found; pass --jobs-dir")
             threading.Thread(
                 target=watching.run,
-                args=(
-                    ctx.jobs_dir,
-                    ctx.store(),
-                    prune,
-                    stop,
-                    _lock_timeout(),
-                    lambda line: click.echo(f"agentjobs: watch: {line}", err=True),
-                ),
+                args=(ctx.jobs_dir, ctx.store(), prune, stop, _lock_timeout(), log),
                 daemon=True,
             ).start()
-        daemon_loop.run(
-            store, one_pass, stop, lambda line: click.echo(f"agentjobs: {line}", err=True)
-        )
+        try:
+            daemon_loop.run(store, one_pass, stop, log)
+        except UserError as exc:  # in the daemon's log format, not a line of another shape
+            log.bind(source="daemon").error(f"error: {exc}")
+            raise Exit(EXIT_INVALID) from None
 
 
 @cli.command()
 @click.option("--prune", is_flag=True, help="Delete applied jobs whose file is gone.")
+@_log_format_option
 @pass_ctx
-def watch(ctx: Context, prune: bool) -> None:
+def watch(ctx: Context, prune: bool, log_format: str) -> None:
     """Validate and apply the jobs directory on every change (Ctrl-C to stop)."""
+    from agentjobs import logs
     from agentjobs import watch as watching
 
     if not ctx.jobs_dir.is_dir():
@@ -1758,7 +1775,7 @@ def watch(ctx: Context, prune: bool) -> None:
             prune,
             shutdown.stop,
             _lock_timeout(),
-            lambda line: click.echo(line, err=False),
+            logs.configure(log_format),
         )
 
 
@@ -2214,11 +2231,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exit as exc:
         return exc.code
     except InvalidJobError as exc:
+        from agentjobs.validate import summary
+
         _render_problems(exc.problems)
-        errors = [p for p in exc.problems if p.severity == "error"]
-        click.echo(
-            f"agentjobs: {len(errors)} error(s) in the job files; nothing was changed", err=True
-        )
+        click.echo(f"agentjobs: {summary(exc.problems)}; nothing was changed", err=True)
         return EXIT_INVALID
     except UserError as exc:
         click.echo(f"agentjobs: error: {exc}", err=True)

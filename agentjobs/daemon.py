@@ -10,8 +10,9 @@ previous run is still in flight is skipped (or queued) at its time, not run late
 poll - and wakes at once when `apply` changes the applied jobs or an attempt ends (a slot is
 free). One daemon per state directory (a lock). SIGTERM/SIGINT: stop claiming, stop running
 attempts gracefully (their workers forward the stop to the supervisors), wait for them, exit.
-Its log lines, and those of its passes, start with the UTC time they were said (`stamped`): a
-daemon's log is read long after, often not through journald.
+Its log lines, and those of its passes, go through `logs.py` (loguru): each starts with the UTC
+time it was said, as text or a JSON object (`--log-format`), since a daemon's log is read long
+after, often not through journald.
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from agentjobs import locks
@@ -29,6 +29,8 @@ from agentjobs.errors import UserError
 from agentjobs.store import Runtime, Store
 
 if TYPE_CHECKING:
+    from loguru import Logger
+
     from agentjobs.engine import Engine
 
 
@@ -102,29 +104,20 @@ def next_wake(runtime: Runtime, now: str) -> str | None:
     return min(times) if times else None
 
 
-def stamped(say: Callable[[str], None]) -> Callable[[str], None]:
-    """`say` with each line prefixed by the UTC time it was said (the wall clock's: when the
-    line was written, whatever the schedule's clock)."""
-
-    def stamped_say(line: str) -> None:
-        say(f"{datetime.now(UTC):%Y-%m-%dT%H:%M:%SZ} {line}")
-
-    return stamped_say
-
-
 def run(
     store: Store,
     make_engine: Callable[[threading.Event], Engine],
     stop: threading.Event,
-    say: Callable[[str], None],
+    log: Logger,
 ) -> None:
-    """Loop until `stop` is set. `make_engine(stop)` returns the engine of one pass. What
-    the daemon and its passes say is `stamped`."""
-    say = stamped(say)
+    """Loop until `stop` is set. `make_engine(stop)` returns the engine of one pass; what a
+    pass says (retries, recoveries, undelivered notifications) goes to `log` (`logs.py`) with
+    the daemon's own lines."""
+    say = log.bind(source="daemon").info
 
-    def pass_engine(event: threading.Event) -> Engine:
+    def engine_of(event: threading.Event) -> Engine:
         engine = make_engine(event)
-        engine.say = stamped(engine.say)
+        engine.say = say
         return engine
 
     # one daemon per state directory; with a shared database, one per host (its local dir)
@@ -133,13 +126,13 @@ def run(
         holder = locks.holder(store.local_dir / "locks" / "daemon.lock")
         raise UserError(f"a daemon already runs for {store.describe()} ({holder or 'unknown'})")
     held.note(f"daemon pid {os.getpid()}")
-    say(f"daemon started for {store.describe()}")
+    say(f"started for {store.describe()}")
     workers = Workers()
     try:
         while not stop.is_set():
             # what the pass saw: an apply or an attempt's end after this looks again at once
             version, ended = store.applied_version(), workers.ended()
-            engine = pass_engine(stop)
+            engine = engine_of(stop)
             engine.daemon_pass(workers)
             if stop.is_set():
                 break
@@ -161,7 +154,7 @@ def run(
         # stopped: the workers forward the stop to their attempts' supervisors (graceful:
         # interrupted and recorded); wait for them, then end as a stopped tick ends
         workers.join()
-        pass_engine(stop).daemon_pass(workers)
+        engine_of(stop).daemon_pass(workers)
     finally:
         held.release()
-        say("daemon stopped")
+        say("stopped")

@@ -32,6 +32,20 @@ def _cron_quote(value: str) -> str:
     return shlex.quote(value).replace("%", "\\%")
 
 
+def clean_path(path_env: str) -> str:
+    """`PATH` for an unattended entry: each directory once, where it first appears (`/usr/bin/`
+    is `/usr/bin`), without empty entries (they mean the working directory). A login shell's
+    PATH often holds directories twice (profiles that prepend on every start), issue 13."""
+    seen: set[str] = set()
+    kept: list[str] = []
+    for entry in path_env.split(":"):
+        key = (entry.rstrip("/") or "/") if entry else ""
+        if key and key not in seen:
+            seen.add(key)
+            kept.append(entry)
+    return ":".join(kept)
+
+
 def cron_marker(state_dir: str) -> str:
     """The comment above our crontab entry; one entry per state directory."""
     return MARKER_PREFIX + _check(state_dir, "state dir")
@@ -46,10 +60,10 @@ def cron_line(
     workdir: str | None = None,
 ) -> str:
     """The crontab entry that runs `tick` every minute from `workdir` (default: the parent of
-    `jobs_dir`), with `PATH` set (cron's own is `/usr/bin:/bin`) and output appended to
-    `log_file`."""
+    `jobs_dir`), with `PATH` set (cron's own is `/usr/bin:/bin`; `clean_path`) and output
+    appended to `log_file`."""
     directory = workdir if workdir is not None else jobs_dir.rstrip("/").rsplit("/", 1)[0] or "/"
-    _check(path_env, "PATH", absolute=False)
+    path_env = clean_path(_check(path_env, "PATH", absolute=False))
     parts = [
         f"cd {_cron_quote(_check(directory, 'working directory'))}",
         "&&",
@@ -124,7 +138,7 @@ def systemd_units(
     the jobs: a stop waits for it before systemd kills what is left."""
     if not _UNIT_NAME.match(name):
         raise ValueError(f"unit name {name!r} may hold only letters, digits and :_.-\\")
-    _check(path_env, "PATH", absolute=False)
+    path_env = clean_path(_check(path_env, "PATH", absolute=False))
     command = " ".join(
         _exec_arg(part)
         for part in (

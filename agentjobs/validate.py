@@ -377,34 +377,66 @@ def _fast_validator(name: str) -> Any:
 
 
 def schema_problems(doc: Document, file: str, schema_name: str) -> list[Problem]:
+    return _schema_check(doc, file, schema_name)[0]
+
+
+def _schema_check(
+    doc: Document, file: str, schema_name: str
+) -> tuple[list[Problem], frozenset[str]]:
+    """The schema's problems with `doc`, and the top-level keys they are in (an unknown key is
+    one): the semantic checks leave those keys alone and check every other one."""
     fast = _fast_validator(schema_name)
     try:
         if fast is not None and fast.is_valid(doc.value):
-            return []
+            return [], frozenset()
     except (ValueError, OverflowError, TypeError):
         pass  # a value the Rust side cannot represent (a huge integer): jsonschema decides
 
     problems = []
     seen: set[str] = set()
+    known = schema(schema_name).get("properties", {})
+    refused = (
+        {key for key in doc.value if key not in known} if isinstance(doc.value, dict) else set()
+    )
     for error in _validator(schema_name).iter_errors(doc.value):
+        if error.absolute_path:
+            refused.add(str(error.absolute_path[0]))
         for path, message, at_key in _messages(error, doc):
             if path in seen:  # one message per place: the first is the most specific
                 continue
             seen.add(path)
             line, column = doc.where_key(path) if at_key else doc.where(path)
             problems.append(Problem(file, line, column, path, message))
-    return problems
+    return problems, frozenset(refused)
 
 
 # -- semantic checks ---------------------------------------------------------------------------
 
 
 class _Checker:
-    def __init__(self, file: str, doc: Document, schema_name: str = "job.schema.json") -> None:
+    def __init__(
+        self,
+        file: str,
+        doc: Document,
+        schema_name: str = "job.schema.json",
+        refused: frozenset[str] = frozenset(),
+    ) -> None:
         self.file = file
         self.doc = doc
         self.schema_name = schema_name
         self.problems: list[Problem] = []
+        # top-level keys the schema refused: left out of the semantic checks, and a rule that
+        # reads one of them (even only its absence) is skipped rather than misled
+        self.refused = refused
+
+    def trusts(self, *keys: str) -> bool:
+        return not self.refused.intersection(keys)
+
+    def valid_part(self, raw: dict[str, Any]) -> dict[str, Any]:
+        """`raw` without the keys the schema refused: what the semantic checks may read."""
+        if not self.refused:
+            return raw
+        return {key: value for key, value in raw.items() if key not in self.refused}
 
     def error(self, path: str, message: str) -> None:
         line, column = self.doc.where(path)
@@ -444,7 +476,7 @@ def _check_job(raw: dict[str, Any], source: Path, check: _Checker, config: Globa
         if "timezone" in schedule and "every" in schedule:
             check.warn("schedule.timezone", "timezone has no effect on `every` schedules")
     command = raw.get("command")
-    if isinstance(command, str) and not raw.get("shell"):
+    if isinstance(command, str) and not raw.get("shell") and check.trusts("shell"):
         check.error(
             "command",
             "command is a string; write it as a list ([make, test]) or set `shell: true`",
@@ -561,6 +593,7 @@ def _check_durations(
             )
     if (
         timeout
+        and check.trusts("timeout")
         and "silence_timeout" in raw
         and (parse_duration(raw["silence_timeout"]) >= parse_duration(timeout))
     ):
@@ -595,7 +628,7 @@ def _check_limits(raw: dict[str, Any], check: _Checker) -> None:
     budget = raw.get("budget") or {}
     if budget.get("per_run") and budget.get("per_day") and budget["per_run"] > budget["per_day"]:
         check.error("budget.per_run", "per_run is more than per_day: no attempt could ever start")
-    if budget and not isinstance(raw.get("agent"), dict):
+    if budget and not isinstance(raw.get("agent"), dict) and check.trusts("agent"):
         check.warn("budget", "budget applies to agent jobs only: a command job costs nothing")
     for index, other in enumerate((raw.get("agent") or {}).get("fallback", ())):
         if other.get("kind") == "custom" and not other.get("command"):
@@ -603,6 +636,23 @@ def _check_limits(raw: dict[str, Any], check: _Checker) -> None:
 
 
 # -- files -------------------------------------------------------------------------------------
+
+
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}{'s' * (number != 1)}"
+
+
+def summary(problems: Sequence[Problem], jobs: int = 0, files: int = 0) -> str:
+    """The one closing line of `validate`, `plan`, `apply` and `watch` (issue 13): `2 errors in
+    1 file` when anything is wrong (counted from `problems`), else `ok: 3 jobs in 2 files`; with
+    `, 1 warning` when there are warnings."""
+    errors = [p for p in problems if p.severity == "error"]
+    warnings = len(problems) - len(errors)
+    if errors:
+        text = f"{_count(len(errors), 'error')} in {_count(len({p.file for p in errors}), 'file')}"
+    else:
+        text = f"ok: {_count(jobs, 'job')} in {_count(files, 'file')}"
+    return text + (f", {_count(warnings, 'warning')}" if warnings else "")
 
 
 def job_files(directory: Path) -> list[Path]:
@@ -650,14 +700,14 @@ def _load_config(path: Path | None) -> tuple[GlobalConfig, list[Problem]]:
         return build_config(None), [
             Problem(str(path), 1, 1, "", "the global config must be a mapping of settings")
         ]
-    problems = schema_problems(doc, str(path), "config.schema.json")
-    check = _Checker(str(path), doc, "config.schema.json")
-    if not problems:
-        from agentjobs.schedule import check_timezone
+    problems, refused = _schema_check(doc, str(path), "config.schema.json")
+    check = _Checker(str(path), doc, "config.schema.json", refused)
+    valid = check.valid_part(doc.value)
+    from agentjobs.schedule import check_timezone
 
-        if "timezone" in doc.value and (msg := check_timezone(doc.value["timezone"])):
-            check.error("timezone", msg)
-        _check_durations(doc.value, check)
+    if "timezone" in valid and (msg := check_timezone(valid["timezone"])):
+        check.error("timezone", msg)
+    _check_durations(valid, check)
     problems.extend(check.problems)
     if any(p.severity == "error" for p in problems):
         return build_config(None), problems
@@ -679,8 +729,8 @@ def _load_file(path: Path, config: GlobalConfig) -> tuple[list[LoadedJob], list[
                 Problem(file, line, 1, "", f"a job is a mapping of keys, got {_kind(doc.value)}")
             )
             continue
-        found = schema_problems(doc, file, "job.schema.json")
-        check = _Checker(file, doc)
+        found, refused = _schema_check(doc, file, "job.schema.json")
+        check = _Checker(file, doc, refused=refused)
         if "name" not in doc.value:
             if len(docs) > 1:
                 check.error("", "this file holds several jobs: give each one a `name`")
@@ -690,14 +740,31 @@ def _load_file(path: Path, config: GlobalConfig) -> tuple[list[LoadedJob], list[
                     f"the file name `{path.stem}` is not a valid job name; set `name:` or rename "
                     "the file (lowercase letters, digits, '.', '_', '-')",
                 )
-        if not found:
-            _check_job(doc.value, path, check, config)
-            _check_durations(doc.value, check, config)
+        # semantic problems of the keys the schema accepted are reported with its problems
+        # (issue 13): one run of validate shows all of them
+        valid = check.valid_part(doc.value)
+        _check_job(valid, path, check, config)
+        _check_durations(valid, check, config)
         found.extend(check.problems)
         problems.extend(found)
         if not any(p.severity == "error" for p in found):
             jobs.append(LoadedJob.of(build_job(doc.value, path, config), file, line, doc))
     return jobs, problems
+
+
+def _words(name: str) -> set[str]:
+    """The words of a job name, singular: `fix-tests` -> {fix, test}."""
+    return {w.removesuffix("s") for w in re.split(r"[-_.]", name) if len(w) > 2}
+
+
+def _sharing_a_word(name: str, names: Iterable[str]) -> str | None:
+    """The job name that shares a word with `name` and is most like it: `needs: [fix-test]`
+    finds `nightly-tests` where spelling alone (difflib) finds nothing (issue 13)."""
+    words = _words(name)
+    sharing = sorted(other for other in names if words & _words(other))
+    if not sharing:
+        return None
+    return max(sharing, key=lambda other: difflib.SequenceMatcher(None, name, other).ratio())
 
 
 def _cross_checks(jobs: Sequence[LoadedJob], report: set[str]) -> list[Problem]:
@@ -733,7 +800,7 @@ def _cross_checks(jobs: Sequence[LoadedJob], report: set[str]) -> list[Problem]:
                     )
                 )
             elif need not in by_name:
-                hint = suggest(need, by_name)
+                hint = suggest(need, by_name) or _sharing_a_word(need, by_name)
                 problems.append(
                     Problem(
                         job.source,

@@ -696,7 +696,7 @@ def daemon_process(
         )
     try:
         deadline = time.monotonic() + startup_timeout
-        while b"daemon started" not in log.read_bytes():
+        while b"daemon: started" not in log.read_bytes():
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise SystemExit(f"the daemon did not start:\n{log.read_text()[-3000:]}")
             time.sleep(0.02)

@@ -145,9 +145,7 @@ def test_is_error_with_exit_0_is_a_failure_and_agent_facts_are_recorded(
     assert result.code == 1
     record = finished(state_dir)[0]
     assert (record["outcome"], record["exit_code"]) == ("failed", 0)
-    assert record["error"] == (
-        "claude reported an error (success): I could not make the tests pass"
-    )
+    assert record["error"] == "claude reported an error: I could not make the tests pass"
     assert record["agent"] == {
         "api_retries": 0,
         "session_id": "sess-1",
@@ -217,7 +215,7 @@ def test_corrective_retry_feeds_the_failure_back(
     prompt = second[1]
     assert prompt.startswith(
         "Fix the tests.\n\n---\nA previous attempt at this task (attempt 1) "
-        "did not succeed: failed (claude reported an error (success): I "
+        "did not succeed: failed (claude reported an error: I "
         "could not make the tests pass)."
     )
     assert '"text": "working (is_error)"' in prompt  # its output, bounded to 8 KiB
@@ -286,6 +284,42 @@ def test_authentication_failure_is_permanent(aj, fake, jobs_dir: Path, state_dir
     assert dead["reason"].startswith(
         "a retry cannot fix this: authentication failed (API status 401)"
     )
+
+
+def test_a_missing_agent_cli_is_permanent_and_says_where_to_look(
+    aj, jobs_dir: Path, state_dir: Path, tmp_path: Path
+) -> None:
+    empty = tmp_path / "empty-bin"
+    empty.mkdir()
+    write(
+        jobs_dir / "a.yaml",
+        f"agent: {{kind: claude, prompt: x}}\nretry: {{attempts: 5}}\nenv: {{PATH: {empty}}}\n",
+    )
+    assert aj("apply").code == 0
+    result = aj("run", "a")
+    assert result.code == 1
+    error = (
+        "cannot start 'claude': No such file or directory; check the PATH the job runs with "
+        "(set PATH in its `env` or the crontab) or run `agentjobs doctor`"
+    )
+    [record] = finished(state_dir)  # one attempt: a retry would not find it either
+    assert (record["outcome"], record["error"]) == ("failed", error)
+    dead = json.loads(aj("-o", "json", "dlq", "list").out)[0]
+    assert dead["reason"] == f"a retry cannot fix this: {error}"
+
+
+def test_a_claude_error_result_says_what_the_result_says() -> None:
+    def result(**fields: Any) -> str:
+        return json.dumps({"type": "result", "is_error": True, **fields})
+
+    said = _judge("claude", result(subtype="success", result="I gave up"), 0)
+    assert (said.outcome, said.error) == ("failed", "claude reported an error: I gave up")
+    said = _judge("claude", result(subtype="success"), 0)
+    assert said.error == "claude reported an error"
+    said = _judge("claude", result(subtype="error_max_turns", is_error=False), 1)
+    assert said.error == "claude reported an error (error_max_turns)"
+    said = _judge("claude", result(subtype="error_during_execution", result="tool crashed"), 1)
+    assert said.error == "claude reported an error (error_during_execution): tool crashed"
 
 
 def test_reset_times_in_text() -> None:

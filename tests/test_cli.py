@@ -132,6 +132,24 @@ def test_tick_and_run_give_the_signal_handlers_back(cli, jobs_dir: Path, tmp_pat
     assert [signal.getsignal(n) for n in numbers] == before
 
 
+def test_tick_now_in_the_future_says_what_carries_that_time(cli, tmp_path: Path) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    write(tmp_path / "repo/jobs.d/a.yaml", "command: ['true']\nschedule: {every: 1h}\n")
+    state = str(tmp_path / "s")
+    assert cli("--jobs-dir", J, "--state-dir", state, "apply").code == 0
+    soon = (datetime.now(UTC) + timedelta(seconds=30)).isoformat()
+    assert cli("--state-dir", state, "tick", "--now", "").err == ""  # empty: the real clock
+    assert cli("--state-dir", state, "tick", "--now", soon).err == ""  # within a minute: quiet
+    ahead = cli("--state-dir", state, "tick", "--now", "2099-01-01T00:00:00Z")
+    assert ahead.code == 0
+    assert ahead.err == (
+        "agentjobs: warning: --now 2099-01-01T00:00:00+00:00 is ahead of this machine's clock; "
+        "the records this tick writes and the next runs it schedules carry that time\n"
+    )
+    assert ahead.out.startswith("a: attempt 1 succeeded in ")  # a new run: still usable
+
+
 def test_version_and_usage_errors(cli) -> None:
     assert cli("--version").out == f"agentjobs, version {__version__}\n"
     bad = cli("frobnicate")

@@ -62,7 +62,7 @@ def test_daemon_wakes_on_apply_and_starts_a_job_at_its_slot_and_outlives_sighup(
         daemon.send_signal(signal.SIGTERM)
         _, err = daemon.communicate(timeout=15)
         assert daemon.returncode == 0, err
-        assert "daemon stopped" in err
+        assert "daemon: stopped" in err
     finally:
         if daemon.poll() is None:
             daemon.kill()
@@ -106,7 +106,7 @@ def test_daemon_with_watch_applies_saved_files_by_itself(
         daemon.send_signal(signal.SIGTERM)
         _, err = daemon.communicate(timeout=15)
         assert daemon.returncode == 0, err
-        assert "agentjobs: watch: create: soon" in err
+        assert " INFO    watch: create: soon\n" in err
     finally:
         if daemon.poll() is None:
             daemon.kill()
@@ -360,3 +360,64 @@ def test_a_queued_run_waiting_for_its_lock_key_does_not_spin_the_daemon(
         if daemon.poll() is None:
             daemon.kill()
             daemon.communicate()
+
+
+# -- log lines (issue 13 item 4) -----------------------------------------------------------------
+
+
+def test_daemon_log_lines_are_json_objects_with_log_format_json(
+    jobs_dir: Path, state_dir: Path, bytecode_cache: None
+) -> None:
+    write(jobs_dir / "a.yaml", "command: ['true']\n")
+    argv = [sys.executable, "-m", "agentjobs", "--jobs-dir", str(jobs_dir)]
+    argv += ["--state-dir", str(state_dir), "daemon", "--watch", "--log-format", "json"]
+    daemon = subprocess.Popen(argv, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: (state_dir / "applied.json").exists())
+        second = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False)
+        err = _stop(daemon)
+        assert daemon.returncode == 0, err
+    finally:
+        if daemon.poll() is None:
+            daemon.kill()
+            daemon.communicate()
+
+    def lines(text: str, pid: int | None = None) -> list[tuple[str, str, str]]:
+        out = []
+        for line in text.splitlines():
+            entry = json.loads(line)
+            assert set(entry) == {"time", "level", "source", "message", "pid"}, line
+            assert pid is None or entry["pid"] == pid
+            assert datetime.fromisoformat(entry["time"]).utcoffset() == timedelta(0)
+            out.append((entry["level"], entry["source"], entry["message"]))
+        return out
+
+    assert sorted(lines(err, daemon.pid)) == [
+        ("INFO", "daemon", f"started for {state_dir}"),
+        ("INFO", "daemon", "stopped"),
+        ("INFO", "watch", "applied: 1 created, 0 updated, 0 deleted, 0 unchanged"),
+        ("INFO", "watch", "create: a"),
+    ]
+    assert second.returncode == 2
+    holder = f"daemon pid {daemon.pid}"
+    assert lines(second.stderr) == [
+        ("ERROR", "daemon", f"error: a daemon already runs for {state_dir} ({holder})")
+    ]
+
+
+def test_tick_and_status_never_import_loguru(
+    jobs_dir: Path, state_dir: Path, bytecode_cache: None
+) -> None:
+    write(jobs_dir / "a.yaml", "command: ['true']\nschedule: {cron: '0 0 1 1 *'}\n")
+    applied = run_agentjobs("--jobs-dir", str(jobs_dir), "--state-dir", str(state_dir), "apply")
+    assert applied.returncode == 0, applied.stderr
+    script = (
+        "import sys\n"
+        "from agentjobs.cli import main\n"
+        f"codes = [main(['--state-dir', {str(state_dir)!r}, verb]) for verb in ('tick', 'status')]\n"
+        "print(codes, [m for m in ('loguru', 'watchfiles') if m in sys.modules])\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert done.stdout.splitlines()[-1] == "[0, 0] []"

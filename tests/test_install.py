@@ -115,6 +115,19 @@ def test_install_cron_write_merges_into_the_crontab_idempotently(
     assert fake_crontab.read_text().count("# agentjobs:") == 1
 
 
+def test_install_cron_lists_each_path_directory_once(
+    cli, tmp_path: Path, jobs_dir: Path, state_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bin_dir = str(Path(sys.executable).parent)
+    monkeypatch.setenv("PATH", f"{bin_dir}:/usr/bin::{bin_dir}/:/bin:/usr/bin:{bin_dir}")
+    result = cli("--jobs-dir", str(jobs_dir), "--state-dir", str(state_dir), "install", "cron")
+    assert result.code == 0, result.err
+    assert result.out == (
+        f"* * * * * cd {tmp_path} && PATH={bin_dir}:/usr/bin:/bin {AGENTJOBS} "
+        f"--jobs-dir {jobs_dir} --state-dir {state_dir} tick >> {state_dir}/tick.log 2>&1\n"
+    )
+
+
 def test_install_cron_write_without_crontab_is_a_user_error(
     cli, tmp_path: Path, state_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

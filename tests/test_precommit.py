@@ -202,7 +202,7 @@ def test_hook_ignores_yaml_outside_a_jobs_directory(
     output = done.stdout + done.stderr
     assert done.returncode == 0, output
     assert _status_line(output) == "Passed", output
-    assert "ok: 1 jobs in 1 files" in output.splitlines(), output  # only jobs.d/good.yaml was given
+    assert "ok: 1 job in 1 file" in output.splitlines(), output  # only jobs.d/good.yaml was given
     assert "silence_timout" not in output, output
 
 

@@ -358,8 +358,8 @@ def test_a_daemons_log_lines_start_with_the_time(jobs_dir: Path, state_dir: Path
     finally:
         daemon.send_signal(signal.SIGTERM)
         _, err = daemon.communicate(timeout=15)
-    stamp = r"agentjobs: \d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ "
+    stamp = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z INFO    daemon: "  # logs.py
     lines = err.splitlines()
-    assert re.fullmatch(stamp + r"daemon started for .*", lines[0]), err
+    assert re.fullmatch(stamp + r"started for .*", lines[0]), err
     assert any(re.fullmatch(stamp + r"fails: run \w+ attempt 1 failed .*", x) for x in lines), err
-    assert re.fullmatch(stamp + "daemon stopped", lines[-1]), err
+    assert re.fullmatch(stamp + "stopped", lines[-1]), err

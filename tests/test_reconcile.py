@@ -168,7 +168,7 @@ def test_invalid_files_apply_nothing_and_leave_state_byte_for_byte(
         "repo/jobs.d/b.yaml:2:10: timeout: `soon` is not a duration; write e.g. 90s, 10m, 2h, 1d, "
         "1h30m or ISO-8601 PT2H",
     ]
-    assert result.err == "agentjobs: 1 error(s) in the job files; nothing was changed\n"
+    assert result.err == "agentjobs: 1 error in 1 file; nothing was changed\n"
     assert _snapshot(state_dir) == before
     assert cli(*base, "plan").code == 2
 

@@ -360,6 +360,89 @@ def test_cross_file_rules_unique_names_needs_and_cycles(cli, jobs_dir: Path) -> 
     assert len(lines) == 5
 
 
+def test_semantic_problems_are_reported_beside_a_schema_error_in_another_key(
+    cli, jobs_dir: Path
+) -> None:
+    write(
+        jobs_dir / "a.yaml",
+        """
+        command: [make, test]
+        priority: urgent
+        schedule: {cron: "61 * * * *", timezone: Mars/Olympus}
+        kill_grace: 0s
+        """,
+    )
+    result = cli("--jobs-dir", J, "validate")
+    assert result.code == 2
+    assert result.out.splitlines() == [
+        f"{J}/a.yaml:2:11: priority: `urgent` is not one of high, normal, low",
+        f"{J}/a.yaml:3:18: schedule.cron: cron expression `61 * * * *` is invalid: [61 * * * *] "
+        "is not acceptable, out of range",
+        f"{J}/a.yaml:3:42: schedule.timezone: unknown time zone `Mars/Olympus`; use an IANA name "
+        "such as UTC or Europe/Berlin",
+        f"{J}/a.yaml:4:13: kill_grace: kill_grace must be longer than zero",
+    ]
+    assert result.err == "4 errors in 1 file\n"
+
+
+def test_a_refused_key_is_not_checked_again_nor_misleads_another_rule(cli, jobs_dir: Path) -> None:
+    # `shell` is refused: the string command is not blamed on it; `timeout` is refused: the
+    # silence_timeout comparison is not made against the default
+    write(
+        jobs_dir / "a.yaml",
+        "command: make test\nshell: yes please\ntimeout: soon\nsilence_timeout: 2h\n",
+    )
+    result = cli("--jobs-dir", J, "validate")
+    assert result.out.splitlines() == [
+        f"{J}/a.yaml:2:8: shell: expected true or false, got `yes please`",
+        f"{J}/a.yaml:3:10: timeout: `soon` is not a duration; write e.g. 90s, 10m, 2h, 1d, "
+        "1h30m or ISO-8601 PT2H",
+    ]
+    assert result.err == "2 errors in 1 file\n"
+
+
+def test_a_need_that_shares_a_word_with_a_job_gets_a_did_you_mean(cli, jobs_dir: Path) -> None:
+    write(jobs_dir / "nightly-tests.yaml", "command: [make, test]\n")
+    write(jobs_dir / "refresh-docs.yaml", "command: [make, docs]\n")
+    write(jobs_dir / "a.yaml", "command: [a]\nneeds: [fix-test, docs, zzz]\n")
+    result = cli("--jobs-dir", J, "validate")
+    assert result.out.splitlines() == [
+        f"{J}/a.yaml:2:9: needs[0]: no job named `fix-test`; did you mean `nightly-tests`?",
+        f"{J}/a.yaml:2:19: needs[1]: no job named `docs`; did you mean `refresh-docs`?",
+        f"{J}/a.yaml:2:25: needs[2]: no job named `zzz`",
+    ]
+
+
+def test_validate_plan_and_apply_close_with_one_summary_wording(
+    cli, jobs_dir: Path, state_dir: Path
+) -> None:
+    base = ("--jobs-dir", J, "--state-dir", str(state_dir))
+    write(jobs_dir / "a.yaml", "command: [a]\ntimeout: soon\npriority: hihg\n")
+    write(jobs_dir / "b.yaml", "command: [b]\ntimeout: 0s\n")
+    write(jobs_dir / "c.yaml", "command: [c]\nworkdir: /nonexistent/place\n")
+    problems = [
+        f"{J}/a.yaml:2:10: timeout: `soon` is not a duration; write e.g. 90s, 10m, 2h, 1d, "
+        "1h30m or ISO-8601 PT2H",
+        f"{J}/a.yaml:3:11: priority: `hihg` is not one of high, normal, low; did you mean `high`?",
+        f"{J}/b.yaml:2:10: timeout: timeout must be longer than zero",
+    ]
+    warning = (
+        f"{J}/c.yaml:2:10: workdir: warning: /nonexistent/place does not exist on this machine"
+    )
+    checked = cli(*base, "validate")
+    assert (checked.code, checked.out.splitlines()) == (2, problems)
+    assert checked.err == f"{warning}\n3 errors in 2 files, 1 warning\n"
+    for verb in ("plan", "apply"):
+        refused = cli(*base, verb)
+        assert (refused.code, refused.out.splitlines()) == (2, problems)
+        assert refused.err == (
+            f"{warning}\nagentjobs: 3 errors in 2 files, 1 warning; nothing was changed\n"
+        )
+    (jobs_dir / "a.yaml").unlink()
+    (jobs_dir / "b.yaml").unlink()
+    assert cli(*base, "validate").err == f"{warning}\nok: 1 job in 1 file, 1 warning\n"
+
+
 def test_referenced_files_must_exist_relative_to_the_job_file(cli, jobs_dir: Path) -> None:
     write(jobs_dir / "a.yaml", "agent: {kind: claude, prompt_file: p.md}\nenv_file: .env\n")
     result = cli("--jobs-dir", J, "validate")
@@ -389,7 +472,7 @@ def test_warnings_never_fail_validation(cli, jobs_dir: Path) -> None:
         "machine" in result.err
     )
     assert f"{J}/a.yaml:3:16: schedule.at: warning: 2001-01-01T00:00 is in the past" in result.err
-    assert result.err.strip().endswith("ok: 1 jobs in 1 files")
+    assert result.err.strip().endswith("ok: 1 job in 1 file, 2 warnings")
 
 
 def test_json_output_lists_every_problem_as_an_object(cli, jobs_dir: Path) -> None:
@@ -413,15 +496,17 @@ def test_global_config_is_checked_too(cli, jobs_dir: Path) -> None:
     write(jobs_dir / "a.yaml", "command: [a]\n")
     result = cli("--jobs-dir", J, "validate")
     assert result.code == 2
-    assert result.out.splitlines() == [
+    timezone = (
+        f"{J}/agentjobs.yaml:2:11: timezone: unknown time zone `Mars/Olympus`; use an IANA name "
+        "such as UTC or Europe/Berlin"
+    )
+    assert result.out.splitlines() == [  # both at once: the time zone beside the unknown key
         f"{J}/agentjobs.yaml:1:1: max_concurent: unknown key `max_concurent`; did you mean "
         "`max_concurrent`?",
+        timezone,
     ]
     write(jobs_dir / "agentjobs.yaml", "max_concurrent: 3\ntimezone: Mars/Olympus\n")
-    assert cli("--jobs-dir", J, "validate").out.splitlines() == [
-        f"{J}/agentjobs.yaml:2:11: timezone: unknown time zone `Mars/Olympus`; use an IANA name "
-        "such as UTC or Europe/Berlin",
-    ]
+    assert cli("--jobs-dir", J, "validate").out.splitlines() == [timezone]
 
 
 def test_runs_on_with_valid_host_labels_passes(cli, jobs_dir: Path) -> None:
@@ -487,7 +572,7 @@ def test_validating_single_files_checks_needs_against_their_siblings(cli, jobs_d
     write(jobs_dir / "broken.yaml", "command: [a\n")
     result = cli("validate", f"{J}/b.yaml")
     assert (result.code, result.out) == (0, "")
-    assert "ok: 1 jobs in 1 files" in result.err
+    assert result.err == "ok: 1 job in 1 file\n"
 
 
 def test_missing_path_is_an_error_not_a_crash(cli) -> None:
@@ -554,7 +639,7 @@ def test_naming_the_config_file_checks_every_job_it_applies_to(cli, jobs_dir: Pa
     result = cli("validate", f"{J}/agentjobs.yaml")
     assert result.code == 0
     assert "silence_timeout is not shorter than timeout: it never fires" in result.err
-    assert "ok: 1 jobs in 1 files" in result.err
+    assert result.err.endswith("\nok: 1 job in 1 file, 1 warning\n")
 
 
 def test_each_directory_is_read_with_its_own_config(cli, tmp_path: Path) -> None:

@@ -62,6 +62,7 @@ def test_watch_applies_valid_saves_and_keeps_the_last_good_state(
         watcher.send_signal(signal.SIGTERM)
         out, err = watcher.communicate(timeout=15)
     assert watcher.returncode == 0, err
-    assert "silence_timout: unknown key `silence_timout`; did you mean `silence_timeout`?" in out
-    assert "1 error(s); the applied jobs stay as they were" in out
-    assert "create: b" in out and "delete: b" in out
+    assert out == ""  # log lines go to standard error (logs.py)
+    assert "silence_timout: unknown key `silence_timout`; did you mean `silence_timeout`?" in err
+    assert " ERROR   watch: 1 error in 1 file; the applied jobs stay as they were\n" in err
+    assert " INFO    watch: create: b\n" in err and " INFO    watch: delete: b\n" in err

@@ -120,11 +120,17 @@ class Claude:
         text_verdict = classify_text(message, agent.rate_limit_patterns, now)
         if text_verdict is not None:
             return _with(text_verdict, facts, reset)
-        return Verdict(
-            "failed",
-            f"claude reported an error ({result.get('subtype')}): {message[:500]}",
-            facts=facts,
-        )
+        return Verdict("failed", _error(result), facts=facts)
+
+
+def _error(result: dict[str, Any]) -> str:
+    """What a failed result event says: its text, and its subtype when that is not `success`
+    (an `is_error` result with subtype `success` is an error all the same: never "claude
+    reported an error (success)", issue 13)."""
+    subtype = result.get("subtype")
+    text = str(result.get("result") or "").strip()[:500]
+    kind = f" ({subtype})" if subtype and subtype != "success" else ""
+    return f"claude reported an error{kind}: {text}" if text else f"claude reported an error{kind}"
 
 
 def _with(verdict: Verdict, facts: dict[str, Any], reset: datetime | None) -> Verdict:
