@@ -22,7 +22,7 @@ import json
 import os
 import threading
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -589,6 +589,18 @@ def describe(
 ) -> JobDetail | None:
     """Everything about job `name` as applied, and how its file in `jobs_dir` differs (edits
     not applied yet). None when no such job is applied."""
+    return _detail(store, name, now, jobs_dir, fires, lambda: history(store, job=name, limit=runs))
+
+
+def _detail(
+    store: Store,
+    name: str,
+    now: datetime,
+    jobs_dir: Path | None,
+    fires: int,
+    recent: Callable[[], list[RunRow]],
+) -> JobDetail | None:
+    """A job's `JobDetail`, its recent runs from `recent()` (`describe`, `job_detail`)."""
     ctx = _Context.read(store, now)
     job = ctx.applied.get(name)
     if job is None:
@@ -597,7 +609,6 @@ def describe(
     all_waits = _waits(ctx)
     dead = _open_dead_letters(store)
     row = next(r for r in _rows(ctx, all_waits, dead) if r.job == name)
-    recent = history(store, job=name, limit=runs)
     return JobDetail(
         job=name,
         spec=dict(job.spec),
@@ -607,7 +618,7 @@ def describe(
         fire_times=tuple(_fire_times(job, now, fires)),
         waits=tuple(w for w in all_waits if w.job == name),
         holds=tuple(h for h in _holds(ctx, all_waits) if name in h.jobs),
-        runs=tuple(recent),
+        runs=tuple(recent()),
         dead_letters=tuple(e for e in dead if e.get("job") == name),
         ledger=ledger(store, now) if job.parsed.agent is not None else None,
     )
@@ -1592,25 +1603,8 @@ def job_detail(
     """`describe`'s `JobDetail`, its recent runs read from the newest record days (at most
     7, through the day cache) rather than searched for through all history: the dashboard's
     job page and `GET /api/jobs/{job}`. None when no such job is applied."""
-    ctx = _Context.read(store, now)
-    job = ctx.applied.get(name)
-    if job is None:
-        return None
-    file, drift = _drift(job, jobs_dir)
-    all_waits = _waits(ctx)
-    dead = _open_dead_letters(store)
-    row = next(r for r in _rows(ctx, all_waits, dead) if r.job == name)
-    page = runs_page(store, job=name, limit=runs, cache=cache)
-    return JobDetail(
-        job=name,
-        spec=dict(job.spec),
-        file=file,
-        drift=tuple(drift),
-        row=row,
-        fire_times=tuple(_fire_times(job, now, 5)),
-        waits=tuple(w for w in all_waits if w.job == name),
-        holds=tuple(h for h in _holds(ctx, all_waits) if name in h.jobs),
-        runs=tuple(reversed(page.rows)),
-        dead_letters=tuple(e for e in dead if e.get("job") == name),
-        ledger=ledger(store, now) if job.parsed.agent is not None else None,
-    )
+
+    def recent() -> list[RunRow]:
+        return list(reversed(runs_page(store, job=name, limit=runs, cache=cache).rows))
+
+    return _detail(store, name, now, jobs_dir, 5, recent)
