@@ -749,17 +749,28 @@ def test_kill_9_of_supervisors_at_random_moments_loses_nothing_and_runs_nothing_
 ) -> None:
     began = time.monotonic()
     n_trials = PG_SUPERVISOR_TRIALS if backend == "postgres" else SUPERVISOR_TRIALS
-    trials, _ = _run_trials(
-        cli, tmp_path, new_state, SEED + 1, n_trials, _kill_supervisors_and_recover
-    )
-
     totals: dict[str, int] = defaultdict(int)
-    for trial in trials:
-        for outcome, count in _check(trial, cli).items():
-            if not outcome.startswith("killed "):
-                totals[outcome] += count
-        totals[f"crash={trial.crash}"] += 1
-        totals["supervisors killed"] += trial.supervisors_killed
+    # on a loaded machine a few trials' kills may all land after their attempts ended: run
+    # another batch (another seed) then, so the kills are seen to land (at most three)
+    for batch in range(3):
+        root = tmp_path / f"batch{batch}"
+        root.mkdir()
+        trials, _ = _run_trials(
+            cli,
+            root,
+            lambda name, b=batch: new_state(f"b{b}-{name}"),
+            SEED + 1 + 1000 * batch,
+            n_trials,
+            _kill_supervisors_and_recover,
+        )
+        for trial in trials:
+            for outcome, count in _check(trial, cli).items():
+                if not outcome.startswith("killed "):
+                    totals[outcome] += count
+            totals[f"crash={trial.crash}"] += 1
+            totals["supervisors killed"] += trial.supervisors_killed
+        if totals["supervisors killed"] > 0 and totals["lost attempts"] > 0:
+            break
     print(
         f"\n{n_trials} supervisor crash trials on {backend} (seed {SEED}) in "
         f"{time.monotonic() - began:.1f}s: {dict(totals)}"
