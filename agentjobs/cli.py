@@ -1920,6 +1920,7 @@ def _web(module: str) -> Any:
 @click.option("--read-only", is_flag=True, help="Show everything, offer no actions.")
 @click.option("--now", "now_text", default=None, hidden=True)
 @click.option("--poll-interval", type=click.FloatRange(0.05, 60), default=1.0, hidden=True)
+@_log_format_option
 @pass_ctx
 def ui(
     ctx: Context,
@@ -1928,14 +1929,19 @@ def ui(
     read_only: bool,
     now_text: str | None,
     poll_interval: float,
+    log_format: str,
 ) -> None:
     """Serve the web dashboard: overview, timeline, jobs, runs, dead letters, a JSON API
-    (needs the `ui` extra: pip install 'agentjobs[ui]')."""
+    (needs the `ui` extra: pip install 'agentjobs[ui]'). Logs as the daemon does: timestamped
+    lines, or JSON objects with --log-format json."""
+    from agentjobs import logs
+
     server = _web("server")
     _web("app")  # every dependency, before anything is printed
+    log = logs.configure(log_format).bind(source="ui")
 
     def say(line: str) -> None:
-        click.echo(f"agentjobs ui: {line}", err=True)
+        log.info(line)
 
     server.serve(
         ctx.store,

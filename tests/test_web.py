@@ -191,7 +191,7 @@ def test_ui_on_another_address_prints_the_token_once_and_stores_it_0600(state_di
             process.communicate(timeout=20)
     token = (state_dir / "ui-token").read_text().strip()
     assert stat.S_IMODE((state_dir / "ui-token").stat().st_mode) == 0o600
-    assert lines[0][0].startswith("agentjobs ui: serving ")
+    assert " INFO    ui: serving " in lines[0][0]  # loguru: time, level, source
     assert lines[0][1].strip().endswith(token)
     assert token not in "".join(lines[1])
     assert f"access token: in {state_dir / 'ui-token'}" in lines[1][1]
