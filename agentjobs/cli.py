@@ -1064,6 +1064,15 @@ def _export_records(
     out.flush()
 
 
+def _log_json(path: Path, start: int) -> dict[str, Any]:
+    """One attempt's log from `start` on, for `logs -o json`."""
+    with open(path, "rb") as handle:
+        handle.seek(start)
+        text = handle.read().decode("utf-8", errors="replace")
+    number = int(path.name.rsplit(".", 2)[-2])
+    return {"attempt": number, "log_path": str(path), "output": text}
+
+
 def _since(text: str | None) -> datetime | None:
     from datetime import timedelta
 
@@ -1160,14 +1169,7 @@ def logs(
         return tail_start(path, tail_lines) if tail_lines else 0
 
     if ctx.json and not follow:  # the attempts' output as one JSON document
-        attempts = []
-        for path in existing:
-            with open(path, "rb") as handle:
-                handle.seek(start_of(path))
-                text = handle.read().decode("utf-8", errors="replace")
-            number = int(path.name.rsplit(".", 2)[-2])
-            attempts.append({"attempt": number, "log_path": str(path), "output": text})
-        _emit_json({"run_id": run_id, "attempts": attempts})
+        _emit_json({"run_id": run_id, "attempts": [_log_json(p, start_of(p)) for p in existing]})
         return
     for path in existing[:-1] if follow else existing:
         if len(existing) > 1:
