@@ -58,6 +58,8 @@ OUTCOMES = (
     "rate_limited",
     "budget",
     "cancelled",
+    "awaiting_review",
+    "no_change",
 )
 
 

@@ -34,6 +34,8 @@ class Outcome(StrEnum):
     RATE_LIMITED = "rate_limited"
     BUDGET = "budget"  # stopped when it spent more than its cap (never retried)
     CANCELLED = "cancelled"  # stopped by a person (`agentjobs cancel`): the run ends here
+    AWAITING_REVIEW = "awaiting_review"  # succeeded; a person decides what lands (review.py)
+    NO_CHANGE = "no_change"  # "succeeded" having changed nothing (`expect.changes`), or hollow
 
 
 class Next(StrEnum):
@@ -103,6 +105,8 @@ def decide(
         return Decision(Next.DONE, reason="succeeded")
     if outcome == Outcome.CANCELLED:  # a person's decision: never retried, never dead-lettered
         return Decision(Next.DONE, counts=False, reason="cancelled: never retried")
+    if outcome == Outcome.AWAITING_REVIEW:  # done until a person decides (`agentjobs review`)
+        return Decision(Next.DONE, counts=False, reason="awaiting review")
     if outcome in NOT_COUNTED:
         return Decision(Next.RETRY, now, counts=False, reason=f"{outcome.value}: not counted")
     for match in policy.never_on:

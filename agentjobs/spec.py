@@ -139,6 +139,15 @@ class VerifySpec:
 
 
 @dataclass(frozen=True, slots=True)
+class LandSpec:
+    """`land:`: what happens to a successful run's branch (landing.py, review.py)."""
+
+    mode: str = "branch"  # branch | merge | review
+    into: str | None = None  # None: the workdir's current branch when the run starts
+    strategy: str = "merge"  # merge | rebase | squash
+
+
+@dataclass(frozen=True, slots=True)
 class NotifySpec:
     events: tuple[str, ...] = DEFAULT_NOTIFY_EVENTS
     webhook: str | None = None
@@ -174,6 +183,8 @@ class JobSpec:
     verify: VerifySpec | None = None
     notify: NotifySpec | None = None
     isolation: str = "none"  # none | worktree
+    land: LandSpec | None = None  # None: `branch` (the run's branch is kept, nothing lands)
+    expect_changes: bool = False  # a success that changed nothing is `no_change`
     runs_on: tuple[str, ...] = ()  # host labels a host must all have; empty: any host
     budget: Budget | None = None
     rate: Rate | None = None
@@ -493,6 +504,8 @@ def build_job(raw: dict[str, Any], source: Path, config: GlobalConfig) -> JobSpe
         verify=verify,
         notify=notify,
         isolation=doc.get("isolation", "none"),
+        land=LandSpec(**doc["land"]) if "land" in doc else None,
+        expect_changes=bool(doc.get("expect", {}).get("changes", False)),
         runs_on=tuple(sorted(doc.get("runs_on", ()))),  # a set of labels: order means nothing
         budget=_budget(doc["budget"]) if "budget" in doc else None,
         rate=_rate(doc["rate"]) if "rate" in doc else None,
@@ -566,6 +579,8 @@ def job_from_dict(data: dict[str, Any]) -> JobSpec:
         d["budget"] = Budget(**d["budget"])
     if d.get("rate") is not None:
         d["rate"] = Rate(**d["rate"])
+    if d.get("land") is not None:
+        d["land"] = LandSpec(**d["land"])
     r = dict(d["retry"])
     r["backoff"] = Backoff(**r["backoff"])
     r["retry_on"] = tuple(OutcomeMatch(**m) for m in r.get("retry_on", ()))

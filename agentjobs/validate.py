@@ -612,6 +612,7 @@ def _check_durations(
     if lease is not None and parse_duration(lease) < MIN_LEASE:
         check.error("lease", f"lease must be at least {format_duration(MIN_LEASE)}")
     _check_limits(raw, check)
+    _check_land(raw, check)
 
 
 def _check_limits(raw: dict[str, Any], check: _Checker) -> None:
@@ -633,6 +634,18 @@ def _check_limits(raw: dict[str, Any], check: _Checker) -> None:
     for index, other in enumerate((raw.get("agent") or {}).get("fallback", ())):
         if other.get("kind") == "custom" and not other.get("command"):
             check.error(f"agent.fallback[{index}].command", "a custom fallback needs a command")
+
+
+def _check_land(raw: dict[str, Any], check: _Checker) -> None:
+    """`land` merge and review work on a run's own branch: they need `isolation: worktree`."""
+    land = raw.get("land")
+    if not isinstance(land, dict) or land.get("mode") in (None, "branch"):
+        return
+    if raw.get("isolation") != "worktree" and check.trusts("isolation"):
+        check.error(
+            "land.mode",
+            f"land mode {land['mode']} needs a branch per run: add `isolation: worktree`",
+        )
 
 
 # -- files -------------------------------------------------------------------------------------

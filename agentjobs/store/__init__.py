@@ -299,6 +299,40 @@ class DeadLetter:
         return cls(**values)
 
 
+@dataclass(frozen=True, slots=True)
+class Review:
+    """A run in the review inbox (review.py): its branch and commit range, what landing it
+    means (`into`, `strategy`), why it waits (`conflict`: a merge that did not go through) and,
+    once a person decided, the decision. `to_dict`/`from_dict` are its one codec."""
+
+    id: str  # the run id
+    job: str
+    run_id: str
+    attempt: int
+    created_at: str
+    workdir: str
+    branch: str
+    base: str | None
+    commit: str | None
+    into: str
+    strategy: str
+    mode: str  # the job's land mode: review, or merge (that conflicted)
+    diffstat: str | None = None
+    conflict: str | None = None
+    log_path: str | None = None
+    cost_usd: float | None = None
+    status: str = "pending"  # pending | approved | rejected | retried
+    decision: dict[str, Any] | None = None  # action, by, at, note, guidance, landed, retry_run
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Review:
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{key: value for key, value in data.items() if key in names})
+
+
 @dataclass(slots=True)
 class Runtime:
     """The mutable working copy of job states and the queue inside a transaction."""
@@ -573,6 +607,18 @@ class Store(Protocol):
     def dead_letters(self) -> list[dict[str, Any]]: ...
 
     def dead_letter(self, entry_id: str) -> dict[str, Any] | None: ...
+
+    def put_review(self, entry: Mapping[str, Any]) -> None: ...
+
+    def hold_key(self, key: str, note: str, seconds: float) -> Callable[[], None] | None:
+        """Hold lock key `key` outside any claim (a landing, review.py): no attempt with that
+        key is claimed until the returned release is called (or, on a shared store, for at
+        most `seconds`). None when the key is held now."""
+        ...
+
+    def reviews(self) -> list[dict[str, Any]]: ...
+
+    def review(self, entry_id: str) -> dict[str, Any] | None: ...
 
     def log_path(self, run_id: str, attempt: int) -> Path: ...
 

@@ -228,6 +228,10 @@ def _repair_hint(path: Path) -> str:
     )
 
 
+_DEAD_LETTER_FIELDS = {"id": str, "job": str, "run_id": str, "status": str, "attempts": list}
+_REVIEW_FIELDS = {"id": str, "job": str, "run_id": str, "status": str, "branch": str}
+
+
 def _copy(runtime: Runtime) -> Runtime:
     """A working copy of `runtime` (its values are frozen; the ledger is plain JSON)."""
     return Runtime(
@@ -835,39 +839,72 @@ class FileStore:
 
     @_guarded("write")
     def put_dead_letter(self, entry: Mapping[str, Any]) -> None:
-        self._ensure()
-        folder = self.root / "dlq"
-        folder.mkdir(mode=0o700, exist_ok=True)
-        atomic_write(folder / f"{entry['id']}.json", _dump(dict(entry)))
+        self._put_entry("dlq", entry)
 
     @_guarded("read")
     def dead_letters(self) -> list[dict[str, Any]]:
         """Every dead letter; one that cannot be read or is damaged is skipped with a warning
         naming it, so the others still list (issue 10, item 10)."""
-        folder = self.root / "dlq"
+        return self._entries("dlq", "a dead letter", _DEAD_LETTER_FIELDS)
+
+    @_guarded("read")
+    def dead_letter(self, entry_id: str) -> dict[str, Any] | None:
+        return self._entry("dlq", entry_id, _DEAD_LETTER_FIELDS)
+
+    @_guarded("write")
+    def put_review(self, entry: Mapping[str, Any]) -> None:
+        self._put_entry("reviews", entry)
+
+    @_guarded("read")
+    def reviews(self) -> list[dict[str, Any]]:
+        return self._entries("reviews", "a review", _REVIEW_FIELDS)
+
+    @_guarded("read")
+    def review(self, entry_id: str) -> dict[str, Any] | None:
+        return self._entry("reviews", entry_id, _REVIEW_FIELDS)
+
+    def hold_key(self, key: str, note: str, seconds: float) -> Callable[[], None] | None:
+        held = locks.try_key(self.locks_dir, key)  # a flock: gone with this process
+        if held is None:
+            return None
+        held.note(note)
+        return held.release
+
+    def _put_entry(self, section: str, entry: Mapping[str, Any]) -> None:
+        """A file per entry (dead letters, reviews): `<state>/<section>/<id>.json`."""
+        self._ensure()
+        folder = self.root / section
+        folder.mkdir(mode=0o700, exist_ok=True)
+        atomic_write(folder / f"{entry['id']}.json", _dump(dict(entry)))
+
+    def _entries(
+        self, section: str, what: str, required: Mapping[str, type]
+    ) -> list[dict[str, Any]]:
+        folder = self.root / section
         if not folder.is_dir():
             return []
         out = []
         for path in sorted(folder.glob("*.json")):
             try:
-                out.append(self._load_dead_letter(path))
+                out.append(self._load_entry(path, required))
             except FileNotFoundError:
                 continue  # replaced or removed meanwhile
             except (StateDamagedError, StateWriteError) as exc:
-                print(f"agentjobs: warning: skipped a dead letter: {exc}", file=sys.stderr)
+                print(f"agentjobs: warning: skipped {what}: {exc}", file=sys.stderr)
         return out
 
-    @_guarded("read")
-    def dead_letter(self, entry_id: str) -> dict[str, Any] | None:
+    def _entry(
+        self, section: str, entry_id: str, required: Mapping[str, type]
+    ) -> dict[str, Any] | None:
         if not entry_id or "/" in entry_id or entry_id.startswith("."):
             return None
         try:
-            return self._load_dead_letter(self.root / "dlq" / f"{entry_id}.json")
+            return self._load_entry(self.root / section / f"{entry_id}.json", required)
         except FileNotFoundError:
             return None
 
     @staticmethod
-    def _load_dead_letter(path: Path) -> dict[str, Any]:
+    def _load_entry(path: Path, required: Mapping[str, type]) -> dict[str, Any]:
         try:
             loaded: Any = json.loads(path.read_bytes())
         except ValueError as exc:
@@ -878,7 +915,6 @@ class FileStore:
             raise
         except OSError as exc:
             raise environment_error(path, exc, "read") from None
-        required = {"id": str, "job": str, "run_id": str, "status": str, "attempts": list}
         problem = None
         if not isinstance(loaded, dict):
             problem = f"it is a {type(loaded).__name__}, not an object"

@@ -194,6 +194,10 @@ MIGRATIONS: list[str] = [
         updated_at timestamptz NOT NULL DEFAULT now()
     );
     """,
+    # 5: the review inbox (review.py): a run awaiting a person's decision, and the decision
+    f"""
+    CREATE TABLE {SCHEMA}.reviews (id text PRIMARY KEY, data jsonb NOT NULL);
+    """,
 ]
 
 
@@ -872,24 +876,81 @@ class PostgresStore:
 
     @_again_once
     def put_dead_letter(self, entry: Mapping[str, Any]) -> None:
+        self._put_entry("dead_letters", entry)
+
+    @_again_once
+    def dead_letters(self) -> list[dict[str, Any]]:
+        return self._entries("dead_letters")
+
+    @_again_once
+    def dead_letter(self, entry_id: str) -> dict[str, Any] | None:
+        return self._entry("dead_letters", entry_id)
+
+    @_again_once
+    def put_review(self, entry: Mapping[str, Any]) -> None:
+        self._put_entry("reviews", entry)
+
+    @_again_once
+    def reviews(self) -> list[dict[str, Any]]:
+        return self._entries("reviews")
+
+    @_again_once
+    def review(self, entry_id: str) -> dict[str, Any] | None:
+        return self._entry("reviews", entry_id)
+
+    def hold_key(self, key: str, note: str, seconds: float) -> Callable[[], None] | None:
+        token = uuid.uuid4().hex
+        with self._db() as conn, conn.transaction():
+            conn.execute(
+                f"UPDATE {SCHEMA}.leases SET released_at = clock_timestamp(), "
+                "release_reason = 'expired' WHERE key = %s AND released_at IS NULL "
+                "AND expires_at < clock_timestamp()",
+                (key,),
+            )
+            row = conn.execute(
+                f"INSERT INTO {SCHEMA}.leases (key, token, host, pid, note, expires_at) "
+                "VALUES (%s, %s, %s, %s, %s, clock_timestamp() + make_interval(secs => %s)) "
+                "ON CONFLICT DO NOTHING RETURNING id",
+                (
+                    key,
+                    token,
+                    os.environ.get("AGENTJOBS_HOST") or os.uname().nodename,
+                    os.getpid(),
+                    note,
+                    seconds,
+                ),
+            ).fetchone()
+        if row is None:
+            return None
+
+        def release() -> None:
+            with self._db() as conn:
+                conn.execute(
+                    f"UPDATE {SCHEMA}.leases SET released_at = clock_timestamp(), "
+                    "release_reason = 'done' WHERE token = %s AND released_at IS NULL",
+                    (token,),
+                )
+
+        return release
+
+    def _put_entry(self, table: str, entry: Mapping[str, Any]) -> None:
+        """A row per entry (dead letters, reviews): its id and its JSON."""
         with self._db() as conn:
             conn.execute(
-                f"INSERT INTO {SCHEMA}.dead_letters (id, data) VALUES (%s, %s) "
+                f"INSERT INTO {SCHEMA}.{table} (id, data) VALUES (%s, %s) "
                 "ON CONFLICT (id) DO UPDATE SET data = excluded.data",
                 (entry["id"], json.dumps(dict(entry))),
             )
 
-    @_again_once
-    def dead_letters(self) -> list[dict[str, Any]]:
+    def _entries(self, table: str) -> list[dict[str, Any]]:
         with self._db() as conn:
-            rows = conn.execute(f"SELECT data FROM {SCHEMA}.dead_letters ORDER BY id").fetchall()
+            rows = conn.execute(f"SELECT data FROM {SCHEMA}.{table} ORDER BY id").fetchall()
         return [data for (data,) in rows]
 
-    @_again_once
-    def dead_letter(self, entry_id: str) -> dict[str, Any] | None:
+    def _entry(self, table: str, entry_id: str) -> dict[str, Any] | None:
         with self._db() as conn:
             row = conn.execute(
-                f"SELECT data FROM {SCHEMA}.dead_letters WHERE id = %s", (entry_id,)
+                f"SELECT data FROM {SCHEMA}.{table} WHERE id = %s", (entry_id,)
             ).fetchone()
         return None if row is None else dict(row[0])
 
@@ -1442,12 +1503,14 @@ class PostgresStore:
         if row is not None:
             return held_message(key, QueueItem.from_dict(row[0]), with_host=True)
         cur.execute(
-            f"SELECT host, run_id FROM {SCHEMA}.leases WHERE key = %s AND released_at IS NULL",
+            f"SELECT host, run_id, note FROM {SCHEMA}.leases "
+            "WHERE key = %s AND released_at IS NULL",
             (key,),
         )
         lease = cur.fetchone()
         if lease is not None:
-            return held_message(key, f"run {lease[1]} on host {lease[0]}")
+            holder = f"run {lease[1]}" if lease[1] else lease[2]  # a landing has no run
+            return held_message(key, f"{holder} on host {lease[0]}")
         return held_message(key, "another host")
 
 
