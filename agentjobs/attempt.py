@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from agentjobs import landing
 from agentjobs.errors import UserError
 from agentjobs.runner import AnyStop, Ending, ProcessResult, Redactor, StopFlag, run_process
 from agentjobs.spec import AgentSpec, JobSpec
@@ -21,6 +22,10 @@ if TYPE_CHECKING:
     from agentjobs.pricing import Price
     from agentjobs.progress import Reporter
 
+HoldKey = Callable[[str, str, float], Callable[[], None] | None]  # Store.hold_key
+LAND_WAIT_S = 300.0  # how long a merge-mode landing waits for the workdir's lock key
+LAND_LEASE_S = 600.0  # how long its hold lasts on a shared store unless released
+NO_CHANGE_ERROR = "no change: the run succeeded but left no commit and no diff (expect.changes)"
 MATCH_BYTES = 65536  # how much of the log `never_on`/`retry_on` output patterns search
 MISSING_CLI_ADVICE = (
     "check the PATH the job runs with (set PATH in its `env` or the crontab) "
@@ -38,6 +43,7 @@ class AttemptOutcome:
     duration_s: float
     output_for_match: str
     agent: dict[str, Any] | None = None  # the agent's facts for the run record
+    land: dict[str, Any] | None = None  # what became of the run's branch (`land`, _land)
     permanent: bool = False  # the agent's output says a retry cannot fix it
     reset_at: datetime | None = None  # a usage limit lifts then
 
@@ -63,6 +69,10 @@ def command_for(spec: JobSpec, item: QueueItem) -> list[str]:
                 last.error,
                 output or last.output_tail,
             )
+        if item.review is not None:
+            from agentjobs.review import guidance_section
+
+            prompt += guidance_section(item.review)
         return build_argv(spec.agent, prompt, resume)
     if spec.shell is not None:
         return ["/bin/sh", "-c", spec.shell]
@@ -95,12 +105,14 @@ def run_attempt(
     cap_usd: float | None = None,
     agent: AgentSpec | None = None,
     progress: Reporter | None = None,
+    hold_key: HoldKey | None = None,
 ) -> AttemptOutcome:
     """Run one attempt of `applied` to its end. `agent` runs instead of the job's own (a
     fallback); `cap_usd` is what the attempt may spend: claude is told (`--max-budget-usd`),
     any other agent is stopped (outcome `budget`) once its streamed usage costs more.
     `progress` is told what the output says while it streams (progress.py); its report file
-    is the attempt's `AGENTJOBS_PROGRESS`."""
+    is the attempt's `AGENTJOBS_PROGRESS`. `hold_key` holds the workdir's lock key while a
+    `land: {mode: merge}` run lands (`Store.hold_key`)."""
     from agentjobs.environment import secret_values
 
     spec = applied.parsed
@@ -134,6 +146,8 @@ def run_attempt(
         log_path.write_text(f"[agentjobs] {exc}\n")
         return AttemptOutcome("failed", None, None, str(exc), str(exc), 0.0, str(exc))
     secrets = secret_values(env, spec.secrets)
+    # `expect.changes` without a worktree: what the workdir looked like before
+    before = landing.snapshot(cwd) if spec.expect_changes and spec.isolation != "worktree" else None
     if progress is not None:
         progress.redact = Redactor(secrets).text  # what a command writes to its report file
     run = functools.partial(
@@ -172,17 +186,22 @@ def run_attempt(
     facts = dict(verdict.facts) if verdict is not None and verdict.facts else None
     if watch is not None and watch.meter is not None:
         facts = {**(facts or {}), **watch.facts()}
+    land = None
     if spec.isolation == "worktree" and worktrees is not None:
-        from agentjobs import worktree
-
-        try:
-            isolated = worktree.finish(worktrees, spec.name, item.run_id, outcome == "succeeded")
-        except UserError as exc:
-            isolated = {"error": str(exc)}
+        outcome, error, isolated, land = _worktree_end(
+            spec, item, outcome, error, worktrees, hold_key, stop
+        )
         facts = {**(facts or {}), "worktree": isolated}
+    elif outcome == "succeeded" and spec.expect_changes:
+        after = landing.snapshot(cwd)
+        if before is None or after is None:
+            outcome, error = "no_change", f"expect.changes: {cwd} is not a git repository"
+        elif after == before:
+            outcome, error = "no_change", NO_CHANGE_ERROR
     redactor = Redactor(secrets)
     return AttemptOutcome(
         agent=facts,
+        land=land,
         permanent=over_budget or missing or (verdict.permanent if verdict is not None else False),
         reset_at=verdict.reset_at if verdict is not None else None,
         outcome=outcome,
@@ -280,6 +299,96 @@ class _Watch:
         return self.meter.facts(self.prices)
 
 
+def _worktree_end(
+    spec: JobSpec,
+    item: QueueItem,
+    outcome: str,
+    error: str | None,
+    worktrees: Path,
+    hold_key: HoldKey | None,
+    stop: StopFlag,
+) -> tuple[str, str | None, dict[str, Any], dict[str, Any] | None]:
+    """The end of a run in its own worktree: a success that changed nothing is `no_change`
+    (`expect.changes`); a success's changes are committed on its branch (worktree.finish),
+    then landed by `land` (_land). (outcome, error, worktree facts, land facts)"""
+    from agentjobs import worktree
+
+    if outcome == "succeeded" and spec.expect_changes:
+        path = worktrees / f"{spec.name}-{item.run_id}"
+        base, _ = worktree.started(worktrees, spec.name, item.run_id)
+        now = landing.snapshot(str(path)) if path.is_dir() else None
+        if now is None or (now[0] == base and not now[1]):
+            outcome, error = "no_change", NO_CHANGE_ERROR
+    try:
+        isolated = worktree.finish(worktrees, spec.name, item.run_id, outcome == "succeeded")
+    except UserError as exc:
+        return outcome, error, {"error": str(exc)}, None
+    mode = spec.land.mode if spec.land is not None else "branch"
+    if outcome != "succeeded" or mode == "branch" or spec.land is None:
+        return outcome, error, isolated, None
+    land: dict[str, Any] = {
+        "mode": mode,
+        "into": spec.land.into or isolated.get("from_branch"),
+        "strategy": spec.land.strategy,
+        "branch": isolated["branch"],
+        "base": isolated.get("base"),
+        "commit": isolated.get("commit"),
+        "diffstat": worktree.diffstat(isolated, spec.workdir),
+    }
+    if not land["commit"]:
+        land["nothing"] = "the run changed nothing: nothing to land"
+        return outcome, error, isolated, land
+    if not land["into"]:
+        land["conflict"] = f"{spec.workdir} was on no branch: set `land.into`"
+    elif mode == "merge":
+        land.update(_merged(spec, item, land, worktrees, hold_key, stop))
+    if mode == "review" or land.get("conflict"):
+        return "awaiting_review", land.get("conflict"), isolated, land
+    return outcome, error, isolated, land
+
+
+def _merged(
+    spec: JobSpec,
+    item: QueueItem,
+    land: Mapping[str, Any],
+    worktrees: Path,
+    hold_key: HoldKey | None,
+    stop: StopFlag,
+) -> dict[str, Any]:
+    """`land: {mode: merge}`: land the run's branch under the workdir's lock key (waiting up
+    to LAND_WAIT_S for it); {"merged": commit} or {"conflict": why} for the review inbox."""
+    import time
+
+    release = None
+    deadline = time.monotonic() + LAND_WAIT_S
+    while hold_key is not None:
+        release = hold_key(spec.lock, f"landing of run {item.run_id}", LAND_LEASE_S)
+        if release is not None or time.monotonic() >= deadline or stop.is_set():
+            break
+        time.sleep(1.0)
+    if hold_key is not None and release is None:
+        return {"conflict": f"lock key {spec.lock} stayed busy: land it with review approve"}
+    try:
+        landed = landing.land(
+            spec.workdir,
+            worktrees,
+            run_id=item.run_id,
+            base=str(land["base"]),
+            commit=str(land["commit"]),
+            into=str(land["into"]),
+            strategy=str(land["strategy"]),
+            message=landing.message(spec.name, item.run_id, land, "agentjobs (land: merge)"),
+        )
+    except UserError as exc:
+        return {"conflict": str(exc)}
+    finally:
+        if release is not None:
+            release()
+    if landed.conflict is not None:
+        return {"conflict": landed.conflict}
+    return {"merged": landed.commit, "by": "agentjobs (land: merge)"}
+
+
 def _command(
     spec: JobSpec, item: QueueItem, slot_env: Mapping[str, str] | None, worktrees: Path | None
 ) -> tuple[list[str], str, dict[str, str]]:
@@ -293,6 +402,16 @@ def _command(
         "AGENTJOBS_ATTEMPT": str(item.attempt),
         "AGENTJOBS_TRIGGER": item.trigger,
         "AGENTJOBS_HOST": item.host or "",  # the runner host that claimed it
+        # a reviewer's `review retry --guidance` (a command reads it here, an agent's prompt
+        # carries it)
+        **(
+            {
+                "AGENTJOBS_GUIDANCE": str(item.review.get("guidance") or ""),
+                "AGENTJOBS_REVIEW_OF": str(item.review.get("of") or ""),
+            }
+            if item.review
+            else {}
+        ),
         **(slot_env or {}),
     }
     if spec.agent is not None:

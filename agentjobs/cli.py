@@ -39,7 +39,7 @@ if TYPE_CHECKING:
     from agentjobs.reconcile import Plan
     from agentjobs.runrecords import AttemptFinished
     from agentjobs.settle import AttemptResult
-    from agentjobs.store import AppliedJob, Runtime, Store
+    from agentjobs.store import AppliedJob, Review, Runtime, Store
     from agentjobs.transcript import Transcript
     from agentjobs.validate import LoadResult
 
@@ -765,12 +765,9 @@ class _OnInterrupt:
 
 def _user() -> str:
     """Who is cancelling, for the record: $USER, else the login name."""
-    import getpass
+    from agentjobs.review import login_name
 
-    try:
-        return os.environ.get("USER") or getpass.getuser()
-    except (KeyError, OSError):
-        return f"uid {os.getuid()}"
+    return login_name()
 
 
 @cli.command()
@@ -1406,6 +1403,162 @@ def dlq_resolve(ctx: Context, entry_id: str, note: str) -> None:
         _emit_json(entry)
         return
     click.echo(f"resolved {entry_id}")
+
+
+@cli.group()
+def review() -> None:
+    """The review inbox: runs whose branch waits for a person (`land: {mode: review}`, or a
+    `land: merge` that conflicted). Each decision is recorded with who made it."""
+
+
+@review.command("list")
+@click.option("--all", "show_all", is_flag=True, help="Include decided runs.")
+@pass_ctx
+def review_list(ctx: Context, show_all: bool) -> None:
+    """Runs awaiting a decision, oldest first (with --all, decided ones too)."""
+    from agentjobs import review as inbox
+
+    entries = inbox.inbox(ctx.store(), everything=show_all)
+    if ctx.json:
+        _emit_json([e.to_dict() for e in entries])
+        return
+    if not entries:
+        click.echo("no runs awaiting review" + ("" if show_all else " (--all: decided ones)"))
+        return
+    rows = [
+        [
+            e.run_id,
+            e.job,
+            e.status if e.status != "pending" else ("conflict" if e.conflict else "pending"),
+            _when(e.created_at),
+            f"{e.branch} -> {e.into or '?'} ({e.strategy})",
+            _diff_summary(e.diffstat),
+            _cost_text(e.cost_usd, False) if e.cost_usd is not None else "-",
+        ]
+        for e in entries
+    ]
+    headers = ["RUN", "JOB", "STATUS", "FINISHED", "LANDS", "CHANGES", "COST"]
+    click.echo(_table(headers, rows))
+
+
+def _diff_summary(diffstat: str | None) -> str:
+    """The summary line of `git diff --stat` ("3 files changed, 10 insertions(+)")."""
+    lines = (diffstat or "").strip().splitlines()
+    return lines[-1].strip() if lines else "-"
+
+
+@review.command("show")
+@click.argument("run_id")
+@click.option("--stat", "stat_only", is_flag=True, help="The diffstat only, not the whole diff.")
+@pass_ctx
+def review_show(ctx: Context, run_id: str, stat_only: bool) -> None:
+    """One run's work: diffstat, full diff, the agent's final message, verify output, cost."""
+    from agentjobs import review as inbox
+
+    shown = inbox.show(ctx.store(), run_id)
+    e = shown.review
+    if ctx.json:
+        _emit_json(
+            {
+                **e.to_dict(),
+                "diff": shown.diff,
+                "final_message": shown.final_message,
+                "verify": shown.verify,
+            }
+        )
+        return
+    click.echo(f"run {e.run_id}: job {e.job}, {e.status}, finished {_when(e.created_at)}")
+    click.echo(f"branch {e.branch} ({(e.base or '?')[:12]}..{(e.commit or '?')[:12]})")
+    click.echo(f"lands into {e.into or '?'} by {e.strategy} (workdir {e.workdir})")
+    if e.cost_usd is not None:
+        click.echo(f"cost: {_cost_text(e.cost_usd, False)}")
+    if e.conflict:
+        click.echo(f"conflict: {e.conflict}")
+    if e.decision:
+        d = e.decision
+        said = "".join(
+            f", {k} {d[k]}" for k in ("note", "guidance", "landed", "retry_run") if k in d
+        )
+        click.echo(f"decided: {d.get('action')} by {d.get('by')} at {_when(d.get('at'))}{said}")
+    click.echo("")
+    click.echo(e.diffstat or "(no diffstat)")
+    if shown.final_message:
+        click.echo("\nThe agent's final message:")
+        click.echo("\n".join(f"  {line}" for line in shown.final_message.splitlines()))
+    if shown.verify is not None:
+        click.echo("\nverify:")
+        click.echo("\n".join(f"  {line}" for line in shown.verify.rstrip().splitlines()))
+    if not stat_only:
+        click.echo("")
+        click.echo(shown.diff.rstrip() or "(no diff)")
+    if e.status == "pending":
+        click.echo(
+            f"\ndecide: agentjobs review approve|reject|retry {e.run_id}"
+            " (reject --note ..., retry --guidance ...)"
+        )
+
+
+@review.command("approve")
+@click.argument("run_id")
+@pass_ctx
+def review_approve(ctx: Context, run_id: str) -> None:
+    """Land the run's branch into its `into` branch (its strategy), and record who approved."""
+    from agentjobs import review as inbox
+
+    engine = _engine(ctx)
+    found = inbox.entry(engine.store, run_id)
+    decided = inbox.approve(engine, found.run_id, inbox.who(found.workdir))
+    _decided(ctx, decided)
+
+
+@review.command("reject")
+@click.argument("run_id")
+@click.option("--note", required=True, help="Why it does not land (recorded).")
+@pass_ctx
+def review_reject(ctx: Context, run_id: str, note: str) -> None:
+    """Do not land the run; its branch is kept for reference."""
+    from agentjobs import review as inbox
+
+    engine = _engine(ctx)
+    found = inbox.entry(engine.store, run_id)
+    _decided(ctx, inbox.reject(engine, found.run_id, inbox.who(found.workdir), note))
+
+
+@review.command("retry")
+@click.argument("run_id")
+@click.option("--guidance", required=True, help="What the next run should do differently.")
+@click.option("--note", default=None, help="Why this run is not accepted (recorded).")
+@pass_ctx
+def review_retry(ctx: Context, run_id: str, guidance: str, note: str | None) -> None:
+    """Queue a new run whose prompt carries the guidance, the note and what this run changed
+    (a command job reads the guidance in AGENTJOBS_GUIDANCE)."""
+    from agentjobs import review as inbox
+
+    engine = _engine(ctx)
+    found = inbox.entry(engine.store, run_id)
+    decided, item = inbox.retry(engine, found.run_id, inbox.who(found.workdir), guidance, note)
+    if ctx.json:
+        _emit_json({**decided.to_dict(), "retry_run": item.run_id})
+        return
+    click.echo(
+        f"run {decided.run_id} sent back by {(decided.decision or {}).get('by')}; "
+        f"queued run {item.run_id} of {item.job} with the guidance; the next tick runs it"
+    )
+
+
+def _decided(ctx: Context, decided: Review) -> None:
+    if ctx.json:
+        _emit_json(decided.to_dict())
+        return
+    d = decided.decision or {}
+    if d.get("action") == "approve":
+        how = "was already in" if d.get("already") else "landed on"
+        click.echo(
+            f"run {decided.run_id} approved by {d.get('by')}: {decided.branch} {how} "
+            f"{decided.into} ({str(d.get('landed'))[:12]})"
+        )
+    else:
+        click.echo(f"run {decided.run_id} rejected by {d.get('by')}; {decided.branch} is kept")
 
 
 @cli.command()

@@ -540,6 +540,8 @@ class Engine:
             runtime.queue.pop(item.id, None)
         if done.dead_letter is not None:
             self.store.put_dead_letter(done.dead_letter.to_dict())
+        if done.review is not None and self.store.review(done.review.id) is None:
+            self.store.put_review(done.review.to_dict())  # once: recovery may settle again
         cancel = item.cancel
         if done.cancelled is not None and cancel is not None:  # the retry a cancel dropped
             record = self._record(

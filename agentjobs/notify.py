@@ -53,6 +53,7 @@ EVENTS = (
     "recovered",
     "succeeded",
     "rate_limited",
+    "awaiting_review",
 )
 
 

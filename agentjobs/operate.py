@@ -18,7 +18,11 @@ if TYPE_CHECKING:
 
 
 def enqueue_manual(
-    engine: Engine, job: str, trigger: str = "manual", replay_of: str | None = None
+    engine: Engine,
+    job: str,
+    trigger: str = "manual",
+    replay_of: str | None = None,
+    review: dict[str, Any] | None = None,
 ) -> QueueItem:
     with engine.store.transaction(engine.lock_timeout) as runtime:
         applied = engine.store.applied()
@@ -40,6 +44,7 @@ def enqueue_manual(
             queued_at=stamp,
             not_before=stamp,
             replay_of=replay_of,
+            review=review,
         )
         runtime.queue[item.id] = item
     return item

@@ -705,14 +705,33 @@ def resolve_run(store: Store, text: str) -> str:
 def resolve_dead_letter(store: Store, text: str) -> str:
     """The dead letter `text` names: its whole id (looked up alone), or a unique prefix of one
     (`ids.resolve_run`, among every entry)."""
+    return _resolve_entry(
+        text, store.dead_letter, store.dead_letters, "no dead letter", "agentjobs dlq list"
+    )
+
+
+def resolve_review(store: Store, text: str) -> str:
+    """The review-inbox entry `text` names (a run id or a unique prefix of one)."""
+    return _resolve_entry(
+        text, store.review, store.reviews, "no run in the review inbox", "agentjobs review list"
+    )
+
+
+def _resolve_entry(
+    text: str,
+    one: Callable[[str], dict[str, Any] | None],
+    every: Callable[[], list[dict[str, Any]]],
+    missing: str,
+    listing: str,
+) -> str:
     from agentjobs import ids
 
-    if store.dead_letter(text) is not None:
+    if one(text) is not None:
         return text
-    entries = {str(e["id"]): f"job {e.get('job')}, {e.get('status')}" for e in store.dead_letters()}
+    entries = {str(e["id"]): f"job {e.get('job')}, {e.get('status')}" for e in every()}
     wanted = text.strip().upper()
     if not wanted or not any(i.upper().startswith(wanted) for i in entries):
-        raise UserError(f"no dead letter {text!r}; see `agentjobs dlq list`")
+        raise UserError(f"{missing} {text!r}; see `{listing}`")
     return ids.resolve_run(text, entries)
 
 

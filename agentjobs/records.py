@@ -32,6 +32,7 @@ EVENTS = (
     "replayed",
     "resolved",
     "cancelled",
+    "reviewed",
 )
 
 

@@ -31,6 +31,12 @@ OMITTED_WHEN: dict[str, Any] = {
     "cost_estimated": False,
     "by": None,
     "cancelled_at": None,
+    "land": None,
+    "note": None,
+    "guidance": None,
+    "landed": None,
+    "into": None,
+    "retry_run": None,
 }
 
 
@@ -88,6 +94,7 @@ class AttemptFinished(RunRecord):
     cost_estimated: bool = False
     by: str | None = None  # outcome cancelled: who cancelled the attempt
     cancelled_at: str | None = None  # and when they asked (UTC)
+    land: dict[str, Any] | None = None  # what became of the run's branch (`land`)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "outcome", Outcome(self.outcome))
@@ -147,6 +154,21 @@ class Cancelled(RunRecord):
         object.__setattr__(self, "outcome", Outcome(self.outcome))
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Reviewed(RunRecord):
+    """A person's decision on a run in the review inbox (review.py): approve (it landed:
+    `landed` is `into`'s new head), reject, or retry (`retry_run`, with `guidance`)."""
+
+    event: ClassVar[str] = "reviewed"
+    decision: str  # approve | reject | retry
+    by: str
+    note: str | None = None
+    guidance: str | None = None
+    landed: str | None = None
+    into: str | None = None
+    retry_run: str | None = None
+
+
 BY_EVENT: dict[str, type[RunRecord]] = {
     cls.event: cls
     for cls in (
@@ -157,6 +179,7 @@ BY_EVENT: dict[str, type[RunRecord]] = {
         Replayed,
         Resolved,
         Cancelled,
+        Reviewed,
     )
 }
 

@@ -28,6 +28,7 @@ from agentjobs.store import (
     JobState,
     QueueItem,
     QueueState,
+    Review,
 )
 
 if TYPE_CHECKING:
@@ -52,7 +53,8 @@ class AttemptResult:
 
     @property
     def ok(self) -> bool:
-        return self.outcome == "succeeded"
+        """The attempt did its work (awaiting review: a person decides what lands)."""
+        return self.outcome in ("succeeded", "awaiting_review")
 
     def to_dict(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
@@ -72,6 +74,7 @@ class Ended:
     output_for_match: str | None = None  # what `retry_on`/`never_on` patterns see (else output)
     duration_s: float | None = None  # None: from `started_at` to now
     agent: dict[str, Any] | None = None  # the agent's facts (session id, cost...)
+    land: dict[str, Any] | None = None  # what became of its branch (attempt._worktree_end)
     permanent: bool = False  # the agent said a retry cannot fix it
     reset_at: datetime | None = None  # when the agent's usage limit resets
     cancel: CancelRequest | None = None  # outcome cancelled: who asked, when
@@ -176,6 +179,7 @@ def finish_records(
         next_attempt_at=iso(decision.at) if decision.at else None,
         reason=decision.reason,
         **({"agent": ended.agent} if ended.agent else {}),
+        **({"land": ended.land} if ended.land else {}),
         **({"hold": hold} if hold else {}),
         **({"hold_until": hold_until} if hold_until else {}),
         **_cost(ended.agent),
@@ -225,6 +229,7 @@ class Settlement:
     # the retry a person's cancel dropped (the attempt ended by itself before its supervisor
     # saw the cancel): the engine records it `cancelled` (`Engine._settle`)
     cancelled: QueueItem | None = None
+    review: Review | None = None  # outcome awaiting_review: its entry in the review inbox
 
 
 def settle(
@@ -271,6 +276,12 @@ def settle(
             f"{item.job}: run {item.run_id} dead-lettered after attempt {item.attempt} "
             f"({reason}); see `agentjobs dlq show {item.run_id}`"
         )
+    review = review_entry(item, job, finished) if outcome == "awaiting_review" else None
+    if review is not None:
+        why = f"its merge conflicts ({review.conflict[:200]})" if review.conflict else "review"
+        message = (
+            f"{item.job}: run {item.run_id} awaits {why}; see `agentjobs review show {item.run_id}`"
+        )
     dlq_id = item.run_id if dead else None
     events, pings = finish_events(outcome, state.last_outcome if state else None, dlq_id)
     return Settlement(
@@ -298,6 +309,7 @@ def settle(
         fields={"outcome": outcome, "error": error, "next": next_step, "next_attempt_at": next_at},
         message=message,
         cancelled=cancelled,
+        review=review,
     )
 
 
@@ -336,7 +348,7 @@ def job_state_after(
     state = dataclasses.replace(
         state, last_outcome=outcome, last_finished=stamp, last_run_id=item.run_id
     )
-    if outcome == "succeeded":
+    if outcome in ("succeeded", "awaiting_review"):  # the agent's work is done either way
         state = dataclasses.replace(state, last_success=stamp)
     if next_step != "retry" and job is not None:
         state = after_run(state, job, parse(stamp))
@@ -358,9 +370,9 @@ def finish_events(
     outcome: str, previous: str | None, dlq_id: str | None
 ) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """The notification events and health-check pings of a finished attempt."""
-    if outcome == "succeeded":
-        recovered = ("recovered",) if previous not in (None, "succeeded") else ()
-        return ("succeeded", *recovered), ("success",)
+    if outcome in ("succeeded", "awaiting_review"):
+        recovered = ("recovered",) if previous not in (None, "succeeded", outcome) else ()
+        return (outcome, *recovered), ("success",)
     specific = {"timeout": "timeout", "silence": "silence", "rate_limited": "rate_limited"}
     # neither is the job's failure: a shutdown's, a person's decision
     quiet = outcome in ("interrupted", "cancelled")
@@ -388,6 +400,33 @@ def dead_letter_entry(
         spec_hash=job.spec_hash if job else None,
         attempts=tuple(h.to_dict() for h in (*item.history, last)),
         replay_of=item.replay_of,
+    )
+
+
+def review_entry(
+    item: QueueItem, job: AppliedJob | None, finished: Mapping[str, Any]
+) -> Review | None:
+    """The review-inbox entry of a run that ended awaiting review (its record's `land`)."""
+    land = finished.get("land")
+    if not isinstance(land, Mapping) or not land.get("branch"):
+        return None
+    return Review(
+        id=item.run_id,
+        job=item.job,
+        run_id=item.run_id,
+        attempt=item.attempt,
+        created_at=finished["finished_at"],
+        workdir=job.parsed.workdir if job else "",
+        branch=str(land["branch"]),
+        base=land.get("base"),
+        commit=land.get("commit"),
+        into=str(land.get("into") or ""),
+        strategy=str(land.get("strategy") or "merge"),
+        mode=str(land.get("mode") or "review"),
+        diffstat=land.get("diffstat"),
+        conflict=land.get("conflict"),
+        log_path=finished.get("log_path"),
+        cost_usd=finished.get("cost_usd"),
     )
 
 

@@ -34,7 +34,14 @@ MIN_LEASE = 1.0
 # A host label in `runs_on` (the same pattern is in schema/job.schema.json)
 HOST_LABEL_PATTERN = r"^[A-Za-z0-9_.-]+$"
 PRIORITIES = ("high", "normal", "low")
-DEFAULT_NOTIFY_EVENTS = ("failed", "dead_lettered", "silence", "timeout", "budget_exceeded")
+DEFAULT_NOTIFY_EVENTS = (
+    "failed",
+    "dead_lettered",
+    "silence",
+    "timeout",
+    "budget_exceeded",
+    "awaiting_review",
+)
 
 
 @dataclass(frozen=True, slots=True)

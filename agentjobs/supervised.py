@@ -162,11 +162,12 @@ def _run(engine: Engine, claim: Claim, stop: StopFlag, progress: Reporter | None
             on_output=engine.on_output,
             slot_env={"AGENTJOBS_SLOT": item.slot or ""},
             pass_fds=hold.fds,
-            worktrees=engine.store.local_dir / "worktrees",
+            worktrees=(engine.store.local_dir / "worktrees").absolute(),
             prices=price_table(engine.store.config().get("pricing")) if agent else None,
             cap_usd=item.cap_usd,
             agent=agent,
             progress=progress,
+            hold_key=engine.store.hold_key,
         )
     finally:
         if progress is not None:
@@ -188,6 +189,7 @@ def _run(engine: Engine, claim: Claim, stop: StopFlag, progress: Reporter | None
         output_for_match=outcome.output_for_match,
         duration_s=outcome.duration_s,
         agent=facts,
+        land=outcome.land,
         permanent=outcome.permanent,
         reset_at=outcome.reset_at,
     )

@@ -361,6 +361,35 @@ def _gemini_result(event: dict[str, Any]) -> Lines:
     return [("ok" if status == "success" else "error", head)]
 
 
+def final_message(text: str) -> str | None:
+    """The agent's last word in a log: claude's `result` text, codex's last agent message,
+    gemini's assistant text since its last user turn; for a plain command, its last lines."""
+    last: str | None = None
+    chunks: list[str] = []
+    plain: list[str] = []
+    for line in text.splitlines():
+        event = _event(line)
+        if event is None:
+            if line.strip() and not line.startswith("[agentjobs]"):
+                plain = [*plain[-19:], line]
+            continue
+        kind = event.get("type")
+        item = event.get("item")
+        if kind == "result" and isinstance(event.get("result"), str):
+            last = event["result"]
+        elif kind == "item.completed" and isinstance(item, dict):
+            if item.get("type") == "agent_message" and isinstance(item.get("text"), str):
+                last = item["text"]
+        elif kind == "message" and event.get("role") == "assistant":
+            chunks.append(str(event.get("content", "")))
+            last = "".join(chunks)
+        elif kind == "message":
+            chunks = []
+    if last is not None:
+        return last.strip() or None
+    return "\n".join(plain) or None
+
+
 # -- helpers -----------------------------------------------------------------------------------
 
 

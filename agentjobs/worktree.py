@@ -14,33 +14,35 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from agentjobs.errors import UserError
+from agentjobs.landing import IDENTITY, current_branch
+from agentjobs.landing import git as _git
 from agentjobs.runner import capture
-
-_IDENTITY = ["-c", "user.name=agentjobs", "-c", "user.email=agentjobs@localhost"]
 
 
 def branch_name(job: str, run_id: str) -> str:
     return f"agentjobs/{job}/{run_id}"
 
 
-def _git(*args: str, cwd: str) -> str:
-    code, output = capture(["git", *args], cwd=cwd)
-    if code != 0:
-        raise UserError(f"git {' '.join(args[:2])} in {cwd} failed: {output.strip()[-500:]}")
-    return output.strip()
-
-
 def prepare(repo: str, folder: Path, job: str, run_id: str) -> Path:
-    """The run's worktree (made on its first attempt)."""
+    """The run's worktree (made on its first attempt). Its `.base` file keeps the commit it
+    started from and the workdir's branch then (where `land` merges by default)."""
     path = folder / f"{job}-{run_id}"
     if path.is_dir():
         return path
     folder.mkdir(parents=True, exist_ok=True)
     base = _git("rev-parse", "HEAD", cwd=repo)
     _git("worktree", "add", "-b", branch_name(job, run_id), str(path), base, cwd=repo)
-    (folder / f"{job}-{run_id}.base").write_text(base + "\n")
+    (folder / f"{job}-{run_id}.base").write_text(f"{base}\n{current_branch(repo) or ''}\n")
     return path
+
+
+def started(folder: Path, job: str, run_id: str) -> tuple[str | None, str | None]:
+    """(base commit, the workdir's branch) when the run's worktree was made."""
+    try:
+        lines = (folder / f"{job}-{run_id}.base").read_text().splitlines()
+    except OSError:
+        return None, None
+    return (lines[0] or None if lines else None), (lines[1] or None if len(lines) > 1 else None)
 
 
 def finish(folder: Path, job: str, run_id: str, succeeded: bool) -> dict[str, Any]:
@@ -48,18 +50,19 @@ def finish(folder: Path, job: str, run_id: str, succeeded: bool) -> dict[str, An
     run record: branch, base commit, resulting commit (None when nothing changed), path."""
     path = folder / f"{job}-{run_id}"
     base_file = folder / f"{job}-{run_id}.base"
-    base = base_file.read_text().strip() if base_file.exists() else None
+    base, workdir_branch = started(folder, job, run_id)
     facts: dict[str, Any] = {
         "branch": branch_name(job, run_id),
         "base": base,
         "path": str(path),
         "kept": not succeeded,
+        "from_branch": workdir_branch,
     }
     if not path.is_dir():
         return facts
     if succeeded and _git("status", "--porcelain", cwd=str(path)):
         _git("add", "-A", cwd=str(path))
-        _git(*_IDENTITY, "commit", "-q", "-m", f"agentjobs: {job} run {run_id}", cwd=str(path))
+        _git(*IDENTITY, "commit", "-q", "-m", f"agentjobs: {job} run {run_id}", cwd=str(path))
     head = _git("rev-parse", "HEAD", cwd=str(path))
     facts["commit"] = head if head != base else None
     if succeeded:

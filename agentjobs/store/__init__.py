@@ -203,6 +203,9 @@ class QueueItem:
     cancel_by: str | None = None
     cancel_at: str | None = None
     cancel_reason: str | None = None
+    # a run a reviewer asked for (`review retry`, review.py): of (the reviewed run), guidance,
+    # note, by, diffstat (what the reviewed run changed); its prompt carries them
+    review: dict[str, Any] | None = None
 
     # (priority rank, queued_at, id): the claim order, computed once (a claim finds the first
     # of a thousand queued items with `min` on it)
