@@ -125,7 +125,7 @@ def _combine(
     _, files = capture(["git", "diff", "--name-only", "--diff-filter=U"], cwd=path)
     capture(["git", *undo], cwd=path)
     listed = ", ".join(files.split()) or "see the output"
-    return f"{strategy} conflicts in {listed}: {output.strip()[-800:]}"
+    return f"{strategy} conflicts in {listed} (git: {_line(output)})"
 
 
 def _move(repo: str, into: str, old: str, new: str) -> str | None:
@@ -137,16 +137,21 @@ def _move(repo: str, into: str, old: str, new: str) -> str | None:
             ["git", "update-ref", "-m", "agentjobs land", f"refs/heads/{into}", new, old], cwd=repo
         )
         if code != 0:
-            return f"{into} moved meanwhile; land again ({output.strip()[-300:]})"
+            return f"{into} moved meanwhile; land again (git: {_line(output)})"
         return None
     code, output = capture(["git", "merge", "-q", "--ff-only", new], cwd=checked_out)
     if code != 0:
         return (
             f"{into} is checked out in {checked_out} and could not move to the landed commit "
-            f"(local changes in the way, or it moved meanwhile): {output.strip()[-500:]}; "
+            f"(local changes in the way, or it moved meanwhile; git: {_line(output)}); "
             "commit or stash them and land again"
         )
     return None
+
+
+def _line(output: str) -> str:
+    """Git's output on one line (a message names it after a colon)."""
+    return " / ".join(line.strip() for line in output.strip().splitlines() if line.strip())[-400:]
 
 
 def _checkout_of(repo: str, branch: str) -> str | None:
