@@ -271,6 +271,12 @@ def render(store: Store, now: datetime) -> str:
     out.sample("agentjobs_dead_letters_open", sum(e.get("status") != "resolved" for e in dead))
 
     out.family(
+        "agentjobs_reviews_pending", "gauge", "Runs in the review inbox awaiting a decision."
+    )
+    reviews = store.reviews() if store.exists() else []
+    out.sample("agentjobs_reviews_pending", sum(e.get("status") == "pending" for e in reviews))
+
+    out.family(
         "agentjobs_last_success_timestamp_seconds",
         "gauge",
         "Unix time of the last succeeded attempt, by job.",

@@ -22,6 +22,7 @@ def collect(store: Store, now: datetime) -> dict[str, int]:
     records = retention.get("records")
     keep = {item.run_id for item in store.runtime().queue.values()}
     keep |= {e["run_id"] for e in store.dead_letters() if e.get("status") != "resolved"}
+    keep |= {e["run_id"] for e in store.reviews() if e.get("status") == "pending"}
     done = {"logs_removed": 0, "record_days_archived": 0}
     if logs:
         done["logs_removed"] = store.prune_logs((now - timedelta(seconds=logs)).timestamp(), keep)

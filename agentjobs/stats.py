@@ -22,6 +22,10 @@ WINDOW_DAYS = 7
 SLOWEST = 5
 
 
+# outcomes of an attempt that did its work (awaiting review: a person decides what lands)
+WORKED = ("succeeded", "awaiting_review")
+
+
 def _p95(values: Sequence[float]) -> float:
     """Nearest-rank 95th percentile of a non-empty list."""
     ordered = sorted(values)
@@ -32,7 +36,7 @@ def _totals(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     finished = [
         r for r in records if r.get("event") == "attempt_finished" and r.get("outcome") != "skipped"
     ]
-    failed = sum(r.get("outcome") != "succeeded" for r in finished)
+    failed = sum(r.get("outcome") not in WORKED for r in finished)
     return {
         "processed": len(finished),
         "runs": len({r.get("run_id") for r in finished}),
@@ -72,7 +76,7 @@ def morning_review(store: Store, now: datetime) -> dict[str, Any]:
     for job in sorted(durations):
         values = durations[job]
         attempts = len(values)
-        failed = attempts - outcomes[job].get("succeeded", 0)
+        failed = attempts - sum(outcomes[job].get(o, 0) for o in WORKED)
         jobs.append(
             {
                 "job": job,

@@ -336,3 +336,58 @@ def test_a_held_workdir_key_stops_claims_until_released(state: State, repo: Path
     again = store.hold_key("some-key", "another", 60)
     assert again is not None
     again()
+
+
+def test_a_merge_lands_only_while_no_agent_works_in_the_workdir(
+    state_dir: Path, repo: Path, editor, tmp_path: Path
+) -> None:
+    """A job without a worktree holds the workdir's lock key while it runs: a merge-mode run
+    that finishes meanwhile waits for the key before its branch moves main, and that job
+    cannot start while a landing holds the key."""
+    started, release = tmp_path / "started", tmp_path / "release"
+    doc = {
+        "workdir": "..",
+        "command": f"touch {started}; while [ ! -f {release} ]; do sleep 0.05; done",
+        "shell": True,
+    }
+    write(repo / "jobs.d" / "hold.yaml", json.dumps(doc))
+    agent_job(repo, land={"mode": "merge"})
+    editor({**FEATURE, "commit": "the feature"})
+    base = [sys.executable, "-m", "agentjobs", "--jobs-dir", "repo/jobs.d", "--state-dir"]
+    base.append(str(state_dir))
+    assert subprocess.run([*base, "apply"], capture_output=True).returncode == 0
+    before = git(repo, "rev-parse", "main")
+    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+    holder = subprocess.Popen([*base, "run", "hold"], **quiet)  # type: ignore[call-overload]
+    feature = None
+    try:
+        for _ in range(200):
+            if started.exists():
+                break
+            subprocess.run(["sleep", "0.05"])
+        assert started.exists()
+        feature = subprocess.Popen([*base, "run", "feature"], **quiet)  # type: ignore[call-overload]
+        with pytest.raises(subprocess.TimeoutExpired):
+            feature.wait(timeout=3)  # the agent is done; its landing waits for the key
+        assert git(repo, "rev-parse", "main") == before
+        release.write_text("")
+        assert holder.wait(timeout=30) == 0
+        assert feature.wait(timeout=30) == 0
+    finally:
+        for process in (holder, feature):
+            if process is not None and process.poll() is None:
+                process.kill()
+    by_job = {r["job"]: r for r in records(State.files(state_dir), "attempt_finished")}
+    assert by_job["feature"]["land"]["merged"] == git(repo, "rev-parse", "main")
+    assert by_job["feature"]["finished_at"] >= by_job["hold"]["finished_at"]
+
+    # and the other way round: while a landing holds the key, the job cannot start
+    store = open_store(str(state_dir))
+    let_go = store.hold_key(str(repo), "landing of run X", 60)
+    assert let_go is not None
+    refused = subprocess.run([*base, "run", "hold"], capture_output=True, text=True)
+    let_go()
+    assert "is held by landing of run X" in refused.stderr and "stays queued" in refused.stderr
+    assert not [
+        r for r in records(State.files(state_dir), "attempt_started") if r["job"] == "hold"
+    ][1:]
