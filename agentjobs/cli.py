@@ -493,6 +493,8 @@ def status(ctx: Context, now_text: str | None) -> None:
         result = r["result"] or "-"
         if j.dead_letters:
             result += f", {j.dead_letters} dead-lettered"
+        if j.reviews and (j.reviews, r["result"]) != (1, "awaiting_review"):
+            result += f", {j.reviews} awaiting review"
         schedule = r["schedule"]
         if schedule == "manual" and j.needs:
             schedule = f"after {', '.join(j.needs)} (needs)"
@@ -2294,6 +2296,11 @@ def _describe_lines(d: Any, now: datetime) -> list[str]:
     lines.append("Dead letters:" if d.dead_letters else "Dead letters: none open")
     for e in d.dead_letters:
         lines.append(f"  {e.get('id')} {_when(e.get('created_at'))}: {e.get('reason')}")
+    if d.reviews:
+        lines.append("Awaiting review (agentjobs review show RUN):")
+    for e in d.reviews:
+        why = f"conflict: {str(e['conflict'])[:120]}" if e.get("conflict") else e.get("branch")
+        lines.append(f"  {e.get('run_id')} {_when(e.get('created_at'))}: {why}")
     return lines
 
 

@@ -89,6 +89,7 @@ class JobRow:
     waiting: str | None = None  # the first queued item's reason
     held: str | None = None  # a usage limit, budget or rate holding its items
     dead_letters: int = 0  # open dead letters of the job
+    reviews: int = 0  # its runs awaiting a decision in the review inbox
     needs: tuple[str, ...] = ()  # triggered when these succeed
     skipped_by: tuple[tuple[str, str], ...] = ()  # (host, reason) a shared store noted
 
@@ -162,6 +163,7 @@ class JobDetail:
     runs: tuple[RunRow, ...]
     dead_letters: tuple[dict[str, Any], ...]
     ledger: Ledger | None = None
+    reviews: tuple[dict[str, Any], ...] = ()  # its runs awaiting a decision
 
 
 def as_json(value: Any) -> Any:
@@ -339,14 +341,23 @@ def _why(
 def jobs(store: Store, now: datetime) -> list[JobRow]:
     """One row per applied job, by name."""
     ctx = _Context.read(store, now)
-    return _rows(ctx, _waits(ctx), _open_dead_letters(store))
+    return _rows(ctx, _waits(ctx), _open_dead_letters(store), _pending_reviews(store))
 
 
 def _open_dead_letters(store: Store) -> list[dict[str, Any]]:
     return [e for e in store.dead_letters() if e.get("status", "open") == "open"]
 
 
-def _rows(ctx: _Context, all_waits: list[Wait], dead: list[dict[str, Any]]) -> list[JobRow]:
+def _pending_reviews(store: Store) -> list[dict[str, Any]]:
+    return [e for e in store.reviews() if e.get("status") == "pending"]
+
+
+def _rows(
+    ctx: _Context,
+    all_waits: list[Wait],
+    dead: list[dict[str, Any]],
+    reviews: list[dict[str, Any]],
+) -> list[JobRow]:
     from agentjobs.spec import Schedule
 
     rows = []
@@ -378,6 +389,7 @@ def _rows(ctx: _Context, all_waits: list[Wait], dead: list[dict[str, Any]]) -> l
                 waiting=queued[0].reason if queued else None,
                 held=held,
                 dead_letters=sum(1 for e in dead if e.get("job") == name),
+                reviews=sum(1 for e in reviews if e.get("job") == name),
                 needs=tuple(job.parsed.needs),
                 skipped_by=tuple(
                     (host, reason) for w in mine for host, reason in ctx.notes.get(w.item_id, ())
@@ -608,7 +620,8 @@ def _detail(
     file, drift = _drift(job, jobs_dir)
     all_waits = _waits(ctx)
     dead = _open_dead_letters(store)
-    row = next(r for r in _rows(ctx, all_waits, dead) if r.job == name)
+    reviews = [e for e in _pending_reviews(store) if e.get("job") == name]
+    row = next(r for r in _rows(ctx, all_waits, dead, reviews) if r.job == name)
     return JobDetail(
         job=name,
         spec=dict(job.spec),
@@ -621,6 +634,7 @@ def _detail(
         runs=tuple(recent()),
         dead_letters=tuple(e for e in dead if e.get("job") == name),
         ledger=ledger(store, now) if job.parsed.agent is not None else None,
+        reviews=tuple(reviews),
     )
 
 
@@ -1227,7 +1241,7 @@ def overview(store: Store, now: datetime, *, cache: DayCache | None = None) -> O
     ctx = _Context.read(store, now)
     all_waits = _waits(ctx)
     dead = _open_dead_letters(store)
-    rows = _rows(ctx, all_waits, dead)
+    rows = _rows(ctx, all_waits, dead, _pending_reviews(store))
     limits = Limits.from_config(ctx.store.config())
     day, following = limits.day(now)
     began = following - timedelta(days=1)

@@ -391,3 +391,20 @@ def test_a_merge_lands_only_while_no_agent_works_in_the_workdir(
     assert not [
         r for r in records(State.files(state_dir), "attempt_started") if r["job"] == "hold"
     ][1:]
+
+
+def test_one_awaiting_review_notification_per_run(
+    aj, state_dir: Path, repo: Path, editor, tmp_path: Path
+) -> None:
+    told = tmp_path / "told.jsonl"
+    sink = f"import sys; open({str(told)!r}, 'a').write(sys.stdin.read() + '\\n')"
+    agent_job(repo, notify={"command": [sys.executable, "-c", sink]})  # the default events
+    editor(FEATURE)
+    assert aj("apply").code == 0
+    assert aj("run", "feature").code == 0
+    events = [json.loads(line) for line in told.read_text().splitlines() if line.strip()]
+    assert [e["event"] for e in events] == ["awaiting_review"]
+    assert events[0]["text"].startswith("agentjobs feature awaiting review (attempt 1)")
+    [entry] = pending(State.files(state_dir))
+    assert aj("review", "approve", entry["run_id"]).code == 0
+    assert len(told.read_text().splitlines()) == 1  # a decision sends nothing more
