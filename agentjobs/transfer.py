@@ -44,6 +44,8 @@ def export(store: Store, now: datetime) -> Iterator[str]:
         yield line("hold", key=key, until=until)
     for entry in store.dead_letters():
         yield line("dead_letter", value=entry)
+    for entry in store.reviews():
+        yield line("review", value=entry)
     for record in store.records():
         yield line("record", value=record)
 
@@ -61,6 +63,7 @@ def import_(store: Store, lines: Iterable[str], lock_timeout: float) -> dict[str
     queue: dict[str, QueueItem] = {}
     holds: dict[str, str] = {}
     letters: list[dict[str, Any]] = []
+    reviews: list[dict[str, Any]] = []
     batch: list[dict[str, Any]] = []
 
     def flush() -> None:
@@ -104,6 +107,8 @@ def import_(store: Store, lines: Iterable[str], lock_timeout: float) -> dict[str
             holds[entry["key"]] = entry["until"]
         elif kind == "dead_letter":
             letters.append(entry["value"])
+        elif kind == "review":
+            reviews.append(entry["value"])
         elif kind == "record":
             batch.append(entry["value"])
             if len(batch) >= BATCH:
@@ -111,6 +116,8 @@ def import_(store: Store, lines: Iterable[str], lock_timeout: float) -> dict[str
     flush()
     for letter in letters:
         store.put_dead_letter(letter)
+    for review in reviews:
+        store.put_review(review)
     with store.transaction(lock_timeout) as runtime:
         runtime.jobs.update(states)
         runtime.queue.update(queue)

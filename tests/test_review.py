@@ -408,3 +408,21 @@ def test_one_awaiting_review_notification_per_run(
     [entry] = pending(State.files(state_dir))
     assert aj("review", "approve", entry["run_id"]).code == 0
     assert len(told.read_text().splitlines()) == 1  # a decision sends nothing more
+
+
+def test_the_inbox_moves_with_state_export_and_import(
+    aj, cli, state_dir: Path, repo: Path, editor, tmp_path: Path
+) -> None:
+    agent_job(repo)
+    editor(FEATURE)
+    assert aj("apply").code == 0
+    assert aj("run", "feature").code == 0
+    export = tmp_path / "state.jsonl"
+    assert aj("state", "export", "--file", str(export)).code == 0
+    moved = tmp_path / "moved"
+    assert cli("--state-dir", str(moved), "state", "import", str(export)).code == 0
+    listed = [
+        json.loads(cli("--state-dir", str(where), "-o", "json", "review", "list").out)
+        for where in (state_dir, moved)
+    ]
+    assert listed[0] == listed[1] and len(listed[0]) == 1
