@@ -125,22 +125,29 @@ def resolve(engine: Engine, entry_id: str, note: str) -> dict[str, Any]:
         )
     entry = dataclasses.replace(found, status="resolved", note=note, resolved_at=engine._now())
     engine.store.put_dead_letter(entry.to_dict())
-    stub = QueueItem(
-        id=entry_id,
-        run_id=entry.run_id,
-        job=entry.job,
-        trigger=entry.trigger,
-        priority="normal",
-        lock_key="",
-        queued_at="",
-        not_before="",
-        slot=entry.slot,
-        attempt=len(entry.attempts),
-    )
+    stub = finished_run(entry.run_id, entry.job, entry.trigger, len(entry.attempts), entry.slot)
     engine.store.append_records(
         [engine._record("resolved", stub, None, dlq_id=entry_id, note=note)], engine.clock.now()
     )
     return entry.to_dict()
+
+
+def finished_run(
+    run_id: str, job: str, trigger: str, attempt: int, slot: str | None = None
+) -> QueueItem:
+    """A run that is no longer queued, as the item its records (`resolved`, `reviewed`) name."""
+    return QueueItem(
+        id=run_id,
+        run_id=run_id,
+        job=job,
+        trigger=trigger,
+        priority="normal",
+        lock_key="",
+        queued_at="",
+        not_before="",
+        slot=slot,
+        attempt=attempt,
+    )
 
 
 def dead_letter(engine: Engine, entry_id: str) -> DeadLetter:

@@ -193,17 +193,9 @@ def _decide(engine: Engine, found: Review, action: str, by: str, **facts: Any) -
     decision = {"action": action, "by": by, "at": engine._now(), **shown}
     decided = dataclasses.replace(found, status=status, decision=decision)
     engine.store.put_review(decided.to_dict())
-    stub = QueueItem(
-        id=found.run_id,
-        run_id=found.run_id,
-        job=found.job,
-        trigger="review",
-        priority="normal",
-        lock_key="",
-        queued_at="",
-        not_before="",
-        attempt=found.attempt,
-    )
+    from agentjobs.operate import finished_run
+
+    stub = finished_run(found.run_id, found.job, "review", found.attempt)
     record = engine._record(
         "reviewed",
         stub,
