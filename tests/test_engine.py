@@ -506,7 +506,9 @@ def test_kill_9_of_a_tick_and_its_supervisor_is_recovered_as_lost_and_retried(
         == 0
     )
     tick = _spawn(state.location, "tick")
-    wait_for(lambda: marker.exists())
+    # the child runs (its marker) and its start is recorded (on a loaded machine the record
+    # can follow the marker by a moment)
+    wait_for(lambda: marker.exists() and state.records("attempt_started"))
     os.kill(tick.pid, signal.SIGKILL)  # the runner dies; the job it started does not
     tick.communicate(timeout=10)
     child = state.records("attempt_started")[0]["child_pid"]

@@ -142,7 +142,8 @@ def _without_nul(value: Any) -> Any:
 def satisfy_cross_field_rules(job: dict[str, Any]) -> dict[str, Any]:
     """What the schema cannot say: `shell` pairs with a string command and never with an agent;
     a name listed in `secrets` has no value in `env`; no string holds a NUL character; a
-    `max_log_size` written with a unit is at least 4KiB."""
+    `max_log_size` written with a unit is at least 4KiB; `land` merge or review works on a
+    worktree."""
     job = dict(_without_nul(job))
     if isinstance(job.get("max_log_size"), str):
         from agentjobs.sizes import parse_size
@@ -166,6 +167,8 @@ def satisfy_cross_field_rules(job: dict[str, Any]) -> dict[str, Any]:
         job["shell"] = False
     if "env" in job and "secrets" in job:
         job["env"] = {k: v for k, v in job["env"].items() if k not in job["secrets"]}
+    if job.get("land", {}).get("mode") in ("merge", "review"):
+        job["isolation"] = "worktree"
     return job
 
 
