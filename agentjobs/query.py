@@ -31,7 +31,7 @@ from typing import Any, Protocol, runtime_checkable
 from agentjobs.clock import iso, parse
 from agentjobs.errors import UserError
 from agentjobs.progress import Progress
-from agentjobs.store import AppliedJob, ClaimRequest, QueueItem, Runtime, Store
+from agentjobs.store import AppliedJob, ClaimRequest, QueueItem, Review, Runtime, Store
 
 # the kinds of reasons an item waits, for filters and colours
 WAIT_KINDS = (
@@ -724,6 +724,13 @@ def resolve_dead_letter(store: Store, text: str) -> str:
     )
 
 
+def review_of(store: Store, run_id: str) -> Review | None:
+    """The review-inbox entry of run `run_id` (exact id), if its work waits or waited for a
+    person; what the run page links to."""
+    found = store.review(run_id)
+    return None if found is None else Review.from_dict(found)
+
+
 def resolve_review(store: Store, text: str) -> str:
     """The review-inbox entry `text` names (a run id or a unique prefix of one)."""
     return _resolve_entry(
@@ -1015,12 +1022,14 @@ _WORST = (
     "silence",
     "failed",
     "verify_failed",
+    "no_change",
     "budget",
     "rate_limited",
     "interrupted",
     "cancelled",
     "skipped",
     "running",
+    "awaiting_review",
     "succeeded",
 )
 
@@ -1254,7 +1263,8 @@ def overview(store: Store, now: datetime, *, cache: DayCache | None = None) -> O
         for e in entries
         if e.event == "attempt_finished" and e.row is not None and e.time >= floor
     ]
-    failed = [r for r in finished if r.outcome not in ("succeeded", "cancelled")]
+    # a run awaiting review succeeded; what lands is a person's decision (the inbox)
+    failed = [r for r in finished if r.outcome not in ("succeeded", "cancelled", "awaiting_review")]
     spend = sum(r.cost_usd or 0.0 for r in finished)
     soon = sorted((r for r in rows if r.next), key=lambda r: r.next or "")
     return Overview(

@@ -1,7 +1,8 @@
 """The web dashboard (agentjobs/web/) through Starlette's TestClient: pages, the JSON API (the
 same data as the query layer and `-o json`), access (token, loopback host), CSRF and the
-confirmation step of every action, read-only, escaping of job output, the static report, and
-that `tick` never imports the web stack. The API and actions on both backends (`state`).
+confirmation step of every action, read-only, escaping of job output, the static report,
+that `tick` never imports the web stack, and the review inbox (list, diff view, approve,
+reject, retry against real git repositories). The API and actions on both backends (`state`).
 
 A real server and a real browser: tests/test_web_browser.py."""
 
@@ -24,7 +25,7 @@ from starlette.testclient import TestClient
 
 from agentjobs import query
 from agentjobs.store import open_store
-from agentjobs.web import security
+from agentjobs.web import render, security
 from agentjobs.web.app import create_app
 from tests.conftest import REPO, State, run_agentjobs, write
 from tests.test_engine import job
@@ -461,3 +462,312 @@ def test_a_running_attempt_shows_its_progress_on_the_run_page_and_in_the_api(
         assert status["wait"]["progress_text"].startswith("40% copying")
     finally:
         runner.communicate(timeout=30)
+
+
+# -- the review inbox (issue 15) -----------------------------------------------------------------
+
+REVIEWER = "Rev Iewer <rev@example.test>"
+
+
+def git(repo: Path, *args: str) -> str:
+    done = subprocess.run(
+        ["git", "-C", str(repo), *args], check=True, capture_output=True, text=True
+    )
+    return done.stdout.strip()
+
+
+def review_repo(root: Path) -> Path:
+    """A real repository on branch main with one commit (a.txt: `one`), its user the
+    reviewer (what `review.who` records)."""
+    repo = root / "work"
+    repo.mkdir()
+    git(repo, "init", "-q", "-b", "main")
+    git(repo, "config", "user.name", "Rev Iewer")
+    git(repo, "config", "user.email", "rev@example.test")
+    (repo / "a.txt").write_text("one\n")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", "init")
+    return repo
+
+
+def review_job(jobs_dir: Path, repo: Path, line: str = "two") -> None:
+    """Job `edit`: in its own worktree of `repo`, appends `line` (or, in a run a reviewer sent
+    back, their guidance: AGENTJOBS_GUIDANCE) to a.txt; what it did waits for review."""
+    script = (
+        "import os\n"
+        f"line = os.environ.get('AGENTJOBS_GUIDANCE') or {line!r}\n"
+        "open('a.txt', 'a').write(line + '\\n')\n"
+        "print('appended', line)\n"
+    )
+    write(
+        jobs_dir / "edit.yaml",
+        json.dumps(
+            {
+                "workdir": str(repo),
+                "command": [sys.executable, "-c", script],
+                "isolation": "worktree",
+                "land": {"mode": "review"},
+            }
+        ),
+    )
+
+
+def awaiting(ajs: Any, state: State, runs: int = 1) -> list[dict[str, Any]]:
+    """Apply, run `edit` `runs` times; the inbox entries, oldest first (the API's JSON)."""
+    assert ajs("apply").code == 0
+    for _ in range(runs):
+        done = ajs("run", "edit")
+        assert done.code == 0, done.out + done.err
+    with state.store() as store:
+        from agentjobs import review
+
+        return [e.to_dict() for e in review.inbox(store)]
+
+
+def reviewed_records(state: State) -> list[dict[str, Any]]:
+    return state.records("reviewed")
+
+
+def test_the_inbox_lists_pending_runs_and_the_api_gives_them_with_their_diff(
+    ajs: Any, jobs_dir: Path, state: State, tmp_path: Path
+) -> None:
+    repo = review_repo(tmp_path)
+    review_job(jobs_dir, repo)
+    first, second = awaiting(ajs, state, runs=2)
+    with client(state) as c:
+        listing = c.get("/inbox")
+        assert listing.status_code == 200
+        rows = re.findall(r'<tr class="review-entry" data-run="(\w+)">', listing.text)
+        assert rows == [first["run_id"], second["run_id"]]
+        assert (
+            f"<code>agentjobs/edit/{first['run_id']}</code> &rarr; <code>main</code> (merge)"
+            in (listing.text)
+        )
+        assert listing.text.count("1 file changed, 1 insertion(+)") == 2
+        assert 'class="pill o-review o-pending"' in listing.text
+        assert re.search(
+            r'id="nav-inbox"[^>]*>Inbox <span class="badge count"[^>]*>2<', listing.text
+        )
+        assert c.get("/api/reviews").json() == [first, second]
+        one = c.get(f"/api/reviews/{first['run_id']}").json()
+        assert one["status"] == "pending" and one["commit"] == first["commit"]
+        assert "\n+two\n" in one["diff"] and one["diff"].startswith("diff --git a/a.txt b/a.txt")
+        assert c.get("/api/reviews/01AAAAAAAAAAAAAAAAAAAAAAAA").status_code == 404
+        assert c.get("/inbox/01AAAAAAAAAAAAAAAAAAAAAAAA").status_code == 404
+        # a run page says the run waits, and links to its diff; the outcome is not a failure
+        run_page = c.get(f"/runs/{first['run_id']}").text
+        assert 'class="pill o-review o-awaiting_review">awaiting_review<' in run_page
+        assert f'href="/inbox/{first["run_id"]}">Review the diff…' in run_page
+        assert c.get("/api/overview").json()["failed_today"] == []
+        job_page = c.get("/jobs/edit").text
+        assert re.findall(r'<li><a class="mono" href="/inbox/(\w+)">', job_page) == [
+            first["run_id"],
+            second["run_id"],
+        ]
+        assert re.search(
+            r'id="card-inbox"><h2>Awaiting review</h2><p class="big">2<', c.get("/").text
+        )
+        # decided runs are listed with ?all=1 only
+        with state.store() as store:
+            from agentjobs import review
+            from agentjobs.engine import Engine
+
+            review.reject(Engine(store), first["run_id"], "someone", "no")
+        assert re.findall(r'data-run="(\w+)">', c.get("/inbox").text) == [second["run_id"]]
+        everything = c.get("/inbox?all=1").text
+        assert 'class="pill o-bad o-rejected">rejected<' in everything
+        assert [e["run_id"] for e in c.get("/api/reviews?all=1").json()] == [
+            first["run_id"],
+            second["run_id"],
+        ]
+
+
+def test_the_diff_view_colours_each_line_and_escapes_what_the_agent_wrote(
+    ajs: Any, jobs_dir: Path, state: State, tmp_path: Path
+) -> None:
+    repo = review_repo(tmp_path)
+    evil = '<script>alert("diff")</script><img src=x onerror=alert(1)>'
+    review_job(jobs_dir, repo, evil)
+    [entry] = awaiting(ajs, state)
+    with client(state) as c:
+        page = c.get(f"/inbox/{entry['run_id']}").text
+    assert "<script>alert" not in page and "<img src=x" not in page
+    assert (
+        '<span class="d-add">+&lt;script&gt;alert(&#34;diff&#34;)&lt;/script&gt;'
+        "&lt;img src=x onerror=alert(1)&gt;</span>" in page
+    )
+    assert '<span class="d-ctx"> one</span>' in page
+    assert '<span class="d-hunk">@@ -1 +1,2 @@</span>' in page
+    assert '<span class="d-file">+++ b/a.txt</span>' in page
+    assert "style=" not in page  # the CSP allows no inline style: classes only
+    assert re.search(r'<pre class="diffstat"> a\.txt \| 1 \+\n 1 file changed', page)
+    assert 'href="/inbox/' in page and "Approve…" in page and "Reject…" in page
+    # inside a hunk a line is added or removed by its first character: `--- x` is a removal
+    lines, cut = render.diff_lines(
+        "diff --git a/f b/f\n--- a/f\n+++ b/f\n@@ -1,2 +1,2 @@\n--- x\n+++ y\n same\n"
+        "\\ No newline at end of file\n",
+        limit=7,
+    )
+    assert [kind for kind, _ in lines] == ["file", "file", "file", "hunk", "del", "add", "ctx"]
+    assert cut == 1
+
+
+def test_approve_asks_to_confirm_needs_the_forms_csrf_token_and_lands_the_commit_on_main(
+    ajs: Any, jobs_dir: Path, state: State, tmp_path: Path
+) -> None:
+    repo = review_repo(tmp_path)
+    review_job(jobs_dir, repo)
+    [entry] = awaiting(ajs, state)
+    run_id, before = entry["run_id"], git(repo, "rev-parse", "main")
+    target = f"/inbox/{run_id}/approve"
+    with client(state) as c:
+        confirm = c.get(target)
+        assert confirm.status_code == 200
+        assert "Approve and land" in confirm.text
+        # who the record will name
+        assert "Rev Iewer &lt;rev@example.test&gt; via the dashboard" in confirm.text
+        token = csrf_of(confirm.text)
+        assert c.post(target, data={}).status_code == 403
+        assert c.post(target, data={"csrf": "0" * 64}).status_code == 403
+        foreign = c.post(target, data={"csrf": token}, headers={"Origin": "http://evil.example"})
+        assert foreign.status_code == 403
+        assert git(repo, "rev-parse", "main") == before  # refused: nothing landed
+        assert c.get(f"/api/reviews/{run_id}").json()["status"] == "pending"
+        assert not reviewed_records(state)
+        done = c.post(target, data={"csrf": token}, headers={"Origin": LOCAL})
+        assert (done.status_code, done.headers["location"]) == (
+            303,
+            f"/inbox/{run_id}?decided=approve",
+        )
+        # main has exactly the run's commit, merged, and the checkout followed
+        assert git(repo, "rev-list", "--no-merges", f"{before}..main").split() == [entry["commit"]]
+        assert git(repo, "rev-parse", "main^2") == entry["commit"]
+        message = git(repo, "log", "-1", "--format=%B", "main")
+        assert f"agentjobs: land edit run {run_id}" in message
+        assert f"Approved-by: {REVIEWER} via the dashboard from testclient" in message
+        assert (repo / "a.txt").read_text() == "one\ntwo\n"
+        decided = c.get(f"/api/reviews/{run_id}").json()
+        assert decided["status"] == "approved"
+        assert decided["decision"]["landed"] == git(repo, "rev-parse", "main")
+        [record] = reviewed_records(state)
+        assert (record["run_id"], record["decision"]) == (run_id, "approve")
+        assert record["by"].startswith(f"{REVIEWER} via the dashboard")
+        page = c.get(done.headers["location"]).text
+        assert 'class="pill o-good o-approved">approved<' in page
+        assert re.search(r'id="decided">Approved by Rev Iewer', page)
+        assert "Approve…" not in page
+        # a decision is made once
+        again = c.post(target, data={"csrf": token})
+        assert again.status_code == 409 and "already decided" in again.text
+        assert c.get(target).status_code == 409
+    assert len(reviewed_records(state)) == 1
+
+
+def test_reject_needs_a_note_and_retry_queues_a_run_that_gets_the_guidance(
+    ajs: Any, jobs_dir: Path, state: State, tmp_path: Path
+) -> None:
+    repo = review_repo(tmp_path)
+    review_job(jobs_dir, repo)
+    first, second = awaiting(ajs, state, runs=2)
+    with client(state) as c:
+        form = c.get(f"/inbox/{first['run_id']}/reject")
+        assert '<textarea id="note" name="note" rows="3" required>' in form.text
+        token = csrf_of(form.text)
+        reject = f"/inbox/{first['run_id']}/reject"
+        empty = c.post(reject, data={"csrf": token, "note": "  "})
+        assert empty.status_code == 400 and "a note is needed" in empty.text
+        assert c.get(f"/api/reviews/{first['run_id']}").json()["status"] == "pending"
+        done = c.post(reject, data={"csrf": token, "note": "not <this> way"})
+        assert done.status_code == 303
+        rejected = c.get(f"/api/reviews/{first['run_id']}").json()
+        assert (rejected["status"], rejected["decision"]["note"]) == ("rejected", "not <this> way")
+        assert "not &lt;this&gt; way" in c.get(f"/inbox/{first['run_id']}").text
+        # retry: guidance needed, a note optional
+        form = c.get(f"/inbox/{second['run_id']}/retry").text
+        assert 'name="guidance"' in form and 'name="note"' in form
+        retry = f"/inbox/{second['run_id']}/retry"
+        assert c.post(retry, data={"csrf": token, "guidance": ""}).status_code == 400
+        assert not state.queue()
+        done = c.post(retry, data={"csrf": token, "guidance": "three", "note": "say three"})
+        assert (done.status_code, done.headers["location"]) == (
+            303,
+            f"/inbox/{second['run_id']}?decided=retry",
+        )
+        [item] = state.queue()
+        assert item.trigger == "review" and item.review is not None
+        assert (item.review["of"], item.review["guidance"], item.review["note"]) == (
+            second["run_id"],
+            "three",
+            "say three",
+        )
+        retried = c.get(f"/api/reviews/{second['run_id']}").json()
+        assert (retried["status"], retried["decision"]["retry_run"]) == ("retried", item.run_id)
+        page = c.get(done.headers["location"]).text
+        assert f'href="/runs/{item.run_id}"' in page and "Sent back by Rev Iewer" in page
+    assert ajs("tick").code == 0  # the new run got the guidance
+    with client(state) as c:
+        again = c.get(f"/api/reviews/{item.run_id}").json()
+    assert again["status"] == "pending" and "\n+three\n" in again["diff"]
+    assert git(repo, "log", "--format=%s", "main") == "init"  # nothing landed meanwhile
+
+
+def test_read_only_offers_no_review_action_and_refuses_every_decision(
+    ajs: Any, jobs_dir: Path, state: State, tmp_path: Path
+) -> None:
+    repo = review_repo(tmp_path)
+    review_job(jobs_dir, repo)
+    [entry] = awaiting(ajs, state)
+    run_id, before = entry["run_id"], git(repo, "rev-parse", "main")
+    with client(state) as c:
+        token = csrf_of(c.get(f"/inbox/{run_id}/approve").text)
+        cookies = dict(c.cookies)
+    with client(state, read_only=True) as c:
+        c.cookies.update(cookies)
+        page = c.get(f"/inbox/{run_id}").text
+        assert "+two" in page and "read-only" in page
+        assert "Approve…" not in page and "Review…" not in c.get("/inbox").text
+        for action in ("approve", "reject", "retry"):
+            assert c.get(f"/inbox/{run_id}/{action}").status_code == 403
+            fields = {"csrf": token, "note": "n", "guidance": "g"}
+            assert c.post(f"/inbox/{run_id}/{action}", data=fields).status_code == 403
+        assert c.get(f"/api/reviews/{run_id}").status_code == 200
+    assert git(repo, "rev-parse", "main") == before
+    assert not reviewed_records(state) and not state.queue()
+
+
+def test_an_approve_that_conflicts_or_finds_the_key_held_says_why_and_changes_nothing(
+    ajs: Any, jobs_dir: Path, state: State, tmp_path: Path
+) -> None:
+    repo = review_repo(tmp_path)
+    review_job(jobs_dir, repo)
+    [entry] = awaiting(ajs, state)
+    run_id = entry["run_id"]
+    with client(state) as c:
+        token = csrf_of(c.get(f"/inbox/{run_id}/approve").text)
+        # an agent's job holds the workdir's lock key: approve waits for it
+        with state.store() as store:
+            release = store.hold_key(store.applied()["edit"].parsed.lock, "a test", 60)
+            assert release is not None
+            try:
+                busy = c.post(f"/inbox/{run_id}/approve", data={"csrf": token})
+            finally:
+                release()
+        assert busy.status_code == 409
+        assert "is held (an agent works in" in busy.text
+        assert f'href="/inbox/{run_id}" id="back"' in busy.text
+        # someone changed the same line on main meanwhile: the merge conflicts
+        (repo / "a.txt").write_text("one\nTWO\n")
+        git(repo, "commit", "-q", "-am", "the same line, differently")
+        head = git(repo, "rev-parse", "main")
+        conflict = c.post(f"/inbox/{run_id}/approve", data={"csrf": token})
+        assert conflict.status_code == 409
+        assert re.search(
+            r'<p class="error" id="message">run \w+ does not land on main: merge '
+            r"conflicts in a\.txt",
+            conflict.text,
+        ), conflict.text
+        assert git(repo, "rev-parse", "main") == head
+        assert git(repo, "status", "--porcelain") == ""
+        assert (repo / "a.txt").read_text() == "one\nTWO\n"
+        assert c.get(f"/api/reviews/{run_id}").json()["status"] == "pending"
+        assert not reviewed_records(state)

@@ -1,7 +1,8 @@
 """The dashboard for real: `agentjobs ui` (uvicorn) on 127.0.0.1 and a random port, loaded in
 Debian's headless Chromium through selenium, against a state of about 50 runs on 3 lock keys
 made by real ticks; and a run posted to the JSON API followed through `/api/runs/{id}` and the
-`/api/events` stream on both backends.
+`/api/events` stream on both backends; and a run of a `land: {mode: review}` job approved in
+the inbox, its commit then on the real repository's main.
 
 Screenshots go to tests/artifacts/ (gitignored). Without selenium or Chromium these tests are
 skipped, except under CI=true, where that is a failure (`.ci/run` installs them)."""
@@ -347,3 +348,54 @@ def test_a_run_posted_to_the_api_is_followed_to_its_end_through_its_status_and_e
                 seen.append((kind, data))
         assert [k for k, _ in seen] == ["queued", "started", "finished"]
         assert seen[-1][1]["outcome"] == "succeeded" and seen[-1][1]["job"] == "slow"
+
+
+# -- the review inbox: approve in the browser, the commit lands -----------------------------------
+
+
+def test_the_inbox_approve_action_lands_the_runs_commit_on_main(
+    browser: Any, tmp_path: Path
+) -> None:
+    from tests.test_web import git, review_job, review_repo
+
+    repo = review_repo(tmp_path)
+    jobs_dir, location = tmp_path / "jobs.d", str(tmp_path / "state")
+    review_job(jobs_dir, repo, "<b>bold</b> line")
+    cli = [*AGENTJOBS, "--jobs-dir", str(jobs_dir), "--state-dir", location]
+    for verb in (["apply"], ["run", "edit"]):
+        done = subprocess.run([*cli, *verb], capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stdout + done.stderr
+    [entry] = open_store(location).reviews()
+    run_id, before = entry["run_id"], git(repo, "rev-parse", "main")
+    with ui_server(location, jobs_dir) as base:
+        browser.get(f"{base}/inbox")
+        assert browser.find_element("id", "nav-inbox").text == "Inbox 1"
+        row = browser.find_element("css selector", "tr.review-entry")
+        assert row.get_attribute("data-run") == run_id
+        assert "1 file changed, 1 insertion(+)" in row.text
+        row.find_element("css selector", "a.open").click()
+        wait_for(lambda: browser.current_url.endswith(f"/inbox/{run_id}"))
+        added = browser.find_elements("css selector", "pre.diff .d-add")
+        assert [a.text for a in added] == ["+<b>bold</b> line"]  # text, not markup
+        assert browser.execute_script("return document.querySelectorAll('pre.diff b').length") == 0
+        colour = browser.execute_script(
+            "return getComputedStyle(arguments[0]).backgroundColor", added[0]
+        )
+        assert colour not in ("rgba(0, 0, 0, 0)", "transparent")  # the stylesheet colours it
+        shot(browser, "review-diff")
+        browser.find_element("id", "approve").click()
+        wait_for(lambda: browser.current_url.endswith(f"/inbox/{run_id}/approve"))
+        assert browser.find_element("id", "confirm").text == "Approve and land"
+        assert git(repo, "rev-parse", "main") == before  # asking changed nothing
+        browser.find_element("id", "confirm").click()
+        wait_for(lambda: "decided=approve" in browser.current_url)
+        assert browser.find_element("id", "review-status").text == "approved"
+        assert browser.find_element("id", "decided").text.startswith("Approved by Rev Iewer")
+        shot(browser, "review-approved")
+        assert browser.find_elements("id", "approve") == []
+    # the real repository: main has exactly the run's commit, merged by the approval
+    assert git(repo, "rev-list", "--no-merges", f"{before}..main").split() == [entry["commit"]]
+    log = git(repo, "log", "--format=%H %P%n%B", "-1", "main")
+    assert entry["commit"] in log.splitlines()[0].split()[2:]  # the merge's second parent
+    assert "Approved-by: Rev Iewer <rev@example.test> via the dashboard" in log
+    assert (repo / "a.txt").read_text() == "one\n<b>bold</b> line\n"

@@ -2,14 +2,17 @@
 
 `create_app(open_store, ...)` builds it around a store opener (called once, lazily; the store
 is shared by the worker threads: both backends are thread-safe) and a clock. Every page and
-API answer is read through the query layer; every action goes through `agentjobs.operate`,
-as the CLI's verbs do.
+API answer is read through the query layer; every action goes through `agentjobs.operate`
+(the review inbox's through `agentjobs.review`), as the CLI's verbs do.
 
-Pages: `/` overview, `/timeline`, `/history`, `/jobs/{job}`, `/runs/{id}`, `/dead-letters`;
-actions, each a GET that shows a confirmation and a POST that does it (CSRF-checked, absent
-with `read_only`): `/jobs/{job}/run`, `/dead-letters/{id}/replay`, `/dead-letters/{id}/resolve`.
+Pages: `/` overview, `/timeline`, `/history`, `/jobs/{job}`, `/runs/{id}`, `/dead-letters`,
+`/inbox` (the review inbox, issue 15) and `/inbox/{id}` (a run's diff view); actions, each a
+GET that shows a confirmation and a POST that does it (CSRF-checked, absent with
+`read_only`): `/jobs/{job}/run`, `/dead-letters/{id}/replay`, `/dead-letters/{id}/resolve`,
+`/inbox/{id}/approve`, `/inbox/{id}/reject`, `/inbox/{id}/retry`.
 API: `GET /api/jobs`, `GET /api/jobs/{job}`, `POST /api/jobs/{job}/runs`, `GET /api/runs/{id}`,
-`GET /api/overview`, `GET /api/timeline`, `GET /api/events` (SSE).
+`GET /api/overview`, `GET /api/timeline`, `GET /api/reviews`, `GET /api/reviews/{id}`,
+`GET /api/events` (SSE).
 """
 
 from __future__ import annotations
@@ -42,7 +45,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from agentjobs import query
 from agentjobs.clock import Clock, iso, parse
 from agentjobs.errors import StateUnavailableError, UserError
-from agentjobs.store import Store
+from agentjobs.store import Review, Store
 from agentjobs.web import render, security
 from agentjobs.web.events import EventFeed, sse
 
@@ -148,6 +151,9 @@ def create_app(
         Route("/dead-letters", views.dead_letters),
         Route("/dead-letters/{entry_id}/replay", views.replay, methods=["GET", "POST"]),
         Route("/dead-letters/{entry_id}/resolve", views.resolve, methods=["GET", "POST"]),
+        Route("/inbox", views.inbox),
+        Route("/inbox/{run_id}", views.inbox_entry),
+        Route("/inbox/{run_id}/{action}", views.decide, methods=["GET", "POST"]),
         Route("/login", views.login),
         Route("/api/jobs", views.api_jobs),
         Route("/api/jobs/{job}", views.api_job),
@@ -155,6 +161,8 @@ def create_app(
         Route("/api/runs/{run_id}", views.api_run),
         Route("/api/overview", views.api_overview),
         Route("/api/timeline", views.api_timeline),
+        Route("/api/reviews", views.api_reviews),
+        Route("/api/reviews/{run_id}", views.api_review),
         Route("/api/events", views.api_events),
         Mount("/static", StaticFiles(directory=STATIC), name="static"),
     ]
@@ -257,6 +265,8 @@ class _Views:
     def _page(
         self, request: Request, template: str, http_status: int = 200, **context: Any
     ) -> Response:
+        from agentjobs import review
+
         cookie = request.cookies.get(security.CSRF_COOKIE)
         fresh = cookie is None or len(cookie) < 16
         if fresh:
@@ -268,6 +278,7 @@ class _Views:
             csrf=self.s.csrf.token(cookie),
             path=request.url.path,
             where=self.s.store().describe(),
+            pending_reviews=len(review.inbox(self.s.store())),  # the nav's count
             **context,
         )
         response = HTMLResponse(body, http_status)
@@ -277,10 +288,12 @@ class _Views:
             )
         return response
 
-    def _error(self, request: Request, status: int, message: str) -> Response:
+    def _error(
+        self, request: Request, status: int, message: str, back: str | None = None
+    ) -> Response:
         if request.url.path.startswith("/api/"):
             return JSONResponse({"error": message}, status)
-        return self._page(request, "error.html", status, code=status, message=message)
+        return self._page(request, "error.html", status, code=status, message=message, back=back)
 
     def _engine(self) -> Any:
         from agentjobs.engine import Engine, default_host
@@ -417,6 +430,7 @@ class _Views:
             view=view,
             attempts=attempts,
             raw=raw,
+            review=query.review_of(store, view.detail.run_id),
             queued=request.query_params.get("queued") == "1",
             now=iso(self.s.now()) or "",
             live=not view.finished,
@@ -507,6 +521,132 @@ class _Views:
         except UserError as exc:
             return self._error(request, 409, str(exc))
         return RedirectResponse(f"/dead-letters?resolved={quote(entry_id)}", 303)
+
+    # the review inbox (issue 15): a run's branch waits for a person to approve, reject or
+    # send it back with guidance; review.py decides, as `agentjobs review ...` does
+
+    def inbox(self, request: Request) -> Response:
+        from agentjobs import review
+
+        show_all = request.query_params.get("all") == "1"
+        entries = review.inbox(self.s.store(), everything=show_all)
+        return self._page(request, "inbox.html", entries=entries, show_all=show_all, live=True)
+
+    def inbox_entry(self, request: Request) -> Response:
+        from agentjobs import review
+
+        found, missing = self._review_entry(request.path_params["run_id"])
+        if found is None:
+            return self._error(request, 404, missing)
+        shown = review.show(self.s.store(), found.run_id)
+        lines, cut = render.diff_lines(shown.diff)
+        log = query.attempt_log(self.s.store(), found.run_id, found.attempt, max_bytes=0)
+        return self._page(
+            request,
+            "review.html",
+            shown=shown,
+            e=shown.review,
+            lines=lines,
+            cut=cut,
+            log_here=log.exists,
+            decided=request.query_params.get("decided") in review.DECISIONS,
+        )
+
+    async def decide(self, request: Request) -> Response:
+        """`/inbox/{id}/approve|reject|retry`: GET asks to confirm, POST (CSRF-checked)
+        decides. A refusal (a conflict, a held lock key, a decision made already) changes
+        nothing and says why."""
+        from agentjobs import review
+
+        run_id, action = request.path_params["run_id"], request.path_params["action"]
+        if action not in review.DECISIONS:
+            return self._error(request, 404, f"no action {action!r}: approve, reject or retry")
+        if request.method == "GET":
+            return await self._confirm_review(request, run_id, action)
+        fields, refusal = await self._checked_form(request)
+        if refusal is not None:
+            return refusal
+        found, missing = self._review_entry(run_id)
+        if found is None:
+            return self._error(request, 404, missing)
+        back = f"/inbox/{quote(found.run_id)}"
+        note, guidance = fields.get("note", "").strip(), fields.get("guidance", "").strip()
+        if action == "reject" and not note:
+            return self._error(request, 400, "a note is needed: say why it does not land", back)
+        if action == "retry" and not guidance:
+            needed = "guidance is needed: say what the next run should do differently"
+            return self._error(request, 400, needed, back)
+        engine = self._engine()
+
+        def decided() -> None:
+            by = self._who(request, found.workdir)
+            if action == "approve":
+                review.approve(engine, found.run_id, by)
+            elif action == "reject":
+                review.reject(engine, found.run_id, by, note)
+            else:
+                review.retry(engine, found.run_id, by, guidance, note or None)
+
+        try:
+            await _threaded(decided)
+        except UserError as exc:
+            return self._error(request, 409, str(exc), back)
+        return RedirectResponse(f"{back}?decided={action}", 303)
+
+    async def _confirm_review(self, request: Request, run_id: str, action: str) -> Response:
+        if self.s.read_only:
+            return self._error(request, 403, "this dashboard is read-only (--read-only)")
+        found, missing = self._review_entry(run_id)
+        if found is None:
+            return self._error(request, 404, missing)
+        back = f"/inbox/{quote(found.run_id)}"
+        if found.status != "pending":
+            d = found.decision or {}
+            return self._error(
+                request,
+                409,
+                f"run {found.run_id} was already decided: {found.status} by {d.get('by')} at "
+                f"{d.get('at')}; a decision is made once",
+                back,
+            )
+        titles = {
+            "approve": f"Approve run {found.run_id} ({found.job})?",
+            "reject": f"Reject run {found.run_id} ({found.job})?",
+            "retry": f"Send run {found.run_id} ({found.job}) back with guidance?",
+        }
+        return self._page(
+            request,
+            "confirm.html",
+            action=action,
+            title=titles[action],
+            target=f"{back}/{action}",
+            job=found.job,
+            review=found,
+            by=await _threaded(self._who, request, found.workdir),
+            back=back,
+        )
+
+    def _review_entry(self, text: str) -> tuple[Review | None, str]:
+        """The inbox entry `text` names (a run id or a unique prefix), or why there is none."""
+        from agentjobs import review
+
+        try:
+            return review.entry(self.s.store(), text), ""
+        except StateUnavailableError:
+            raise
+        except UserError as exc:
+            return None, str(exc)
+
+    def _who(self, request: Request, workdir: str) -> str:
+        """Who decides, as the `reviewed` record and a landing's `Approved-by:` say it: the
+        server's git user (`review.who`, as the CLI records), and that it was the dashboard,
+        which knows no person (a loopback request is anyone on this machine, a token request
+        anyone holding the token): the address it came from when that is not a loopback one."""
+        from agentjobs import review
+
+        client = request.client.host if request.client else ""
+        where = f" from {client}" if client and not security.is_loopback(client) else ""
+        return f"{review.who(workdir)} via the dashboard{where}"
 
     def _confirm_entry(self, request: Request, entry_id: str, action: str) -> Response:
         if self.s.read_only:
@@ -616,6 +756,31 @@ class _Views:
         )
         tl = query.timeline(self.s.store(), start, end, now, cache=self.s.cache)
         return JSONResponse(query.as_json(tl))
+
+    def api_reviews(self, request: Request) -> Response:
+        """The review inbox (`?all=1`: decided entries too), as `review list -o json`."""
+        from agentjobs import review
+
+        show_all = request.query_params.get("all") == "1"
+        return JSONResponse([e.to_dict() for e in review.inbox(self.s.store(), show_all)])
+
+    def api_review(self, request: Request) -> Response:
+        """One entry with its diff, the agent's final message and verify's output, as
+        `review show -o json`."""
+        from agentjobs import review
+
+        found, missing = self._review_entry(request.path_params["run_id"])
+        if found is None:
+            return JSONResponse({"error": missing}, 404)
+        shown = review.show(self.s.store(), found.run_id)
+        return JSONResponse(
+            {
+                **shown.review.to_dict(),
+                "diff": shown.diff,
+                "final_message": shown.final_message,
+                "verify": shown.verify,
+            }
+        )
 
     async def api_events(self, request: Request) -> Response:
         last = request.headers.get("last-event-id", "")

@@ -56,6 +56,7 @@ def environment(static: bool = False) -> jinja2.Environment:
         relative=relative,
         pretty_json=pretty_json,
         script_json=script_json,
+        diff_summary=diff_summary,
     )
     env.globals.update(
         static=static, outcome_class=outcome_class, bar_title=bar_title, band_title=band_title
@@ -113,14 +114,36 @@ def pretty_json(value: Any) -> str:
     return json.dumps(value, indent=2, sort_keys=True, default=str)
 
 
-_GOOD = {"succeeded"}
-_WAITING = {"running", "queued", "retrying", "replayed", "resolved", "skipped", "cancelled"}
+# outcomes, and the statuses of dead letters and review-inbox entries, by how they look
+_GOOD = {"succeeded", "approved"}
+_WAITING = {
+    "running",
+    "queued",
+    "retrying",
+    "replayed",
+    "resolved",
+    "skipped",
+    "cancelled",
+    "retried",
+}
+_REVIEW = {"awaiting_review", "pending"}  # succeeded; a person decides what lands (/inbox)
+_WARN = {"no_change"}  # exited 0 having changed nothing (`expect.changes`): a failure, milder
 
 
 def outcome_class(outcome: str | None) -> str:
-    """The CSS class of an outcome: o-good, o-bad, o-wait, plus o-NAME."""
+    """The CSS class of an outcome: o-good, o-bad, o-wait, o-review, o-warn, plus o-NAME."""
     name = outcome or "none"
-    kind = "good" if name in _GOOD else "wait" if name in _WAITING else "bad"
+    kind = (
+        "good"
+        if name in _GOOD
+        else "wait"
+        if name in _WAITING
+        else "review"
+        if name in _REVIEW
+        else "warn"
+        if name in _WARN
+        else "bad"
+    )
     return f"o-{kind} o-{re.sub(r'[^a-z_]', '', name)}"
 
 
@@ -160,6 +183,47 @@ def log_lines(text: str) -> tuple[list[str], bool]:
     if not events:
         return text.splitlines(), False
     return render_transcript(text, color=False), True
+
+
+# -- a run's diff (the review inbox) ----------------------------------------------------------
+
+MAX_DIFF_LINES = 20000  # a diff view draws at most this many lines (`review show` has them all)
+
+
+def diff_lines(diff: str, limit: int = MAX_DIFF_LINES) -> tuple[list[tuple[str, str]], int]:
+    """`git diff` output as (kind, line) pairs for the diff view to colour, and how many lines
+    past `limit` are left out. Kinds: `file` (a file's header lines), `hunk` (`@@`), `add`,
+    `del`, `ctx`, `note` (`\\ No newline at end of file`). Inside a hunk a line is added or
+    removed by its first character alone: a removed line that reads `-- x` is not a header."""
+    lines = diff.split("\n")  # not splitlines(): a \f or \x1c in a file is not a line end
+    if lines[-1] == "":
+        lines.pop()
+    out: list[tuple[str, str]] = []
+    in_hunk = False
+    for line in lines[:limit]:
+        if line.startswith("diff --git "):
+            in_hunk, kind = False, "file"
+        elif line.startswith("@@"):
+            in_hunk, kind = True, "hunk"
+        elif not in_hunk:
+            kind = "file"
+        elif line.startswith("+"):
+            kind = "add"
+        elif line.startswith("-"):
+            kind = "del"
+        elif line.startswith("\\"):
+            kind = "note"
+        else:
+            kind = "ctx"
+        out.append((kind, line))
+    return out, max(len(lines) - limit, 0)
+
+
+def diff_summary(diffstat: str | None) -> str:
+    """The summary line of `git diff --stat` ("3 files changed, 10 insertions(+)"), as
+    `review list` shows it."""
+    lines = (diffstat or "").strip().splitlines()
+    return lines[-1].strip() if lines else "-"
 
 
 # -- the timeline's geometry -------------------------------------------------------------------

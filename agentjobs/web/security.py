@@ -8,11 +8,12 @@
   (`ui-token`). It comes as `Authorization: Bearer TOKEN` (scripts, curl) or as the session
   cookie that `/login?token=TOKEN` sets (browsers); the cookie holds an HMAC of the token,
   not the token itself.
-- Page actions (replay, resolve, run) are forms with a CSRF token: an HMAC, under a key made
-  at start-up, of a random value kept in a SameSite=Strict cookie (a form from before a
-  restart is refused: reload it). The JSON API's POST takes a bearer token, or a JSON body
-  (which a cross-site page cannot send without a CORS preflight, which is never granted), and
-  refuses any request whose `Origin` is another site.
+- Page actions (replay, resolve, run; approve, reject, retry in the review inbox) are forms
+  with a CSRF token: an HMAC, under a key made at start-up, of a random value kept in a
+  SameSite=Strict cookie (a form from before a restart is refused: reload it). The JSON
+  API's POST takes a bearer token, or a JSON body (which a cross-site page cannot send
+  without a CORS preflight, which is never granted), and refuses any request whose `Origin`
+  is another site.
 """
 
 from __future__ import annotations
