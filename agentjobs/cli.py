@@ -1434,19 +1434,13 @@ def review_list(ctx: Context, show_all: bool) -> None:
             e.status if e.status != "pending" else ("conflict" if e.conflict else "pending"),
             _when(e.created_at),
             f"{e.branch} -> {e.into or '?'} ({e.strategy})",
-            _diff_summary(e.diffstat),
+            inbox.diff_summary(e.diffstat),
             _cost_text(e.cost_usd, False) if e.cost_usd is not None else "-",
         ]
         for e in entries
     ]
     headers = ["RUN", "JOB", "STATUS", "FINISHED", "LANDS", "CHANGES", "COST"]
     click.echo(_table(headers, rows))
-
-
-def _diff_summary(diffstat: str | None) -> str:
-    """The summary line of `git diff --stat` ("3 files changed, 10 insertions(+)")."""
-    lines = (diffstat or "").strip().splitlines()
-    return lines[-1].strip() if lines else "-"
 
 
 @review.command("show")

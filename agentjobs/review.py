@@ -217,6 +217,12 @@ def _land_facts(found: Review) -> dict[str, Any]:
     }
 
 
+def diff_summary(diffstat: str | None) -> str:
+    """The summary line of `git diff --stat` ("3 files changed, 10 insertions(+)")."""
+    lines = (diffstat or "").strip().splitlines()
+    return lines[-1].strip() if lines else "-"
+
+
 def guidance_section(review: Mapping[str, Any]) -> str:
     """What a `review retry` run's prompt adds: the reviewer's guidance and note, and what the
     reviewed run changed, so the agent does something different."""

@@ -18,6 +18,7 @@ from markupsafe import Markup
 
 from agentjobs import query
 from agentjobs.durations import format_duration
+from agentjobs.review import diff_summary
 
 # the timeline's zoom levels: the span a page shows, and the step between its axis labels
 SPANS: dict[str, tuple[float, float]] = {
@@ -217,13 +218,6 @@ def diff_lines(diff: str, limit: int = MAX_DIFF_LINES) -> tuple[list[tuple[str, 
             kind = "ctx"
         out.append((kind, line))
     return out, max(len(lines) - limit, 0)
-
-
-def diff_summary(diffstat: str | None) -> str:
-    """The summary line of `git diff --stat` ("3 files changed, 10 insertions(+)"), as
-    `review list` shows it."""
-    lines = (diffstat or "").strip().splitlines()
-    return lines[-1].strip() if lines else "-"
 
 
 # -- the timeline's geometry -------------------------------------------------------------------
