@@ -22,7 +22,10 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from agentjobs.progress import Activity
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +102,9 @@ class Meter:
     # message arrives as several events with the same usage)
     messages: dict[str, tuple[int, int, int]] = field(default_factory=dict)
     final: bool = False  # claude's result came: its totals are the usage
+    # gemini's turns: its model replies between tool results, as its live progress counts them
+    # (its stream has no turn count, issue 15)
+    replies: Activity | None = None
 
     def feed(self, event: Mapping[str, Any]) -> bool:
         """Take one stream event; True when it changed the usage."""
@@ -113,6 +119,14 @@ class Meter:
         if self.kind == "codex" and kind == "turn.completed":
             self.turns = (self.turns or 0) + 1
             return self._add(event.get("usage"), cached_in_input=True)
+        if self.kind == "gemini" and kind in ("message", "tool_use", "tool_result"):
+            if self.replies is None:
+                from agentjobs.progress import Activity
+
+                self.replies = Activity("gemini")
+            self.replies.feed(event)
+            self.turns = self.replies.turns
+            return False
         if self.kind == "gemini" and kind == "result":
             return self._add(event.get("stats"), cached_in_input=True)
         if self.kind == "claude" and kind == "assistant" and not self.final:

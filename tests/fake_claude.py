@@ -13,10 +13,19 @@ $FAKE_AGENT_DIR/modes.json says (the last mode repeats):
     tool_wait     an assistant message (id, usage) calling Bash(make test), then nothing until
                   $FAKE_AGENT_DIR/release exists (30 s at most); then the tool's result and a
                   successful result event
+    hollow        a successful result of 0 turns costing nothing, exit 0: how claude 2.1.332
+                  ends a prompt that is a local slash command (`/cost`), with no model call
+    no_session    init and a successful result without a session id, exit 0
 Invoked as `codex` (the file name), it prints codex exec --json shapes instead:
     ok | tokens=IN,CACHED,OUT   thread.started, an agent message, turn.completed with that usage
     hang_after=IN,CACHED,OUT    the same turn.completed, then it keeps running (a minute)
     usage_limit   codex's usage-limit error ("You've hit your usage limit ... try again at ...")
+    hollow        thread.started and turn.started, no turn.completed, exit 0
+    no_session    a completed turn without thread.started, exit 0
+Invoked as `gemini`, it prints gemini --output-format stream-json shapes (0.61):
+    ok            init (session_id), the user's message, the model's reply, a successful result
+    hollow        the same without the model's reply (0 turns)
+    no_session    the same as ok with an init event that has no session id
 """
 
 import json
@@ -51,7 +60,8 @@ def emit(event: dict) -> None:
 if os.path.basename(sys.argv[0]) == "codex":
     import time
 
-    emit({"type": "thread.started", "thread_id": f"thread-{number}"})
+    if mode != "no_session":
+        emit({"type": "thread.started", "thread_id": f"thread-{number}"})
     if mode == "usage_limit":
         emit(
             {
@@ -64,6 +74,8 @@ if os.path.basename(sys.argv[0]) == "codex":
         emit({"type": "turn.failed", "error": {"message": "usage limit"}})
         sys.exit(1)
     emit({"type": "turn.started"})
+    if mode == "hollow":
+        sys.exit(0)
     emit({"type": "item.completed", "item": {"type": "agent_message", "text": f"did {mode}"}})
     numbers = mode.partition("=")[2] or "1000,0,100"
     given, cached, out = (int(n) for n in numbers.split(","))
@@ -73,7 +85,29 @@ if os.path.basename(sys.argv[0]) == "codex":
         time.sleep(60)
     sys.exit(0)
 
-emit({"type": "system", "subtype": "init", "session_id": session, "model": "fake"})
+if os.path.basename(sys.argv[0]) == "gemini":
+    stamp = "2026-11-23T12:00:00.000Z"
+    init = {"type": "init", "timestamp": stamp, "session_id": session, "model": "auto"}
+    if mode == "no_session":
+        del init["session_id"]
+    emit(init)
+    emit({"type": "message", "timestamp": stamp, "role": "user", "content": "the prompt"})
+    called = mode != "hollow"  # a hollow run: no model call, no reply
+    if called:
+        reply = {"role": "assistant", "content": f"did {mode}", "delta": True}
+        emit({"type": "message", "timestamp": stamp, **reply})
+    given, out = (120, 12) if called else (0, 0)
+    counts = {"total_tokens": given + out, "input_tokens": given, "output_tokens": out}
+    counts |= {"cached": 0, "input": given}
+    models = {"gemini-3.8-flash": counts} if called else {}
+    stats = {**counts, "duration_ms": 80, "tool_calls": 0, "models": models}
+    emit({"type": "result", "timestamp": stamp, "status": "success", "stats": stats})
+    sys.exit(0)
+
+init = {"type": "system", "subtype": "init", "session_id": session, "model": "fake"}
+if mode == "no_session":
+    del init["session_id"]
+emit(init)
 emit({"type": "assistant", "message": {"content": [{"type": "text", "text": f"working ({mode})"}]}})
 result = {
     "type": "result",
@@ -107,6 +141,10 @@ elif mode == "api_retry":
     emit({"type": "system", "subtype": "api_retry", "attempt": 1, "error": "overloaded"})
     emit({"type": "system", "subtype": "api_retry", "attempt": 2, "error": "overloaded"})
     emit(result)
+elif mode == "hollow":
+    emit({**result, "num_turns": 0, "total_cost_usd": 0, "usage": {}, "result": ""})
+elif mode == "no_session":
+    emit({key: value for key, value in result.items() if key != "session_id"})
 elif mode == "is_error":
     emit({**result, "is_error": True, "result": "I could not make the tests pass"})
 elif mode == "no_result":

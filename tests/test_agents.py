@@ -11,7 +11,8 @@ from typing import Any
 
 import pytest
 
-from agentjobs.agents import build_argv, corrective_section, reset_from_text
+from agentjobs.agents import JUDGED_BYTES, build_argv, corrective_section, reset_from_text
+from agentjobs.pricing import meter_output, price_table
 from agentjobs.spec import AgentSpec
 from tests.conftest import State, write
 
@@ -384,10 +385,13 @@ def test_codex_gemini_aider_and_custom_verdicts() -> None:
         False,
         "a tool failed fatally (exit 54)",
     )
-    assert (
-        _judge("gemini", json.dumps({"type": "result", "status": "success"}), 0).outcome
-        == "succeeded"
+    gemini_ok = _lines(
+        {"type": "init", "session_id": "s-1", "model": "auto"},
+        {"type": "message", "role": "user", "content": "p"},
+        {"type": "message", "role": "assistant", "content": "done", "delta": True},
+        {"type": "result", "status": "success", "stats": _GEMINI_STATS},
     )
+    assert _judge("gemini", gemini_ok, 0).outcome == "succeeded"
     assert _judge("aider", "litellm.RateLimitError: quota exceeded", 1).outcome == "rate_limited"
     assert _judge("aider", "done", 0).outcome == "succeeded"
     stream = json.dumps({"type": "result", "is_error": True, "result": "gave up"})
@@ -586,3 +590,189 @@ def test_gemini_auto_model_is_priced_as_the_default_model() -> None:
     assert facts["model"] == "gemini-2.5-pro"
     assert facts["tokens"] == {"input": 240, "cached": 0, "output": 24}
     assert facts["cost_usd"] > 0 and facts["cost_estimated"] is True
+
+
+# -- hollow runs (issue 15): a success needs a real session, a session id and a turn -----------
+
+
+def _hollow(kind: str, why: str) -> str:
+    return f"hollow run: {kind} reported success without a real session ({why})"
+
+
+def test_a_claude_success_needs_a_session_id_and_a_turn() -> None:
+    init = {"type": "system", "subtype": "init", "session_id": "s-1", "model": "m"}
+    result = {"type": "result", "subtype": "success", "is_error": False, "result": "done"}
+    real = _lines(init, {**result, "session_id": "s-1", "num_turns": 1})
+    verdict = _judge("claude", real, 0)
+    assert (verdict.outcome, verdict.error) == ("succeeded", None)
+    # 2.1.332 with a prompt that is a local slash command (`/cost`): success, 0 turns, no call
+    local = _lines(init, {**result, "session_id": "s-1", "num_turns": 0, "total_cost_usd": 0})
+    verdict = _judge("claude", local, 0)
+    assert (verdict.outcome, verdict.error, verdict.permanent) == (
+        "no_change",
+        _hollow("claude", "0 turns"),
+        False,
+    )
+    assert verdict.facts["num_turns"] == 0
+    nameless = _lines({**init, "session_id": None}, {**result, "num_turns": 2})
+    verdict = _judge("claude", nameless, 0)
+    assert (verdict.outcome, verdict.error) == ("no_change", _hollow("claude", "no session id"))
+    # the session id in either event is enough; a result that does not count its turns is not
+    # judged by them
+    assert _judge("claude", _lines(init, {**result, "num_turns": 1}), 0).outcome == "succeeded"
+    assert _judge("claude", _lines(init, result), 0).outcome == "succeeded"
+    # a failure stays the failure it is; a success with a bad exit code is left to the exit code
+    failed = _lines(init, {**result, "is_error": True, "num_turns": 0, "session_id": "s-1"})
+    assert _judge("claude", failed, 0).outcome == "failed"
+    assert _judge("claude", local, 1).outcome is None
+
+
+def test_a_codex_success_needs_a_thread_and_a_completed_turn() -> None:
+    thread = {"type": "thread.started", "thread_id": "th-1"}
+    done = {"type": "turn.completed", "usage": {"input_tokens": 5}}
+    started = {"type": "turn.started"}
+    assert _judge("codex", _lines(thread, started, done), 0).outcome == "succeeded"
+    verdict = _judge("codex", _lines(thread, started), 0)
+    assert (verdict.outcome, verdict.error) == ("no_change", _hollow("codex", "0 turns"))
+    assert verdict.facts == {"thread_id": "th-1"}
+    verdict = _judge("codex", _lines(done), 0)
+    assert (verdict.outcome, verdict.error) == ("no_change", _hollow("codex", "no session id"))
+    assert _judge("codex", "", 0).outcome == "no_change"  # printed nothing at all
+
+
+def test_a_gemini_success_needs_a_session_id_and_a_reply() -> None:
+    init = {"type": "init", "session_id": "s-1", "model": "auto"}
+    user = {"type": "message", "role": "user", "content": "Fix it."}
+    result = {"type": "result", "status": "success", "stats": _GEMINI_STATS}
+
+    def reply(text: str) -> dict[str, Any]:
+        return {"type": "message", "role": "assistant", "content": text, "delta": True}
+
+    # 0.61 with tools: a turn per model reply, its deltas and tool calls up to the tool results
+    tool = {"type": "tool_use", "tool_name": "read_file", "tool_id": "t-1", "parameters": {}}
+    answer = {"type": "tool_result", "tool_id": "t-1", "status": "success", "output": ""}
+    worked = _lines(init, user, reply("Let me "), reply("look."), tool, answer, reply("Done."))
+    worked += _lines(result)
+    verdict = _judge("gemini", worked, 0)
+    assert (verdict.outcome, verdict.facts["session_id"]) == ("succeeded", "s-1")
+    assert meter_output("gemini", None, worked).facts(price_table(None))["turns"] == 2
+    empty = _lines(init, user, result)
+    verdict = _judge("gemini", empty, 0)
+    assert (verdict.outcome, verdict.error) == ("no_change", _hollow("gemini", "0 turns"))
+    assert meter_output("gemini", None, empty).facts(price_table(None))["turns"] == 0
+    verdict = _judge("gemini", _lines(user, reply("Done."), result), 0)
+    assert (verdict.outcome, verdict.error) == ("no_change", _hollow("gemini", "no session id"))
+    # an error is the error, not a hollow run
+    errored = _lines(init, user, {**result, "status": "error"})
+    assert _judge("gemini", errored, 1).outcome == "failed"
+
+
+def test_a_long_runs_tail_without_its_session_id_is_not_hollow() -> None:
+    # a judge sees the last 256 KiB of the log: a longer run's first event, with codex's thread
+    # id or gemini's session id, is out of view; its absence there proves nothing
+    def tail(*events: dict[str, Any]) -> str:
+        text = _lines(*events).encode()
+        assert len(text) > JUDGED_BYTES
+        return text[-JUDGED_BYTES:].decode(errors="replace")
+
+    big = "x" * 4096
+    command = {"type": "command_execution", "command": "cat log", "aggregated_output": big}
+    items = [{"type": "item.completed", "item": {**command, "id": f"i{n}"}} for n in range(80)]
+    codex = tail(
+        {"type": "thread.started", "thread_id": "th-1"},
+        {"type": "turn.started"},
+        *items,
+        {"type": "turn.completed", "usage": {"input_tokens": 5}},
+    )
+    assert "thread.started" not in codex
+    assert _judge("codex", codex, 0).outcome == "succeeded"
+    read = {"type": "tool_use", "tool_name": "read_file", "tool_id": "t", "parameters": {}}
+    answer = {"type": "tool_result", "tool_id": "t", "status": "success", "output": big * 80}
+    gemini = tail(
+        {"type": "init", "session_id": "s-1", "model": "auto"},
+        {"type": "message", "role": "user", "content": "Fix it."},
+        read,
+        answer,
+        {"type": "message", "role": "assistant", "content": "Done.", "delta": True},
+        {"type": "result", "status": "success", "stats": _GEMINI_STATS},
+    )
+    assert '"init"' not in gemini
+    assert _judge("gemini", gemini, 0).outcome == "succeeded"
+
+
+def test_a_long_line_is_judged_in_no_time() -> None:
+    # one 256 KiB line (a file a tool read): the CLI's message patterns try once per line, not
+    # once per character (which took a judge a minute)
+    import time
+
+    line = json.dumps({"type": "tool_result", "output": "x" * JUDGED_BYTES})[:JUDGED_BYTES]
+    started = time.monotonic()
+    assert _judge("gemini", line, 1).outcome is None
+    assert _judge("codex", line, 1).outcome is None
+    assert time.monotonic() - started < 2
+
+
+def test_agents_without_sessions_are_not_judged_hollow() -> None:
+    assert _judge("aider", "Applied edit to app.py\n", 0).outcome == "succeeded"
+    stream = json.dumps({"type": "result", "is_error": False, "result": "done"})
+    assert _judge("custom", stream, 0, command=("x",), output="stream-json").outcome is None
+    assert _judge("custom", "", 0, command=("x",)).outcome is None
+
+
+@pytest.mark.parametrize(
+    ("kind", "mode", "why"),
+    [
+        ("claude", "hollow", "0 turns"),
+        ("claude", "no_session", "no session id"),
+        ("codex", "hollow", "0 turns"),
+        ("gemini", "hollow", "0 turns"),
+    ],
+)
+def test_a_hollow_run_ends_no_change_and_is_retried_by_the_retry_rules(
+    aj, fake, jobs_dir: Path, state_dir: Path, kind: str, mode: str, why: str
+) -> None:
+    set_modes, calls = fake
+    set_modes(mode, "ok")
+    backoff = {"initial": "1m", "max": "1m", "jitter": "0s"}
+    job = {
+        "agent": {"kind": kind, "prompt": "Fix it."},
+        "retry": {"attempts": 2, "backoff": backoff},
+    }
+    write(jobs_dir / "a.yaml", json.dumps(job))
+    assert aj("apply").code == 0
+    run = aj("run", "a")
+    assert run.code == 1  # counted as a failure
+    assert "next attempt at" in run.err
+    soon = datetime.now(UTC) + timedelta(seconds=30)
+    assert aj("tick", "--now", soon.isoformat()).code == 0
+    assert len(calls()) == 1  # not before its backoff
+    [record] = finished(state_dir)
+    assert (record["outcome"], record["exit_code"], record["error"]) == (
+        "no_change",
+        0,
+        _hollow(kind, why),
+    )
+    later = datetime.now(UTC) + timedelta(minutes=2)
+    assert aj("tick", "--now", later.isoformat()).code == 0
+    records = finished(state_dir)
+    assert [(r["attempt"], r["trigger"], r["outcome"]) for r in records] == [
+        (1, "manual", "no_change"),
+        (2, "retry", "succeeded"),
+    ]
+    assert len(calls()) == 2
+    if kind == "gemini":  # its turns are counted by agentjobs: 0 then 1
+        assert [r["agent"]["turns"] for r in records] == [0, 1]
+
+
+def test_a_run_that_stays_hollow_uses_up_its_attempts_and_is_dead_lettered(
+    aj, fake, jobs_dir: Path, state_dir: Path
+) -> None:
+    fake[0]("hollow")
+    write(jobs_dir / "a.yaml", "agent: {kind: claude, prompt: x}\nretry: {attempts: 1}\n")
+    assert aj("apply").code == 0
+    result = aj("run", "a")
+    assert result.code == 1
+    assert "dead-lettered" in result.err
+    [dead] = json.loads(aj("-o", "json", "dlq", "list").out)
+    assert dead["reason"] == "1 of 1 attempts used"
+    assert [r["outcome"] for r in finished(state_dir)] == ["no_change"]

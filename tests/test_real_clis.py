@@ -137,10 +137,10 @@ class Rig:
             check=False,
         )
 
-    def job(self, silence: str = "30s") -> None:
+    def job(self, silence: str = "30s", prompt: str = "Say done.") -> None:
         """The job `j` and its agent applied: one attempt may be retried twice, 10 minutes on."""
         spec = {
-            "agent": {"kind": self.kind, "prompt": "Say done."},
+            "agent": {"kind": self.kind, "prompt": prompt},
             "retry": {"attempts": 3, "backoff": {"initial": "10m", "max": "10m", "jitter": "0s"}},
             "timeout": "2m",
             "silence_timeout": silence,
@@ -224,6 +224,7 @@ def test_a_successful_turn_records_the_agents_usage(rig: Rig) -> None:
     [record] = rig.finished()
     assert (record["outcome"], record["exit_code"], record["error"]) == ("succeeded", 0, None)
     agent = record["agent"]
+    assert agent["turns"] == 1  # a real session (issue 15): a session id and a turn
     if rig.kind == "claude":
         assert (agent["subtype"], agent["is_error"], agent["num_turns"]) == ("success", False, 1)
         assert agent["total_cost_usd"] == record["cost_usd"]  # claude prices its own tokens
@@ -253,6 +254,28 @@ def test_a_successful_turn_records_the_agents_usage(rig: Rig) -> None:
     assert record["cost_usd"] > 0
     assert record.get("cost_estimated", False) is (rig.kind != "claude")
     assert rig.api.model_calls(), "the CLI never called the scripted API"
+
+
+# -- a hollow run: a success without a turn is no_change, retried ------------------------------
+
+
+@pytest.mark.parametrize("rig", ["claude"], indirect=True)
+def test_a_success_without_a_turn_is_a_hollow_run(rig: Rig) -> None:
+    # claude answers a prompt that is a local slash command itself: `success` with `num_turns:
+    # 0` and no model call. (codex and gemini send such a prompt to the model as it is.)
+    rig.job(prompt="/cost")
+    run = rig.agentjobs("run", "j")
+    assert run.returncode == 1, run.stderr
+    [record] = rig.finished()
+    assert (record["outcome"], record["exit_code"], record["error"]) == (
+        "no_change",
+        0,
+        "hollow run: claude reported success without a real session (0 turns)",
+    )
+    assert (record["agent"]["subtype"], record["agent"]["num_turns"]) == ("success", 0)
+    assert record["agent"]["session_id"]
+    assert rig.api.model_calls() == []
+    assert "next attempt at" in run.stderr  # retried by the retry rules, not dead-lettered
 
 
 # -- a usage limit: held until it lifts, not a failure ---------------------------------------

@@ -27,13 +27,16 @@ DEFAULT_CORRECTIVE_TEMPLATE = (
     "Find out what went wrong and finish the task."
 )
 CORRECTIVE_OUTPUT_BYTES = 8192
+# what a judge is given: the last 256 KiB of the attempt's log (attempt._judged)
+JUDGED_BYTES = 262144
 
 
 @dataclass(frozen=True, slots=True)
 class Verdict:
     """What an agent's output says about an attempt that ran to its end."""
 
-    outcome: str | None = None  # None: the exit code decides; else succeeded/failed/rate_limited
+    # None: the exit code decides; else succeeded, failed, rate_limited or no_change (`hollow`)
+    outcome: str | None = None
     error: str | None = None
     permanent: bool = False  # a retry cannot fix it (auth, invalid request)
     reset_at: datetime | None = None  # when a usage limit lifts
@@ -209,6 +212,28 @@ def agent_env(agent: AgentSpec) -> dict[str, str]:
     if agent.kind == "gemini":
         return {"GEMINI_CLI_TRUST_WORKSPACE": "true"}
     return {}
+
+
+def whole(output: str) -> bool:
+    """Whether a judge's `output` is the attempt's whole log, not the last `JUDGED_BYTES` of a
+    longer one: what a tail lacks may have been printed before it (codex's thread id and
+    gemini's session id are in the first event). The log was decoded with `errors="replace"`,
+    which never makes it shorter."""
+    return len(output.encode()) < JUDGED_BYTES
+
+
+def hollow(kind: str, session: object, turns: int | None) -> str | None:
+    """Why a run its CLI reported as a success did no real work, or None (issue 15): an agent
+    that streams sessions (claude, codex, gemini) succeeds only with a session id and at least
+    one turn; a hollow run is `no_change`, retried by the retry rules. `turns` is None when the
+    CLI did not say: only what it prints is judged."""
+    if not session:
+        why = "no session id"
+    elif turns is not None and turns < 1:
+        why = f"{turns} turns"
+    else:
+        return None
+    return f"hollow run: {kind} reported success without a real session ({why})"
 
 
 def classify_text(text: str, extra_patterns: Sequence[str], now: datetime) -> Verdict | None:

@@ -5,7 +5,11 @@ Flags from the Claude Code CLI reference and headless-mode docs
 https://docs.anthropic.com/en/docs/claude-code/sdk/sdk-headless). stream-json keeps output
 flowing, so silence detection means "hung". Success is the final `{"type": "result"}` event's
 verdict, not the exit code: `is_error: true` or a `subtype` other than `success` fails even with
-exit 0, and no result event at all is a failure.
+exit 0, and no result event at all is a failure. A success needs a real session (issue 15): a
+result without a session id, or with `num_turns: 0`, is a hollow run (`no_change`). 2.1.332
+prints `session_id` in its init and result events and `num_turns` in its result; a prompt that
+is a local slash command (`/cost`, `/compact`) ends `success` with `num_turns: 0` and no model
+call. A result without `num_turns` is not judged by its turns.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from agentjobs.agents import Verdict, classify_text, events, reset_from_text
+from agentjobs.agents import Verdict, classify_text, events, hollow, reset_from_text
 from agentjobs.spec import AgentSpec
 
 # Unattended jobs cannot answer permission prompts: edits are accepted, other tools follow
@@ -92,8 +96,18 @@ class Claude:
                 return Verdict("rate_limited", "usage limit reached", reset_at=reset, facts=facts)
             return Verdict("failed", "claude ended without a result event", facts=facts)
         failed = bool(result.get("is_error")) or result.get("subtype", "success") != "success"
+        if not failed and exit_code not in (0, None):
+            return Verdict(None, facts=facts)
         if not failed:
-            return Verdict("succeeded" if exit_code in (0, None) else None, facts=facts)
+            turns = result.get("num_turns")
+            hollow_run = hollow(
+                "claude",
+                result.get("session_id") or session,
+                turns if isinstance(turns, int) else None,
+            )
+            if hollow_run is not None:
+                return Verdict("no_change", hollow_run, facts=facts)
+            return Verdict("succeeded", facts=facts)
         message = str(result.get("result") or result.get("subtype") or "error")
         status = result.get("api_error_status")
         if status in (401, 403):

@@ -1,6 +1,10 @@
 """Codex CLI, non-interactive: `codex exec PROMPT --json`
 (https://github.com/openai/codex/blob/main/docs/exec.md). JSONL events: `thread.started`
-(thread_id), `turn.completed` (usage), `turn.failed` (error), `error`."""
+(thread_id), `turn.completed` (usage), `turn.failed` (error), `error`. A success needs a real
+session (issue 15): exit 0 without a `thread.started` thread id, or without a `turn.completed`,
+is a hollow run (`no_change`); 0.171.0 prints `thread.started` first and a `turn.completed` for
+each turn it completes. Judged only when the whole output is in view: the thread id is in its
+first event."""
 
 from __future__ import annotations
 
@@ -8,7 +12,7 @@ import re
 from datetime import datetime
 from typing import Any
 
-from agentjobs.agents import Verdict, classify_text, events, message_of
+from agentjobs.agents import Verdict, classify_text, events, hollow, message_of, whole
 from agentjobs.spec import AgentSpec
 
 
@@ -22,6 +26,7 @@ class Codex:
     def judge(self, output: str, exit_code: int | None, agent: AgentSpec, now: datetime) -> Verdict:
         facts: dict[str, Any] = {}
         errors: list[str] = []
+        turns = 0
         for event in events(output):
             kind = event.get("type")
             if kind == "thread.started":
@@ -30,6 +35,7 @@ class Codex:
                 # errors before a completed turn were transient: codex reconnected and retried
                 # by itself ("Reconnecting... 1/5 (...)"), as claude's api_retry events are
                 errors = []
+                turns += 1
                 if isinstance(event.get("usage"), dict):
                     facts["usage"] = event["usage"]
             elif kind == "turn.failed":
@@ -38,6 +44,9 @@ class Codex:
                 errors.append(message_of(str(event.get("message") or "error")))
         errors = [e for e in errors if e]
         if not errors and exit_code == 0:
+            hollow_run = hollow("codex", facts.get("thread_id"), turns) if whole(output) else None
+            if hollow_run is not None:
+                return Verdict("no_change", hollow_run, facts=facts)
             return Verdict("succeeded", facts=facts)
         text = "\n".join(errors) or output[-65536:]
         no_git = _NO_GIT.search(output)
@@ -59,4 +68,5 @@ class Codex:
         return Verdict(None, facts=facts)
 
 
-_NO_GIT = re.compile(r"[^\n]*--skip-git-repo-check was not specified[^\n]*")
+# `^.*` (one try per line), not `[^\n]*` (one per character: minutes on a 256 KiB line)
+_NO_GIT = re.compile(r"^.*--skip-git-repo-check was not specified.*$", re.MULTILINE)

@@ -5,7 +5,15 @@ workdir not trusted (a retry cannot fix these); 53 turn limit reached, 54 a fata
 retry can); an API error ends it with the HTTP status mod 256 (0.61): 144 = 400, 145 = 401,
 173 = 429 (a usage limit: daily quota, "[API Error: You have exhausted your daily quota on this
 model.]"). Attempts run with GEMINI_CLI_TRUST_WORKSPACE=true (`agents.agent_env`): an
-unattended runner trusts the job's workdir, which the job file names."""
+unattended runner trusts the job's workdir, which the job file names.
+
+A success needs a real session (issue 15): 0.61 prints an `init` event with the session id,
+then the user's `message`, the model's reply as assistant `message` deltas and `tool_use`
+events, `tool_result`s, and a `result` whose stats count tokens and tool calls but no turns. A
+turn is a model reply between tool results, as `progress.Activity` counts them (and
+`pricing.Meter`, for the record's `turns`); a success without a session id, or with no reply, is
+a hollow run (`no_change`), judged only when the whole output is in view: the session id is in
+its first event."""
 
 from __future__ import annotations
 
@@ -13,7 +21,16 @@ import re
 from datetime import datetime
 from typing import Any
 
-from agentjobs.agents import Verdict, classify_text, events, message_of, reset_from_text
+from agentjobs.agents import (
+    Verdict,
+    classify_text,
+    events,
+    hollow,
+    message_of,
+    reset_from_text,
+    whole,
+)
+from agentjobs.progress import Activity
 from agentjobs.spec import AgentSpec
 
 PERMANENT_EXITS = {
@@ -32,7 +49,10 @@ RETRYABLE_EXITS = {
     54: "a tool failed fatally (exit 54)",  # FATAL_TOOL_EXECUTION_ERROR
 }
 RATE_LIMIT_EXIT = 173  # HTTP 429 mod 256
-_API_ERROR = re.compile(r"\[API Error: ([^\]]*)\]|[^\n]*not running in a trusted directory[^\n]*")
+# `^.*` (one try per line), not `[^\n]*` (one per character: minutes on a 256 KiB line)
+_API_ERROR = re.compile(
+    r"\[API Error: ([^\]]*)\]|^.*not running in a trusted directory.*$", re.MULTILINE
+)
 
 
 class Gemini:
@@ -53,7 +73,9 @@ class Gemini:
     def judge(self, output: str, exit_code: int | None, agent: AgentSpec, now: datetime) -> Verdict:
         facts: dict[str, Any] = {}
         error = None
+        replies = Activity("gemini")
         for event in events(output):
+            replies.feed(event)
             if event.get("type") == "init":
                 facts["session_id"] = event.get("session_id")
             elif event.get("type") == "result":
@@ -77,6 +99,10 @@ class Gemini:
             why = PERMANENT_EXITS[exit_code] + (f": {error}" if error else "")
             return Verdict("failed", why, permanent=True, facts=facts)
         if exit_code == 0 and error is None:
+            session = facts.get("session_id")
+            hollow_run = hollow("gemini", session, replies.turns) if whole(output) else None
+            if hollow_run is not None:
+                return Verdict("no_change", hollow_run, facts=facts)
             return Verdict("succeeded", facts=facts)
         verdict = classify_text(error or output[-65536:], agent.rate_limit_patterns, now)
         if verdict is not None:
