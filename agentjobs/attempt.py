@@ -449,11 +449,11 @@ def _judged(
     spec: JobSpec, result: ProcessResult, log_path: Path, outcome: str, error: str | None
 ) -> tuple[str, str | None, Verdict]:
     """The agent's own verdict beats its exit code (is_error with exit 0, usage limits)."""
-    from agentjobs.agents import preset
+    from agentjobs.agents import JUDGED_BYTES, preset
 
     assert spec.agent is not None
     verdict = preset(spec.agent.kind).judge(
-        _tail_of(log_path, 262144), result.exit_code, spec.agent, datetime.now(UTC)
+        _tail_of(log_path, JUDGED_BYTES), result.exit_code, spec.agent, datetime.now(UTC)
     )
     if verdict.outcome is not None and verdict.outcome != outcome:
         outcome = verdict.outcome
