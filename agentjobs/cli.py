@@ -2224,6 +2224,14 @@ def _describe_run(ctx: Context, store: Store, run_id: str, now: datetime) -> Non
         click.echo(
             f"Dead letter:  {found.dead_letter.get('status')}: {found.dead_letter['reason']}"
         )
+    review = query.review_of(store, found.run_id)
+    if review is not None:
+        d = review.decision or {}
+        said = f" by {d.get('by')} at {_when(d.get('at'))}" if d else ""
+        click.echo(
+            f"Review:       {review.status}{said} ({review.branch} -> {review.into}); "
+            f"see `agentjobs review show {review.run_id}`"
+        )
 
 
 def _describe_lines(d: Any, now: datetime) -> list[str]:

@@ -128,6 +128,8 @@ def test_review_approve_merges_exactly_the_runs_commits_into_into(
     assert decided["decision"] == "approve" and decided["by"] == "Ann Reviewer <ann@example.com>"
     assert decided["landed"] == head and decided["run_id"] == entry["run_id"]
     assert pending(state) == []
+    described = ajs("describe", entry["run_id"]).out
+    assert "Review:       approved by Ann Reviewer <ann@example.com>" in described
     again = ajs("review", "approve", entry["run_id"])
     assert again.code != 0 and "already decided: approved by Ann Reviewer" in again.err
     assert "Traceback" not in again.err and git(repo, "rev-parse", "main") == head
