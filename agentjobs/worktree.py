@@ -30,9 +30,19 @@ def prepare(repo: str, folder: Path, job: str, run_id: str) -> Path:
     if path.is_dir():
         return path
     folder.mkdir(parents=True, exist_ok=True)
-    base = _git("rev-parse", "HEAD", cwd=repo)
-    _git("worktree", "add", "-b", branch_name(job, run_id), str(path), base, cwd=repo)
-    (folder / f"{job}-{run_id}.base").write_text(f"{base}\n{current_branch(repo) or ''}\n")
+    branch = branch_name(job, run_id)
+    head = _git("rev-parse", "HEAD", cwd=repo)
+    base_file = folder / f"{job}-{run_id}.base"
+    if capture(["git", "rev-parse", "-q", "--verify", f"refs/heads/{branch}"], cwd=repo)[0] == 0:
+        # the branch outlived its worktree (its supervisor died after a success was committed,
+        # before it was recorded): the retry continues on it
+        _git("worktree", "add", str(path), branch, cwd=repo)
+        if not base_file.exists():
+            base = _git("merge-base", branch, head, cwd=repo)
+            base_file.write_text(f"{base}\n{current_branch(repo) or ''}\n")
+        return path
+    _git("worktree", "add", "-b", branch, str(path), head, cwd=repo)
+    base_file.write_text(f"{head}\n{current_branch(repo) or ''}\n")
     return path
 
 

@@ -145,3 +145,23 @@ def test_a_failed_run_keeps_its_worktree_until_gc(cli, tmp_path: Path, state_dir
     ]
     assert not Path(tree["path"]).exists()
     assert tree["branch"] in _git(repo, "branch", "--list", "agentjobs/*")
+
+
+def test_a_run_whose_branch_outlived_its_worktree_continues_on_it(tmp_path: Path) -> None:
+    """A supervisor killed after a success was committed on the branch (its worktree removed)
+    but before the attempt was recorded: the retry's worktree is made on that branch."""
+    from agentjobs import worktree
+
+    repo = _repo(tmp_path)
+    base = _git(repo, "rev-parse", "HEAD")
+    _git(repo, "branch", "agentjobs/j/R1")
+    _git(repo, "worktree", "add", "-q", str(tmp_path / "old"), "agentjobs/j/R1")
+    (tmp_path / "old" / "done.txt").write_text("work\n")
+    _git(tmp_path / "old", "add", "done.txt")
+    _git(tmp_path / "old", "commit", "-q", "-m", "work")
+    _git(repo, "worktree", "remove", str(tmp_path / "old"))
+    _git(repo, "commit", "-q", "--allow-empty", "-m", "main moved on")
+    folder = tmp_path / "worktrees"
+    path = worktree.prepare(str(repo), folder, "j", "R1")
+    assert (path / "done.txt").read_text() == "work\n"
+    assert worktree.started(folder, "j", "R1") == (base, "main")
