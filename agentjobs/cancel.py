@@ -199,7 +199,8 @@ class Watch:
     def stop(self) -> None:
         """Look no more (the attempt ended). A look under way is not waited for long."""
         self._done.set()
-        self._thread.join(1.0)
+        if self._thread.ident is not None:  # started (supervised._Later starts it late)
+            self._thread.join(1.0)
 
     def is_set(self) -> bool:
         return self._seen.is_set()

@@ -324,13 +324,15 @@ class Reporter:
             return self._progress
 
     def start(self) -> None:
-        """Make the report file (empty) and start writing."""
+        """Make the report file (empty, unless the attempt wrote a report already: it may
+        start after the attempt did) and start writing."""
         if self.file is not None:
             try:
                 self.file.parent.mkdir(parents=True, exist_ok=True)
-                fd = os.open(self.file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+                fd = os.open(self.file, os.O_WRONLY | os.O_CREAT, 0o600)
                 os.close(fd)
-                self._seen = _signature(self.file)
+                seen = _signature(self.file)
+                self._seen = seen if seen is not None and seen[1] == 0 else None
             except OSError:
                 pass  # a full disk: the command's own write fails too, and says so
         self._thread = threading.Thread(target=self._run, name="progress", daemon=True)
