@@ -43,7 +43,7 @@ class AttemptOutcome:
     duration_s: float
     output_for_match: str
     agent: dict[str, Any] | None = None  # the agent's facts for the run record
-    land: dict[str, Any] | None = None  # what became of the run's branch (`land`, _land)
+    land: dict[str, Any] | None = None  # what became of the run's branch (`land`, _worktree_end)
     permanent: bool = False  # the agent's output says a retry cannot fix it
     reset_at: datetime | None = None  # a usage limit lifts then
 
@@ -310,7 +310,7 @@ def _worktree_end(
 ) -> tuple[str, str | None, dict[str, Any], dict[str, Any] | None]:
     """The end of a run in its own worktree: a success that changed nothing is `no_change`
     (`expect.changes`); a success's changes are committed on its branch (worktree.finish),
-    then landed by `land` (_land). (outcome, error, worktree facts, land facts)"""
+    then landed by `land` (_merged). (outcome, error, worktree facts, land facts)"""
     from agentjobs import worktree
 
     if outcome == "succeeded" and spec.expect_changes:
