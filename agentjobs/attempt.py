@@ -115,26 +115,11 @@ def run_attempt(
     `land: {mode: merge}` run lands (`Store.hold_key`)."""
     from agentjobs.environment import secret_values
 
-    spec = applied.parsed
-    if agent is not None:
-        spec = dataclasses.replace(spec, agent=agent)
-    if cap_usd is not None and spec.agent is not None and spec.agent.kind == "claude":
-        own = spec.agent.max_budget_usd
-        capped = cap_usd if own is None else min(own, cap_usd)
-        spec = dataclasses.replace(
-            spec, agent=dataclasses.replace(spec.agent, max_budget_usd=round(capped, 4))
-        )
-        cap_usd = None  # claude stops itself
+    spec, cap_usd = _capped(applied.parsed, agent, cap_usd)
     watch = None
     if spec.agent is not None or progress is not None:
         watch = _Watch(spec, prices or {}, cap_usd, on_output, progress)
-        on_output = watch.output
-    if watch is not None and watch.meter is not None:
-        outer = stop
-        stop = AnyStop(
-            (outer, lambda: getattr(outer, "reason", "") or "stopped by shutdown"),
-            (watch.over, watch.why),
-        )
+        on_output, stop = watch.output, watch.stopping(stop)
     if progress is not None and progress.file is not None:
         from agentjobs.progress import ENV
 
@@ -150,7 +135,56 @@ def run_attempt(
     before = landing.snapshot(cwd) if spec.expect_changes and spec.isolation != "worktree" else None
     if progress is not None:
         progress.redact = Redactor(secrets).text  # what a command writes to its report file
-    run = functools.partial(
+    run = _runner(spec, cwd, env, log_path, secrets, pass_fds, stop, on_output)
+    result = run(
+        argv, timeout=spec.timeout, silence_timeout=spec.silence_timeout, on_start=on_start
+    )
+    outcome, error, verdict, permanent = _judged(spec, result, log_path, watch)
+    duration, tail = result.duration_s, result.output_tail
+    if outcome == "succeeded" and spec.verify is not None:
+        outcome, error, spent = _verified(spec, run, log_path)
+        duration += spent
+        tail = _tail_of(log_path, 4096)
+    facts = dict(verdict.facts) if verdict is not None and verdict.facts else None
+    if watch is not None and watch.meter is not None:  # usage and cost from the stream
+        facts = {**(facts or {}), **watch.facts()}
+    land = None
+    if spec.isolation == "worktree" and worktrees is not None:
+        outcome, error, isolated, land = _worktree_end(
+            spec, item, outcome, error, worktrees, hold_key, stop
+        )
+        facts = {**(facts or {}), "worktree": isolated}
+    elif outcome == "succeeded" and spec.expect_changes:
+        outcome, error = _changed_workdir(cwd, before)
+    redactor = Redactor(secrets)
+    return AttemptOutcome(
+        agent=facts,
+        land=land,
+        permanent=permanent,
+        reset_at=verdict.reset_at if verdict is not None else None,
+        outcome=outcome,
+        exit_code=result.exit_code,
+        signal=result.signal,
+        error=redactor.text(error) if error else None,
+        output_tail=tail,
+        duration_s=round(duration, 3),
+        output_for_match=_for_match(spec, outcome, log_path, tail),
+    )
+
+
+def _runner(
+    spec: JobSpec,
+    cwd: str,
+    env: dict[str, str],
+    log_path: Path,
+    secrets: Sequence[str],
+    pass_fds: Sequence[int],
+    stop: StopFlag,
+    on_output: Callable[[bytes], None] | None,
+) -> Callable[..., ProcessResult]:
+    """`run_process` for the attempt's command and its verify: where, with what, under which
+    limits (each call adds its argv and timeouts)."""
+    return functools.partial(
         run_process,
         cwd=cwd,
         env=env,
@@ -162,62 +196,40 @@ def run_attempt(
         stop=stop,
         on_output=on_output,
     )
-    result = run(
-        argv, timeout=spec.timeout, silence_timeout=spec.silence_timeout, on_start=on_start
-    )
-    outcome, error = _exit_outcome(result)
-    # an agent CLI that is not there (or not executable) stays missing on a retry: permanent,
-    # with where to look (issue 13)
-    missing = spec.agent is not None and result.ending == Ending.NOT_STARTED
-    if missing:
-        error = f"{error}; {MISSING_CLI_ADVICE}"
-    duration, tail = result.duration_s, result.output_tail
-    verdict = None
-    if spec.agent is not None and result.ending == Ending.EXITED:
-        outcome, error, verdict = _judged(spec, result, log_path, outcome, error)
-    over_budget = watch is not None and watch.over.is_set()
-    if over_budget:
-        assert watch is not None
-        outcome, error = "budget", watch.why()
-    if outcome == "succeeded" and spec.verify is not None:
-        outcome, error, spent = _verified(spec, run, log_path)
-        duration += spent
-        tail = _tail_of(log_path, 4096)
-    facts = dict(verdict.facts) if verdict is not None and verdict.facts else None
-    if watch is not None and watch.meter is not None:
-        facts = {**(facts or {}), **watch.facts()}
-    land = None
-    if spec.isolation == "worktree" and worktrees is not None:
-        outcome, error, isolated, land = _worktree_end(
-            spec, item, outcome, error, worktrees, hold_key, stop
+
+
+def _capped(
+    spec: JobSpec, agent: AgentSpec | None, cap_usd: float | None
+) -> tuple[JobSpec, float | None]:
+    """The spec as this attempt runs it (a fallback `agent`), and what is left of `cap_usd`
+    for its supervisor to enforce: claude is told its cap (`--max-budget-usd`) and stops
+    itself."""
+    if agent is not None:
+        spec = dataclasses.replace(spec, agent=agent)
+    if cap_usd is not None and spec.agent is not None and spec.agent.kind == "claude":
+        own = spec.agent.max_budget_usd
+        capped = cap_usd if own is None else min(own, cap_usd)
+        spec = dataclasses.replace(
+            spec, agent=dataclasses.replace(spec.agent, max_budget_usd=round(capped, 4))
         )
-        facts = {**(facts or {}), "worktree": isolated}
-    elif outcome == "succeeded" and spec.expect_changes:
-        after = landing.snapshot(cwd)
-        if before is None or after is None:
-            outcome, error = "no_change", f"expect.changes: {cwd} is not a git repository"
-        elif after == before:
-            outcome, error = "no_change", NO_CHANGE_ERROR
-    redactor = Redactor(secrets)
-    return AttemptOutcome(
-        agent=facts,
-        land=land,
-        permanent=over_budget or missing or (verdict.permanent if verdict is not None else False),
-        reset_at=verdict.reset_at if verdict is not None else None,
-        outcome=outcome,
-        exit_code=result.exit_code,
-        signal=result.signal,
-        error=redactor.text(error) if error else None,
-        output_tail=tail,
-        duration_s=round(duration, 3),
-        # output patterns search the last 64 KiB of the log: read it only when one will look
-        output_for_match=(
-            _tail_of(log_path, MATCH_BYTES)
-            if outcome != "succeeded"
-            and any(m.output for m in (*spec.retry.never_on, *spec.retry.retry_on))
-            else tail
-        ),
-    )
+        cap_usd = None
+    return spec, cap_usd
+
+
+def _changed_workdir(cwd: str, before: tuple[str, str] | None) -> tuple[str, str | None]:
+    """`expect.changes` without a worktree: `succeeded` when HEAD or the status of `cwd`
+    differ from `before` (taken as the attempt started), else `no_change`."""
+    after = landing.snapshot(cwd)
+    if before is None or after is None:
+        return "no_change", f"expect.changes: {cwd} is not a git repository"
+    return ("no_change", NO_CHANGE_ERROR) if after == before else ("succeeded", None)
+
+
+def _for_match(spec: JobSpec, outcome: str, log_path: Path, tail: str) -> str:
+    """What `retry_on`/`never_on` output patterns search: the last 64 KiB of the log, read
+    only when one will look."""
+    patterns = any(m.output for m in (*spec.retry.never_on, *spec.retry.retry_on))
+    return _tail_of(log_path, MATCH_BYTES) if outcome != "succeeded" and patterns else tail
 
 
 class _Watch:
@@ -285,6 +297,15 @@ class _Watch:
             if cost is not None:
                 changes.update(cost_usd=cost[0], cost_estimated=cost[1])
             self.progress.update(**changes)
+
+    def stopping(self, stop: StopFlag) -> StopFlag:
+        """`stop`, or with a cap to enforce, `stop` or the cap passed."""
+        if self.meter is None:
+            return stop
+        return AnyStop(
+            (stop, lambda: getattr(stop, "reason", "") or "stopped by shutdown"),
+            (self.over, self.why),
+        )
 
     def why(self) -> str:
         cost = self.meter.cost(self.prices) if self.meter is not None else None
@@ -446,9 +467,31 @@ def _exit_outcome(result: ProcessResult) -> tuple[str, str | None]:
 
 
 def _judged(
+    spec: JobSpec, result: ProcessResult, log_path: Path, watch: _Watch | None
+) -> tuple[str, str | None, Verdict | None, bool]:
+    """The outcome the process's ending says, with the agent's own verdict beating its exit
+    code (is_error with exit 0, usage limits, hollow sessions) and a passed cap beating both
+    (`budget`); and whether a retry cannot fix it: the agent said so, the cap was passed, or
+    the agent's CLI is missing (a retry finds it missing too; the error says where to look)."""
+    outcome, error = _exit_outcome(result)
+    missing = spec.agent is not None and result.ending == Ending.NOT_STARTED
+    if missing:
+        error = f"{error}; {MISSING_CLI_ADVICE}"
+    verdict = None
+    if spec.agent is not None and result.ending == Ending.EXITED:
+        outcome, error, verdict = _verdict(spec, result, log_path, outcome, error)
+    over_budget = watch is not None and watch.over.is_set()
+    if over_budget:
+        assert watch is not None
+        outcome, error = "budget", watch.why()
+    permanent = over_budget or missing or (verdict.permanent if verdict is not None else False)
+    return outcome, error, verdict, permanent
+
+
+def _verdict(
     spec: JobSpec, result: ProcessResult, log_path: Path, outcome: str, error: str | None
 ) -> tuple[str, str | None, Verdict]:
-    """The agent's own verdict beats its exit code (is_error with exit 0, usage limits)."""
+    """The agent's own verdict beats its exit code."""
     from agentjobs.agents import JUDGED_BYTES, preset
 
     assert spec.agent is not None
