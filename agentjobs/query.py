@@ -1054,46 +1054,73 @@ def timeline(
     whole history. A lane with more than `max_bars` attempts merges neighbours into one bar;
     a wait shorter than 1/2000 of the window (less than half a pixel) is left out."""
     cache = cache or DayCache(days=0)
-    lo, hi, stamp = iso(start) or "", iso(end) or "", iso(now) or ""
-    shortest = (end - start).total_seconds() / 2000
     signatures = cache.signatures(store)
     days = [d for d in _days_between(start, end + timedelta(days=1)) if d in signatures]
     entries = cache.entries(store, days, signatures, finished=True)
-    applied = store.applied()
-    runtime = store.runtime()
     finished: dict[tuple[str, int], _Entry] = {}
     for day in days:
         for e in entries.get(day, ()):
             if e.row is not None:
                 finished.setdefault((e.run_id, e.attempt), e)
-    lanes_of: dict[str, str] = {}
+    drawing = _Drawing(start, end, now, finished)
+    for e in finished.values():
+        drawing.attempt(e)
+    applied = store.applied()
+    drawing.live(store.runtime(), applied)
+    lanes = drawing.lanes(applied, max_bars)
+    return Timeline(drawing.lo, drawing.hi, drawing.stamp, lanes, tuple(days))
 
-    def lane_of(lock_key: str) -> str:
-        found = lanes_of.get(lock_key)
+
+class _Drawing:
+    """A timeline's bars and bands by lane as they are found: finished attempts, then what
+    runs, waits and is held now."""
+
+    def __init__(
+        self,
+        start: datetime,
+        end: datetime,
+        now: datetime,
+        finished: Mapping[tuple[str, int], _Entry],
+    ) -> None:
+        self.lo, self.hi, self.stamp = iso(start) or "", iso(end) or "", iso(now) or ""
+        self.shortest = (end - start).total_seconds() / 2000
+        self.finished = finished
+        self.bars: dict[str, list[Bar]] = {}
+        self.bands: dict[str, list[Band]] = {}
+        self._lanes: dict[str, str] = {}
+
+    def lane_of(self, lock_key: str) -> str:
+        found = self._lanes.get(lock_key)
         if found is None:
-            found = lanes_of[lock_key] = _lane_key(lock_key)
+            found = self._lanes[lock_key] = _lane_key(lock_key)
         return found
 
-    def wait_from(run_id: str, attempt: int, queued_at: str, queued_s: float) -> tuple[str, float]:
+    def wait_from(
+        self, run_id: str, attempt: int, queued_at: str, queued_s: float
+    ) -> tuple[str, float]:
         """A run waits from its enqueue; a retry from the end of the attempt before."""
-        before = finished.get((run_id, attempt - 1)) if attempt > 1 else None
+        before = self.finished.get((run_id, attempt - 1)) if attempt > 1 else None
         if before is not None and before.finished_s > queued_s:
             return before.finished_at, before.finished_s
         return queued_at, queued_s
 
-    def seen(since: str, since_s: float, until: str, until_s: float) -> bool:
+    def seen(self, since: str, since_s: float, until: str, until_s: float) -> bool:
         """Whether a wait shows in the window (long enough to see)."""
-        return bool(since) and until > lo and since < hi and until_s - since_s >= shortest
+        return (
+            bool(since)
+            and until > self.lo
+            and since < self.hi
+            and until_s - since_s >= self.shortest
+        )
 
-    bars: dict[str, list[Bar]] = {}
-    bands: dict[str, list[Band]] = {}
-    for e in finished.values():
+    def attempt(self, e: _Entry) -> None:
+        """A finished attempt's bar, the wait before it, the usage-limit hold after it."""
         begin, stop = e.started_at or e.time, e.finished_at or e.time
-        lane = lanes_of.get(e.lock_key) or lane_of(e.lock_key)
+        lane = self.lane_of(e.lock_key)
         row = e.row
         assert row is not None
-        if begin <= hi and stop >= lo:
-            bars.setdefault(lane, []).append(
+        if begin <= self.hi and stop >= self.lo:
+            self.bars.setdefault(lane, []).append(
                 Bar(
                     e.run_id,
                     e.job,
@@ -1106,61 +1133,70 @@ def timeline(
                     row.cost_usd,
                 )
             )
-        since, since_s = wait_from(e.run_id, e.attempt, e.queued_at, e.queued_s)
-        if since and since < begin and seen(since, since_s, begin, e.started_s):
-            bands.setdefault(lane, []).append(
+        since, since_s = self.wait_from(e.run_id, e.attempt, e.queued_at, e.queued_s)
+        if since and since < begin and self.seen(since, since_s, begin, e.started_s):
+            self.bands.setdefault(lane, []).append(
                 Band("wait", since, begin, f"{e.job} queued", e.run_id)
             )
-        if e.hold and e.hold_until > lo and stop < hi:
-            bands.setdefault(lane, []).append(
+        if e.hold and e.hold_until > self.lo and stop < self.hi:
+            self.bands.setdefault(lane, []).append(
                 Band("hold", stop, e.hold_until, f"{e.hold} usage limit", e.run_id)
             )
-    for item in runtime.queue.values():
-        lane = lane_of(item.lock_key)
-        if item.state == "running" and item.started_at and item.started_at <= hi:
-            bars.setdefault(lane, []).append(
-                Bar(item.run_id, item.job, item.attempt, item.started_at, stamp, "running")
+
+    def live(self, runtime: Runtime, applied: Mapping[str, AppliedJob]) -> None:
+        """What runs and waits now (the queue), and the usage-limit holds in force."""
+        stamp = self.stamp
+        for item in runtime.queue.values():
+            lane = self.lane_of(item.lock_key)
+            if item.state == "running" and item.started_at and item.started_at <= self.hi:
+                self.bars.setdefault(lane, []).append(
+                    Bar(item.run_id, item.job, item.attempt, item.started_at, stamp, "running")
+                )
+            since, since_s = self.wait_from(
+                item.run_id, item.attempt, item.queued_at, _epoch(item.queued_at)
             )
-        since, since_s = wait_from(
-            item.run_id, item.attempt, item.queued_at, _epoch(item.queued_at)
-        )
-        until = (item.started_at or stamp) if item.state == "running" else stamp
-        if since and since < until and seen(since, since_s, until, _epoch(until)):
-            bands.setdefault(lane, []).append(
-                Band("wait", since, until, f"{item.job} queued", item.run_id)
+            until = (item.started_at or stamp) if item.state == "running" else stamp
+            if since and since < until and self.seen(since, since_s, until, _epoch(until)):
+                self.bands.setdefault(lane, []).append(
+                    Band("wait", since, until, f"{item.job} queued", item.run_id)
+                )
+        for key, until in runtime.holds.items():
+            if until <= stamp:
+                continue
+            for job in applied.values():
+                if job.limit_key == key:
+                    lane = self.lane_of(str(job.spec.get("lock")))
+                    self.bands.setdefault(lane, []).append(
+                        Band("hold", stamp, until, f"{key} usage limit")
+                    )
+
+    def lanes(self, applied: Mapping[str, AppliedJob], max_bars: int) -> tuple[Lane, ...]:
+        """One lane per lock key of an applied job or of a drawn bar, by key."""
+        jobs_of: dict[str, set[str]] = {}
+        for name, job in applied.items():
+            jobs_of.setdefault(self.lane_of(str(job.spec.get("lock"))), set()).add(name)
+        for lane, found in self.bars.items():
+            jobs_of.setdefault(lane, set()).update(b.job for b in found)
+        lanes = []
+        for key in sorted(jobs_of):
+            shared = key.endswith(_WORKTREE_LANE)
+            mine = sorted(self.bars.get(key, ()), key=_bar_order)
+            rows = 1
+            if shared:
+                mine, rows = _stacked(mine)
+            elif len(mine) > max_bars:
+                mine = _merged(mine, max_bars)
+            lanes.append(
+                Lane(
+                    key,
+                    tuple(sorted(jobs_of[key])),
+                    tuple(mine),
+                    tuple(sorted(self.bands.get(key, ()), key=_band_order)),
+                    shared,
+                    rows,
+                )
             )
-    for key, until in runtime.holds.items():
-        if until <= stamp:
-            continue
-        for job in applied.values():
-            if job.limit_key == key:
-                lane = lane_of(str(job.spec.get("lock")))
-                bands.setdefault(lane, []).append(Band("hold", stamp, until, f"{key} usage limit"))
-    jobs_of: dict[str, set[str]] = {}
-    for name, job in applied.items():
-        jobs_of.setdefault(lane_of(str(job.spec.get("lock"))), set()).add(name)
-    for lane, found in bars.items():
-        jobs_of.setdefault(lane, set()).update(b.job for b in found)
-    lanes = []
-    for key in sorted(jobs_of):
-        shared = key.endswith(_WORKTREE_LANE)
-        mine = sorted(bars.get(key, ()), key=_bar_order)
-        rows = 1
-        if shared:
-            mine, rows = _stacked(mine)
-        elif len(mine) > max_bars:
-            mine = _merged(mine, max_bars)
-        lanes.append(
-            Lane(
-                key,
-                tuple(sorted(jobs_of[key])),
-                tuple(mine),
-                tuple(sorted(bands.get(key, ()), key=_band_order)),
-                shared,
-                rows,
-            )
-        )
-    return Timeline(lo, hi, stamp, tuple(lanes), tuple(days))
+        return tuple(lanes)
 
 
 def _bar_order(bar: Bar) -> tuple[str, int]:
