@@ -377,7 +377,38 @@ def _left(moment: str | None, now: datetime) -> str:
     return format_duration(seconds)
 
 
-_RESULT_COLOURS = {"succeeded": "green", "skipped": "yellow", "rate_limited": "yellow"}
+_RESULT_COLOURS = {
+    "succeeded": "green",
+    "skipped": "yellow",
+    "rate_limited": "yellow",
+    "awaiting_review": "yellow",  # done; a person decides what lands
+    "cancelled": "yellow",
+}
+
+
+def _status_row(
+    j: Any, r: dict[str, Any], now: datetime, paint: Callable[[str, str], str]
+) -> list[str]:
+    """One job's row of the `status` table."""
+    flags = [f for f, on in (("disabled", not r["enabled"]), ("paused", r["paused"])) if on]
+    result = r["result"] or "-"
+    if j.dead_letters:
+        result += f", {j.dead_letters} dead-lettered"
+    if j.reviews and (j.reviews, r["result"]) != (1, "awaiting_review"):
+        result += f", {j.reviews} awaiting review"
+    schedule = r["schedule"]
+    if schedule == "manual" and j.needs:
+        schedule = f"after {', '.join(j.needs)} (needs)"
+    return [
+        r["job"],
+        schedule + "".join(f" ({f})" for f in flags),
+        _when(r["next"]),
+        _left(r["next"], now),
+        _when(r["last"]),
+        paint(result, _RESULT_COLOURS.get(str(r["result"]), "red") if r["result"] else ""),
+        _now_column(j, r, now, paint),
+        str(r["lock"]),
+    ]
 
 
 def _now_column(j: Any, r: dict[str, Any], now: datetime, paint: Callable[[str, str], str]) -> str:
@@ -476,6 +507,7 @@ def status(ctx: Context, now_text: str | None) -> None:
                 for w in j.running
             ],
             "dead_letters": j.dead_letters,
+            "reviews": j.reviews,
             "needs": list(j.needs),
         }
         for j in found
@@ -487,29 +519,7 @@ def status(ctx: Context, now_text: str | None) -> None:
         click.echo(f"no jobs applied in {store.describe()}; run `agentjobs apply`")
         return
     paint = _painter()
-    table = []
-    for j, r in zip(found, rows, strict=True):
-        flags = [f for f, on in (("disabled", not r["enabled"]), ("paused", r["paused"])) if on]
-        result = r["result"] or "-"
-        if j.dead_letters:
-            result += f", {j.dead_letters} dead-lettered"
-        if j.reviews and (j.reviews, r["result"]) != (1, "awaiting_review"):
-            result += f", {j.reviews} awaiting review"
-        schedule = r["schedule"]
-        if schedule == "manual" and j.needs:
-            schedule = f"after {', '.join(j.needs)} (needs)"
-        table.append(
-            [
-                r["job"],
-                schedule + "".join(f" ({f})" for f in flags),
-                _when(r["next"]),
-                _left(r["next"], now),
-                _when(r["last"]),
-                paint(result, _RESULT_COLOURS.get(str(r["result"]), "red") if r["result"] else ""),
-                _now_column(j, r, now, paint),
-                str(r["lock"]),
-            ]
-        )
+    table = [_status_row(j, r, now, paint) for j, r in zip(found, rows, strict=True)]
     headers = ["JOB", "SCHEDULE", "NEXT", "LEFT", "LAST", "RESULT", "NOW", "LOCK"]
     click.echo(_table(headers, table, width=_terminal_width()))
     if hosts:  # the runner hosts that ticked against this database, and when they last did

@@ -74,6 +74,7 @@ def test_status_json(cli, jobs_dir: Path, state_dir: Path) -> None:
         "skipped_by": [],
         "attempts_running": [],
         "dead_letters": 0,
+        "reviews": 0,
         "needs": [],
     }
     assert rows[1]["next"] is None and rows[1]["enabled"] is False
