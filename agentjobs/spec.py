@@ -443,48 +443,6 @@ def build_job(raw: dict[str, Any], source: Path, config: GlobalConfig) -> JobSpe
         else:
             command = tuple(doc["command"])
 
-    retry_raw = doc.get("retry", {})
-    backoff_raw = retry_raw.get("backoff", {})
-    initial = _dur(backoff_raw.get("initial"), 60.0) or 0.0
-    retry = RetryPolicy(
-        attempts=retry_raw.get("attempts", 1),
-        backoff=Backoff(
-            initial=initial,
-            max=_dur(backoff_raw.get("max"), 1800.0) or 0.0,
-            multiplier=float(backoff_raw.get("multiplier", 2.0)),
-            jitter=_dur(backoff_raw.get("jitter"), initial / 10) or 0.0,
-        ),
-        retry_on=_matches(retry_raw.get("retry_on")),
-        never_on=_matches(retry_raw.get("never_on")),
-        corrective=retry_raw.get("corrective", agent is not None),
-        resume=retry_raw.get("resume", False),
-        corrective_template=retry_raw.get("corrective_template"),
-    )
-
-    verify = None
-    if "verify" in doc:
-        v = doc["verify"]
-        if isinstance(v, list):
-            verify = VerifySpec(argv=tuple(v))
-        else:
-            cmd = v["command"]
-            as_shell = v.get("shell", False) or isinstance(cmd, str)
-            verify = VerifySpec(
-                argv=() if as_shell else tuple(cmd),
-                shell=(cmd if isinstance(cmd, str) else " ".join(cmd)) if as_shell else None,
-                timeout=_dur(v.get("timeout"), 600.0) or 600.0,
-            )
-
-    notify = None
-    if "notify" in doc:
-        n = doc["notify"]
-        notify = NotifySpec(
-            events=tuple(n.get("events", DEFAULT_NOTIFY_EVENTS)),
-            webhook=n.get("webhook"),
-            command=tuple(n.get("command", ())),
-            ping_url=n.get("ping_url"),
-        )
-
     silence = _dur(doc.get("silence_timeout"), DEFAULT_AGENT_SILENCE if agent else None)
     return JobSpec(
         name=name,
@@ -505,17 +463,59 @@ def build_job(raw: dict[str, Any], source: Path, config: GlobalConfig) -> JobSpe
         silence_timeout=silence,
         kill_grace=_dur(doc.get("kill_grace"), DEFAULT_KILL_GRACE) or 0.0,
         max_log_size=parse_size(doc.get("max_log_size", DEFAULT_MAX_LOG_SIZE)),
-        retry=retry,
+        retry=_retry(doc.get("retry", {}), agent is not None),
         overlap=doc.get("overlap", "skip"),
         needs=tuple(doc.get("needs", ())),
-        verify=verify,
-        notify=notify,
+        verify=_verify(doc["verify"]) if "verify" in doc else None,
+        notify=_notify(doc["notify"]) if "notify" in doc else None,
         isolation=doc.get("isolation", "none"),
         land=LandSpec(**doc["land"]) if "land" in doc else None,
         expect_changes=bool(doc.get("expect", {}).get("changes", False)),
         runs_on=tuple(sorted(doc.get("runs_on", ()))),  # a set of labels: order means nothing
         budget=_budget(doc["budget"]) if "budget" in doc else None,
         rate=_rate(doc["rate"]) if "rate" in doc else None,
+    )
+
+
+def _retry(raw: Mapping[str, Any], agent: bool) -> RetryPolicy:
+    """A `retry:` block (corrective retries are on by default for agents)."""
+    backoff = raw.get("backoff", {})
+    initial = _dur(backoff.get("initial"), 60.0) or 0.0
+    return RetryPolicy(
+        attempts=raw.get("attempts", 1),
+        backoff=Backoff(
+            initial=initial,
+            max=_dur(backoff.get("max"), 1800.0) or 0.0,
+            multiplier=float(backoff.get("multiplier", 2.0)),
+            jitter=_dur(backoff.get("jitter"), initial / 10) or 0.0,
+        ),
+        retry_on=_matches(raw.get("retry_on")),
+        never_on=_matches(raw.get("never_on")),
+        corrective=raw.get("corrective", agent),
+        resume=raw.get("resume", False),
+        corrective_template=raw.get("corrective_template"),
+    )
+
+
+def _verify(raw: Any) -> VerifySpec:
+    """A `verify:` argv, or a block with a command (a string runs through the shell)."""
+    if isinstance(raw, list):
+        return VerifySpec(argv=tuple(raw))
+    cmd = raw["command"]
+    as_shell = raw.get("shell", False) or isinstance(cmd, str)
+    return VerifySpec(
+        argv=() if as_shell else tuple(cmd),
+        shell=(cmd if isinstance(cmd, str) else " ".join(cmd)) if as_shell else None,
+        timeout=_dur(raw.get("timeout"), 600.0) or 600.0,
+    )
+
+
+def _notify(raw: Mapping[str, Any]) -> NotifySpec:
+    return NotifySpec(
+        events=tuple(raw.get("events", DEFAULT_NOTIFY_EVENTS)),
+        webhook=raw.get("webhook"),
+        command=tuple(raw.get("command", ())),
+        ping_url=raw.get("ping_url"),
     )
 
 
