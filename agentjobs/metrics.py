@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from agentjobs import costs
-from agentjobs.store import PRIORITY_RANK, Store
+from agentjobs.store import PRIORITY_RANK, QueueItem, Runtime, Store
 
 BUCKETS = (1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 1800.0, 3600.0, 7200.0)
 CACHE_FILE = "metrics-cache.json"
@@ -230,10 +230,18 @@ class _Writer:
 def render(store: Store, now: datetime) -> str:
     """The metrics as Prometheus text exposition format (version 0.0.4)."""
     runtime = store.runtime() if store.exists() else None
-    queue = list(runtime.queue.values()) if runtime else []
     counters = aggregate(store, now) if store.exists() else Aggregate()
     out = _Writer()
+    _queue(out, list(runtime.queue.values()) if runtime else [], now)
+    _attempts(out, counters, runtime)
+    _waiting_for_people(out, store)
+    out.family("agentjobs_metrics_generated_timestamp_seconds", "gauge", "When this was written.")
+    out.sample("agentjobs_metrics_generated_timestamp_seconds", round(now.timestamp(), 3))
+    return "\n".join(out.lines) + "\n"
 
+
+def _queue(out: _Writer, queue: list[QueueItem], now: datetime) -> None:
+    """What waits and runs now."""
     out.family("agentjobs_queued", "gauge", "Runs waiting in the queue, by priority.")
     waiting = [item for item in queue if item.state == "queued"]
     for priority in PRIORITY_RANK:
@@ -251,6 +259,9 @@ def render(store: Store, now: datetime) -> str:
     out.family("agentjobs_running", "gauge", "Attempts running now.")
     out.sample("agentjobs_running", sum(i.state == "running" for i in queue))
 
+
+def _attempts(out: _Writer, counters: Aggregate, runtime: Runtime | None) -> None:
+    """Finished attempts: counts by outcome, cost, the last success, durations."""
     out.family("agentjobs_attempts_total", "counter", "Finished attempts, by job and outcome.")
     for job in sorted(counters.attempts):
         for outcome, n in sorted(counters.attempts[job].items()):
@@ -265,16 +276,6 @@ def render(store: Store, now: datetime) -> str:
     for job in sorted(counters.costs):
         for agent, usd in sorted(counters.costs[job].items()):
             out.sample("agentjobs_cost_usd_total", usd, job=job, agent=agent)
-
-    out.family("agentjobs_dead_letters_open", "gauge", "Dead letters not yet resolved by a person.")
-    dead = store.dead_letters() if store.exists() else []
-    out.sample("agentjobs_dead_letters_open", sum(e.get("status") != "resolved" for e in dead))
-
-    out.family(
-        "agentjobs_reviews_pending", "gauge", "Runs in the review inbox awaiting a decision."
-    )
-    reviews = store.reviews() if store.exists() else []
-    out.sample("agentjobs_reviews_pending", sum(e.get("status") == "pending" for e in reviews))
 
     out.family(
         "agentjobs_last_success_timestamp_seconds",
@@ -300,6 +301,19 @@ def render(store: Store, now: datetime) -> str:
         out.sample(f"{name}_sum", round(durations.total, 6), job=job)
         out.sample(f"{name}_count", durations.count, job=job)
 
+
+def _waiting_for_people(out: _Writer, store: Store) -> None:
+    """Dead letters and reviews a person must decide on; notifications not delivered."""
+    out.family("agentjobs_dead_letters_open", "gauge", "Dead letters not yet resolved by a person.")
+    dead = store.dead_letters() if store.exists() else []
+    out.sample("agentjobs_dead_letters_open", sum(e.get("status") != "resolved" for e in dead))
+
+    out.family(
+        "agentjobs_reviews_pending", "gauge", "Runs in the review inbox awaiting a decision."
+    )
+    reviews = store.reviews() if store.exists() else []
+    out.sample("agentjobs_reviews_pending", sum(e.get("status") == "pending" for e in reviews))
+
     out.family(
         "agentjobs_notification_failures_total",
         "counter",
@@ -319,9 +333,6 @@ def render(store: Store, now: datetime) -> str:
         "Notifications kept as undelivered after their tries (`agentjobs notifications`).",
     )
     out.sample("agentjobs_notifications_undelivered", undelivered)
-    out.family("agentjobs_metrics_generated_timestamp_seconds", "gauge", "When this was written.")
-    out.sample("agentjobs_metrics_generated_timestamp_seconds", round(now.timestamp(), 3))
-    return "\n".join(out.lines) + "\n"
 
 
 def write_textfile(path: Path, text: str) -> None:
