@@ -16,7 +16,7 @@ from typing import Any
 
 from agentjobs import costs, query
 from agentjobs.clock import iso
-from agentjobs.store import Store
+from agentjobs.store import AppliedJob, Runtime, Store
 
 WINDOW_DAYS = 7
 SLOWEST = 5
@@ -61,6 +61,52 @@ def morning_review(store: Store, now: datetime) -> dict[str, Any]:
     week = [r for r in read if str(r.get("time", "")) >= week_start]
     today = [r for r in week if str(r.get("time", "")) >= day_start]
 
+    jobs = _by_job(week)
+    slowest = sorted(jobs, key=lambda j: (-j["p95_duration_s"], j["job"]))[:SLOWEST]
+
+    dead_letters = [
+        {
+            "id": e.get("id"),
+            "job": e.get("job"),
+            "status": e.get("status"),
+            "created_at": e.get("created_at"),
+            "reason": e.get("reason"),
+        }
+        for e in (store.dead_letters() if exists else [])
+        if e.get("status") != "resolved"
+    ]
+
+    runtime = store.runtime() if exists else None
+    now_text = iso(now) or ""
+    holds = {k: v for k, v in (runtime.holds.items() if runtime else ()) if v > now_text}
+    applied = store.applied() if exists else {}
+    config = store.config() if exists else {}
+    configured = costs.limits_configured(config, applied)
+    # a budget or a rate holding a job's items, as the claim's rule words it (query.py)
+    limited = {j.job: j.held for j in query.jobs(store, now) if j.held} if configured else {}
+    held = _held_jobs(applied, runtime, holds, limited)
+
+    spent = configured or (runtime is not None and bool(runtime.ledger))
+    ledger = costs.ledger_view(store, now) if spent else None
+    return {
+        "now": now_text,
+        "today": _totals(today),
+        "last_7_days": _totals(week),
+        "jobs": jobs,
+        "cost": _cost_review(read, config, now),
+        "ledger": ledger,  # today's spend against the caps
+        "slowest": [
+            {"job": j["job"], "p95_duration_s": j["p95_duration_s"], "attempts": j["attempts"]}
+            for j in slowest
+        ],
+        "dead_letters_open": dead_letters,
+        "holds": [{"key": k, "until": v} for k, v in sorted(holds.items())],
+        "held_jobs": held,
+    }
+
+
+def _by_job(week: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Per job over the week: runs, attempts, failures, average, p95 and longest duration."""
     durations: dict[str, list[float]] = {}
     outcomes: dict[str, dict[str, int]] = {}
     runs: dict[str, set[str]] = {}
@@ -89,29 +135,17 @@ def morning_review(store: Store, now: datetime) -> dict[str, Any]:
                 "max_duration_s": round(max(values), 3),
             }
         )
-    slowest = sorted(jobs, key=lambda j: (-j["p95_duration_s"], j["job"]))[:SLOWEST]
+    return jobs
 
-    dead_letters = [
-        {
-            "id": e.get("id"),
-            "job": e.get("job"),
-            "status": e.get("status"),
-            "created_at": e.get("created_at"),
-            "reason": e.get("reason"),
-        }
-        for e in (store.dead_letters() if exists else [])
-        if e.get("status") != "resolved"
-    ]
 
-    runtime = store.runtime() if exists else None
-    now_text = iso(now) or ""
-    holds = {k: v for k, v in (runtime.holds.items() if runtime else ()) if v > now_text}
+def _held_jobs(
+    applied: Mapping[str, AppliedJob],
+    runtime: Runtime | None,
+    holds: Mapping[str, str],
+    limited: Mapping[str, str | None],
+) -> list[dict[str, Any]]:
+    """Jobs that cannot run now: paused, held by a usage limit, or by a budget or a rate."""
     held: list[dict[str, Any]] = []
-    applied = store.applied() if exists else {}
-    config = store.config() if exists else {}
-    configured = costs.limits_configured(config, applied)
-    # a budget or a rate holding a job's items, as the claim's rule words it (query.py)
-    limited = {j.job: j.held for j in query.jobs(store, now) if j.held} if configured else {}
     for name in sorted(set(applied) | set(runtime.jobs if runtime else ())):
         state = runtime.jobs.get(name) if runtime else None
         if state is not None and state.paused:
@@ -119,30 +153,12 @@ def morning_review(store: Store, now: datetime) -> dict[str, Any]:
             continue
         spec = applied.get(name)
         key = spec.limit_key if spec else None
+        reason = limited.get(name)
         if key is not None and key in holds:
             held.append({"job": name, "reason": f"{key} usage limit", "until": holds[key]})
-        elif limited.get(name):  # a budget or a rate: the reason says until when
-            held.append(
-                {"job": name, "reason": limited[name].removeprefix("held: "), "until": None}
-            )
-
-    spent = configured or (runtime is not None and bool(runtime.ledger))
-    ledger = costs.ledger_view(store, now) if spent else None
-    return {
-        "now": now_text,
-        "today": _totals(today),
-        "last_7_days": _totals(week),
-        "jobs": jobs,
-        "cost": _cost_review(read, config, now),
-        "ledger": ledger,  # today's spend against the caps
-        "slowest": [
-            {"job": j["job"], "p95_duration_s": j["p95_duration_s"], "attempts": j["attempts"]}
-            for j in slowest
-        ],
-        "dead_letters_open": dead_letters,
-        "holds": [{"key": k, "until": v} for k, v in sorted(holds.items())],
-        "held_jobs": held,
-    }
+        elif reason:  # a budget or a rate: the reason says until when
+            held.append({"job": name, "reason": reason.removeprefix("held: "), "until": None})
+    return held
 
 
 def _cost_review(
