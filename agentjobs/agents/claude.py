@@ -108,33 +108,46 @@ class Claude:
             if hollow_run is not None:
                 return Verdict("no_change", hollow_run, facts=facts)
             return Verdict("succeeded", facts=facts)
-        message = str(result.get("result") or result.get("subtype") or "error")
-        status = result.get("api_error_status")
-        if status in (401, 403):
-            return Verdict(
-                "failed",
-                f"authentication failed (API status {status}): {message}",
-                permanent=True,
-                facts=facts,
-            )
-        if status == 400:
-            return Verdict(
-                "failed",
-                f"the API refused the request (400): {message}",
-                permanent=True,
-                facts=facts,
-            )
-        if status == 429 or rejected is not None:
-            return Verdict(
-                "rate_limited",
-                f"usage or rate limit: {message}",
-                reset_at=reset or reset_from_text(message, now),
-                facts=facts,
-            )
-        text_verdict = classify_text(message, agent.rate_limit_patterns, now)
-        if text_verdict is not None:
-            return _with(text_verdict, facts, reset)
-        return Verdict("failed", _error(result), facts=facts)
+        return _failure(result, rejected is not None, reset, agent, now, facts)
+
+
+def _failure(
+    result: dict[str, Any],
+    rejected: bool,
+    reset: datetime | None,
+    agent: AgentSpec,
+    now: datetime,
+    facts: dict[str, Any],
+) -> Verdict:
+    """A result event that reports an error: auth and bad requests are permanent; a usage
+    or rate limit (status 429, a rejected rate_limit_event, or its words) is held."""
+    message = str(result.get("result") or result.get("subtype") or "error")
+    status = result.get("api_error_status")
+    if status in (401, 403):
+        return Verdict(
+            "failed",
+            f"authentication failed (API status {status}): {message}",
+            permanent=True,
+            facts=facts,
+        )
+    if status == 400:
+        return Verdict(
+            "failed",
+            f"the API refused the request (400): {message}",
+            permanent=True,
+            facts=facts,
+        )
+    if status == 429 or rejected:
+        return Verdict(
+            "rate_limited",
+            f"usage or rate limit: {message}",
+            reset_at=reset or reset_from_text(message, now),
+            facts=facts,
+        )
+    text_verdict = classify_text(message, agent.rate_limit_patterns, now)
+    if text_verdict is not None:
+        return _with(text_verdict, facts, reset)
+    return Verdict("failed", _error(result), facts=facts)
 
 
 def _error(result: dict[str, Any]) -> str:
