@@ -1142,8 +1142,6 @@ def logs(
 ) -> None:
     """Print the output of RUN_ID's attempts (streamed: constant memory whatever their size);
     RUN_ID may be a job's name: its latest run."""
-    import time
-    from functools import partial
 
     from agentjobs.logfile import chunks, copy_to, tail_start
     from agentjobs.transcript import Transcript
@@ -1152,17 +1150,7 @@ def logs(
         sys.stdout.buffer.write(data)
 
     store = ctx.store()
-    if run_id in store.applied():  # a job's name: its latest run
-        state = store.runtime().jobs.get(run_id)
-        if state is None or not state.last_run_id:
-            raise UserError(f"job {run_id} has not run yet; see `agentjobs status`")
-        run_id = state.last_run_id
-    if not all(c.isalnum() for c in run_id):
-        raise UserError(f"{run_id!r} is not a run id; see `agentjobs history`")
-    if not store.log_path(run_id, attempt or 1).exists():  # a short id (a prefix)
-        from agentjobs.query import resolve_run
-
-        run_id = resolve_run(store, run_id)
+    run_id = _log_run(store, run_id, attempt)
     numbers = [attempt] if attempt else list(range(1, 101))
     paths = [store.log_path(run_id, n) for n in numbers]
     existing = [p for p in paths if p.exists()]
@@ -1200,8 +1188,39 @@ def logs(
     if not follow:
         return
     path = existing[-1] if existing else paths[0]
-    offset = start_of(path) if path.exists() else 0
     transcript = Transcript(color=sys.stdout.isatty()) if pretty else None
+    _follow(store, run_id, path, start_of(path) if path.exists() else 0, transcript)
+
+
+def _log_run(store: Store, text: str, attempt: int | None) -> str:
+    """The run `logs` shows: a job's latest run, a whole run id, or a unique prefix of one."""
+    run_id = text
+    if run_id in store.applied():  # a job's name: its latest run
+        state = store.runtime().jobs.get(run_id)
+        if state is None or not state.last_run_id:
+            raise UserError(f"job {run_id} has not run yet; see `agentjobs status`")
+        run_id = state.last_run_id
+    if not all(c.isalnum() for c in run_id):
+        raise UserError(f"{run_id!r} is not a run id; see `agentjobs history`")
+    if not store.log_path(run_id, attempt or 1).exists():  # a short id (a prefix)
+        from agentjobs.query import resolve_run
+
+        run_id = resolve_run(store, run_id)
+    return run_id
+
+
+def _follow(
+    store: Store, run_id: str, path: Path, offset: int, transcript: Transcript | None
+) -> None:
+    """`logs -f`: print what the attempt's log at `path` gains until the run stops running."""
+    import time
+    from functools import partial
+
+    from agentjobs.logfile import copy_to
+
+    def write(data: bytes) -> None:
+        sys.stdout.buffer.write(data)
+
     while True:
         if path.exists():
             # a capped log is trimmed now and then (logfile.CappedLog): go on from its end
